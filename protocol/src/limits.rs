@@ -17,6 +17,9 @@ pub const FRAME_HEADER_BYTES: u32 = FRAME_LENGTH_BYTES + FRAME_HEADER_AFTER_LENG
 /// Largest frame, length field included: 1 MiB.
 pub const FRAME_BYTES_MAX: u32 = 1024 * 1024;
 
+/// Requests one connection may have waiting for their replies; past it, `RATE_LIMITED`.
+pub const REQUESTS_IN_FLIGHT_MAX: u32 = 256;
+
 /// Usernames: at most 32 bytes (the server also requires 3..=32 characters of `a-z0-9_.-`).
 pub const USERNAME_BYTES_MAX: u32 = 32;
 /// Passwords: at most 1024 bytes (the server also requires at least 8).
@@ -76,9 +79,10 @@ pub const MESSAGE_BYTES_MAX: u32 = 8 * 3
     + ATTACHMENTS_PER_MESSAGE_MAX * (8 + 8 + 4 + MIME_BYTES_MAX);
 
 // A largest message must fit in a frame on its own, inside a `Send`, an update event, a sync page,
-// a history page and a conversation summary; every one of those adds less than 64 bytes around it.
+// a history page and a conversation summary; every one of those adds less than 256 bytes around it
+// (a conversation summary's group name alone may take 132).
 const _: () = assert!(FRAME_HEADER_BYTES + SEND_BODY_BYTES_MAX <= FRAME_BYTES_MAX);
-const _: () = assert!(FRAME_HEADER_BYTES + 64 + MESSAGE_BYTES_MAX <= FRAME_BYTES_MAX);
+const _: () = assert!(FRAME_HEADER_BYTES + 256 + MESSAGE_BYTES_MAX <= FRAME_BYTES_MAX);
 // A full chunk fits in `UploadChunk` and `MediaData` (media id, offset, length prefix).
 const _: () = assert!(FRAME_HEADER_BYTES + 8 + 8 + 4 + MEDIA_CHUNK_BYTES_MAX <= FRAME_BYTES_MAX);
 // A full group fits in a `Conversation` reply (9 bytes a member) with room to spare.

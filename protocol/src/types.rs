@@ -42,7 +42,7 @@ wire_enum! {
         /// May send, read, leave and rename.
         #[default]
         Member = 1,
-        /// May also add and remove members and change roles below `Owner`.
+        /// May also add and remove members (but not the owner or other admins).
         Admin = 2,
         /// The creator: everything an admin may, and also make or unmake admins. One per group.
         Owner = 3,
