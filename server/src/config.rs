@@ -1,0 +1,323 @@
+//! Configuration: built-in defaults, then an optional TOML file, then command-line flags.
+//!
+//! `ternd --data-dir ./data` needs nothing else. Every setting has a flag; the TOML file takes the
+//! same names in snake_case (`idle_timeout_ms = 60000`). Unknown keys in the file are an error, so a
+//! typo does not silently fall back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, ValueEnum};
+use serde::Deserialize;
+use tern_protocol::limits::{
+    DEVICES_PER_USER_MAX, HISTORY_PAGE_MESSAGES_MAX, SYNC_PAGE_UPDATES_MAX,
+};
+
+/// Which I/O engine the core threads run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoEngine {
+    /// io_uring when the kernel allows it, epoll otherwise.
+    Auto,
+    /// io_uring (tokio-uring); fails to start when io_uring is unavailable.
+    Uring,
+    /// epoll (tokio current-thread runtime).
+    Epoll,
+}
+
+/// How log lines look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `ternd`: the Tern chat server.
+#[derive(Debug, Parser)]
+#[command(name = "ternd", version, about, long_about = None)]
+pub struct Cli {
+    /// Address for plain TCP clients [default: 127.0.0.1:7400]. Use 0.0.0.0:7400 to accept
+    /// connections from other machines; port 0 picks a free port (logged at start).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Directory of the database; created when missing [default: ./data].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Core threads, one per CPU [default: the number of available CPUs].
+    #[arg(long)]
+    pub cores: Option<usize>,
+    /// I/O engine of the core threads [default: auto].
+    #[arg(long, value_enum)]
+    pub io_engine: Option<IoEngine>,
+    /// Sync the write-ahead log to disk on every group commit, so acknowledged messages also
+    /// survive power loss (without it they survive a crash of the process).
+    #[arg(long)]
+    pub fsync: bool,
+    /// A TOML file with any of these settings; flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Log format [default: human]. The level comes from RUST_LOG (default: info).
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// PBKDF2-HMAC-SHA256 iterations for new password hashes [default: 600000].
+    #[arg(long)]
+    pub password_iterations: Option<u32>,
+    /// Most devices per user [default: 10; at most 64].
+    #[arg(long)]
+    pub devices_per_user_max: Option<u32>,
+    /// Interval at which clients are asked to send Ping, in ms [default: 15000].
+    #[arg(long)]
+    pub heartbeat_interval_ms: Option<u32>,
+    /// A connection silent for this long is closed, in ms [default: 45000].
+    #[arg(long)]
+    pub idle_timeout_ms: Option<u32>,
+    /// Bytes queued for one slow connection before it is closed [default: 4194304].
+    #[arg(long)]
+    pub outbound_queue_bytes_max: Option<usize>,
+    /// Connections one core accepts before refusing more [default: 100000].
+    #[arg(long)]
+    pub connections_per_core_max: Option<usize>,
+    /// How long a graceful shutdown may take before connections are cut, in ms [default: 10000].
+    #[arg(long)]
+    pub shutdown_timeout_ms: Option<u64>,
+}
+
+/// The same settings, as read from a TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    cores: Option<usize>,
+    io_engine: Option<IoEngine>,
+    fsync: Option<bool>,
+    log_format: Option<LogFormat>,
+    password_iterations: Option<u32>,
+    devices_per_user_max: Option<u32>,
+    heartbeat_interval_ms: Option<u32>,
+    idle_timeout_ms: Option<u32>,
+    outbound_queue_bytes_max: Option<usize>,
+    connections_per_core_max: Option<usize>,
+    shutdown_timeout_ms: Option<u64>,
+}
+
+/// The resolved configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Plain TCP listen address.
+    pub listen: SocketAddr,
+    /// Database directory.
+    pub data_dir: PathBuf,
+    /// Core threads.
+    pub cores: usize,
+    /// I/O engine.
+    pub io_engine: IoEngine,
+    /// Sync every commit.
+    pub fsync: bool,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// PBKDF2 iterations for new hashes.
+    pub password_iterations: u32,
+    /// Most devices per user.
+    pub devices_per_user_max: u32,
+    /// Most updates per sync page.
+    pub sync_page_updates_max: u32,
+    /// Most messages per history page.
+    pub history_page_messages_max: u32,
+    /// Heartbeat interval announced to clients.
+    pub heartbeat_interval_ms: u32,
+    /// Idle time-out.
+    pub idle_timeout_ms: u32,
+    /// Outbound queue bound per connection, in bytes.
+    pub outbound_queue_bytes_max: usize,
+    /// Connections per core.
+    pub connections_per_core_max: usize,
+    /// Graceful shutdown bound.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            data_dir: PathBuf::from("./data"),
+            cores: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            io_engine: IoEngine::Auto,
+            fsync: false,
+            log_format: LogFormat::Human,
+            password_iterations: 600_000,
+            devices_per_user_max: 10,
+            sync_page_updates_max: SYNC_PAGE_UPDATES_MAX,
+            history_page_messages_max: HISTORY_PAGE_MESSAGES_MAX,
+            heartbeat_interval_ms: 15_000,
+            idle_timeout_ms: 45_000,
+            outbound_queue_bytes_max: 4 << 20,
+            connections_per_core_max: 100_000,
+            shutdown_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys.
+    #[error("parsing {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+macro_rules! layer {
+    ($config:ident, $source:expr, $($field:ident),*) => {
+        $( if let Some(v) = $source.$field { $config.$field = v; } )*
+    };
+}
+
+impl Config {
+    /// Defaults, overridden by the file named by `--config`, overridden by flags.
+    pub fn resolve(cli: Cli) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        if let Some(path) = &cli.config {
+            let file = read_file(path)?;
+            layer!(
+                config,
+                file,
+                listen,
+                data_dir,
+                cores,
+                io_engine,
+                fsync,
+                log_format,
+                password_iterations,
+                devices_per_user_max,
+                heartbeat_interval_ms,
+                idle_timeout_ms,
+                outbound_queue_bytes_max,
+                connections_per_core_max,
+                shutdown_timeout_ms
+            );
+        }
+        layer!(
+            config,
+            cli,
+            listen,
+            data_dir,
+            cores,
+            io_engine,
+            log_format,
+            password_iterations,
+            devices_per_user_max,
+            heartbeat_interval_ms,
+            idle_timeout_ms,
+            outbound_queue_bytes_max,
+            connections_per_core_max,
+            shutdown_timeout_ms
+        );
+        config.fsync |= cli.fsync;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value's range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.cores == 0 || self.cores > crate::ids::CORES_MAX {
+            return invalid(format!("cores must be 1..={}", crate::ids::CORES_MAX));
+        }
+        if self.devices_per_user_max == 0 || self.devices_per_user_max > DEVICES_PER_USER_MAX {
+            return invalid(format!(
+                "devices_per_user_max must be 1..={DEVICES_PER_USER_MAX}"
+            ));
+        }
+        if self.password_iterations == 0 {
+            return invalid("password_iterations must be at least 1".into());
+        }
+        if self.heartbeat_interval_ms == 0 || self.idle_timeout_ms <= self.heartbeat_interval_ms {
+            return invalid(
+                "idle_timeout_ms must be above heartbeat_interval_ms, which must be above 0".into(),
+            );
+        }
+        if self.outbound_queue_bytes_max < tern_protocol::limits::FRAME_BYTES_MAX as usize {
+            return invalid(
+                "outbound_queue_bytes_max must hold at least one largest frame (1 MiB)".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves flags override the file, the file overrides defaults, and unknown keys are refused.
+    #[test]
+    fn layering_and_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ternd.toml");
+        std::fs::write(
+            &path,
+            "cores = 3\nidle_timeout_ms = 60000\nio_engine = \"epoll\"\n",
+        )
+        .unwrap();
+        let cli = Cli::parse_from(["ternd", "--config", path.to_str().unwrap(), "--cores", "2"]);
+        let config = Config::resolve(cli).unwrap();
+        assert_eq!(config.cores, 2);
+        assert_eq!(config.idle_timeout_ms, 60_000);
+        assert_eq!(config.io_engine, IoEngine::Epoll);
+        assert_eq!(config.heartbeat_interval_ms, 15_000);
+
+        std::fs::write(&path, "corez = 3\n").unwrap();
+        let cli = Cli::parse_from(["ternd", "--config", path.to_str().unwrap()]);
+        assert!(matches!(
+            Config::resolve(cli),
+            Err(ConfigError::Parse { .. })
+        ));
+    }
+
+    // Proves out-of-range values are refused with a message.
+    #[test]
+    fn ranges() {
+        let cli = Cli::parse_from(["ternd", "--cores", "0"]);
+        assert!(matches!(Config::resolve(cli), Err(ConfigError::Invalid(_))));
+        let cli = Cli::parse_from([
+            "ternd",
+            "--heartbeat-interval-ms",
+            "5000",
+            "--idle-timeout-ms",
+            "5000",
+        ]);
+        assert!(matches!(Config::resolve(cli), Err(ConfigError::Invalid(_))));
+    }
+}

@@ -1,0 +1,926 @@
+//! The message path, sync, history and receipts.
+//!
+//! 1. `Send` arrives at the sender's core S, which forwards it to the conversation's core C.
+//! 2. C checks membership and the idempotency key, assigns `seq` (gapless) and a message id, and
+//!    puts the message, its idempotency record and a fan-out marker into its batch.
+//! 3. After C's commit, S acknowledges `Sent` (durable) and every member's core M gets `Deliver`.
+//! 4. M appends the message to the member's update log unless its per-(user, conversation)
+//!    watermark shows it is there already, commits, pushes it to live devices and confirms to C.
+//! 5. When every member confirmed, C deletes the fan-out marker. At start, each core re-delivers
+//!    the messages whose marker survived a crash; the watermarks make that idempotent.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
+
+use tern_protocol::frames::{
+    Ack, Conversation, Conversations, History, HistoryPage, ListConversations, MarkRead,
+    Ok as OkFrame, OpenDirect, Send, Sent, Sync, SyncPage,
+};
+use tern_protocol::limits::{
+    CONVERSATIONS_PAGE_MAX, FRAME_BYTES_MAX, HISTORY_PAGE_MESSAGES_MAX, SYNC_PAGE_UPDATES_MAX,
+};
+use tern_protocol::types::{
+    ConversationInfo, ConversationKind, ConversationSummary, Member, Message, ReceiptKind, Role,
+};
+use tern_protocol::update::Receipt;
+use tern_protocol::{ErrorCode, Update, UpdateKind};
+
+use super::mail::{ConnRef, Mail};
+use super::{ConnId, Shard};
+use crate::store::keys;
+use crate::store::records::{
+    ConversationRecord, IdempotencyRecord, MemberRecord, MessageRecord, ReceiptRecord, UpdateRecord,
+};
+use crate::store::{StoreError, RANGE_READ_MAX};
+
+/// Bytes a page may fill, leaving room for its own fields inside the frame.
+const PAGE_BYTES_MAX: usize = FRAME_BYTES_MAX as usize - 4096;
+/// Updates an `Ack` scans for delivered receipts before it stops (the rest get none).
+const ACK_SCAN_UPDATES_MAX: usize = 10 * RANGE_READ_MAX;
+
+/// A conversation this core owns.
+#[derive(Debug)]
+struct ConvState {
+    record: Rc<ConversationRecord>,
+    /// The newest seq assigned, committed or pending.
+    last_seq: u64,
+}
+
+/// Chat bookkeeping of one core.
+#[derive(Debug, Default)]
+pub(crate) struct ChatState {
+    convs: HashMap<u64, ConvState>,
+    /// Sends stored in the pending batch, by idempotency key.
+    pending_sends: HashMap<[u8; 28], IdempotencyRecord>,
+    /// Direct conversations created in the pending batch, by (lo, hi).
+    pending_direct: HashMap<(u64, u64), u64>,
+    /// Members still to confirm each message's fan-out.
+    fanouts: HashMap<(u64, u64), usize>,
+    /// Fan-out watermarks of users this core owns: the highest seq in their log, by conversation.
+    marks: HashMap<(u64, u64), u64>,
+    /// Watermarks of users this core owns.
+    receipts: HashMap<(u64, u64), ReceiptRecord>,
+}
+
+impl ChatState {
+    /// The pending batch was committed.
+    pub(crate) fn committed(&mut self) {
+        self.pending_sends.clear();
+        self.pending_direct.clear();
+    }
+
+    /// The pending batch was lost: drop every cache so it reloads from the store.
+    pub(crate) fn forget(&mut self) {
+        *self = ChatState {
+            fanouts: std::mem::take(&mut self.fanouts),
+            ..ChatState::default()
+        };
+    }
+}
+
+fn approx_message_bytes(message: &MessageRecord) -> usize {
+    96 + message.body.len() + message.attachments.len() * 300
+}
+
+impl Shard {
+    fn conv_state(&mut self, conversation_id: u64) -> Result<Option<&mut ConvState>, StoreError> {
+        if !self.chat.convs.contains_key(&conversation_id) {
+            let Some(record) = self.store.conversation(conversation_id)? else {
+                return Ok(None);
+            };
+            let last_seq = self.store.last_seq(conversation_id)?;
+            self.chat.convs.insert(
+                conversation_id,
+                ConvState {
+                    record: Rc::new(record),
+                    last_seq,
+                },
+            );
+        }
+        Ok(self.chat.convs.get_mut(&conversation_id))
+    }
+
+    /// On the sender's core: checks what it can and forwards to the conversation's core.
+    pub(crate) fn handle_send(
+        &mut self,
+        conn: ConnId,
+        request_id: u32,
+        user_id: u64,
+        device_id: u32,
+        send: Send,
+    ) -> Result<(), StoreError> {
+        if send.body.is_empty() && send.attachments.is_empty() {
+            self.reply_error(
+                conn,
+                request_id,
+                ErrorCode::INVALID_ARGUMENT,
+                "a message needs a body or an attachment",
+            );
+            return Ok(());
+        }
+        if !send.attachments.is_empty() {
+            self.reply_error(conn, request_id, ErrorCode::NOT_FOUND, "no such media");
+            return Ok(());
+        }
+        let origin = ConnRef {
+            core: self.core,
+            conn,
+        };
+        let core = self.owner(send.conversation_id);
+        self.mail_now(
+            core,
+            Mail::Send {
+                origin,
+                request_id,
+                user_id,
+                device_id,
+                send: Box::new(send),
+            },
+        );
+        Ok(())
+    }
+
+    /// On the conversation's core: stores the message (or finds the earlier identical send).
+    pub(crate) fn handle_conversation_send(
+        &mut self,
+        now_ms: u64,
+        origin: ConnRef,
+        request_id: u32,
+        user_id: u64,
+        device_id: u32,
+        send: Send,
+    ) -> Result<(), StoreError> {
+        let conversation_id = send.conversation_id;
+        let refuse = |shard: &mut Shard, code| {
+            shard.mail_now(
+                origin.core,
+                Mail::SendDone {
+                    origin,
+                    request_id,
+                    result: Err(code),
+                },
+            );
+        };
+        let is_member = self
+            .conv_state(conversation_id)?
+            .is_some_and(|c| c.record.has_member(user_id));
+        if !is_member {
+            refuse(self, ErrorCode::NOT_FOUND);
+            return Ok(());
+        }
+        let key = keys::idempotency(user_id, device_id, &send.client_msg_id);
+        let earlier = match self.chat.pending_sends.get(&key) {
+            Some(record) => Some(*record),
+            None => self
+                .store
+                .idempotency(user_id, device_id, &send.client_msg_id)?,
+        };
+        if let Some(earlier) = earlier {
+            if earlier.conversation_id != conversation_id {
+                refuse(self, ErrorCode::CONFLICT);
+                return Ok(());
+            }
+            let sent = Sent {
+                conversation_id,
+                client_msg_id: send.client_msg_id,
+                seq: earlier.seq,
+                message_id: earlier.message_id,
+                ts: earlier.ts,
+            };
+            self.mail_after_commit(
+                origin.core,
+                Mail::SendDone {
+                    origin,
+                    request_id,
+                    result: Ok(sent),
+                },
+            );
+            return Ok(());
+        }
+        let message_id = self.next_id(now_ms);
+        let Some(conv) = self.conv_state(conversation_id)? else {
+            return Ok(());
+        };
+        conv.last_seq += 1;
+        let seq = conv.last_seq;
+        let members: Vec<u64> = conv.record.members.iter().map(|m| m.user_id).collect();
+        let record = IdempotencyRecord {
+            conversation_id,
+            seq,
+            message_id,
+            ts: now_ms,
+        };
+        let message = MessageRecord {
+            message_id,
+            sender: user_id,
+            sender_device: device_id,
+            ts: now_ms,
+            client_msg_id: send.client_msg_id,
+            body: send.body,
+            attachments: send.attachments,
+        };
+        self.batch.put_message(conversation_id, seq, &message)?;
+        self.batch
+            .put_idempotency(user_id, device_id, &message.client_msg_id, &record)?;
+        self.batch.put_fanout_pending(conversation_id, seq);
+        self.chat.pending_sends.insert(key, record);
+        let sent = Sent {
+            conversation_id,
+            client_msg_id: message.client_msg_id,
+            seq,
+            message_id,
+            ts: now_ms,
+        };
+        self.mail_after_commit(
+            origin.core,
+            Mail::SendDone {
+                origin,
+                request_id,
+                result: Ok(sent),
+            },
+        );
+        self.fan_out(conversation_id, seq, user_id, &members);
+        Ok(())
+    }
+
+    /// Sends `Deliver` to every member's core once the message is durable.
+    fn fan_out(&mut self, conversation_id: u64, seq: u64, sender: u64, members: &[u64]) {
+        self.chat
+            .fanouts
+            .insert((conversation_id, seq), members.len());
+        for &user_id in members {
+            let mail = Mail::Deliver {
+                user_id,
+                conversation_id,
+                seq,
+                sender,
+                from_core: self.core,
+            };
+            self.mail_after_commit(self.owner(user_id), mail);
+        }
+    }
+
+    /// At start: re-delivers every message whose fan-out a crash interrupted.
+    pub(crate) fn recover_fanouts(&mut self) -> Result<usize, StoreError> {
+        let mut after = (0u64, 0u64);
+        let mut resumed = 0;
+        loop {
+            let page = self.store.pending_fanouts(after, RANGE_READ_MAX)?;
+            let Some(&last) = page.last() else { break };
+            for (conversation_id, seq) in page.iter().copied() {
+                if self.owner(conversation_id) != self.core {
+                    continue;
+                }
+                let Some(message) = self.store.message(conversation_id, seq)? else {
+                    continue;
+                };
+                let Some(conv) = self.conv_state(conversation_id)? else {
+                    continue;
+                };
+                let members: Vec<u64> = conv.record.members.iter().map(|m| m.user_id).collect();
+                self.fan_out(conversation_id, seq, message.sender, &members);
+                resumed += 1;
+            }
+            // Resume just after the last key read.
+            after = (last.0, last.1.saturating_add(1));
+            if last.1 == u64::MAX {
+                after = (last.0.saturating_add(1), 0);
+            }
+        }
+        Ok(resumed)
+    }
+
+    /// On a member's core: appends the message to the member's log unless it is there already.
+    pub(crate) fn handle_deliver(
+        &mut self,
+        user_id: u64,
+        conversation_id: u64,
+        seq: u64,
+        sender: u64,
+        from_core: usize,
+    ) -> Result<(), StoreError> {
+        let mark = match self.chat.marks.get(&(user_id, conversation_id)) {
+            Some(mark) => *mark,
+            None => self.store.fanout_mark(user_id, conversation_id)?,
+        };
+        if seq > mark {
+            let update = UpdateRecord::Message {
+                conversation_id,
+                seq,
+                sender,
+            };
+            self.append_update(user_id, &update)?;
+            self.batch.put_fanout_mark(user_id, conversation_id, seq);
+            self.chat.marks.insert((user_id, conversation_id), seq);
+            if sender == user_id {
+                // What a user sent, they have read.
+                self.move_watermark(conversation_id, user_id, ReceiptKind::Read, seq)?;
+            }
+        }
+        self.mail_after_commit(
+            from_core,
+            Mail::Delivered {
+                conversation_id,
+                seq,
+            },
+        );
+        Ok(())
+    }
+
+    /// On the conversation's core: one more member's log holds the message.
+    pub(crate) fn handle_delivered(&mut self, conversation_id: u64, seq: u64) {
+        let key = (conversation_id, seq);
+        let Some(remaining) = self.chat.fanouts.get_mut(&key) else {
+            return;
+        };
+        *remaining = remaining.saturating_sub(1);
+        if *remaining == 0 {
+            self.chat.fanouts.remove(&key);
+            self.batch.delete_fanout_pending(conversation_id, seq);
+        }
+    }
+
+    /// Appends an update to the log of a user this core owns; pushed to live devices after commit.
+    fn append_update(&mut self, user_id: u64, update: &UpdateRecord) -> Result<u64, StoreError> {
+        let state = self.user_state(user_id)?;
+        state.next_seq += 1;
+        let user_seq = state.next_seq;
+        self.batch.put_update(user_id, user_seq, update)?;
+        self.push_after_commit(user_id, user_seq);
+        Ok(user_seq)
+    }
+
+    /// Appends a receipt to a user's log.
+    pub(crate) fn append_receipt(
+        &mut self,
+        to_user: u64,
+        conversation_id: u64,
+        user_id: u64,
+        kind: u8,
+        up_to_seq: u64,
+        ts: u64,
+    ) -> Result<(), StoreError> {
+        let update = UpdateRecord::Receipt {
+            conversation_id,
+            user_id,
+            kind,
+            up_to_seq,
+            ts,
+        };
+        self.append_update(to_user, &update).map(|_| ())
+    }
+
+    fn receipt(&mut self, conversation_id: u64, user_id: u64) -> Result<ReceiptRecord, StoreError> {
+        if let Some(r) = self.chat.receipts.get(&(conversation_id, user_id)) {
+            return Ok(*r);
+        }
+        let r = self.store.receipt(conversation_id, user_id)?;
+        self.chat.receipts.insert((conversation_id, user_id), r);
+        Ok(r)
+    }
+
+    /// Moves a watermark of a user this core owns forwards; returns whether it moved.
+    fn move_watermark(
+        &mut self,
+        conversation_id: u64,
+        user_id: u64,
+        kind: ReceiptKind,
+        seq: u64,
+    ) -> Result<bool, StoreError> {
+        let mut receipt = self.receipt(conversation_id, user_id)?;
+        let mark = match kind {
+            ReceiptKind::Delivered => &mut receipt.delivered_seq,
+            ReceiptKind::Read => &mut receipt.read_seq,
+        };
+        if seq <= *mark {
+            return Ok(false);
+        }
+        *mark = seq;
+        if kind == ReceiptKind::Read {
+            receipt.delivered_seq = receipt.delivered_seq.max(seq);
+        }
+        self.batch.put_receipt(conversation_id, user_id, &receipt)?;
+        self.chat
+            .receipts
+            .insert((conversation_id, user_id), receipt);
+        Ok(true)
+    }
+
+    /// Builds the wire form of a stored update.
+    fn materialize_record(
+        &self,
+        user_seq: u64,
+        record: &UpdateRecord,
+    ) -> Result<Option<(Update, usize)>, StoreError> {
+        let (kind, bytes) = match *record {
+            UpdateRecord::Message {
+                conversation_id,
+                seq,
+                ..
+            } => {
+                let Some(stored) = self.store.message(conversation_id, seq)? else {
+                    tracing::error!(conversation_id, seq, "update points at a missing message");
+                    return Ok(None);
+                };
+                let bytes = approx_message_bytes(&stored);
+                (
+                    UpdateKind::Message(wire_message(conversation_id, seq, stored)),
+                    bytes,
+                )
+            }
+            UpdateRecord::Receipt {
+                conversation_id,
+                user_id,
+                kind,
+                up_to_seq,
+                ts,
+            } => {
+                let kind = ReceiptKind::from_u8(kind).unwrap_or(ReceiptKind::Delivered);
+                (
+                    UpdateKind::Receipt(Receipt {
+                        conversation_id,
+                        user_id,
+                        kind,
+                        up_to_seq,
+                        ts,
+                    }),
+                    64,
+                )
+            }
+        };
+        Ok(Some((Update { user_seq, kind }, bytes)))
+    }
+
+    /// Reads one update of a user's log.
+    pub(crate) fn materialize(
+        &self,
+        user_id: u64,
+        user_seq: u64,
+    ) -> Result<Option<Update>, StoreError> {
+        let rows = self.store.updates_after(user_id, user_seq - 1, 1)?;
+        match rows.first() {
+            Some((seq, record)) if *seq == user_seq => {
+                Ok(self.materialize_record(*seq, record)?.map(|(u, _)| u))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    pub(crate) fn handle_sync(
+        &mut self,
+        conn: ConnId,
+        request_id: u32,
+        user_id: u64,
+        sync: Sync,
+    ) -> Result<(), StoreError> {
+        let max = self.config.sync_page_updates_max.min(SYNC_PAGE_UPDATES_MAX) as usize;
+        let limit = if sync.limit == 0 {
+            max
+        } else {
+            (sync.limit as usize).min(max)
+        };
+        let head = self.user_state(user_id)?.head;
+        let rows = if sync.since >= head {
+            Vec::new()
+        } else {
+            self.store.updates_after(user_id, sync.since, limit)?
+        };
+        let mut updates = Vec::with_capacity(rows.len());
+        let mut bytes = 0;
+        let mut last = sync.since;
+        for (user_seq, record) in rows.iter().filter(|(s, _)| *s <= head) {
+            let Some((update, size)) = self.materialize_record(*user_seq, record)? else {
+                // Unreadable entries are skipped (and logged), never allowed to stall the cursor.
+                last = *user_seq;
+                continue;
+            };
+            if !updates.is_empty() && bytes + size > PAGE_BYTES_MAX {
+                break;
+            }
+            bytes += size;
+            last = *user_seq;
+            updates.push(update);
+        }
+        let has_more = last.max(sync.since) < head;
+        if !has_more {
+            if let Some(session) = self.sessions.get_mut(&conn) {
+                session.live = true;
+            }
+        }
+        self.reply(
+            conn,
+            request_id,
+            SyncPage {
+                updates,
+                has_more,
+                head,
+            },
+        );
+        Ok(())
+    }
+
+    pub(crate) fn handle_ack(
+        &mut self,
+        now_ms: u64,
+        conn: ConnId,
+        user_id: u64,
+        device_id: u32,
+        ack: Ack,
+    ) -> Result<(), StoreError> {
+        let state = self.user_state(user_id)?;
+        let up_to = ack.up_to.min(state.head);
+        let previously_acked = state.acked;
+        state.acked = state.acked.max(up_to);
+        if let Some(mut device) = self.store.device(user_id, device_id)? {
+            if up_to > device.cursor {
+                device.cursor = up_to;
+                device.last_active_at = now_ms;
+                self.batch.put_device(user_id, device_id, &device)?;
+            }
+        } else {
+            self.close(
+                conn,
+                ErrorCode::DEVICE_REVOKED,
+                "this device was signed out",
+            );
+        }
+        if up_to > previously_acked {
+            self.emit_delivered(now_ms, user_id, previously_acked, up_to)?;
+        }
+        Ok(())
+    }
+
+    /// The user's devices received updates `(from, to]`: moves delivered watermarks and tells senders.
+    fn emit_delivered(
+        &mut self,
+        now_ms: u64,
+        user_id: u64,
+        from: u64,
+        to: u64,
+    ) -> Result<(), StoreError> {
+        let mut newest: BTreeMap<u64, (u64, BTreeSet<u64>)> = BTreeMap::new();
+        let mut cursor = from;
+        let mut scanned = 0;
+        while cursor < to && scanned < ACK_SCAN_UPDATES_MAX {
+            let rows = self.store.updates_after(user_id, cursor, RANGE_READ_MAX)?;
+            let Some(&(last, _)) = rows.last() else { break };
+            for (user_seq, record) in &rows {
+                if *user_seq > to {
+                    break;
+                }
+                if let UpdateRecord::Message {
+                    conversation_id,
+                    seq,
+                    sender,
+                } = *record
+                {
+                    if sender != user_id {
+                        let entry = newest.entry(conversation_id).or_default();
+                        entry.0 = entry.0.max(seq);
+                        entry.1.insert(sender);
+                    }
+                }
+            }
+            scanned += rows.len();
+            cursor = last;
+        }
+        for (conversation_id, (seq, senders)) in newest {
+            if !self.move_watermark(conversation_id, user_id, ReceiptKind::Delivered, seq)? {
+                continue;
+            }
+            for sender in senders {
+                let mail = Mail::Receipt {
+                    to_user: sender,
+                    conversation_id,
+                    user_id,
+                    kind: ReceiptKind::Delivered as u8,
+                    up_to_seq: seq,
+                    ts: now_ms,
+                };
+                self.mail_after_commit(self.owner(sender), mail);
+            }
+        }
+        Ok(())
+    }
+
+    /// The conversation, if `user_id` is a member (otherwise `NOT_FOUND` was replied).
+    fn member_conversation(
+        &mut self,
+        conn: ConnId,
+        request_id: u32,
+        user_id: u64,
+        conversation_id: u64,
+    ) -> Result<Option<ConversationRecord>, StoreError> {
+        let record = self
+            .store
+            .conversation(conversation_id)?
+            .filter(|c| c.has_member(user_id));
+        if record.is_none() {
+            self.reply_error(
+                conn,
+                request_id,
+                ErrorCode::NOT_FOUND,
+                "no such conversation",
+            );
+        }
+        Ok(record)
+    }
+
+    pub(crate) fn handle_history(
+        &mut self,
+        conn: ConnId,
+        request_id: u32,
+        user_id: u64,
+        history: History,
+    ) -> Result<(), StoreError> {
+        let conversation_id = history.conversation_id;
+        if self
+            .member_conversation(conn, request_id, user_id, conversation_id)?
+            .is_none()
+        {
+            return Ok(());
+        }
+        let max = self
+            .config
+            .history_page_messages_max
+            .min(HISTORY_PAGE_MESSAGES_MAX) as usize;
+        let limit = if history.limit == 0 {
+            max
+        } else {
+            (history.limit as usize).min(max)
+        };
+        let before = if history.before == 0 {
+            u64::MAX
+        } else {
+            history.before
+        };
+        let mut rows = self.store.messages_before(conversation_id, before, limit)?;
+        // Keep the newest messages that fit in one frame.
+        let mut bytes = 0;
+        let mut keep = 0;
+        for (_, message) in rows.iter().rev() {
+            let size = approx_message_bytes(message);
+            if keep > 0 && bytes + size > PAGE_BYTES_MAX {
+                break;
+            }
+            bytes += size;
+            keep += 1;
+        }
+        let rows = rows.split_off(rows.len() - keep);
+        let has_more = rows.first().is_some_and(|(seq, _)| *seq > 1);
+        let messages = rows
+            .into_iter()
+            .map(|(seq, m)| wire_message(conversation_id, seq, m))
+            .collect();
+        self.reply(
+            conn,
+            request_id,
+            HistoryPage {
+                conversation_id,
+                messages,
+                has_more,
+            },
+        );
+        Ok(())
+    }
+
+    pub(crate) fn handle_mark_read(
+        &mut self,
+        now_ms: u64,
+        conn: ConnId,
+        request_id: u32,
+        user_id: u64,
+        mark: MarkRead,
+    ) -> Result<(), StoreError> {
+        let conversation_id = mark.conversation_id;
+        let Some(record) = self.member_conversation(conn, request_id, user_id, conversation_id)?
+        else {
+            return Ok(());
+        };
+        let up_to = mark.up_to_seq.min(self.store.last_seq(conversation_id)?);
+        if self.move_watermark(conversation_id, user_id, ReceiptKind::Read, up_to)? {
+            let kind = ReceiptKind::Read as u8;
+            // The reader's own devices learn it too, so every device shows the same unread count.
+            self.append_receipt(user_id, conversation_id, user_id, kind, up_to, now_ms)?;
+            for member in record.members.iter().filter(|m| m.user_id != user_id) {
+                let mail = Mail::Receipt {
+                    to_user: member.user_id,
+                    conversation_id,
+                    user_id,
+                    kind,
+                    up_to_seq: up_to,
+                    ts: now_ms,
+                };
+                self.mail_after_commit(self.owner(member.user_id), mail);
+            }
+        }
+        self.reply_after_commit(conn, request_id, OkFrame {});
+        Ok(())
+    }
+
+    pub(crate) fn handle_open_direct(
+        &mut self,
+        conn: ConnId,
+        request_id: u32,
+        user_id: u64,
+        open: OpenDirect,
+    ) -> Result<(), StoreError> {
+        let peer = open.user_id;
+        if peer == user_id {
+            self.reply_error(
+                conn,
+                request_id,
+                ErrorCode::INVALID_ARGUMENT,
+                "a direct conversation needs another user",
+            );
+            return Ok(());
+        }
+        if self.store.user(peer)?.is_none() {
+            self.reply_error(conn, request_id, ErrorCode::NOT_FOUND, "no such user");
+            return Ok(());
+        }
+        let origin = ConnRef {
+            core: self.core,
+            conn,
+        };
+        let core = self.owner(user_id.min(peer));
+        self.mail_now(
+            core,
+            Mail::OpenDirect {
+                origin,
+                request_id,
+                user_id,
+                peer,
+            },
+        );
+        Ok(())
+    }
+
+    /// On the lower user's core: finds or creates the pair's direct conversation.
+    pub(crate) fn handle_mail_open_direct(
+        &mut self,
+        now_ms: u64,
+        origin: ConnRef,
+        request_id: u32,
+        user_id: u64,
+        peer: u64,
+    ) -> Result<(), StoreError> {
+        let (lo, hi) = (user_id.min(peer), user_id.max(peer));
+        let existing = match self.chat.pending_direct.get(&(lo, hi)) {
+            Some(id) => Some(*id),
+            None => self.store.direct(lo, hi)?,
+        };
+        let conversation_id = match existing {
+            Some(id) => id,
+            None => {
+                let id = self.next_id(now_ms);
+                let members = vec![
+                    MemberRecord {
+                        user_id: lo,
+                        role: Role::Member as u8,
+                    },
+                    MemberRecord {
+                        user_id: hi,
+                        role: Role::Member as u8,
+                    },
+                ];
+                let record = ConversationRecord {
+                    kind: ConversationKind::Direct as u8,
+                    name: String::new(),
+                    created_at: now_ms,
+                    members,
+                };
+                self.batch.put_conversation(id, &record)?;
+                self.batch.put_direct(lo, hi, id);
+                self.batch.put_user_conversation(lo, id);
+                self.batch.put_user_conversation(hi, id);
+                self.chat.pending_direct.insert((lo, hi), id);
+                id
+            }
+        };
+        self.mail_after_commit(
+            origin.core,
+            Mail::DirectOpened {
+                origin,
+                request_id,
+                result: Ok(conversation_id),
+            },
+        );
+        Ok(())
+    }
+
+    /// Replies with a conversation's state as `user_id` sees it.
+    pub(crate) fn reply_conversation(
+        &mut self,
+        conn: ConnId,
+        request_id: u32,
+        user_id: u64,
+        conversation_id: u64,
+    ) -> Result<(), StoreError> {
+        let Some(record) = self.member_conversation(conn, request_id, user_id, conversation_id)?
+        else {
+            return Ok(());
+        };
+        let last_seq = self.store.last_seq(conversation_id)?;
+        let read_seq = self.store.receipt(conversation_id, user_id)?.read_seq;
+        let conversation = ConversationInfo {
+            conversation_id,
+            kind: ConversationKind::from_u8(record.kind).unwrap_or_default(),
+            name: record.name,
+            created_at: record.created_at,
+            last_seq,
+            read_seq,
+            unread: last_seq.saturating_sub(read_seq),
+            members: record
+                .members
+                .iter()
+                .map(|m| Member {
+                    user_id: m.user_id,
+                    role: Role::from_u8(m.role).unwrap_or_default(),
+                })
+                .collect(),
+        };
+        self.reply(conn, request_id, Conversation { conversation });
+        Ok(())
+    }
+
+    pub(crate) fn handle_list_conversations(
+        &mut self,
+        conn: ConnId,
+        request_id: u32,
+        user_id: u64,
+        list: ListConversations,
+    ) -> Result<(), StoreError> {
+        let max = CONVERSATIONS_PAGE_MAX as usize;
+        let limit = if list.limit == 0 {
+            max
+        } else {
+            (list.limit as usize).min(max)
+        };
+        let ids = self
+            .store
+            .user_conversations(user_id, list.after, limit + 1)?;
+        let has_more = ids.len() > limit;
+        let mut conversations = Vec::with_capacity(limit);
+        let mut bytes = 0;
+        for conversation_id in ids.into_iter().take(limit) {
+            let Some(record) = self.store.conversation(conversation_id)? else {
+                continue;
+            };
+            let last_seq = self.store.last_seq(conversation_id)?;
+            let read_seq = self.store.receipt(conversation_id, user_id)?.read_seq;
+            let last_message = match last_seq {
+                0 => None,
+                seq => self.store.message(conversation_id, seq)?,
+            };
+            bytes += last_message.as_ref().map_or(128, approx_message_bytes);
+            if !conversations.is_empty() && bytes > PAGE_BYTES_MAX {
+                break;
+            }
+            let kind = ConversationKind::from_u8(record.kind).unwrap_or_default();
+            let peer = match kind {
+                ConversationKind::Direct => record
+                    .members
+                    .iter()
+                    .map(|m| m.user_id)
+                    .find(|u| *u != user_id)
+                    .unwrap_or(0),
+                ConversationKind::Group => 0,
+            };
+            conversations.push(ConversationSummary {
+                conversation_id,
+                kind,
+                name: record.name,
+                peer,
+                last_seq,
+                read_seq,
+                unread: last_seq.saturating_sub(read_seq),
+                last_message: last_message.map(|m| wire_message(conversation_id, last_seq, m)),
+            });
+        }
+        self.reply(
+            conn,
+            request_id,
+            Conversations {
+                conversations,
+                has_more,
+            },
+        );
+        Ok(())
+    }
+}
+
+/// The wire form of a stored message.
+fn wire_message(conversation_id: u64, seq: u64, stored: MessageRecord) -> Message {
+    Message {
+        conversation_id,
+        seq,
+        message_id: stored.message_id,
+        sender: stored.sender,
+        sender_device: stored.sender_device,
+        ts: stored.ts,
+        client_msg_id: stored.client_msg_id,
+        body: stored.body,
+        attachments: Vec::new(),
+    }
+}

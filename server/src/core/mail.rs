@@ -1,0 +1,112 @@
+//! Mail: the messages cores send each other through their mailboxes.
+//!
+//! This enum is the seam between cores: everything one core asks of another is a variant here, a
+//! plain value with no references into the sender's state. Running across several machines later
+//! means carrying these over a broker instead of an in-process queue.
+
+use bytes::BytesMut;
+use tern_protocol::frames::Sent;
+use tern_protocol::ErrorCode;
+
+use super::ConnId;
+use crate::store::records::UserRecord;
+
+/// A connection somewhere: its core and its id there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ConnRef {
+    pub(crate) core: usize,
+    pub(crate) conn: ConnId,
+}
+
+/// What a migrating connection asks its new core to finish.
+#[derive(Debug)]
+pub(crate) enum AdoptAuth {
+    /// Password checked (login) or account created (register): create a device and a token.
+    NewDevice {
+        user_id: u64,
+        username: String,
+        device_name: String,
+        token: [u8; 32],
+        token_hash: [u8; 32],
+    },
+    /// Token looked up: re-check the device and resume it.
+    Resume {
+        user_id: u64,
+        device_id: u32,
+        token_hash: [u8; 32],
+    },
+}
+
+/// A request from one core to another, or a reply.
+#[derive(Debug)]
+pub(crate) enum Mail {
+    /// To the username's owner core: create the account unless the name is taken.
+    CreateUser {
+        origin: ConnRef,
+        user: Box<UserRecord>,
+        device_name: String,
+    },
+    /// Back to the origin: the account exists now (or `Err` with why not).
+    UserCreated {
+        origin: ConnRef,
+        result: Result<(u64, String, String), ErrorCode>,
+    },
+    /// A connection moves to the core that owns its user.
+    Adopt(Box<Adoption>),
+    /// To the conversation's owner core: store a message.
+    Send {
+        origin: ConnRef,
+        request_id: u32,
+        user_id: u64,
+        device_id: u32,
+        send: Box<tern_protocol::frames::Send>,
+    },
+    /// Back to the sender's core: the message is durable (or `Err`).
+    SendDone {
+        origin: ConnRef,
+        request_id: u32,
+        result: Result<Sent, ErrorCode>,
+    },
+    /// To a member's owner core: append a message to the member's update log.
+    Deliver {
+        user_id: u64,
+        conversation_id: u64,
+        seq: u64,
+        sender: u64,
+        from_core: usize,
+    },
+    /// Back to the conversation's owner: the member's log holds the message.
+    Delivered { conversation_id: u64, seq: u64 },
+    /// To a user's owner core: append a receipt to the user's log.
+    Receipt {
+        to_user: u64,
+        conversation_id: u64,
+        user_id: u64,
+        kind: u8,
+        up_to_seq: u64,
+        ts: u64,
+    },
+    /// To the owner core of the lower user id: find or create the pair's direct conversation.
+    OpenDirect {
+        origin: ConnRef,
+        request_id: u32,
+        user_id: u64,
+        peer: u64,
+    },
+    /// Back to the origin: the direct conversation's id (or `Err`).
+    DirectOpened {
+        origin: ConnRef,
+        request_id: u32,
+        result: Result<u64, ErrorCode>,
+    },
+}
+
+/// A connection handed to another core: the socket, the bytes read past the auth request, and
+/// what the new core must do before it answers.
+#[derive(Debug)]
+pub(crate) struct Adoption {
+    pub(crate) socket: std::net::TcpStream,
+    pub(crate) buffered: BytesMut,
+    pub(crate) request_id: u32,
+    pub(crate) auth: AdoptAuth,
+}

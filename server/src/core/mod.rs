@@ -1,0 +1,504 @@
+//! Per-core chat logic: sessions, accounts, conversations, the message path, sync and receipts.
+//!
+//! A [`Shard`] is one core's state. It never touches sockets, threads or the clock: the runtime
+//! hands it decoded frames and mail together with the current time, and collects what it produced:
+//! frames for connections ([`Output`]) and mail for other cores. Writes go into the shard's pending
+//! [`Batch`]; [`Shard::end_turn`] commits that batch once per loop turn (group commit) and only then
+//! releases the replies and mail that depend on it, so an acknowledgement always means durable.
+//!
+//! Ownership: a user belongs to core `owner(user_id)`, a conversation to `owner(conversation_id)`.
+//! Only the owner core writes a user's devices, update log and watermarks, or a conversation's
+//! messages; see the store's schema for who writes what.
+
+pub(crate) mod accounts;
+pub(crate) mod chat;
+pub(crate) mod mail;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tern_protocol::frames::{self, Error as ErrorFrame};
+use tern_protocol::{Body, ErrorCode, Frame};
+
+use crate::config::Config;
+use crate::ids::IdGen;
+use crate::store::{Batch, Store, StoreError};
+use mail::Mail;
+
+/// A connection's id, unique on its core for the life of the process.
+pub(crate) type ConnId = u64;
+
+/// The core that owns a user or a conversation id.
+pub(crate) fn owner(id: u64, cores: usize) -> usize {
+    // A multiplicative hash spreads time-ordered ids (whose low bits are a core and a counter).
+    (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % cores.max(1)
+}
+
+/// The core that owns a username (it serialises registrations of that name).
+pub(crate) fn name_owner(username: &str, cores: usize) -> usize {
+    // FNV-1a: stable across builds and platforms, unlike the std hasher.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in username.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    owner(hash, cores)
+}
+
+/// Something the runtime must do for a connection of this core.
+#[derive(Debug)]
+pub(crate) enum Output {
+    /// Queue a frame.
+    Frame { conn: ConnId, frame: Frame },
+    /// Send a connection-level error (request id 0) and close.
+    Close {
+        conn: ConnId,
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+/// An authenticated connection.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) user_id: u64,
+    pub(crate) device_id: u32,
+    /// Whether `Sync` has caught up, so new updates are pushed as events.
+    pub(crate) live: bool,
+}
+
+/// In-memory state of a user this core owns.
+#[derive(Debug, Default)]
+pub(crate) struct UserState {
+    /// The newest committed `user_seq`.
+    pub(crate) head: u64,
+    /// The newest `user_seq` assigned, committed or pending.
+    pub(crate) next_seq: u64,
+    /// The highest `user_seq` any device acknowledged.
+    pub(crate) acked: u64,
+}
+
+/// One core's state.
+pub(crate) struct Shard {
+    pub(crate) core: usize,
+    pub(crate) cores: usize,
+    pub(crate) config: Arc<Config>,
+    pub(crate) store: Store,
+    pub(crate) ids: IdGen,
+    pub(crate) batch: Batch,
+    /// Frames to send now, not waiting on the batch.
+    outputs: Vec<Output>,
+    /// Frames to send once the batch is committed.
+    after_commit: Vec<Output>,
+    /// Mail to send once the batch is committed, by destination core.
+    mail_after_commit: Vec<(usize, Mail)>,
+    /// Mail to send now.
+    mail_now: Vec<(usize, Mail)>,
+    /// Updates appended in this batch, pushed to live sessions after the commit.
+    pushes: Vec<(u64, u64)>,
+    pub(crate) sessions: HashMap<ConnId, Session>,
+    pub(crate) online: HashMap<u64, Vec<ConnId>>,
+    pub(crate) users: HashMap<u64, UserState>,
+    pub(crate) chat: chat::ChatState,
+    pub(crate) accounts: accounts::AccountState,
+}
+
+impl Shard {
+    /// The state of core `core` of `cores`.
+    /// `high_water` is the newest id the core persisted (from [`Store::id_high_water`]).
+    pub(crate) fn new(
+        core: usize,
+        cores: usize,
+        config: Arc<Config>,
+        store: Store,
+        high_water: u64,
+    ) -> Shard {
+        let batch = store.batch();
+        Shard {
+            core,
+            cores,
+            config,
+            store,
+            ids: IdGen::new(core, high_water),
+            batch,
+            outputs: Vec::new(),
+            after_commit: Vec::new(),
+            mail_after_commit: Vec::new(),
+            mail_now: Vec::new(),
+            pushes: Vec::new(),
+            sessions: HashMap::new(),
+            online: HashMap::new(),
+            users: HashMap::new(),
+            chat: chat::ChatState::default(),
+            accounts: accounts::AccountState::default(),
+        }
+    }
+
+    /// The next id, recording the high-water mark in the pending batch.
+    pub(crate) fn next_id(&mut self, now_ms: u64) -> u64 {
+        let id = self.ids.next(now_ms);
+        self.batch
+            .put_id_high_water(self.core as u16, self.ids.high_water());
+        id
+    }
+
+    pub(crate) fn owner(&self, id: u64) -> usize {
+        owner(id, self.cores)
+    }
+
+    /// Whether a connection of this core is authenticated.
+    pub(crate) fn session(&self, conn: ConnId) -> Option<&Session> {
+        self.sessions.get(&conn)
+    }
+
+    /// Replies now.
+    pub(crate) fn reply(&mut self, conn: ConnId, request_id: u32, body: impl Into<Body>) {
+        self.outputs.push(Output::Frame {
+            conn,
+            frame: Frame::new(request_id, body),
+        });
+    }
+
+    /// Replies once the pending batch is durable.
+    pub(crate) fn reply_after_commit(
+        &mut self,
+        conn: ConnId,
+        request_id: u32,
+        body: impl Into<Body>,
+    ) {
+        self.after_commit.push(Output::Frame {
+            conn,
+            frame: Frame::new(request_id, body),
+        });
+    }
+
+    /// Sends an error reply now.
+    pub(crate) fn reply_error(
+        &mut self,
+        conn: ConnId,
+        request_id: u32,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) {
+        let error = ErrorFrame {
+            code,
+            retry_after_ms: 0,
+            message: message.into(),
+        };
+        self.reply(conn, request_id, error);
+    }
+
+    /// Closes a connection with a connection-level error.
+    pub(crate) fn close(&mut self, conn: ConnId, code: ErrorCode, message: impl Into<String>) {
+        self.outputs.push(Output::Close {
+            conn,
+            code,
+            message: message.into(),
+        });
+    }
+
+    /// Releases an output once the pending batch is durable.
+    pub(crate) fn after_commit_output(&mut self, output: Output) {
+        self.after_commit.push(output);
+    }
+
+    /// Sends mail once the pending batch is durable.
+    pub(crate) fn mail_after_commit(&mut self, core: usize, mail: Mail) {
+        self.mail_after_commit.push((core, mail));
+    }
+
+    /// Sends mail now (it does not depend on this core's pending writes).
+    pub(crate) fn mail_now(&mut self, core: usize, mail: Mail) {
+        self.mail_now.push((core, mail));
+    }
+
+    /// Records that an update was appended for `user_id` in this batch, to push after commit.
+    pub(crate) fn push_after_commit(&mut self, user_id: u64, user_seq: u64) {
+        self.pushes.push((user_id, user_seq));
+    }
+
+    /// Loads (once) the state of a user this core owns.
+    pub(crate) fn user_state(&mut self, user_id: u64) -> Result<&mut UserState, StoreError> {
+        debug_assert_eq!(
+            self.owner(user_id),
+            self.core,
+            "user {user_id} is not owned by core {}",
+            self.core
+        );
+        if !self.users.contains_key(&user_id) {
+            let head = self.store.last_user_seq(user_id)?;
+            let acked = self
+                .store
+                .devices(user_id)?
+                .iter()
+                .map(|(_, d)| d.cursor)
+                .max()
+                .unwrap_or(0);
+            self.users.insert(
+                user_id,
+                UserState {
+                    head,
+                    next_seq: head,
+                    acked,
+                },
+            );
+        }
+        // Inserted just above when missing.
+        self.users
+            .get_mut(&user_id)
+            .ok_or_else(|| StoreError::Corrupt("user state".into()))
+    }
+
+    /// Adds an authenticated session.
+    pub(crate) fn add_session(&mut self, conn: ConnId, user_id: u64, device_id: u32) {
+        self.sessions.insert(
+            conn,
+            Session {
+                user_id,
+                device_id,
+                live: false,
+            },
+        );
+        self.online.entry(user_id).or_default().push(conn);
+    }
+
+    /// Forgets a connection that closed.
+    pub(crate) fn connection_closed(&mut self, conn: ConnId) {
+        if let Some(session) = self.sessions.remove(&conn) {
+            if let Some(conns) = self.online.get_mut(&session.user_id) {
+                conns.retain(|c| *c != conn);
+                if conns.is_empty() {
+                    self.online.remove(&session.user_id);
+                }
+            }
+        }
+    }
+
+    /// Handles a request on an authenticated connection.
+    pub(crate) fn handle_request(
+        &mut self,
+        now_ms: u64,
+        conn: ConnId,
+        request_id: u32,
+        body: Body,
+    ) {
+        let Some(session) = self.sessions.get(&conn) else {
+            self.reply_error(
+                conn,
+                request_id,
+                ErrorCode::NOT_AUTHENTICATED,
+                "authenticate first",
+            );
+            return;
+        };
+        let (user_id, device_id) = (session.user_id, session.device_id);
+        let result = match body {
+            Body::Send(send) => self.handle_send(conn, request_id, user_id, device_id, send),
+            Body::Sync(sync) => self.handle_sync(conn, request_id, user_id, sync),
+            Body::Ack(ack) => self.handle_ack(now_ms, conn, user_id, device_id, ack),
+            Body::History(history) => self.handle_history(conn, request_id, user_id, history),
+            Body::MarkRead(mark) => self.handle_mark_read(now_ms, conn, request_id, user_id, mark),
+            Body::OpenDirect(open) => self.handle_open_direct(conn, request_id, user_id, open),
+            Body::GetConversation(get) => {
+                self.reply_conversation(conn, request_id, user_id, get.conversation_id)
+            }
+            Body::ListConversations(list) => {
+                self.handle_list_conversations(conn, request_id, user_id, list)
+            }
+            Body::ListDevices(_) => self.handle_list_devices(conn, request_id, user_id, device_id),
+            Body::RevokeDevice(revoke) => {
+                self.handle_revoke(conn, request_id, user_id, revoke.device_id)
+            }
+            Body::Logout(_) => self.handle_logout(conn, request_id, user_id, device_id),
+            Body::LookupUser(lookup) => self.handle_lookup(conn, request_id, &lookup.username),
+            other => {
+                let message = format!("{} is not available in this server version", other.name());
+                self.reply_error(conn, request_id, ErrorCode::UNKNOWN_TYPE, message);
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(core = self.core, error = %e, "storage error while handling a request");
+            self.reply_error(conn, request_id, ErrorCode::INTERNAL, "storage error");
+        }
+    }
+
+    /// Handles mail from another core (or this one).
+    pub(crate) fn handle_mail(&mut self, now_ms: u64, mail: Mail) {
+        let result = match mail {
+            Mail::CreateUser {
+                origin,
+                user,
+                device_name,
+            } => self.handle_create_user(now_ms, origin, *user, device_name),
+            Mail::Send {
+                origin,
+                request_id,
+                user_id,
+                device_id,
+                send,
+            } => {
+                self.handle_conversation_send(now_ms, origin, request_id, user_id, device_id, *send)
+            }
+            Mail::SendDone {
+                origin,
+                request_id,
+                result,
+            } => {
+                match result {
+                    Ok(sent) => self.reply(origin.conn, request_id, sent),
+                    Err(code) => self.reply_error(origin.conn, request_id, code, "send refused"),
+                }
+                Ok(())
+            }
+            Mail::Deliver {
+                user_id,
+                conversation_id,
+                seq,
+                sender,
+                from_core,
+            } => self.handle_deliver(user_id, conversation_id, seq, sender, from_core),
+            Mail::Delivered {
+                conversation_id,
+                seq,
+            } => {
+                self.handle_delivered(conversation_id, seq);
+                Ok(())
+            }
+            Mail::Receipt {
+                to_user,
+                conversation_id,
+                user_id,
+                kind,
+                up_to_seq,
+                ts,
+            } => self.append_receipt(to_user, conversation_id, user_id, kind, up_to_seq, ts),
+            Mail::OpenDirect {
+                origin,
+                request_id,
+                user_id,
+                peer,
+            } => self.handle_mail_open_direct(now_ms, origin, request_id, user_id, peer),
+            Mail::DirectOpened {
+                origin,
+                request_id,
+                result,
+            } => match result {
+                Ok(conversation_id) => {
+                    let user_id = self.sessions.get(&origin.conn).map(|s| s.user_id);
+                    match user_id {
+                        Some(user_id) => self.reply_conversation(
+                            origin.conn,
+                            request_id,
+                            user_id,
+                            conversation_id,
+                        ),
+                        None => Ok(()),
+                    }
+                }
+                Err(code) => {
+                    self.reply_error(
+                        origin.conn,
+                        request_id,
+                        code,
+                        "cannot open the conversation",
+                    );
+                    Ok(())
+                }
+            },
+            Mail::UserCreated { .. } | Mail::Adopt(_) => {
+                debug_assert!(false, "the runtime handles connection mail");
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(core = self.core, error = %e, "storage error while handling mail");
+        }
+    }
+
+    /// Ends a loop turn: commits the pending batch and releases what waited for it.
+    ///
+    /// Returns the frames to send and the mail to deliver, in order.
+    pub(crate) fn end_turn(&mut self) -> (Vec<Output>, Vec<(usize, Mail)>) {
+        let mut outputs = std::mem::take(&mut self.outputs);
+        let mut mail = std::mem::take(&mut self.mail_now);
+        if !self.batch.is_empty()
+            || !self.after_commit.is_empty()
+            || !self.mail_after_commit.is_empty()
+        {
+            let batch = std::mem::replace(&mut self.batch, self.store.batch());
+            match self.store.commit(batch) {
+                Ok(()) => {
+                    self.chat.committed();
+                    self.accounts_committed();
+                    outputs.append(&mut self.after_commit);
+                    mail.append(&mut self.mail_after_commit);
+                    self.release_pushes(&mut outputs);
+                }
+                Err(e) => self.commit_failed(e, &mut outputs),
+            }
+        }
+        (outputs, mail)
+    }
+
+    /// A failed commit: nothing in the batch happened. Waiting replies become errors, waiting mail
+    /// is dropped (its senders retry or the recovery scan finds it), and caches reload.
+    fn commit_failed(&mut self, error: StoreError, outputs: &mut Vec<Output>) {
+        tracing::error!(core = self.core, %error, "group commit failed");
+        for output in self.after_commit.drain(..) {
+            if let Output::Frame { conn, frame } = output {
+                if frame.request_id != 0 {
+                    let error = ErrorFrame {
+                        code: ErrorCode::INTERNAL,
+                        retry_after_ms: 0,
+                        message: "storage error".into(),
+                    };
+                    outputs.push(Output::Frame {
+                        conn,
+                        frame: Frame::new(frame.request_id, error),
+                    });
+                }
+            }
+        }
+        self.mail_after_commit.clear();
+        self.pushes.clear();
+        self.users.clear();
+        self.chat.forget();
+        self.accounts = accounts::AccountState::default();
+    }
+
+    /// After a commit: moves each touched user's head and pushes new updates to live sessions.
+    fn release_pushes(&mut self, outputs: &mut Vec<Output>) {
+        let pushes = std::mem::take(&mut self.pushes);
+        for (user_id, user_seq) in pushes {
+            if let Some(state) = self.users.get_mut(&user_id) {
+                state.head = state.head.max(user_seq);
+            }
+            let Some(conns) = self.online.get(&user_id) else {
+                continue;
+            };
+            let live: Vec<ConnId> = conns
+                .iter()
+                .copied()
+                .filter(|c| self.sessions.get(c).is_some_and(|s| s.live))
+                .collect();
+            if live.is_empty() {
+                continue;
+            }
+            match self.materialize(user_id, user_seq) {
+                Ok(Some(update)) => {
+                    for conn in live {
+                        let frame = Frame::event(frames::UpdateEvent {
+                            update: update.clone(),
+                        });
+                        outputs.push(Output::Frame { conn, frame });
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(core = self.core, error = %e, "reading an update to push")
+                }
+            }
+        }
+    }
+}

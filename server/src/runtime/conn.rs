@@ -1,0 +1,626 @@
+//! One connection: its reader loop (the task itself), its writer task and its outbound queue.
+//!
+//! The reader decodes frames from an inbox buffer that exists only while bytes are pending; an idle
+//! connection waits for readiness holding no buffer. Before authentication the connection lives on
+//! the core that accepted it and the reader handles `Hello`, `Ping` and the three ways to
+//! authenticate itself; once a user is known, the socket and any bytes already read move to the
+//! user's owner core, which finishes the authentication and serves the session from then on.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tern_protocol::frames::{self, Error as ErrorFrame, GoAway, Pong, Welcome};
+use tern_protocol::limits::{PROTOCOL_VERSION, REQUESTS_IN_FLIGHT_MAX};
+use tern_protocol::types::ServerLimits;
+use tern_protocol::{Body, ErrorCode, Frame, FrameDecoder, FrameError};
+
+use super::socket::Socket;
+use super::CoreCtx;
+use crate::core::accounts::{self, token_hash, validate_password, validate_username};
+use crate::core::mail::{AdoptAuth, Adoption, ConnRef, Mail};
+use crate::core::{name_owner, ConnId};
+use crate::store::records::UserRecord;
+
+/// Frames coalesced into one write.
+const WRITE_COALESCE_BYTES_MAX: usize = 256 * 1024;
+
+/// The queue of encoded frames waiting to be written to one connection.
+pub(crate) struct Outbound {
+    queue: RefCell<VecDeque<Bytes>>,
+    bytes: Cell<usize>,
+    bytes_max: usize,
+    wake: tokio::sync::Notify,
+    /// No more frames are accepted; the writer flushes and ends.
+    closing: Cell<bool>,
+    /// Shut the socket down once flushed (a close), rather than hand it on (a migration).
+    shutdown_after: Cell<bool>,
+    done: tokio::sync::Notify,
+    finished: Cell<bool>,
+}
+
+impl Outbound {
+    fn new(bytes_max: usize) -> Outbound {
+        Outbound {
+            queue: RefCell::new(VecDeque::new()),
+            bytes: Cell::new(0),
+            bytes_max,
+            wake: tokio::sync::Notify::new(),
+            closing: Cell::new(false),
+            shutdown_after: Cell::new(true),
+            done: tokio::sync::Notify::new(),
+            finished: Cell::new(false),
+        }
+    }
+
+    /// Queues a frame. Past the byte limit the client is too slow: it gets `SLOW_CONSUMER` and the
+    /// connection closes (its updates stay in its log for the next `Sync`).
+    pub(crate) fn push(&self, frame: &Frame) {
+        if self.closing.get() {
+            return;
+        }
+        let mut buf = BytesMut::new();
+        if let Err(e) = frame.encode(&mut buf) {
+            tracing::error!(error = %e, frame = frame.body.name(), "a frame the server built does not encode");
+            return;
+        }
+        if self.bytes.get() + buf.len() > self.bytes_max {
+            self.close_with(
+                ErrorCode::SLOW_CONSUMER,
+                "outbound queue full: reconnect and sync",
+            );
+            return;
+        }
+        self.bytes.set(self.bytes.get() + buf.len());
+        self.queue.borrow_mut().push_back(buf.freeze());
+        self.wake.notify_one();
+    }
+
+    /// Queues a connection-level error, then closes.
+    pub(crate) fn close_with(&self, code: ErrorCode, message: &str) {
+        if self.closing.get() {
+            return;
+        }
+        let error = ErrorFrame {
+            code,
+            retry_after_ms: 0,
+            message: message.to_owned(),
+        };
+        let mut buf = BytesMut::new();
+        if Frame::event(error).encode(&mut buf).is_ok() {
+            // Past the byte limit on purpose: the client should learn why it is closed.
+            self.bytes.set(self.bytes.get() + buf.len());
+            self.queue.borrow_mut().push_back(buf.freeze());
+        }
+        self.close();
+    }
+
+    /// Stops accepting frames; the writer flushes what is queued, shuts the socket down and ends.
+    pub(crate) fn close(&self) {
+        self.closing.set(true);
+        self.wake.notify_one();
+    }
+
+    fn take_chunk(&self) -> Option<Vec<u8>> {
+        let mut queue = self.queue.borrow_mut();
+        let mut chunk = Vec::new();
+        while let Some(front) = queue.front() {
+            if !chunk.is_empty() && chunk.len() + front.len() > WRITE_COALESCE_BYTES_MAX {
+                break;
+            }
+            chunk.extend_from_slice(front);
+            self.bytes.set(self.bytes.get() - front.len());
+            queue.pop_front();
+        }
+        (!chunk.is_empty()).then_some(chunk)
+    }
+
+    async fn finished(&self) {
+        while !self.finished.get() {
+            self.done.notified().await;
+        }
+    }
+}
+
+/// What the runtime keeps per connection.
+pub(crate) struct ConnHandle {
+    pub(crate) outbound: Rc<Outbound>,
+    pub(crate) last_rx: Cell<Instant>,
+    /// Requests handed to the shard whose replies have not been queued yet.
+    pub(crate) in_flight: Cell<u32>,
+}
+
+async fn writer(socket: Rc<Socket>, outbound: Rc<Outbound>) {
+    loop {
+        match outbound.take_chunk() {
+            Some(chunk) => {
+                if let Err(e) = socket.write_all(chunk).await {
+                    tracing::debug!(error = %e, "write failed; closing");
+                    outbound.closing.set(true);
+                    outbound.queue.borrow_mut().clear();
+                    break;
+                }
+            }
+            None if outbound.closing.get() => break,
+            None => outbound.wake.notified().await,
+        }
+    }
+    if outbound.shutdown_after.get() {
+        socket.shutdown();
+    }
+    outbound.finished.set(true);
+    outbound.done.notify_waiters();
+}
+
+/// How a connection starts.
+pub(crate) enum Start {
+    /// Freshly accepted: `Hello` first.
+    Accepted,
+    /// Migrated from another core with a pending authentication.
+    Adopted {
+        buffered: BytesMut,
+        request_id: u32,
+        auth: AdoptAuth,
+    },
+}
+
+/// What ended the reader loop.
+enum End {
+    Closed,
+    Migrate {
+        core: usize,
+        request_id: u32,
+        auth: AdoptAuth,
+    },
+}
+
+/// Runs a connection until it closes or migrates.
+pub(crate) async fn run(ctx: Rc<CoreCtx>, socket: Socket, start: Start) {
+    let conn = ctx.next_conn_id();
+    let socket = Rc::new(socket);
+    let outbound = Rc::new(Outbound::new(ctx.config.outbound_queue_bytes_max));
+    let handle = Rc::new(ConnHandle {
+        outbound: Rc::clone(&outbound),
+        last_rx: Cell::new(Instant::now()),
+        in_flight: Cell::new(0),
+    });
+    ctx.conns.borrow_mut().insert(conn, Rc::clone(&handle));
+    tokio::task::spawn_local(writer(Rc::clone(&socket), Rc::clone(&outbound)));
+
+    let (mut inbox, mut phase) = match start {
+        Start::Accepted => (BytesMut::new(), Phase::NeedHello),
+        Start::Adopted {
+            buffered,
+            request_id,
+            auth,
+        } => {
+            ctx.shard
+                .borrow_mut()
+                .adopt(ctx.now_ms(), conn, request_id, auth);
+            ctx.kick();
+            (buffered, Phase::Ready)
+        }
+    };
+    let mut reader = Reader {
+        ctx: Rc::clone(&ctx),
+        conn,
+        outbound: Rc::clone(&outbound),
+        handle,
+    };
+    let end = reader.run(&socket, &mut inbox, &mut phase).await;
+
+    ctx.conns.borrow_mut().remove(&conn);
+    ctx.shard.borrow_mut().connection_closed(conn);
+    match end {
+        End::Closed => {
+            outbound.close();
+            outbound.finished().await;
+        }
+        End::Migrate {
+            core,
+            request_id,
+            auth,
+        } => {
+            outbound.shutdown_after.set(false);
+            outbound.close();
+            outbound.finished().await;
+            drop(reader);
+            let Ok(socket) = Rc::try_unwrap(socket) else {
+                tracing::error!("socket still shared at migration; dropping the connection");
+                return;
+            };
+            match socket.into_std() {
+                Ok(socket) => {
+                    let adoption = Adoption {
+                        socket,
+                        buffered: inbox,
+                        request_id,
+                        auth,
+                    };
+                    ctx.send_mail(core, Mail::Adopt(Box::new(adoption)));
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot hand a connection over; dropping it"),
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    NeedHello,
+    Ready,
+}
+
+struct Reader {
+    ctx: Rc<CoreCtx>,
+    conn: ConnId,
+    outbound: Rc<Outbound>,
+    handle: Rc<ConnHandle>,
+}
+
+impl Reader {
+    async fn run(&mut self, socket: &Socket, inbox: &mut BytesMut, phase: &mut Phase) -> End {
+        let decoder = FrameDecoder::new();
+        let idle = Duration::from_millis(u64::from(self.ctx.config.idle_timeout_ms));
+        loop {
+            loop {
+                if self.outbound.closing.get() {
+                    return End::Closed;
+                }
+                match decoder.decode(inbox) {
+                    Ok(Some(frame)) => {
+                        if let Some(end) = self.handle_frame(frame, phase, inbox).await {
+                            return end;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        if let Some(end) = self.decode_error(e, *phase) {
+                            return end;
+                        }
+                    }
+                }
+            }
+            if inbox.is_empty() {
+                // Idle: hold no buffer while waiting.
+                *inbox = BytesMut::new();
+            }
+            let since_rx = self.handle.last_rx.get().elapsed();
+            let wait = idle.saturating_sub(since_rx);
+            match tokio::time::timeout(wait, socket.read(inbox)).await {
+                Err(_) if self.handle.last_rx.get().elapsed() >= idle => {
+                    self.outbound.close_with(
+                        ErrorCode::HEARTBEAT_TIMEOUT,
+                        "no frame within the idle time-out",
+                    );
+                    return End::Closed;
+                }
+                Err(_) => continue,
+                Ok(Ok(0)) | Ok(Err(_)) => return End::Closed,
+                Ok(Ok(_)) => self.handle.last_rx.set(Instant::now()),
+            }
+        }
+    }
+
+    fn reply(&self, request_id: u32, body: impl Into<Body>) {
+        self.outbound.push(&Frame::new(request_id, body));
+    }
+
+    fn error(&self, request_id: u32, code: ErrorCode, message: &str) {
+        self.reply(
+            request_id,
+            ErrorFrame {
+                code,
+                retry_after_ms: 0,
+                message: message.to_owned(),
+            },
+        );
+    }
+
+    fn decode_error(&self, e: FrameError, phase: Phase) -> Option<End> {
+        let code = e.error.code();
+        if e.error.closes_connection() {
+            self.outbound.close_with(code, &e.to_string());
+            return Some(End::Closed);
+        }
+        if phase == Phase::NeedHello {
+            self.outbound.close_with(
+                ErrorCode::HELLO_REQUIRED,
+                "the first frame must be a valid Hello",
+            );
+            return Some(End::Closed);
+        }
+        self.error(e.request_id.unwrap_or(0), code, &e.to_string());
+        None
+    }
+
+    async fn handle_frame(
+        &mut self,
+        frame: Frame,
+        phase: &mut Phase,
+        inbox: &BytesMut,
+    ) -> Option<End> {
+        let Frame { request_id, body } = frame;
+        if self.ctx.stopping() {
+            // After GoAway, requests read are not performed and get no reply (spec §2.9).
+            return None;
+        }
+        if *phase == Phase::NeedHello {
+            let Body::Hello(hello) = body else {
+                self.outbound
+                    .close_with(ErrorCode::HELLO_REQUIRED, "the first frame must be Hello");
+                return Some(End::Closed);
+            };
+            if request_id == 0 {
+                self.outbound
+                    .close_with(ErrorCode::HELLO_REQUIRED, "the first frame must be Hello");
+                return Some(End::Closed);
+            };
+            if hello.min_version > PROTOCOL_VERSION || hello.max_version < PROTOCOL_VERSION {
+                let message =
+                    format!("this server speaks protocol version {PROTOCOL_VERSION} only");
+                self.outbound
+                    .close_with(ErrorCode::UNSUPPORTED_VERSION, &message);
+                return Some(End::Closed);
+            }
+            self.reply(request_id, self.welcome());
+            *phase = Phase::Ready;
+            return None;
+        }
+        if body.direction() != frames::Direction::Request {
+            self.error(
+                request_id,
+                ErrorCode::UNKNOWN_TYPE,
+                "servers accept requests only",
+            );
+            return None;
+        }
+        if request_id == 0 {
+            self.error(
+                0,
+                ErrorCode::INVALID_ARGUMENT,
+                "requests need a non-zero request id",
+            );
+            return None;
+        }
+        let authenticated = self.ctx.shard.borrow().session(self.conn).is_some();
+        match body {
+            Body::Hello(_) => self.error(
+                request_id,
+                ErrorCode::INVALID_ARGUMENT,
+                "Hello was already received",
+            ),
+            Body::Ping(ping) => self.reply(request_id, Pong { nonce: ping.nonce }),
+            Body::Register(_) | Body::Login(_) | Body::Resume(_) if authenticated => self.error(
+                request_id,
+                ErrorCode::ALREADY_AUTHENTICATED,
+                "this session is already authenticated",
+            ),
+            Body::Register(r) => return self.register(request_id, r, inbox).await,
+            Body::Login(l) => return self.login(request_id, l).await,
+            Body::Resume(r) => return self.resume(request_id, r),
+            _ if !authenticated => self.error(
+                request_id,
+                ErrorCode::NOT_AUTHENTICATED,
+                "authenticate first",
+            ),
+            body => {
+                if !body.is_notification() {
+                    let in_flight = self.handle.in_flight.get();
+                    if in_flight >= REQUESTS_IN_FLIGHT_MAX {
+                        self.error(
+                            request_id,
+                            ErrorCode::RATE_LIMITED,
+                            "too many requests in flight",
+                        );
+                        return None;
+                    }
+                    self.handle.in_flight.set(in_flight + 1);
+                }
+                let now = self.ctx.now_ms();
+                self.ctx
+                    .shard
+                    .borrow_mut()
+                    .handle_request(now, self.conn, request_id, body);
+                self.ctx.kick();
+            }
+        }
+        None
+    }
+
+    fn welcome(&self) -> Welcome {
+        let config = &self.ctx.config;
+        Welcome {
+            version: PROTOCOL_VERSION,
+            server_name: concat!("ternd/", env!("CARGO_PKG_VERSION")).to_owned(),
+            server_time_ms: self.ctx.now_ms(),
+            limits: ServerLimits {
+                frame_bytes_max: tern_protocol::limits::FRAME_BYTES_MAX,
+                body_chars_max: tern_protocol::limits::BODY_CHARS_MAX,
+                group_members_max: 100,
+                devices_per_user_max: config.devices_per_user_max,
+                sync_page_updates_max: config.sync_page_updates_max,
+                history_page_messages_max: config.history_page_messages_max,
+                media_chunk_bytes_max: tern_protocol::limits::MEDIA_CHUNK_BYTES_MAX,
+                media_bytes_max: 100 << 20,
+                heartbeat_interval_ms: config.heartbeat_interval_ms,
+                idle_timeout_ms: config.idle_timeout_ms,
+            },
+        }
+    }
+
+    async fn register(
+        &mut self,
+        request_id: u32,
+        r: frames::Register,
+        _inbox: &BytesMut,
+    ) -> Option<End> {
+        if let Err(m) = validate_username(&r.username).and_then(|()| validate_password(&r.password))
+        {
+            self.error(request_id, ErrorCode::INVALID_ARGUMENT, m);
+            return None;
+        }
+        let salt: [u8; 16] = self.ctx.random();
+        let iterations = self.ctx.config.password_iterations;
+        let password = r.password;
+        let hashed = self
+            .ctx
+            .pool
+            .run(move || accounts::hash_password(&password, &salt, iterations))
+            .await;
+        let Ok(password_hash) = hashed else {
+            self.error(
+                request_id,
+                ErrorCode::RATE_LIMITED,
+                "the server is busy; try again",
+            );
+            return None;
+        };
+        let user = UserRecord {
+            username: r.username,
+            created_at: 0,
+            password_salt: salt,
+            password_iterations: iterations,
+            password_hash,
+            hide_last_seen: false,
+        };
+        let core = name_owner(&user.username, self.ctx.cores);
+        let origin = ConnRef {
+            core: self.ctx.core,
+            conn: self.conn,
+        };
+        let outcome = self.ctx.await_user_created(self.conn);
+        self.ctx.send_mail(
+            core,
+            Mail::CreateUser {
+                origin,
+                user: Box::new(user),
+                device_name: r.device_name,
+            },
+        );
+        match outcome.await {
+            Ok(Ok((user_id, username, device_name))) => {
+                Some(self.migrate(request_id, user_id, username, device_name))
+            }
+            Ok(Err(code)) => {
+                self.error(request_id, code, "cannot create this account");
+                None
+            }
+            Err(_) => {
+                self.error(
+                    request_id,
+                    ErrorCode::INTERNAL,
+                    "registration was interrupted",
+                );
+                None
+            }
+        }
+    }
+
+    async fn login(&mut self, request_id: u32, l: frames::Login) -> Option<End> {
+        let found = match self.ctx.store.user_id_by_name(&l.username) {
+            Ok(Some(user_id)) => self
+                .ctx
+                .store
+                .user(user_id)
+                .map(|u| u.map(|u| (user_id, u))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
+        let found = match found {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!(error = %e, "reading an account");
+                self.error(request_id, ErrorCode::INTERNAL, "storage error");
+                return None;
+            }
+        };
+        // Unknown users are checked against a dummy hash too, so timing does not reveal which
+        // usernames exist.
+        let (user_id, user) = found.unwrap_or_else(|| (0, self.ctx.dummy_user.clone()));
+        let password = l.password;
+        let checked = self
+            .ctx
+            .pool
+            .run(move || (accounts::verify_password(&password, &user), user))
+            .await;
+        match checked {
+            Ok((true, user)) if user_id != 0 => {
+                Some(self.migrate(request_id, user_id, user.username, l.device_name))
+            }
+            Ok(_) => {
+                self.error(
+                    request_id,
+                    ErrorCode::BAD_CREDENTIALS,
+                    "wrong username or password",
+                );
+                None
+            }
+            Err(_) => {
+                self.error(
+                    request_id,
+                    ErrorCode::RATE_LIMITED,
+                    "the server is busy; try again",
+                );
+                None
+            }
+        }
+    }
+
+    fn resume(&mut self, request_id: u32, r: frames::Resume) -> Option<End> {
+        let hash = token_hash(&r.token);
+        match self.ctx.store.session(&hash) {
+            Ok(Some((user_id, device_id))) => Some(End::Migrate {
+                core: self.ctx.owner(user_id),
+                request_id,
+                auth: AdoptAuth::Resume {
+                    user_id,
+                    device_id,
+                    token_hash: hash,
+                },
+            }),
+            Ok(None) => {
+                self.error(
+                    request_id,
+                    ErrorCode::BAD_CREDENTIALS,
+                    "unknown or revoked token",
+                );
+                None
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading a session");
+                self.error(request_id, ErrorCode::INTERNAL, "storage error");
+                None
+            }
+        }
+    }
+
+    fn migrate(&self, request_id: u32, user_id: u64, username: String, device_name: String) -> End {
+        let token: [u8; 32] = self.ctx.random();
+        let auth = AdoptAuth::NewDevice {
+            user_id,
+            username,
+            device_name,
+            token,
+            token_hash: token_hash(&token),
+        };
+        End::Migrate {
+            core: self.ctx.owner(user_id),
+            request_id,
+            auth,
+        }
+    }
+}
+
+/// Sends `GoAway` on every connection of this core.
+pub(crate) fn go_away_all(ctx: &CoreCtx) {
+    let frame = Frame::event(GoAway {
+        reconnect_after_ms: 1000,
+        message: "server shutting down".into(),
+    });
+    for handle in ctx.conns.borrow().values() {
+        handle.outbound.push(&frame);
+    }
+}

@@ -1,0 +1,70 @@
+//! Mailboxes between cores: a bounded crossbeam queue of mail batches plus a wake-up per core.
+//!
+//! A core collects the mail of one loop turn per destination and sends each destination one batch
+//! and one wake-up, so the cost of waking a core is paid once per turn, not once per message.
+
+use std::sync::Arc;
+
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use tokio::sync::Notify;
+
+use crate::core::mail::Mail;
+
+/// Batches a mailbox holds before senders must wait a turn.
+pub(crate) const MAILBOX_BATCHES_MAX: usize = 4096;
+
+/// One core's receiving end.
+pub(crate) struct Inbox {
+    pub(crate) rx: Receiver<Vec<Mail>>,
+    pub(crate) wake: Arc<Notify>,
+}
+
+/// One core's sending end: its queue and its wake-up.
+type Outlet = (Sender<Vec<Mail>>, Arc<Notify>);
+
+/// Every core's sending end, shared by all cores.
+#[derive(Clone)]
+pub(crate) struct Mailboxes {
+    senders: Arc<Vec<Outlet>>,
+}
+
+impl Mailboxes {
+    /// Mailboxes for `cores` cores, and each core's inbox.
+    pub(crate) fn new(cores: usize) -> (Mailboxes, Vec<Inbox>) {
+        let mut senders = Vec::with_capacity(cores);
+        let mut inboxes = Vec::with_capacity(cores);
+        for _ in 0..cores {
+            let (tx, rx) = bounded(MAILBOX_BATCHES_MAX);
+            let wake = Arc::new(Notify::new());
+            senders.push((tx, Arc::clone(&wake)));
+            inboxes.push(Inbox { rx, wake });
+        }
+        (
+            Mailboxes {
+                senders: Arc::new(senders),
+            },
+            inboxes,
+        )
+    }
+
+    /// Sends one batch to a core and wakes it. A full mailbox hands the batch back.
+    pub(crate) fn send(&self, core: usize, batch: Vec<Mail>) -> Result<(), Vec<Mail>> {
+        let Some((tx, wake)) = self.senders.get(core) else {
+            return Err(batch);
+        };
+        match tx.try_send(batch) {
+            Ok(()) => {
+                wake.notify_one();
+                Ok(())
+            }
+            Err(TrySendError::Full(batch)) | Err(TrySendError::Disconnected(batch)) => Err(batch),
+        }
+    }
+
+    /// Wakes every core (used for shutdown).
+    pub(crate) fn wake_all(&self) {
+        for (_, wake) in self.senders.iter() {
+            wake.notify_one();
+        }
+    }
+}

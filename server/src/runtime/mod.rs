@@ -1,0 +1,527 @@
+//! The runtime: threads, I/O engines, sockets, mailboxes, timers and shutdown. The only module
+//! that touches io_uring, epoll, sockets or threads; everything it learns it hands to a
+//! [`Shard`](crate::core::Shard) as plain values.
+//!
+//! `ternd` starts one thread per core, pinned to its CPU. Each thread runs a tokio-uring runtime
+//! or, where io_uring is unavailable or `--io-engine epoll` says so, a tokio current-thread runtime
+//! with a `LocalSet`. On it run: an accept loop on the core's own `SO_REUSEPORT` listener; one task
+//! per connection ([`conn`]); and the core's driver, which each loop turn drains the mailbox, lets
+//! the shard commit its batch (group commit), then sends the released frames and mail.
+
+pub(crate) mod blocking;
+pub(crate) mod conn;
+pub(crate) mod mailbox;
+pub(crate) mod socket;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::sync::{oneshot, Notify};
+
+use crate::config::{Config, IoEngine};
+use crate::core::mail::Mail;
+use crate::core::{ConnId, Output, Shard};
+use crate::store::records::UserRecord;
+use crate::store::Store;
+use blocking::BlockingPool;
+use conn::{ConnHandle, Start};
+use mailbox::{Inbox, Mailboxes};
+use socket::Socket;
+
+/// Pending connections in each listener's backlog.
+const LISTEN_BACKLOG: i32 = 1024;
+/// Threads of the blocking pool (password hashing).
+const BLOCKING_THREADS: usize = 2;
+/// Entries of each core's io_uring submission queue.
+const URING_ENTRIES: u32 = 1024;
+
+type UserCreated = Result<(u64, String, String), tern_protocol::ErrorCode>;
+
+/// What every core shares: the shutdown signal.
+struct Shared {
+    stopping: AtomicBool,
+}
+
+/// How often loops check for a shutdown while they wait.
+const SHUTDOWN_TICK: Duration = Duration::from_millis(50);
+
+/// One core's runtime state; lives on that core's thread only.
+pub(crate) struct CoreCtx {
+    pub(crate) core: usize,
+    pub(crate) cores: usize,
+    pub(crate) uring: bool,
+    pub(crate) config: Arc<Config>,
+    pub(crate) store: Store,
+    pub(crate) shard: RefCell<Shard>,
+    pub(crate) conns: RefCell<HashMap<ConnId, Rc<ConnHandle>>>,
+    pub(crate) pool: BlockingPool,
+    pub(crate) dummy_user: UserRecord,
+    next_conn: Cell<ConnId>,
+    mailboxes: Mailboxes,
+    /// Batches a full mailbox handed back, retried next turn.
+    undelivered: RefCell<Vec<(usize, Vec<Mail>)>>,
+    user_created: RefCell<HashMap<ConnId, oneshot::Sender<UserCreated>>>,
+    turn: Notify,
+    rng: SystemRandom,
+    shared: Arc<Shared>,
+}
+
+impl CoreCtx {
+    pub(crate) fn next_conn_id(&self) -> ConnId {
+        let id = self.next_conn.get() + 1;
+        self.next_conn.set(id);
+        id
+    }
+
+    /// The Unix time in milliseconds.
+    pub(crate) fn now_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    /// Random bytes from the operating system.
+    pub(crate) fn random<const N: usize>(&self) -> [u8; N] {
+        let mut out = [0u8; N];
+        if self.rng.fill(&mut out).is_err() {
+            // The OS generator does not fail on Linux once booted; refuse to go on without it.
+            panic!("the system random number generator failed");
+        }
+        out
+    }
+
+    pub(crate) fn owner(&self, id: u64) -> usize {
+        crate::core::owner(id, self.cores)
+    }
+
+    /// Whether the server is shutting down (after `GoAway`, new requests are not performed).
+    pub(crate) fn stopping(&self) -> bool {
+        self.shared.stopping.load(Ordering::Acquire)
+    }
+
+    /// Asks the driver for a loop turn.
+    pub(crate) fn kick(&self) {
+        self.turn.notify_one();
+    }
+
+    /// Sends mail to a core now.
+    pub(crate) fn send_mail(&self, core: usize, mail: Mail) {
+        if let Err(batch) = self.mailboxes.send(core, vec![mail]) {
+            self.undelivered.borrow_mut().push((core, batch));
+            self.kick();
+        }
+    }
+
+    /// Registers interest in a `UserCreated` reply for a connection.
+    pub(crate) fn await_user_created(&self, conn: ConnId) -> oneshot::Receiver<UserCreated> {
+        let (tx, rx) = oneshot::channel();
+        self.user_created.borrow_mut().insert(conn, tx);
+        rx
+    }
+
+    fn route(self: &Rc<Self>, mail: Mail) {
+        match mail {
+            Mail::Adopt(adoption) => {
+                let adoption = *adoption;
+                match Socket::new(adoption.socket, self.uring) {
+                    Ok(socket) => {
+                        let start = Start::Adopted {
+                            buffered: adoption.buffered,
+                            request_id: adoption.request_id,
+                            auth: adoption.auth,
+                        };
+                        tokio::task::spawn_local(conn::run(Rc::clone(self), socket, start));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot adopt a connection"),
+                }
+            }
+            Mail::UserCreated { origin, result, .. } => {
+                if let Some(tx) = self.user_created.borrow_mut().remove(&origin.conn) {
+                    let _ = tx.send(result);
+                }
+            }
+            mail => {
+                let now = self.now_ms();
+                self.shard.borrow_mut().handle_mail(now, mail);
+            }
+        }
+    }
+
+    fn dispatch(&self, outputs: Vec<Output>) {
+        let conns = self.conns.borrow();
+        for output in outputs {
+            match output {
+                Output::Frame { conn, frame } => {
+                    if let Some(handle) = conns.get(&conn) {
+                        if frame.request_id != 0 {
+                            handle
+                                .in_flight
+                                .set(handle.in_flight.get().saturating_sub(1));
+                        }
+                        handle.outbound.push(&frame);
+                    }
+                }
+                Output::Close {
+                    conn,
+                    code,
+                    message,
+                } => {
+                    if let Some(handle) = conns.get(&conn) {
+                        handle.outbound.close_with(code, &message);
+                    }
+                }
+            }
+        }
+    }
+
+    fn post(&self, mail: Vec<(usize, Mail)>) {
+        let mut by_core: Vec<Vec<Mail>> = (0..self.cores).map(|_| Vec::new()).collect();
+        for (core, m) in mail {
+            by_core[core].push(m);
+        }
+        let mut undelivered = self.undelivered.borrow_mut();
+        for (core, batch) in std::mem::take(&mut *undelivered) {
+            if let Err(batch) = self.mailboxes.send(core, batch) {
+                undelivered.push((core, batch));
+            }
+        }
+        for (core, batch) in by_core.into_iter().enumerate() {
+            if batch.is_empty() {
+                continue;
+            }
+            // Mail to one core stays in order: behind anything still undelivered for it.
+            if undelivered.iter().any(|(c, _)| *c == core) {
+                undelivered.push((core, batch));
+            } else if let Err(batch) = self.mailboxes.send(core, batch) {
+                undelivered.push((core, batch));
+            }
+        }
+    }
+
+    /// One loop turn: mail in, commit, frames and mail out.
+    fn turn(self: &Rc<Self>, inbox: &Inbox) {
+        while let Ok(batch) = inbox.rx.try_recv() {
+            for mail in batch {
+                self.route(mail);
+            }
+        }
+        let (outputs, mail) = self.shard.borrow_mut().end_turn();
+        self.dispatch(outputs);
+        self.post(mail);
+    }
+}
+
+async fn driver(ctx: Rc<CoreCtx>, inbox: Inbox) {
+    let deadline = Duration::from_millis(ctx.config.shutdown_timeout_ms);
+    let mut shutdown_started: Option<Instant> = None;
+    let mut closed_all = false;
+    loop {
+        // While shutting down, also wake on a short tick to watch the deadline.
+        let tick = if shutdown_started.is_some() {
+            SHUTDOWN_TICK
+        } else {
+            Duration::from_secs(3600)
+        };
+        tokio::select! {
+            _ = inbox.wake.notified() => {}
+            _ = ctx.turn.notified() => {}
+            _ = tokio::time::sleep(tick) => {}
+        }
+        ctx.turn(&inbox);
+        if !ctx.undelivered.borrow().is_empty() {
+            // A full mailbox: try again shortly rather than spin.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            ctx.kick();
+        }
+        if !ctx.stopping() {
+            continue;
+        }
+        let started = *shutdown_started.get_or_insert_with(|| {
+            conn::go_away_all(&ctx);
+            ctx.kick();
+            Instant::now()
+        });
+        // Give clients a tenth of the deadline to read GoAway and get their answers, then close.
+        if !closed_all && started.elapsed() >= deadline / 10 {
+            for handle in ctx.conns.borrow().values() {
+                handle.outbound.close();
+            }
+            closed_all = true;
+        }
+        if ctx.conns.borrow().is_empty() || started.elapsed() >= deadline {
+            if !ctx.conns.borrow().is_empty() {
+                tracing::warn!(
+                    core = ctx.core,
+                    "shutdown time-out: cutting remaining connections"
+                );
+            }
+            ctx.turn(&inbox);
+            return;
+        }
+    }
+}
+
+async fn accept_loop(ctx: Rc<CoreCtx>, listener: TcpListener) {
+    let listener = match listener
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::TcpListener::from_std(listener))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(core = ctx.core, error = %e, "cannot use the listener");
+            return;
+        }
+    };
+    loop {
+        // Accepting is cancel-safe; the tick lets the loop notice a shutdown.
+        let accepted = tokio::select! {
+            accepted = listener.accept() => Some(accepted),
+            _ = tokio::time::sleep(SHUTDOWN_TICK) => None,
+        };
+        if ctx.stopping() {
+            return;
+        }
+        let stream = match accepted {
+            None => continue,
+            Some(Ok((stream, _peer))) => stream,
+            Some(Err(e)) => {
+                // Out of descriptors or a connection reset before accept: keep serving the rest.
+                tracing::warn!(core = ctx.core, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if ctx.conns.borrow().len() >= ctx.config.connections_per_core_max {
+            drop(stream);
+            continue;
+        }
+        let socket = stream.into_std().and_then(|s| Socket::new(s, ctx.uring));
+        match socket {
+            Ok(socket) => {
+                tokio::task::spawn_local(conn::run(Rc::clone(&ctx), socket, Start::Accepted));
+            }
+            Err(e) => tracing::warn!(core = ctx.core, error = %e, "cannot set up a connection"),
+        }
+    }
+}
+
+async fn core_main(ctx: Rc<CoreCtx>, listener: TcpListener, inbox: Inbox) {
+    match ctx.shard.borrow_mut().recover_fanouts() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            core = ctx.core,
+            messages = n,
+            "resuming interrupted fan-outs"
+        ),
+        Err(e) => tracing::error!(core = ctx.core, error = %e, "cannot scan interrupted fan-outs"),
+    }
+    ctx.kick();
+    tokio::task::spawn_local(accept_loop(Rc::clone(&ctx), listener));
+    driver(ctx, inbox).await;
+}
+
+/// A running server.
+pub struct Server {
+    /// The address plain TCP clients connect to.
+    pub local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    mailboxes: Mailboxes,
+    threads: Vec<JoinHandle<()>>,
+    blocking: Vec<JoinHandle<()>>,
+    store: Store,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database could not be opened.
+    #[error("opening the database: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// A socket or thread could not be created.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// io_uring was required but is unavailable.
+    #[error("io_uring is unavailable: {0}")]
+    Uring(std::io::Error),
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket as RawSocket, Type};
+    let socket = RawSocket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// Whether this kernel lets us set up an io_uring.
+fn uring_available() -> Result<(), std::io::Error> {
+    tokio_uring::Runtime::new(&tokio_uring::builder()).map(drop)
+}
+
+impl Server {
+    /// Opens the database, binds every core's listener and starts the core threads.
+    pub fn start(config: Config) -> Result<Server, StartError> {
+        let config = Arc::new(config);
+        std::fs::create_dir_all(&config.data_dir)?;
+        let store = Store::open(&config.data_dir, config.fsync)?;
+        let uring = match config.io_engine {
+            IoEngine::Epoll => false,
+            IoEngine::Uring => {
+                uring_available().map_err(StartError::Uring)?;
+                true
+            }
+            IoEngine::Auto => match uring_available() {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "io_uring is unavailable; using epoll");
+                    false
+                }
+            },
+        };
+        let first = bind(config.listen)?;
+        let local_addr = first.local_addr()?;
+        let mut listeners = vec![first];
+        for _ in 1..config.cores {
+            listeners.push(bind(local_addr)?);
+        }
+        let (mailboxes, inboxes) = Mailboxes::new(config.cores);
+        let (pool, blocking) = BlockingPool::start(BLOCKING_THREADS)?;
+        let shared = Arc::new(Shared {
+            stopping: AtomicBool::new(false),
+        });
+        let cpus = core_affinity::get_core_ids().unwrap_or_default();
+        let mut threads = Vec::with_capacity(config.cores);
+        for (core, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
+            let parts = CoreParts {
+                core,
+                uring,
+                config: Arc::clone(&config),
+                store: store.clone(),
+                high_water: store.id_high_water(core as u16)?,
+                pool: pool.clone(),
+                mailboxes: mailboxes.clone(),
+                shared: Arc::clone(&shared),
+            };
+            let cpu = cpus.get(core % cpus.len().max(1)).copied();
+            let thread = std::thread::Builder::new()
+                .name(format!("ternd-core-{core}"))
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        core_affinity::set_for_current(cpu);
+                    }
+                    run_core(parts, listener, inbox);
+                })?;
+            threads.push(thread);
+        }
+        let engine = if uring { "io_uring" } else { "epoll" };
+        tracing::info!(%local_addr, cores = config.cores, engine, fsync = config.fsync, "ternd listening");
+        Ok(Server {
+            local_addr,
+            shared,
+            mailboxes,
+            threads,
+            blocking,
+            store,
+        })
+    }
+
+    /// Stops accepting, sends `GoAway`, drains, commits, and closes the database. Bounded by the
+    /// configured shutdown time-out.
+    pub fn shutdown(self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        self.mailboxes.wake_all();
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+        if let Err(e) = self.store.flush() {
+            tracing::error!(error = %e, "flushing the database at shutdown");
+        }
+        drop(self.mailboxes);
+        drop(self.store);
+        for thread in self.blocking {
+            let _ = thread.join();
+        }
+        tracing::info!("ternd stopped");
+    }
+}
+
+/// What a core thread needs to start.
+struct CoreParts {
+    core: usize,
+    uring: bool,
+    config: Arc<Config>,
+    store: Store,
+    high_water: u64,
+    pool: BlockingPool,
+    mailboxes: Mailboxes,
+    shared: Arc<Shared>,
+}
+
+fn run_core(parts: CoreParts, listener: TcpListener, inbox: Inbox) {
+    let dummy_salt = [0u8; 16];
+    let config = Arc::clone(&parts.config);
+    let shard = Shard::new(
+        parts.core,
+        config.cores,
+        config,
+        parts.store.clone(),
+        parts.high_water,
+    );
+    let ctx = Rc::new(CoreCtx {
+        core: parts.core,
+        cores: parts.config.cores,
+        uring: parts.uring,
+        dummy_user: UserRecord {
+            username: String::new(),
+            created_at: 0,
+            password_salt: dummy_salt,
+            password_iterations: parts.config.password_iterations,
+            password_hash: [0u8; 32],
+            hide_last_seen: false,
+        },
+        config: parts.config,
+        store: parts.store,
+        shard: RefCell::new(shard),
+        conns: RefCell::new(HashMap::new()),
+        pool: parts.pool,
+        next_conn: Cell::new(0),
+        mailboxes: parts.mailboxes,
+        undelivered: RefCell::new(Vec::new()),
+        user_created: RefCell::new(HashMap::new()),
+        turn: Notify::new(),
+        rng: SystemRandom::new(),
+        shared: parts.shared,
+    });
+    let core = ctx.core;
+    let main = core_main(Rc::clone(&ctx), listener, inbox);
+    if ctx.uring {
+        let mut builder = tokio_uring::builder();
+        builder.entries(URING_ENTRIES);
+        match tokio_uring::Runtime::new(&builder) {
+            Ok(runtime) => runtime.block_on(main),
+            Err(e) => tracing::error!(core, error = %e, "cannot start io_uring on this core"),
+        }
+    } else {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        match runtime {
+            Ok(runtime) => tokio::task::LocalSet::new().block_on(&runtime, main),
+            Err(e) => {
+                tracing::error!(core, error = %e, "cannot start the epoll runtime on this core")
+            }
+        }
+    }
+    // Commit anything left on this core.
+    let (_, _) = ctx.shard.borrow_mut().end_turn();
+}

@@ -1,0 +1,129 @@
+//! The one connection type both I/O engines share: an owned-buffer socket.
+//!
+//! `Epoll` is a tokio `TcpStream` (readiness, then `try_read`). `Uring` is a tokio-uring
+//! `TcpStream` whose reads and writes are io_uring operations; it waits for readiness through the
+//! same reactor first, so an idle connection has no read in flight and holds no buffer. A read is
+//! only submitted once data is there, and it is never cancelled: time-outs close the socket instead.
+
+#![allow(unsafe_code)] // `dup(2)` to hand a uring socket to another core; see `into_std`.
+
+use std::io;
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+
+use bytes::BytesMut;
+use tokio::io::unix::AsyncFd;
+
+/// Bytes read per read operation.
+pub(crate) const READ_CHUNK_BYTES: usize = 16 * 1024;
+
+/// A connected socket on one engine.
+pub(crate) enum Socket {
+    /// tokio (epoll).
+    Epoll(tokio::net::TcpStream),
+    /// tokio-uring; `ready` is declared first so it is deregistered before the stream closes.
+    Uring {
+        ready: AsyncFd<RawFd>,
+        stream: tokio_uring::net::TcpStream,
+    },
+}
+
+impl Socket {
+    /// Wraps an accepted or migrated socket for the given engine.
+    pub(crate) fn new(std: std::net::TcpStream, uring: bool) -> io::Result<Socket> {
+        std.set_nonblocking(true)?;
+        std.set_nodelay(true)?;
+        if uring {
+            let fd = std.as_raw_fd();
+            let stream = tokio_uring::net::TcpStream::from_std(std);
+            // SAFETY: `fd` stays open while `ready` lives: `ready` is dropped before `stream`
+            // (field order, and explicitly in `into_std`), and `stream` owns the descriptor.
+            let ready =
+                unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }?;
+            Ok(Socket::Uring { ready, stream })
+        } else {
+            Ok(Socket::Epoll(tokio::net::TcpStream::from_std(std)?))
+        }
+    }
+
+    /// Waits for data (or end of stream), then appends what arrived to `inbox`. Returns the number
+    /// of bytes read; 0 means the peer closed.
+    pub(crate) async fn read(&self, inbox: &mut BytesMut) -> io::Result<usize> {
+        match self {
+            Socket::Epoll(stream) => loop {
+                stream.readable().await?;
+                inbox.reserve(READ_CHUNK_BYTES);
+                match stream.try_read_buf(inbox) {
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            },
+            Socket::Uring { ready, stream } => {
+                let mut guard = ready.readable().await?;
+                let buf = Vec::with_capacity(READ_CHUNK_BYTES);
+                let (result, buf) = stream.read(buf).await;
+                let n = result?;
+                if n < READ_CHUNK_BYTES {
+                    // Drained: wait for the next edge. A later arrival has its own readiness tick,
+                    // which this does not clear.
+                    guard.clear_ready();
+                }
+                inbox.extend_from_slice(&buf[..n]);
+                Ok(n)
+            }
+        }
+    }
+
+    /// Writes all of `buf`.
+    pub(crate) async fn write_all(&self, buf: Vec<u8>) -> io::Result<()> {
+        match self {
+            Socket::Epoll(stream) => {
+                let mut written = 0;
+                while written < buf.len() {
+                    stream.writable().await?;
+                    match stream.try_write(&buf[written..]) {
+                        Ok(n) => written += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            }
+            Socket::Uring { stream, .. } => {
+                let (result, _) = stream.write_all(buf).await;
+                result
+            }
+        }
+    }
+
+    /// Shuts the socket down in both directions, which ends a pending read with end-of-stream.
+    pub(crate) fn shutdown(&self) {
+        let fd = match self {
+            Socket::Epoll(stream) => stream.as_raw_fd(),
+            Socket::Uring { stream, .. } => stream.as_raw_fd(),
+        };
+        // SAFETY: `fd` is open for as long as `self` lives; shutdown(2) does not close it.
+        let socket = std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+        let _ = socket.shutdown(Shutdown::Both);
+    }
+
+    /// Turns the socket back into a std socket, to hand it to another core.
+    pub(crate) fn into_std(self) -> io::Result<std::net::TcpStream> {
+        match self {
+            Socket::Epoll(stream) => stream.into_std(),
+            Socket::Uring { ready, stream } => {
+                drop(ready);
+                // SAFETY: `dup` returns a new descriptor for the same socket, owned by the result;
+                // the uring stream closes only its own descriptor when dropped.
+                let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                drop(stream);
+                // SAFETY: `fd` is a fresh descriptor nothing else owns.
+                Ok(unsafe { std::net::TcpStream::from_raw_fd(fd) })
+            }
+        }
+    }
+}

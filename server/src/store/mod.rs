@@ -1,0 +1,756 @@
+//! The RocksDB store: one database, one column family per kind of record.
+//!
+//! # Schema
+//!
+//! Keys are fixed-width big-endian ([`keys`]), so byte order is numeric order; values are
+//! [`records`] (a version byte and a validated rkyv archive) unless noted.
+//!
+//! | column family  | key                                   | value                                   | written by            |
+//! |----------------|---------------------------------------|-----------------------------------------|-----------------------|
+//! | `meta`         | `"idgen"` ++ core (u16)               | id high-water mark (u64)                | that core             |
+//! | `users`        | user_id                               | [`records::UserRecord`]                 | name's owner core     |
+//! | `usernames`    | username bytes                        | user_id (u64)                           | name's owner core     |
+//! | `devices`      | (user_id, device_id u32)              | [`records::DeviceRecord`]               | user's owner core     |
+//! | `sessions`     | SHA-256 of the token                  | (user_id, device_id) as a device key    | user's owner core     |
+//! | `conversations`| conversation_id                       | [`records::ConversationRecord`]         | creator, then owner   |
+//! | `direct`       | (user_lo, user_hi)                    | conversation_id (u64)                   | `user_lo`'s owner core|
+//! | `user_convs`   | (user_id, conversation_id)            | empty: the user's conversation list     | creator core          |
+//! | `messages`     | (conversation_id, seq)                | [`records::MessageRecord`]              | conversation's owner  |
+//! | `fanout`       | (conversation_id, seq)                | empty: fan-out not yet confirmed        | conversation's owner  |
+//! | `updates`      | (user_id, user_seq)                   | [`records::UpdateRecord`]               | user's owner core     |
+//! | `fanout_marks` | (user_id, conversation_id)            | highest seq in the user's log (u64)     | user's owner core     |
+//! | `receipts`     | (conversation_id, user_id)            | [`records::ReceiptRecord`]              | user's owner core     |
+//! | `idempotency`  | (user_id, device_id, client_msg_id)   | [`records::IdempotencyRecord`]          | conversation's owner  |
+//! | `presence`     | user_id                               | last seen (reserved)                    | user's owner core     |
+//! | `push_outbox`  | (due_ms, job_id)                      | push job (reserved)                     | user's owner core     |
+//! | `media`, `media_chunks` | media_id / (media_id, chunk) | metadata / bytes in blob files (reserved) | uploader's owner    |
+//!
+//! Every record has one writing core, so no two cores ever race on a key: that is what lets each
+//! core commit its own write batch without locks. A conversation's `last_seq` is the key of its
+//! newest message and a user's head `user_seq` the key of their newest update; owner cores cache
+//! both in memory.
+//!
+//! # Durability
+//!
+//! The write-ahead log is always on: a committed batch survives `kill -9`. With `fsync`, every
+//! commit also syncs the log, so it survives power loss.
+
+pub(crate) mod keys;
+pub(crate) mod records;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{
+    BlockBasedOptions, BoundColumnFamily, ColumnFamilyDescriptor, DBWithThreadMode, Direction,
+    IteratorMode, MultiThreaded, Options, ReadOptions, WriteBatch, WriteOptions,
+};
+
+use records::*;
+
+/// Column family names, in the order they are created.
+pub(crate) const COLUMN_FAMILIES: &[&str] = &[
+    CF_META,
+    CF_USERS,
+    CF_USERNAMES,
+    CF_DEVICES,
+    CF_SESSIONS,
+    CF_CONVERSATIONS,
+    CF_DIRECT,
+    CF_USER_CONVS,
+    CF_MESSAGES,
+    CF_FANOUT,
+    CF_UPDATES,
+    CF_FANOUT_MARKS,
+    CF_RECEIPTS,
+    CF_IDEMPOTENCY,
+    CF_PRESENCE,
+    CF_PUSH_OUTBOX,
+    CF_MEDIA,
+    CF_MEDIA_CHUNKS,
+];
+
+const CF_META: &str = "meta";
+const CF_USERS: &str = "users";
+const CF_USERNAMES: &str = "usernames";
+const CF_DEVICES: &str = "devices";
+const CF_SESSIONS: &str = "sessions";
+const CF_CONVERSATIONS: &str = "conversations";
+const CF_DIRECT: &str = "direct";
+const CF_USER_CONVS: &str = "user_convs";
+const CF_MESSAGES: &str = "messages";
+const CF_FANOUT: &str = "fanout";
+const CF_UPDATES: &str = "updates";
+const CF_FANOUT_MARKS: &str = "fanout_marks";
+const CF_RECEIPTS: &str = "receipts";
+const CF_IDEMPOTENCY: &str = "idempotency";
+const CF_PRESENCE: &str = "presence";
+const CF_PUSH_OUTBOX: &str = "push_outbox";
+const CF_MEDIA: &str = "media";
+const CF_MEDIA_CHUNKS: &str = "media_chunks";
+
+/// Key-value pairs read by a range scan.
+type Rows = Vec<(Box<[u8]>, Box<[u8]>)>;
+
+/// Most records one range read returns; callers page past it.
+pub(crate) const RANGE_READ_MAX: usize = 1000;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// RocksDB reported an error (I/O, corruption it detected, a full disk).
+    #[error("rocksdb: {0}")]
+    Db(#[from] rocksdb::Error),
+    /// A stored value failed validation.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    /// A record could not be encoded.
+    #[error("encoding a record: {0}")]
+    Encode(String),
+}
+
+type Db = DBWithThreadMode<MultiThreaded>;
+
+/// The database, shared by every core.
+#[derive(Clone)]
+pub(crate) struct Store {
+    db: Arc<Db>,
+    fsync: bool,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.db.path())
+            .field("fsync", &self.fsync)
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `path`.
+    pub(crate) fn open(path: &Path, fsync: bool) -> Result<Store, StoreError> {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        options.set_max_background_jobs(2);
+        options.set_bytes_per_sync(1 << 20);
+        options.set_keep_log_file_num(5);
+        let descriptors = COLUMN_FAMILIES
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name)));
+        let db = Db::open_cf_descriptors(&options, path, descriptors)?;
+        Ok(Store {
+            db: Arc::new(db),
+            fsync,
+        })
+    }
+
+    fn cf(&self, name: &str) -> Arc<BoundColumnFamily<'_>> {
+        // Every name in COLUMN_FAMILIES is created at open, so the handle always exists.
+        self.db
+            .cf_handle(name)
+            .unwrap_or_else(|| panic!("column family {name} is created at open"))
+    }
+
+    /// Commits a batch; with `fsync`, waits for the log to reach the disk.
+    pub(crate) fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut options = WriteOptions::default();
+        options.set_sync(self.fsync);
+        self.db.write_opt(batch.inner, &options)?;
+        Ok(())
+    }
+
+    /// Flushes memtables and the log; used at shutdown.
+    pub(crate) fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_wal(true)?;
+        for name in COLUMN_FAMILIES {
+            self.db.flush_cf(&self.cf(name))?;
+        }
+        Ok(())
+    }
+
+    fn get(
+        &self,
+        cf: &str,
+        key: &[u8],
+    ) -> Result<Option<rocksdb::DBPinnableSlice<'_>>, StoreError> {
+        Ok(self.db.get_pinned_cf(&self.cf(cf), key)?)
+    }
+
+    fn get_record<T>(&self, cf: &str, key: &[u8]) -> Result<Option<T>, StoreError>
+    where
+        T: rkyv::Archive,
+        T::Archived: for<'a> rkyv::bytecheck::CheckBytes<
+                rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>,
+            > + rkyv::Deserialize<T, rkyv::rancor::Strategy<rkyv::de::Pool, rkyv::rancor::Error>>,
+    {
+        self.get(cf, key)?.map(|v| decode::<T>(&v)).transpose()
+    }
+
+    /// Key-value pairs of `cf` whose keys start with `prefix` and are at or after `from`, ascending,
+    /// at most `limit`.
+    fn scan(&self, cf: &str, prefix: &[u8], from: &[u8], limit: usize) -> Result<Rows, StoreError> {
+        let mut read = ReadOptions::default();
+        read.set_iterate_upper_bound(prefix_upper_bound(prefix));
+        let iter = self.db.iterator_cf_opt(
+            &self.cf(cf),
+            read,
+            IteratorMode::From(from, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter.take(limit.min(RANGE_READ_MAX)) {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k, v));
+        }
+        Ok(out)
+    }
+
+    /// As [`Store::scan`], descending from just below `before`.
+    fn scan_back(
+        &self,
+        cf: &str,
+        prefix: &[u8],
+        before: &[u8],
+        limit: usize,
+    ) -> Result<Rows, StoreError> {
+        let mut read = ReadOptions::default();
+        read.set_iterate_lower_bound(prefix.to_vec());
+        read.set_iterate_upper_bound(before.to_vec());
+        let iter = self
+            .db
+            .iterator_cf_opt(&self.cf(cf), read, IteratorMode::End);
+        let mut out = Vec::new();
+        for item in iter.take(limit.min(RANGE_READ_MAX)) {
+            out.push(item?);
+        }
+        Ok(out)
+    }
+
+    // ------------------------------------------------------------------ reads
+
+    /// The id high-water mark a core persisted.
+    pub(crate) fn id_high_water(&self, core: u16) -> Result<u64, StoreError> {
+        Ok(self
+            .get(CF_META, &meta_idgen_key(core))?
+            .and_then(|v| keys::u64_value(&v))
+            .unwrap_or(0))
+    }
+
+    /// A user's account.
+    pub(crate) fn user(&self, user_id: u64) -> Result<Option<UserRecord>, StoreError> {
+        self.get_record(CF_USERS, &keys::user(user_id))
+    }
+
+    /// The user with this username.
+    pub(crate) fn user_id_by_name(&self, username: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .get(CF_USERNAMES, username.as_bytes())?
+            .and_then(|v| keys::u64_value(&v)))
+    }
+
+    /// One device.
+    pub(crate) fn device(
+        &self,
+        user_id: u64,
+        device_id: u32,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        self.get_record(CF_DEVICES, &keys::device(user_id, device_id))
+    }
+
+    /// Every device of a user, revoked ones included, by id.
+    pub(crate) fn devices(&self, user_id: u64) -> Result<Vec<(u32, DeviceRecord)>, StoreError> {
+        let prefix = keys::user(user_id);
+        self.scan(CF_DEVICES, &prefix, &prefix, RANGE_READ_MAX)?
+            .into_iter()
+            .map(|(k, v)| {
+                let id = keys::device_id_of(&k)
+                    .ok_or_else(|| StoreError::Corrupt("device key".into()))?;
+                Ok((id, decode::<DeviceRecord>(&v)?))
+            })
+            .collect()
+    }
+
+    /// The (user, device) a token hash belongs to.
+    pub(crate) fn session(&self, token_hash: &[u8; 32]) -> Result<Option<(u64, u32)>, StoreError> {
+        Ok(self
+            .get(CF_SESSIONS, token_hash)?
+            .and_then(|v| Some((keys::u64_value(&v)?, keys::device_id_of(&v)?))))
+    }
+
+    /// A conversation.
+    pub(crate) fn conversation(
+        &self,
+        conversation_id: u64,
+    ) -> Result<Option<ConversationRecord>, StoreError> {
+        self.get_record(CF_CONVERSATIONS, &keys::conversation(conversation_id))
+    }
+
+    /// The direct conversation of two users (`lo < hi`).
+    pub(crate) fn direct(&self, lo: u64, hi: u64) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .get(CF_DIRECT, &keys::pair(lo, hi))?
+            .and_then(|v| keys::u64_value(&v)))
+    }
+
+    /// The user's conversation ids above `after`, ascending, at most `limit`.
+    pub(crate) fn user_conversations(
+        &self,
+        user_id: u64,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        let Some(from) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let rows = self.scan(
+            CF_USER_CONVS,
+            &keys::user(user_id),
+            &keys::pair(user_id, from),
+            limit,
+        )?;
+        Ok(rows
+            .iter()
+            .filter_map(|(k, _)| keys::pair_second(k))
+            .collect())
+    }
+
+    /// One message.
+    pub(crate) fn message(
+        &self,
+        conversation_id: u64,
+        seq: u64,
+    ) -> Result<Option<MessageRecord>, StoreError> {
+        self.get_record(CF_MESSAGES, &keys::pair(conversation_id, seq))
+    }
+
+    /// Messages with `seq < before`, the newest `limit` of them, in ascending order.
+    pub(crate) fn messages_before(
+        &self,
+        conversation_id: u64,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, MessageRecord)>, StoreError> {
+        let prefix = keys::conversation(conversation_id);
+        let mut rows = self.scan_back(
+            CF_MESSAGES,
+            &prefix,
+            &keys::pair(conversation_id, before),
+            limit,
+        )?;
+        rows.reverse();
+        rows.into_iter()
+            .map(|(k, v)| {
+                let seq = keys::pair_second(&k)
+                    .ok_or_else(|| StoreError::Corrupt("message key".into()))?;
+                Ok((seq, decode::<MessageRecord>(&v)?))
+            })
+            .collect()
+    }
+
+    /// The seq of the conversation's newest message, 0 when it has none.
+    pub(crate) fn last_seq(&self, conversation_id: u64) -> Result<u64, StoreError> {
+        let prefix = keys::conversation(conversation_id);
+        let rows = self.scan_back(
+            CF_MESSAGES,
+            &prefix,
+            &keys::pair(conversation_id, u64::MAX),
+            1,
+        )?;
+        Ok(rows
+            .first()
+            .and_then(|(k, _)| keys::pair_second(k))
+            .unwrap_or(0))
+    }
+
+    /// Updates of a user with `user_seq > since`, ascending, at most `limit`.
+    pub(crate) fn updates_after(
+        &self,
+        user_id: u64,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, UpdateRecord)>, StoreError> {
+        let Some(from) = since.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        self.scan(
+            CF_UPDATES,
+            &keys::user(user_id),
+            &keys::pair(user_id, from),
+            limit,
+        )?
+        .into_iter()
+        .map(|(k, v)| {
+            let seq =
+                keys::pair_second(&k).ok_or_else(|| StoreError::Corrupt("update key".into()))?;
+            Ok((seq, decode::<UpdateRecord>(&v)?))
+        })
+        .collect()
+    }
+
+    /// The user's newest `user_seq`, 0 when the log is empty.
+    pub(crate) fn last_user_seq(&self, user_id: u64) -> Result<u64, StoreError> {
+        let rows = self.scan_back(
+            CF_UPDATES,
+            &keys::user(user_id),
+            &keys::pair(user_id, u64::MAX),
+            1,
+        )?;
+        Ok(rows
+            .first()
+            .and_then(|(k, _)| keys::pair_second(k))
+            .unwrap_or(0))
+    }
+
+    /// A user's watermarks in a conversation.
+    pub(crate) fn receipt(
+        &self,
+        conversation_id: u64,
+        user_id: u64,
+    ) -> Result<ReceiptRecord, StoreError> {
+        Ok(self
+            .get_record(CF_RECEIPTS, &keys::pair(conversation_id, user_id))?
+            .unwrap_or_default())
+    }
+
+    /// The result of an earlier `Send` with this idempotency key.
+    pub(crate) fn idempotency(
+        &self,
+        user_id: u64,
+        device_id: u32,
+        client_msg_id: &[u8; 16],
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        self.get_record(
+            CF_IDEMPOTENCY,
+            &keys::idempotency(user_id, device_id, client_msg_id),
+        )
+    }
+
+    /// The highest seq of a conversation already in a user's log.
+    pub(crate) fn fanout_mark(
+        &self,
+        user_id: u64,
+        conversation_id: u64,
+    ) -> Result<u64, StoreError> {
+        Ok(self
+            .get(CF_FANOUT_MARKS, &keys::pair(user_id, conversation_id))?
+            .and_then(|v| keys::u64_value(&v))
+            .unwrap_or(0))
+    }
+
+    /// Every (conversation_id, seq) whose fan-out is not confirmed, ascending.
+    pub(crate) fn pending_fanouts(
+        &self,
+        after: (u64, u64),
+        limit: usize,
+    ) -> Result<Vec<(u64, u64)>, StoreError> {
+        let from = keys::pair(after.0, after.1);
+        let rows = self.scan(CF_FANOUT, &[], &from, limit)?;
+        Ok(rows
+            .iter()
+            .filter_map(|(k, _)| Some((keys::pair_first(k)?, keys::pair_second(k)?)))
+            .collect())
+    }
+
+    /// A new, empty batch.
+    pub(crate) fn batch(&self) -> Batch {
+        Batch {
+            db: Arc::clone(&self.db),
+            inner: WriteBatch::default(),
+        }
+    }
+}
+
+/// Writes collected during one loop turn of a core, committed together (group commit).
+pub(crate) struct Batch {
+    db: Arc<Db>,
+    inner: WriteBatch,
+}
+
+impl Batch {
+    /// Whether nothing was written.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+
+    fn put(&mut self, cf: &str, key: &[u8], value: &[u8]) {
+        let handle = self
+            .db
+            .cf_handle(cf)
+            .unwrap_or_else(|| panic!("column family {cf} is created at open"));
+        self.inner.put_cf(&handle, key, value);
+    }
+
+    fn delete(&mut self, cf: &str, key: &[u8]) {
+        let handle = self
+            .db
+            .cf_handle(cf)
+            .unwrap_or_else(|| panic!("column family {cf} is created at open"));
+        self.inner.delete_cf(&handle, key);
+    }
+
+    fn put_record<T>(&mut self, cf: &str, key: &[u8], value: &T) -> Result<(), StoreError>
+    where
+        T: for<'a> rkyv::Serialize<
+            rkyv::api::high::HighSerializer<
+                rkyv::util::AlignedVec,
+                rkyv::ser::allocator::ArenaHandle<'a>,
+                rkyv::rancor::Error,
+            >,
+        >,
+    {
+        let bytes = encode(value)?;
+        self.put(cf, key, &bytes);
+        Ok(())
+    }
+
+    pub(crate) fn put_id_high_water(&mut self, core: u16, high_water: u64) {
+        self.put(CF_META, &meta_idgen_key(core), &high_water.to_be_bytes());
+    }
+
+    pub(crate) fn put_user(&mut self, user_id: u64, user: &UserRecord) -> Result<(), StoreError> {
+        self.put(CF_USERNAMES, user.username.as_bytes(), &keys::user(user_id));
+        self.put_record(CF_USERS, &keys::user(user_id), user)
+    }
+
+    pub(crate) fn put_device(
+        &mut self,
+        user_id: u64,
+        device_id: u32,
+        device: &DeviceRecord,
+    ) -> Result<(), StoreError> {
+        self.put_record(CF_DEVICES, &keys::device(user_id, device_id), device)
+    }
+
+    pub(crate) fn put_session(&mut self, token_hash: &[u8; 32], user_id: u64, device_id: u32) {
+        self.put(CF_SESSIONS, token_hash, &keys::device(user_id, device_id));
+    }
+
+    pub(crate) fn delete_session(&mut self, token_hash: &[u8; 32]) {
+        self.delete(CF_SESSIONS, token_hash);
+    }
+
+    pub(crate) fn put_conversation(
+        &mut self,
+        conversation_id: u64,
+        conversation: &ConversationRecord,
+    ) -> Result<(), StoreError> {
+        self.put_record(
+            CF_CONVERSATIONS,
+            &keys::conversation(conversation_id),
+            conversation,
+        )
+    }
+
+    pub(crate) fn put_direct(&mut self, lo: u64, hi: u64, conversation_id: u64) {
+        self.put(
+            CF_DIRECT,
+            &keys::pair(lo, hi),
+            &keys::conversation(conversation_id),
+        );
+    }
+
+    pub(crate) fn put_user_conversation(&mut self, user_id: u64, conversation_id: u64) {
+        self.put(CF_USER_CONVS, &keys::pair(user_id, conversation_id), &[]);
+    }
+
+    pub(crate) fn put_message(
+        &mut self,
+        conversation_id: u64,
+        seq: u64,
+        message: &MessageRecord,
+    ) -> Result<(), StoreError> {
+        self.put_record(CF_MESSAGES, &keys::pair(conversation_id, seq), message)
+    }
+
+    pub(crate) fn put_fanout_pending(&mut self, conversation_id: u64, seq: u64) {
+        self.put(CF_FANOUT, &keys::pair(conversation_id, seq), &[]);
+    }
+
+    pub(crate) fn delete_fanout_pending(&mut self, conversation_id: u64, seq: u64) {
+        self.delete(CF_FANOUT, &keys::pair(conversation_id, seq));
+    }
+
+    pub(crate) fn put_update(
+        &mut self,
+        user_id: u64,
+        user_seq: u64,
+        update: &UpdateRecord,
+    ) -> Result<(), StoreError> {
+        self.put_record(CF_UPDATES, &keys::pair(user_id, user_seq), update)
+    }
+
+    pub(crate) fn put_fanout_mark(&mut self, user_id: u64, conversation_id: u64, seq: u64) {
+        self.put(
+            CF_FANOUT_MARKS,
+            &keys::pair(user_id, conversation_id),
+            &seq.to_be_bytes(),
+        );
+    }
+
+    pub(crate) fn put_receipt(
+        &mut self,
+        conversation_id: u64,
+        user_id: u64,
+        receipt: &ReceiptRecord,
+    ) -> Result<(), StoreError> {
+        self.put_record(CF_RECEIPTS, &keys::pair(conversation_id, user_id), receipt)
+    }
+
+    pub(crate) fn put_idempotency(
+        &mut self,
+        user_id: u64,
+        device_id: u32,
+        client_msg_id: &[u8; 16],
+        record: &IdempotencyRecord,
+    ) -> Result<(), StoreError> {
+        self.put_record(
+            CF_IDEMPOTENCY,
+            &keys::idempotency(user_id, device_id, client_msg_id),
+            record,
+        )
+    }
+}
+
+fn meta_idgen_key(core: u16) -> [u8; 7] {
+    let mut key = *b"idgen\0\0";
+    key[5..].copy_from_slice(&core.to_be_bytes());
+    key
+}
+
+/// The smallest key above every key starting with `prefix` (for iterator upper bounds); an empty
+/// or all-0xFF prefix has none, and gets a bound above any key this schema writes.
+fn prefix_upper_bound(prefix: &[u8]) -> Vec<u8> {
+    let mut bound = prefix.to_vec();
+    while let Some(last) = bound.pop() {
+        if last < 0xff {
+            bound.push(last + 1);
+            return bound;
+        }
+    }
+    vec![0xff; 64]
+}
+
+fn cf_options(name: &str) -> Options {
+    let mut options = Options::default();
+    let mut table = BlockBasedOptions::default();
+    table.set_bloom_filter(10.0, false);
+    table.set_cache_index_and_filter_blocks(true);
+    options.set_block_based_table_factory(&table);
+    options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    options.set_bottommost_compression_type(rocksdb::DBCompressionType::Zstd);
+    if name == CF_MEDIA_CHUNKS {
+        // Attachments are large and written once: keep them in blob files, out of the LSM tree.
+        options.set_enable_blob_files(true);
+        options.set_min_blob_size(4096);
+    }
+    options
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), false).unwrap();
+        (dir, store)
+    }
+
+    // Proves range reads return exactly one owner's records, in numeric order, paged correctly.
+    #[test]
+    fn updates_are_scanned_per_user_in_order() {
+        let (_dir, store) = temp_store();
+        let mut batch = store.batch();
+        for (user, seqs) in [(1u64, 1..=3u64), (2, 1..=300), (3, 1..=2)] {
+            for seq in seqs {
+                let update = UpdateRecord::Message {
+                    conversation_id: 9,
+                    seq,
+                    sender: user,
+                };
+                batch.put_update(user, seq, &update).unwrap();
+            }
+        }
+        store.commit(batch).unwrap();
+        let page = store.updates_after(2, 255, 10).unwrap();
+        let seqs: Vec<u64> = page.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, (256..=265).collect::<Vec<_>>());
+        assert_eq!(store.updates_after(2, 299, 10).unwrap().len(), 1);
+        assert_eq!(store.updates_after(2, 300, 10).unwrap().len(), 0);
+        assert_eq!(store.last_user_seq(2).unwrap(), 300);
+        assert_eq!(store.last_user_seq(1).unwrap(), 3);
+        assert_eq!(store.last_user_seq(4).unwrap(), 0);
+    }
+
+    // Proves history paging reads backwards from `before` and returns ascending order.
+    #[test]
+    fn messages_before_pages_backwards() {
+        let (_dir, store) = temp_store();
+        let mut batch = store.batch();
+        for seq in 1..=50u64 {
+            let message = MessageRecord {
+                message_id: seq,
+                sender: 1,
+                sender_device: 1,
+                ts: seq,
+                client_msg_id: [0; 16],
+                body: format!("m{seq}"),
+                attachments: vec![],
+            };
+            batch.put_message(7, seq, &message).unwrap();
+        }
+        store.commit(batch).unwrap();
+        let page = store.messages_before(7, 21, 5).unwrap();
+        assert_eq!(
+            page.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            vec![16, 17, 18, 19, 20]
+        );
+        assert_eq!(store.messages_before(7, u64::MAX, 2).unwrap()[1].0, 50);
+        assert_eq!(store.last_seq(7).unwrap(), 50);
+        assert_eq!(store.last_seq(8).unwrap(), 0);
+        assert!(store.messages_before(7, 1, 5).unwrap().is_empty());
+    }
+
+    // Proves records, sessions and the reopened database keep what was committed.
+    #[test]
+    fn committed_data_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), true).unwrap();
+            let mut batch = store.batch();
+            let user = UserRecord {
+                username: "alice".into(),
+                created_at: 1,
+                password_salt: [1; 16],
+                password_iterations: 1000,
+                password_hash: [2; 32],
+                hide_last_seen: false,
+            };
+            batch.put_user(42, &user).unwrap();
+            batch.put_session(&[5; 32], 42, 3);
+            batch.put_id_high_water(1, 777);
+            store.commit(batch).unwrap();
+        }
+        let store = Store::open(dir.path(), false).unwrap();
+        assert_eq!(store.user_id_by_name("alice").unwrap(), Some(42));
+        assert_eq!(store.user(42).unwrap().unwrap().username, "alice");
+        assert_eq!(store.session(&[5; 32]).unwrap(), Some((42, 3)));
+        assert_eq!(store.id_high_water(1).unwrap(), 777);
+        assert_eq!(store.id_high_water(0).unwrap(), 0);
+    }
+
+    // Proves the upper bound helper handles carries and all-0xFF prefixes.
+    #[test]
+    fn prefix_upper_bounds() {
+        assert_eq!(prefix_upper_bound(&[1, 2]), vec![1, 3]);
+        assert_eq!(prefix_upper_bound(&[1, 0xff]), vec![2]);
+        assert_eq!(prefix_upper_bound(&[0xff]).len(), 64);
+    }
+}

@@ -1,0 +1,187 @@
+//! Test support: a real `ternd` process on a loopback port with its own temporary data directory,
+//! and helpers to connect `tern-client` clients to it.
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tern_client::{Client, ConnectOptions, Event};
+use tern_protocol::frames::Authenticated;
+use tern_protocol::{Update, UpdateKind};
+
+/// The I/O engines every integration test runs on.
+pub const ENGINES: [&str; 2] = ["epoll", "uring"];
+
+/// How long a test waits for any one event before failing.
+pub const EVENT_WAIT: Duration = Duration::from_secs(10);
+
+/// A `ternd` child process.
+pub struct Ternd {
+    child: Child,
+    pub addr: SocketAddr,
+    pub engine: &'static str,
+    pub data_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Ternd {
+    /// Starts `ternd` on a fresh temporary data directory.
+    pub fn start(engine: &'static str) -> Ternd {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let path = temp.path().to_owned();
+        let mut ternd = Ternd::start_in(engine, &path, &[]);
+        ternd._temp = Some(temp);
+        ternd
+    }
+
+    /// Starts `ternd` on an existing data directory, with extra flags.
+    pub fn start_in(engine: &'static str, data_dir: &Path, extra: &[&str]) -> Ternd {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ternd"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--cores",
+                "2",
+                "--io-engine",
+                engine,
+            ])
+            .args(["--password-iterations", "1000"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn ternd");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read ternd's first line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening tcp=")
+            .unwrap_or_else(|| panic!("unexpected first line from ternd: {line:?}"))
+            .parse()
+            .expect("address");
+        Ternd {
+            child,
+            addr,
+            engine,
+            data_dir: data_dir.to_owned(),
+            _temp: None,
+        }
+    }
+
+    /// A connected (not yet authenticated) client.
+    pub async fn client(&self) -> Client {
+        Client::connect(self.addr, ConnectOptions::default())
+            .await
+            .expect("connect")
+    }
+
+    /// A client registered as a new user, with its `Authenticated` reply.
+    pub async fn register(&self, username: &str) -> (Client, Authenticated) {
+        let client = self.client().await;
+        let auth = client
+            .register(username, "password123", "test device")
+            .await
+            .expect("register");
+        (client, auth)
+    }
+
+    /// A client logged in as a new device of an existing user.
+    pub async fn login(&self, username: &str, device: &str) -> (Client, Authenticated) {
+        let client = self.client().await;
+        let auth = client
+            .login(username, "password123", device)
+            .await
+            .expect("login");
+        (client, auth)
+    }
+
+    /// Kills the process with SIGKILL and waits for it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Asks for a graceful shutdown (SIGTERM) and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.child.wait().expect("wait for ternd")
+    }
+}
+
+impl Drop for Ternd {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Syncs from `since` until caught up (which also turns on live updates), returning every update.
+pub async fn sync_all(client: &Client, since: u64) -> Vec<Update> {
+    let mut updates = Vec::new();
+    let mut since = since;
+    loop {
+        let page = client.sync(since, 0).await.expect("sync");
+        if let Some(last) = page.updates.last() {
+            since = last.user_seq;
+        }
+        updates.extend(page.updates);
+        if !page.has_more {
+            return updates;
+        }
+    }
+}
+
+/// The message bodies among updates, in order.
+pub fn bodies(updates: &[Update]) -> Vec<String> {
+    updates
+        .iter()
+        .filter_map(|u| match &u.kind {
+            UpdateKind::Message(m) => Some(m.body.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Waits for the next live message update and returns its body.
+pub async fn next_message(client: &mut Client) -> tern_protocol::types::Message {
+    let event = client
+        .wait_for_event(
+            |e| {
+                matches!(
+                    e,
+                    Event::Update(Update {
+                        kind: UpdateKind::Message(_),
+                        ..
+                    })
+                )
+            },
+            EVENT_WAIT,
+        )
+        .await
+        .expect("a message event");
+    match event {
+        Event::Update(Update {
+            kind: UpdateKind::Message(m),
+            ..
+        }) => m,
+        other => panic!("unexpected event {other:?}"),
+    }
+}
+
+/// A distinct idempotency key per (tag, n).
+pub fn cmid(tag: u8, n: u64) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    id[0] = tag;
+    id[8..].copy_from_slice(&n.to_be_bytes());
+    id
+}
