@@ -289,7 +289,7 @@ impl Reader {
             }
             let since_rx = self.handle.last_rx.get().elapsed();
             let wait = idle.saturating_sub(since_rx);
-            match tokio::time::timeout(wait, socket.read(inbox)).await {
+            match tokio::time::timeout(wait, socket.read(inbox, &self.ctx.buffers)).await {
                 Err(_) if self.handle.last_rx.get().elapsed() >= idle => {
                     self.outbound.close_with(
                         ErrorCode::HEARTBEAT_TIMEOUT,

@@ -63,6 +63,7 @@ pub(crate) struct CoreCtx {
     pub(crate) conns: RefCell<HashMap<ConnId, Rc<ConnHandle>>>,
     pub(crate) pool: BlockingPool,
     pub(crate) dummy_user: UserRecord,
+    pub(crate) buffers: socket::BufferPool,
     next_conn: Cell<ConnId>,
     mailboxes: Mailboxes,
     /// Batches a full mailbox handed back, retried next turn.
@@ -494,6 +495,7 @@ fn run_core(parts: CoreParts, listener: TcpListener, inbox: Inbox) {
         shard: RefCell::new(shard),
         conns: RefCell::new(HashMap::new()),
         pool: parts.pool,
+        buffers: socket::BufferPool::default(),
         next_conn: Cell::new(0),
         mailboxes: parts.mailboxes,
         undelivered: RefCell::new(Vec::new()),

@@ -7,6 +7,7 @@
 
 #![allow(unsafe_code)] // `dup(2)` to hand a uring socket to another core; see `into_std`.
 
+use std::cell::RefCell;
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
@@ -16,6 +17,32 @@ use tokio::io::unix::AsyncFd;
 
 /// Bytes read per read operation.
 pub(crate) const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// Idle read buffers a core keeps for reuse; more are freed when returned.
+pub(crate) const READ_POOL_BUFFERS_MAX: usize = 64;
+
+/// A core's read buffers. A connection borrows one only while data is ready to be read, so an
+/// idle connection holds none.
+#[derive(Default)]
+pub(crate) struct BufferPool {
+    free: RefCell<Vec<Vec<u8>>>,
+}
+
+impl BufferPool {
+    fn take(&self) -> Vec<u8> {
+        self.free
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(READ_CHUNK_BYTES))
+    }
+
+    fn give(&self, mut buf: Vec<u8>) {
+        let mut free = self.free.borrow_mut();
+        if free.len() < READ_POOL_BUFFERS_MAX {
+            buf.clear();
+            free.push(buf);
+        }
+    }
+}
 
 /// A connected socket on one engine.
 pub(crate) enum Socket {
@@ -46,14 +73,21 @@ impl Socket {
         }
     }
 
-    /// Waits for data (or end of stream), then appends what arrived to `inbox`. Returns the number
-    /// of bytes read; 0 means the peer closed.
-    pub(crate) async fn read(&self, inbox: &mut BytesMut) -> io::Result<usize> {
+    /// Waits for data (or end of stream), then appends what arrived to `inbox`, reading through a
+    /// buffer borrowed from `pool` for just that moment. Returns the number of bytes read; 0 means
+    /// the peer closed.
+    pub(crate) async fn read(&self, inbox: &mut BytesMut, pool: &BufferPool) -> io::Result<usize> {
         match self {
             Socket::Epoll(stream) => loop {
                 stream.readable().await?;
-                inbox.reserve(READ_CHUNK_BYTES);
-                match stream.try_read_buf(inbox) {
+                let mut buf = pool.take();
+                buf.resize(READ_CHUNK_BYTES, 0);
+                let result = stream.try_read(&mut buf);
+                if let Ok(n) = result {
+                    inbox.extend_from_slice(&buf[..n]);
+                }
+                pool.give(buf);
+                match result {
                     Ok(n) => return Ok(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(e) => return Err(e),
@@ -61,15 +95,21 @@ impl Socket {
             },
             Socket::Uring { ready, stream } => {
                 let mut guard = ready.readable().await?;
-                let buf = Vec::with_capacity(READ_CHUNK_BYTES);
-                let (result, buf) = stream.read(buf).await;
-                let n = result?;
+                let (result, buf) = stream.read(pool.take()).await;
+                let n = match result {
+                    Ok(n) => n,
+                    Err(e) => {
+                        pool.give(buf);
+                        return Err(e);
+                    }
+                };
                 if n < READ_CHUNK_BYTES {
                     // Drained: wait for the next edge. A later arrival has its own readiness tick,
                     // which this does not clear.
                     guard.clear_ready();
                 }
                 inbox.extend_from_slice(&buf[..n]);
+                pool.give(buf);
                 Ok(n)
             }
         }
