@@ -19,6 +19,24 @@
 //! appends it to the member's update log and pushes it to the member's live devices. `core/chat.rs`
 //! tells the whole story, crash recovery included.
 
+//! # Choices beyond the design notes, and why
+//!
+//! - **Accepting and idle waiting go through tokio's reactor on both engines.** tokio-uring offers
+//!   no readiness poll, and an in-flight io_uring read per idle connection would pin a buffer to
+//!   every idle connection. So a uring connection waits for readiness through the reactor that
+//!   tokio-uring runs anyway, borrows a pooled buffer, and submits the read only when data is
+//!   there; reads and writes themselves are io_uring operations. Accept is readiness-driven too,
+//!   which keeps it cancel-safe for shutdown.
+//! - **The conversation's core checks idempotency**, not the sender's core: all sends to a
+//!   conversation pass through its core, so the check and the write of the idempotency record sit
+//!   in one place and one batch, with no window between them.
+//! - **Direct conversations are created by the owner core of the lower user id**, so two users
+//!   opening their conversation at the same moment on different cores get the same one.
+//! - **Message `ts` is the conversation core's clock at storage time**; ids are time-ordered per
+//!   core and never reused, even when the clock steps back (see `ids`).
+//! - **A panic ends the process** (the binary installs a hook): a dead core thread would leave its
+//!   users unserved while the server looked alive; the write-ahead log keeps what was acknowledged.
+
 pub mod config;
 mod core;
 mod ids;

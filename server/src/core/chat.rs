@@ -38,6 +38,11 @@ const PAGE_BYTES_MAX: usize = FRAME_BYTES_MAX as usize - 4096;
 /// Updates an `Ack` scans for delivered receipts before it stops (the rest get none).
 const ACK_SCAN_UPDATES_MAX: usize = 10 * RANGE_READ_MAX;
 
+/// Conversations a core keeps in memory before it starts over.
+const CACHED_CONVERSATIONS_MAX: usize = 1 << 18;
+/// Watermarks (fan-out and receipt) a core keeps in memory before it starts over.
+const CACHED_WATERMARKS_MAX: usize = 1 << 20;
+
 /// A conversation this core owns.
 #[derive(Debug)]
 struct ConvState {
@@ -67,6 +72,19 @@ impl ChatState {
     pub(crate) fn committed(&mut self) {
         self.pending_sends.clear();
         self.pending_direct.clear();
+    }
+
+    /// Drops caches that outgrew their bound; only called when nothing is pending.
+    pub(crate) fn trim(&mut self) {
+        if self.convs.len() > CACHED_CONVERSATIONS_MAX {
+            self.convs.clear();
+        }
+        if self.marks.len() > CACHED_WATERMARKS_MAX {
+            self.marks.clear();
+        }
+        if self.receipts.len() > CACHED_WATERMARKS_MAX {
+            self.receipts.clear();
+        }
     }
 
     /// The pending batch was lost: drop every cache so it reloads from the store.

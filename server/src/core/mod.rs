@@ -25,6 +25,9 @@ use crate::ids::IdGen;
 use crate::store::{Batch, Store, StoreError};
 use mail::Mail;
 
+/// Users whose state a core keeps in memory before it starts over (each entry is tens of bytes).
+pub(crate) const CACHED_USERS_MAX: usize = 1 << 20;
+
 /// A connection's id, unique on its core for the life of the process.
 pub(crate) type ConnId = u64;
 
@@ -431,6 +434,7 @@ impl Shard {
                 Ok(()) => {
                     self.chat.committed();
                     self.accounts_committed();
+                    self.trim_caches();
                     outputs.append(&mut self.after_commit);
                     mail.append(&mut self.mail_after_commit);
                     self.release_pushes(&mut outputs);
@@ -439,6 +443,15 @@ impl Shard {
             }
         }
         (outputs, mail)
+    }
+
+    /// Drops caches that outgrew their bound. Called right after a commit, when everything they
+    /// hold is also in the store, so they reload exactly what they forget.
+    fn trim_caches(&mut self) {
+        if self.users.len() > CACHED_USERS_MAX {
+            self.users.clear();
+        }
+        self.chat.trim();
     }
 
     /// A failed commit: nothing in the batch happened. Waiting replies become errors, waiting mail
