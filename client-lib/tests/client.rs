@@ -137,7 +137,8 @@ async fn replies_in_reverse_order_with_an_event_between() {
     let (first, second, third, ()) =
         within(async { tokio::join!(client.ping(1), client.ping(2), client.ping(3), server) })
             .await;
-    assert_eq!((first.unwrap(), second.unwrap(), third.unwrap()), (1, 2, 3));
+    let pongs = [first, second, third].map(|pong| pong.expect("a Pong"));
+    assert_eq!(pongs, [1, 2, 3]);
     assert_eq!(
         within(client.next_event()).await,
         Some(Event::Typing(typing_event(42)))

@@ -36,6 +36,7 @@ on_both_engines!(
     bad_input_gets_the_spec_error,
     revoked_device_is_closed,
     idle_connection_times_out,
+    device_limit_and_logout,
     slow_consumer_is_closed_and_loses_nothing,
     graceful_shutdown_sends_goaway_and_keeps_data,
 );
@@ -665,4 +666,34 @@ async fn graceful_shutdown_sends_goaway_and_keeps_data(engine: &'static str) {
     alice.resume(auth.token.unwrap()).await.unwrap();
     let history = alice.history(conv.conversation_id, 0, 0).await.unwrap();
     assert_eq!(history.messages.len(), 10);
+}
+
+// Proves the per-user device limit refuses one login too many, and that Logout answers Ok, closes
+// the connection and revokes the token, which frees a device slot.
+async fn device_limit_and_logout(engine: &'static str) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Ternd::start_in(engine, dir.path(), &["--devices-per-user-max", "2"]);
+    let (_phone, _) = server.register("alice").await;
+    let (laptop, laptop_auth) = server.login("alice", "laptop").await;
+    let third = server.client().await;
+    let code = server_code(third.login("alice", "password123", "tablet").await);
+    assert_eq!(code, ErrorCode::TOO_MANY_DEVICES);
+
+    laptop.logout().await.unwrap();
+    let closed = laptop
+        .wait_for_event(
+            |e| matches!(e, Event::Error(err) if err.code == ErrorCode::DEVICE_REVOKED),
+            EVENT_WAIT,
+        )
+        .await;
+    assert!(closed.is_ok(), "logout closes the connection: {closed:?}");
+    let code = server_code(
+        server
+            .client()
+            .await
+            .resume(laptop_auth.token.unwrap())
+            .await,
+    );
+    assert_eq!(code, ErrorCode::BAD_CREDENTIALS);
+    third.login("alice", "password123", "tablet").await.unwrap();
 }

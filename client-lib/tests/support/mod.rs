@@ -36,14 +36,16 @@ pub(crate) struct FakeServer {
 
 impl FakeServer {
     pub(crate) async fn bind() -> FakeServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a port on 127.0.0.1");
+        let addr = listener.local_addr().expect("the listener's address");
         FakeServer { listener, addr }
     }
 
     /// Accepts the next connection.
     pub(crate) async fn accept(&self) -> Peer {
-        let (stream, _) = self.listener.accept().await.unwrap();
+        let (stream, _) = self.listener.accept().await.expect("accept");
         Peer {
             stream,
             buf: BytesMut::new(),
@@ -63,10 +65,14 @@ impl Peer {
     /// The next frame from the client, or `None` once the client has closed its side.
     pub(crate) async fn recv(&mut self) -> Option<Frame> {
         loop {
-            if let Some(frame) = self.decoder.decode(&mut self.buf).unwrap() {
+            if let Some(frame) = self
+                .decoder
+                .decode(&mut self.buf)
+                .expect("a valid frame from the client")
+            {
                 return Some(frame);
             }
-            if self.stream.read_buf(&mut self.buf).await.unwrap() == 0 {
+            if self.stream.read_buf(&mut self.buf).await.expect("read") == 0 {
                 assert!(self.buf.is_empty(), "the client closed mid-frame");
                 return None;
             }
@@ -79,12 +85,12 @@ impl Peer {
     }
 
     pub(crate) async fn send(&mut self, request_id: u32, body: impl Into<Body>) {
-        let bytes = Frame::new(request_id, body).to_bytes().unwrap();
+        let bytes = Frame::new(request_id, body).to_bytes().expect("encode");
         self.send_raw(&bytes).await;
     }
 
     pub(crate) async fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.unwrap();
+        self.stream.write_all(bytes).await.expect("write");
     }
 
     /// Reads the client's `Hello`, answers it with [`welcome`] and returns the `Hello`'s frame.
@@ -136,7 +142,7 @@ pub(crate) async fn connected(options: ConnectOptions) -> (Client, Peer, FakeSer
         })
     })
     .await;
-    (client.unwrap(), peer, server)
+    (client.expect("connect"), peer, server)
 }
 
 /// Options for tests: a fixed client name, the defaults otherwise.
