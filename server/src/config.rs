@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 use tern_protocol::limits::{
-    DEVICES_PER_USER_MAX, HISTORY_PAGE_MESSAGES_MAX, SYNC_PAGE_UPDATES_MAX,
+    DEVICES_PER_USER_MAX, GROUP_MEMBERS_MAX, HISTORY_PAGE_MESSAGES_MAX, SYNC_PAGE_UPDATES_MAX,
 };
 
 /// Which I/O engine the core threads run.
@@ -68,6 +68,9 @@ pub struct Cli {
     /// Most devices per user [default: 10; at most 64].
     #[arg(long)]
     pub devices_per_user_max: Option<u32>,
+    /// Most members of a group [default: 100; at most 1000].
+    #[arg(long)]
+    pub group_members_max: Option<u32>,
     /// Interval at which clients are asked to send Ping, in ms [default: 15000].
     #[arg(long)]
     pub heartbeat_interval_ms: Option<u32>,
@@ -97,6 +100,7 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     password_iterations: Option<u32>,
     devices_per_user_max: Option<u32>,
+    group_members_max: Option<u32>,
     heartbeat_interval_ms: Option<u32>,
     idle_timeout_ms: Option<u32>,
     outbound_queue_bytes_max: Option<usize>,
@@ -123,6 +127,8 @@ pub struct Config {
     pub password_iterations: u32,
     /// Most devices per user.
     pub devices_per_user_max: u32,
+    /// Most members per group.
+    pub group_members_max: u32,
     /// Most updates per sync page.
     pub sync_page_updates_max: u32,
     /// Most messages per history page.
@@ -152,6 +158,7 @@ impl Default for Config {
             log_format: LogFormat::Human,
             password_iterations: 600_000,
             devices_per_user_max: 10,
+            group_members_max: 100,
             sync_page_updates_max: SYNC_PAGE_UPDATES_MAX,
             history_page_messages_max: HISTORY_PAGE_MESSAGES_MAX,
             heartbeat_interval_ms: 15_000,
@@ -210,6 +217,7 @@ impl Config {
                 log_format,
                 password_iterations,
                 devices_per_user_max,
+                group_members_max,
                 heartbeat_interval_ms,
                 idle_timeout_ms,
                 outbound_queue_bytes_max,
@@ -227,6 +235,7 @@ impl Config {
             log_format,
             password_iterations,
             devices_per_user_max,
+            group_members_max,
             heartbeat_interval_ms,
             idle_timeout_ms,
             outbound_queue_bytes_max,
@@ -248,6 +257,9 @@ impl Config {
             return invalid(format!(
                 "devices_per_user_max must be 1..={DEVICES_PER_USER_MAX}"
             ));
+        }
+        if self.group_members_max < 2 || self.group_members_max > GROUP_MEMBERS_MAX {
+            return invalid(format!("group_members_max must be 2..={GROUP_MEMBERS_MAX}"));
         }
         if self.password_iterations == 0 {
             return invalid("password_iterations must be at least 1".into());

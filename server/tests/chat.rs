@@ -118,8 +118,8 @@ async fn register_login_resume(engine: &'static str) {
 // sender's own device receives the same update.
 async fn one_to_one_both_online(engine: &'static str) {
     let server = Ternd::start(engine);
-    let (mut alice, _) = server.register("alice").await;
-    let (mut bob, bob_auth) = server.register("bob").await;
+    let (alice, _) = server.register("alice").await;
+    let (bob, bob_auth) = server.register("bob").await;
     let conv = alice
         .open_direct(bob_auth.user_id)
         .await
@@ -144,13 +144,13 @@ async fn one_to_one_both_online(engine: &'static str) {
             .await
             .expect("send");
         assert_eq!(sent.seq, n);
-        let received = next_message(&mut bob).await;
+        let received = next_message(&bob).await;
         assert_eq!(
             (received.seq, received.body.as_str()),
             (n, format!("hello {n}").as_str())
         );
         assert_eq!(received.message_id, sent.message_id);
-        let echoed = next_message(&mut alice).await;
+        let echoed = next_message(&alice).await;
         assert_eq!(echoed.seq, n);
     }
 }
@@ -189,10 +189,10 @@ async fn offline_recipient_syncs_later(engine: &'static str) {
 async fn every_device_gets_every_message(engine: &'static str) {
     let server = Ternd::start(engine);
     let (alice1, _) = server.register("alice").await;
-    let (mut alice2, _) = server.login("alice", "tablet").await;
-    let (mut bob1, bob) = server.register("bob").await;
-    let (mut bob2, _) = server.login("bob", "laptop").await;
-    let (mut bob3, _) = server.login("bob", "watch").await;
+    let (alice2, _) = server.login("alice", "tablet").await;
+    let (bob1, bob) = server.register("bob").await;
+    let (bob2, _) = server.login("bob", "laptop").await;
+    let (bob3, _) = server.login("bob", "watch").await;
     for client in [&alice1, &alice2, &bob1, &bob2, &bob3] {
         sync_all(client, 0).await;
     }
@@ -201,7 +201,7 @@ async fn every_device_gets_every_message(engine: &'static str) {
         .send(conv.conversation_id, cmid(1, 1), "to every device")
         .await
         .unwrap();
-    for client in [&mut bob1, &mut bob2, &mut bob3, &mut alice2] {
+    for client in [&bob1, &bob2, &bob3, &alice2] {
         assert_eq!(next_message(client).await.body, "to every device");
     }
 }
@@ -292,7 +292,7 @@ async fn history_paging(engine: &'static str) {
 // unread counts follow the read watermark.
 async fn delivered_and_read_receipts(engine: &'static str) {
     let server = Ternd::start(engine);
-    let (mut alice, _) = server.register("alice").await;
+    let (alice, _) = server.register("alice").await;
     let (bob, bob_auth) = server.register("bob").await;
     let conv = alice.open_direct(bob_auth.user_id).await.unwrap();
     sync_all(&alice, 0).await;
@@ -311,11 +311,11 @@ async fn delivered_and_read_receipts(engine: &'static str) {
         .unread;
     assert_eq!(unread, 3);
     bob.ack(last).await.unwrap();
-    let receipt = wait_receipt(&mut alice, ReceiptKind::Delivered).await;
+    let receipt = wait_receipt(&alice, ReceiptKind::Delivered).await;
     assert_eq!((receipt.user_id, receipt.up_to_seq), (bob_auth.user_id, 3));
 
     bob.mark_read(conv.conversation_id, 2).await.unwrap();
-    let receipt = wait_receipt(&mut alice, ReceiptKind::Read).await;
+    let receipt = wait_receipt(&alice, ReceiptKind::Read).await;
     assert_eq!((receipt.user_id, receipt.up_to_seq), (bob_auth.user_id, 2));
     let info = bob.get_conversation(conv.conversation_id).await.unwrap();
     assert_eq!((info.read_seq, info.unread), (2, 1));
@@ -329,7 +329,7 @@ async fn delivered_and_read_receipts(engine: &'static str) {
 }
 
 async fn wait_receipt(
-    client: &mut tern_client::Client,
+    client: &tern_client::Client,
     kind: ReceiptKind,
 ) -> tern_protocol::update::Receipt {
     let event = client

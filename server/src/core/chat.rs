@@ -118,6 +118,27 @@ impl Shard {
         Ok(self.chat.convs.get_mut(&conversation_id))
     }
 
+    /// A conversation this core owns, from its cache (loading it once).
+    pub(crate) fn cached_conversation(
+        &mut self,
+        conversation_id: u64,
+    ) -> Result<Option<Rc<ConversationRecord>>, StoreError> {
+        Ok(self
+            .conv_state(conversation_id)?
+            .map(|c| Rc::clone(&c.record)))
+    }
+
+    /// Replaces the cached record of a conversation this core owns (after it wrote a new one).
+    pub(crate) fn set_cached_conversation(
+        &mut self,
+        conversation_id: u64,
+        record: ConversationRecord,
+    ) {
+        if let Some(conv) = self.chat.convs.get_mut(&conversation_id) {
+            conv.record = Rc::new(record);
+        }
+    }
+
     /// On the sender's core: checks what it can and forwards to the conversation's core.
     pub(crate) fn handle_send(
         &mut self,
@@ -359,7 +380,11 @@ impl Shard {
     }
 
     /// Appends an update to the log of a user this core owns; pushed to live devices after commit.
-    fn append_update(&mut self, user_id: u64, update: &UpdateRecord) -> Result<u64, StoreError> {
+    pub(crate) fn append_update(
+        &mut self,
+        user_id: u64,
+        update: &UpdateRecord,
+    ) -> Result<u64, StoreError> {
         let state = self.user_state(user_id)?;
         state.next_seq += 1;
         let user_seq = state.next_seq;
@@ -465,6 +490,10 @@ impl Shard {
                     64,
                 )
             }
+            ref group => (
+                super::groups::wire_group_update(group),
+                64 + 9 * group_members_len(group),
+            ),
         };
         Ok(Some((Update { user_seq, kind }, bytes)))
     }
@@ -607,13 +636,17 @@ impl Shard {
                 continue;
             }
             for sender in senders {
-                let mail = Mail::Receipt {
-                    to_user: sender,
+                let kind = ReceiptKind::Delivered as u8;
+                let update = UpdateRecord::Receipt {
                     conversation_id,
                     user_id,
-                    kind: ReceiptKind::Delivered as u8,
+                    kind,
                     up_to_seq: seq,
                     ts: now_ms,
+                };
+                let mail = Mail::Append {
+                    to_user: sender,
+                    update,
                 };
                 self.mail_after_commit(self.owner(sender), mail);
             }
@@ -721,13 +754,16 @@ impl Shard {
             // The reader's own devices learn it too, so every device shows the same unread count.
             self.append_receipt(user_id, conversation_id, user_id, kind, up_to, now_ms)?;
             for member in record.members.iter().filter(|m| m.user_id != user_id) {
-                let mail = Mail::Receipt {
-                    to_user: member.user_id,
+                let update = UpdateRecord::Receipt {
                     conversation_id,
                     user_id,
                     kind,
                     up_to_seq: up_to,
                     ts: now_ms,
+                };
+                let mail = Mail::Append {
+                    to_user: member.user_id,
+                    update,
                 };
                 self.mail_after_commit(self.owner(member.user_id), mail);
             }
@@ -925,6 +961,14 @@ impl Shard {
             },
         );
         Ok(())
+    }
+}
+
+fn group_members_len(record: &UpdateRecord) -> usize {
+    match record {
+        UpdateRecord::GroupCreated { members, .. } => members.len(),
+        UpdateRecord::MembersAdded { members, .. } => members.len(),
+        _ => 0,
     }
 }
 

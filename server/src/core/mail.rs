@@ -9,7 +9,9 @@ use tern_protocol::frames::Sent;
 use tern_protocol::ErrorCode;
 
 use super::ConnId;
-use crate::store::records::UserRecord;
+use crate::store::records::{UpdateRecord, UserRecord};
+use tern_protocol::types::Role;
+use tern_protocol::Body;
 
 /// A connection somewhere: its core and its id there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -77,14 +79,21 @@ pub(crate) enum Mail {
     },
     /// Back to the conversation's owner: the member's log holds the message.
     Delivered { conversation_id: u64, seq: u64 },
-    /// To a user's owner core: append a receipt to the user's log.
-    Receipt {
-        to_user: u64,
-        conversation_id: u64,
+    /// To a user's owner core: append an entry (a receipt, a group change) to the user's log.
+    Append { to_user: u64, update: UpdateRecord },
+    /// To a group's owner core: change the group.
+    GroupChange {
+        origin: ConnRef,
+        request_id: u32,
         user_id: u64,
-        kind: u8,
-        up_to_seq: u64,
-        ts: u64,
+        conversation_id: u64,
+        change: GroupChange,
+    },
+    /// Back to the origin: the answer to a request another core carried out.
+    Reply {
+        origin: ConnRef,
+        request_id: u32,
+        result: Result<Body, ErrorCode>,
     },
     /// To the owner core of the lower user id: find or create the pair's direct conversation.
     OpenDirect {
@@ -109,4 +118,19 @@ pub(crate) struct Adoption {
     pub(crate) buffered: BytesMut,
     pub(crate) request_id: u32,
     pub(crate) auth: AdoptAuth,
+}
+
+/// A change to a group, carried out by the group's owner core.
+#[derive(Debug)]
+pub(crate) enum GroupChange {
+    /// Add these users as members.
+    Add(Vec<u64>),
+    /// Remove this member.
+    Remove(u64),
+    /// The caller leaves.
+    Leave,
+    /// A new name.
+    Rename(String),
+    /// A member gets a role.
+    SetRole(u64, Role),
 }

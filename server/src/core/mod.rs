@@ -12,6 +12,7 @@
 
 pub(crate) mod accounts;
 pub(crate) mod chat;
+pub(crate) mod groups;
 pub(crate) mod mail;
 
 use std::collections::HashMap;
@@ -23,7 +24,7 @@ use tern_protocol::{Body, ErrorCode, Frame};
 use crate::config::Config;
 use crate::ids::IdGen;
 use crate::store::{Batch, Store, StoreError};
-use mail::Mail;
+use mail::{GroupChange, Mail};
 
 /// Users whose state a core keeps in memory before it starts over (each entry is tens of bytes).
 pub(crate) const CACHED_USERS_MAX: usize = 1 << 20;
@@ -314,6 +315,44 @@ impl Shard {
             }
             Body::Logout(_) => self.handle_logout(conn, request_id, user_id, device_id),
             Body::LookupUser(lookup) => self.handle_lookup(conn, request_id, &lookup.username),
+            Body::CreateGroup(create) => {
+                self.handle_create_group(now_ms, conn, request_id, user_id, create)
+            }
+            Body::AddMembers(m) => self.forward_group_change(
+                conn,
+                request_id,
+                user_id,
+                m.conversation_id,
+                GroupChange::Add(m.members),
+            ),
+            Body::RemoveMember(m) => self.forward_group_change(
+                conn,
+                request_id,
+                user_id,
+                m.conversation_id,
+                GroupChange::Remove(m.user_id),
+            ),
+            Body::LeaveGroup(m) => self.forward_group_change(
+                conn,
+                request_id,
+                user_id,
+                m.conversation_id,
+                GroupChange::Leave,
+            ),
+            Body::RenameGroup(m) => self.forward_group_change(
+                conn,
+                request_id,
+                user_id,
+                m.conversation_id,
+                GroupChange::Rename(m.name),
+            ),
+            Body::SetRole(m) => self.forward_group_change(
+                conn,
+                request_id,
+                user_id,
+                m.conversation_id,
+                GroupChange::SetRole(m.user_id, m.role),
+            ),
             other => {
                 let message = format!("{} is not available in this server version", other.name());
                 self.reply_error(conn, request_id, ErrorCode::UNKNOWN_TYPE, message);
@@ -368,14 +407,32 @@ impl Shard {
                 self.handle_delivered(conversation_id, seq);
                 Ok(())
             }
-            Mail::Receipt {
-                to_user,
-                conversation_id,
+            Mail::Append { to_user, update } => self.append_update(to_user, &update).map(|_| ()),
+            Mail::GroupChange {
+                origin,
+                request_id,
                 user_id,
-                kind,
-                up_to_seq,
-                ts,
-            } => self.append_receipt(to_user, conversation_id, user_id, kind, up_to_seq, ts),
+                conversation_id,
+                change,
+            } => self.apply_group_change(
+                now_ms,
+                origin,
+                request_id,
+                user_id,
+                conversation_id,
+                change,
+            ),
+            Mail::Reply {
+                origin,
+                request_id,
+                result,
+            } => {
+                match result {
+                    Ok(body) => self.reply(origin.conn, request_id, body),
+                    Err(code) => self.reply_error(origin.conn, request_id, code, "request refused"),
+                }
+                Ok(())
+            }
             Mail::OpenDirect {
                 origin,
                 request_id,

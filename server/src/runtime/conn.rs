@@ -439,7 +439,7 @@ impl Reader {
             limits: ServerLimits {
                 frame_bytes_max: tern_protocol::limits::FRAME_BYTES_MAX,
                 body_chars_max: tern_protocol::limits::BODY_CHARS_MAX,
-                group_members_max: 100,
+                group_members_max: config.group_members_max,
                 devices_per_user_max: config.devices_per_user_max,
                 sync_page_updates_max: config.sync_page_updates_max,
                 history_page_messages_max: config.history_page_messages_max,

@@ -560,6 +560,10 @@ impl Batch {
         self.put(CF_USER_CONVS, &keys::pair(user_id, conversation_id), &[]);
     }
 
+    pub(crate) fn delete_user_conversation(&mut self, user_id: u64, conversation_id: u64) {
+        self.delete(CF_USER_CONVS, &keys::pair(user_id, conversation_id));
+    }
+
     pub(crate) fn put_message(
         &mut self,
         conversation_id: u64,

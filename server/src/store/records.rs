@@ -99,6 +99,43 @@ pub(crate) enum UpdateRecord {
         up_to_seq: u64,
         ts: u64,
     },
+    /// A group was created with the user in it.
+    GroupCreated {
+        conversation_id: u64,
+        actor: u64,
+        ts: u64,
+        name: String,
+        members: Vec<MemberRecord>,
+    },
+    /// Users were added to a group.
+    MembersAdded {
+        conversation_id: u64,
+        actor: u64,
+        ts: u64,
+        members: Vec<u64>,
+    },
+    /// A member left (`actor == user_id`) or was removed.
+    MemberRemoved {
+        conversation_id: u64,
+        actor: u64,
+        ts: u64,
+        user_id: u64,
+    },
+    /// A group was renamed.
+    GroupRenamed {
+        conversation_id: u64,
+        actor: u64,
+        ts: u64,
+        name: String,
+    },
+    /// A member's role changed.
+    RoleChanged {
+        conversation_id: u64,
+        actor: u64,
+        ts: u64,
+        user_id: u64,
+        role: u8,
+    },
 }
 
 /// A user's watermarks in one conversation; key (conversation_id, user_id).

@@ -153,7 +153,7 @@ pub fn bodies(updates: &[Update]) -> Vec<String> {
 }
 
 /// Waits for the next live message update and returns its body.
-pub async fn next_message(client: &mut Client) -> tern_protocol::types::Message {
+pub async fn next_message(client: &Client) -> tern_protocol::types::Message {
     let event = client
         .wait_for_event(
             |e| {
