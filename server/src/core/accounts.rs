@@ -188,7 +188,7 @@ impl Shard {
         };
         self.batch.put_device(user_id, device_id, &record)?;
         self.batch.put_session(&token_hash, user_id, device_id);
-        self.add_session(conn, user_id, device_id);
+        self.add_session(now_ms, conn, user_id, device_id);
         let reply = Authenticated {
             user_id,
             device_id,
@@ -230,7 +230,7 @@ impl Shard {
         }
         device.last_active_at = now_ms;
         self.batch.put_device(user_id, device_id, &device)?;
-        self.add_session(conn, user_id, device_id);
+        self.add_session(now_ms, conn, user_id, device_id);
         let reply = Authenticated {
             user_id,
             device_id,

@@ -10,7 +10,8 @@ use tern_protocol::ErrorCode;
 
 use super::ConnId;
 use crate::store::records::{UpdateRecord, UserRecord};
-use tern_protocol::types::Role;
+use tern_protocol::frames::TypingEvent;
+use tern_protocol::types::{Presence, Role};
 use tern_protocol::Body;
 
 /// A connection somewhere: its core and its id there.
@@ -95,6 +96,35 @@ pub(crate) enum Mail {
         request_id: u32,
         result: Result<Body, ErrorCode>,
     },
+    /// To a user's owner core: subscribe a connection to the user's presence.
+    Subscribe {
+        target: u64,
+        subscriber: ConnRef,
+        request_id: u32,
+    },
+    /// To a user's owner core: end a subscription.
+    Unsubscribe { target: u64, subscriber: ConnRef },
+    /// Back to the subscriber: the presence at the time of subscribing.
+    PresenceNow {
+        subscriber: ConnRef,
+        request_id: u32,
+        presence: Presence,
+    },
+    /// To a subscriber: a followed user's presence changed.
+    PresenceChanged {
+        subscriber: ConnRef,
+        presence: Presence,
+    },
+    /// To a conversation's core: a member is typing.
+    Typing {
+        origin: ConnRef,
+        request_id: u32,
+        user_id: u64,
+        conversation_id: u64,
+        active: bool,
+    },
+    /// To a member's core: show a typing indicator on the member's live connections.
+    TypingTo { to_user: u64, event: TypingEvent },
     /// To the owner core of the lower user id: find or create the pair's direct conversation.
     OpenDirect {
         origin: ConnRef,

@@ -14,6 +14,7 @@ pub(crate) mod accounts;
 pub(crate) mod chat;
 pub(crate) mod groups;
 pub(crate) mod mail;
+pub(crate) mod presence;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -105,6 +106,7 @@ pub(crate) struct Shard {
     pub(crate) users: HashMap<u64, UserState>,
     pub(crate) chat: chat::ChatState,
     pub(crate) accounts: accounts::AccountState,
+    pub(crate) presence: presence::PresenceState,
 }
 
 impl Shard {
@@ -135,6 +137,7 @@ impl Shard {
             users: HashMap::new(),
             chat: chat::ChatState::default(),
             accounts: accounts::AccountState::default(),
+            presence: presence::PresenceState::default(),
         }
     }
 
@@ -190,6 +193,14 @@ impl Shard {
             message: message.into(),
         };
         self.reply(conn, request_id, error);
+    }
+
+    /// Queues an event for a connection now.
+    pub(crate) fn event(&mut self, conn: ConnId, body: impl Into<Body>) {
+        self.outputs.push(Output::Frame {
+            conn,
+            frame: Frame::event(body),
+        });
     }
 
     /// Closes a connection with a connection-level error.
@@ -253,8 +264,8 @@ impl Shard {
             .ok_or_else(|| StoreError::Corrupt("user state".into()))
     }
 
-    /// Adds an authenticated session.
-    pub(crate) fn add_session(&mut self, conn: ConnId, user_id: u64, device_id: u32) {
+    /// Adds an authenticated session; the user comes online with their first one.
+    pub(crate) fn add_session(&mut self, now_ms: u64, conn: ConnId, user_id: u64, device_id: u32) {
         self.sessions.insert(
             conn,
             Session {
@@ -263,17 +274,29 @@ impl Shard {
                 live: false,
             },
         );
-        self.online.entry(user_id).or_default().push(conn);
+        let conns = self.online.entry(user_id).or_default();
+        conns.push(conn);
+        if conns.len() == 1 {
+            if let Err(e) = self.presence_changed(now_ms, user_id, true) {
+                tracing::error!(core = self.core, error = %e, "storage error on presence");
+            }
+        }
     }
 
-    /// Forgets a connection that closed.
-    pub(crate) fn connection_closed(&mut self, conn: ConnId) {
-        if let Some(session) = self.sessions.remove(&conn) {
-            if let Some(conns) = self.online.get_mut(&session.user_id) {
-                conns.retain(|c| *c != conn);
-                if conns.is_empty() {
-                    self.online.remove(&session.user_id);
-                }
+    /// Forgets a connection that closed; the user goes offline with their last one.
+    pub(crate) fn connection_closed(&mut self, now_ms: u64, conn: ConnId) {
+        self.presence_connection_closed(conn);
+        let Some(session) = self.sessions.remove(&conn) else {
+            return;
+        };
+        let Some(conns) = self.online.get_mut(&session.user_id) else {
+            return;
+        };
+        conns.retain(|c| *c != conn);
+        if conns.is_empty() {
+            self.online.remove(&session.user_id);
+            if let Err(e) = self.presence_changed(now_ms, session.user_id, false) {
+                tracing::error!(core = self.core, error = %e, "storage error on presence");
             }
         }
     }
@@ -315,6 +338,18 @@ impl Shard {
             }
             Body::Logout(_) => self.handle_logout(conn, request_id, user_id, device_id),
             Body::LookupUser(lookup) => self.handle_lookup(conn, request_id, &lookup.username),
+            Body::SubscribePresence(s) => {
+                self.handle_subscribe_presence(conn, request_id, user_id, s)
+            }
+            Body::UnsubscribePresence(u) => {
+                self.handle_unsubscribe_presence(conn, request_id, u);
+                Ok(())
+            }
+            Body::SetPrivacy(set) => self.handle_set_privacy(conn, request_id, user_id, set),
+            Body::Typing(typing) => {
+                self.handle_typing(now_ms, conn, request_id, user_id, typing);
+                Ok(())
+            }
             Body::CreateGroup(create) => {
                 self.handle_create_group(now_ms, conn, request_id, user_id, create)
             }
@@ -422,6 +457,41 @@ impl Shard {
                 conversation_id,
                 change,
             ),
+            Mail::Subscribe {
+                target,
+                subscriber,
+                request_id,
+            } => self.handle_mail_subscribe(target, subscriber, request_id),
+            Mail::Unsubscribe { target, subscriber } => {
+                self.handle_mail_unsubscribe(target, subscriber);
+                Ok(())
+            }
+            Mail::PresenceNow {
+                subscriber,
+                request_id,
+                presence,
+            } => {
+                self.handle_presence_now(subscriber.conn, request_id, presence);
+                Ok(())
+            }
+            Mail::PresenceChanged {
+                subscriber,
+                presence,
+            } => {
+                self.handle_presence_changed(subscriber.conn, presence);
+                Ok(())
+            }
+            Mail::Typing {
+                origin,
+                request_id,
+                user_id,
+                conversation_id,
+                active,
+            } => self.handle_mail_typing(origin, request_id, user_id, conversation_id, active),
+            Mail::TypingTo { to_user, event } => {
+                self.handle_typing_to(to_user, event);
+                Ok(())
+            }
             Mail::Reply {
                 origin,
                 request_id,

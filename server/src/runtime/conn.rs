@@ -212,7 +212,8 @@ pub(crate) async fn run(ctx: Rc<CoreCtx>, socket: Socket, start: Start) {
     let end = reader.run(&socket, &mut inbox, &mut phase).await;
 
     ctx.conns.borrow_mut().remove(&conn);
-    ctx.shard.borrow_mut().connection_closed(conn);
+    ctx.shard.borrow_mut().connection_closed(ctx.now_ms(), conn);
+    ctx.kick();
     match end {
         End::Closed => {
             outbound.close();

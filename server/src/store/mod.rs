@@ -21,7 +21,7 @@
 //! | `fanout_marks` | (user_id, conversation_id)            | highest seq in the user's log (u64)     | user's owner core     |
 //! | `receipts`     | (conversation_id, user_id)            | [`records::ReceiptRecord`]              | user's owner core     |
 //! | `idempotency`  | (user_id, device_id, client_msg_id)   | [`records::IdempotencyRecord`]          | conversation's owner  |
-//! | `presence`     | user_id                               | last seen (reserved)                    | user's owner core     |
+//! | `presence`     | user_id                               | [`records::PresenceRecord`]             | user's owner core     |
 //! | `push_outbox`  | (due_ms, job_id)                      | push job (reserved)                     | user's owner core     |
 //! | `media`, `media_chunks` | media_id / (media_id, chunk) | metadata / bytes in blob files (reserved) | uploader's owner    |
 //!
@@ -408,6 +408,11 @@ impl Store {
             .unwrap_or(0))
     }
 
+    /// A user's presence record.
+    pub(crate) fn presence(&self, user_id: u64) -> Result<Option<PresenceRecord>, StoreError> {
+        self.get_record(CF_PRESENCE, &keys::user(user_id))
+    }
+
     /// A user's watermarks in a conversation.
     pub(crate) fn receipt(
         &self,
@@ -558,6 +563,14 @@ impl Batch {
 
     pub(crate) fn put_user_conversation(&mut self, user_id: u64, conversation_id: u64) {
         self.put(CF_USER_CONVS, &keys::pair(user_id, conversation_id), &[]);
+    }
+
+    pub(crate) fn put_presence(
+        &mut self,
+        user_id: u64,
+        record: &PresenceRecord,
+    ) -> Result<(), StoreError> {
+        self.put_record(CF_PRESENCE, &keys::user(user_id), record)
     }
 
     pub(crate) fn delete_user_conversation(&mut self, user_id: u64, conversation_id: u64) {

@@ -138,6 +138,15 @@ pub(crate) enum UpdateRecord {
     },
 }
 
+/// A user's presence settings and last-seen time; key user_id.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct PresenceRecord {
+    /// When the user's last connection ended (0: never).
+    pub(crate) last_seen: u64,
+    /// Whether others may see `last_seen`.
+    pub(crate) hide_last_seen: bool,
+}
+
 /// A user's watermarks in one conversation; key (conversation_id, user_id).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct ReceiptRecord {
