@@ -86,6 +86,22 @@ pub struct Cli {
     /// How long a graceful shutdown may take before connections are cut, in ms [default: 10000].
     #[arg(long)]
     pub shutdown_timeout_ms: Option<u64>,
+    /// The push gateway's notify URL (Matrix Push Gateway API), such as
+    /// `https://push.example.com/_matrix/push/v1/notify` [default: none, no push].
+    #[arg(long)]
+    pub push_gateway_url: Option<String>,
+    /// Time-out of one request to the push gateway, in ms [default: 5000].
+    #[arg(long)]
+    pub push_timeout_ms: Option<u64>,
+    /// Messages to an offline user within this window share one notification, in ms [default: 1000].
+    #[arg(long)]
+    pub push_coalesce_ms: Option<u64>,
+    /// A notification not delivered within this long is dropped, in ms [default: 86400000].
+    #[arg(long)]
+    pub push_max_age_ms: Option<u64>,
+    /// Include a preview of the message text in notifications [default: off].
+    #[arg(long)]
+    pub push_include_preview: bool,
 }
 
 /// The same settings, as read from a TOML file.
@@ -106,6 +122,11 @@ struct FileConfig {
     outbound_queue_bytes_max: Option<usize>,
     connections_per_core_max: Option<usize>,
     shutdown_timeout_ms: Option<u64>,
+    push_gateway_url: Option<String>,
+    push_timeout_ms: Option<u64>,
+    push_coalesce_ms: Option<u64>,
+    push_max_age_ms: Option<u64>,
+    push_include_preview: Option<bool>,
 }
 
 /// The resolved configuration.
@@ -143,6 +164,16 @@ pub struct Config {
     pub connections_per_core_max: usize,
     /// Graceful shutdown bound.
     pub shutdown_timeout_ms: u64,
+    /// The push gateway's notify URL; no push without one.
+    pub push_gateway_url: Option<String>,
+    /// Time-out of one gateway request.
+    pub push_timeout_ms: u64,
+    /// Coalescing window of notifications per user.
+    pub push_coalesce_ms: u64,
+    /// Age past which an undelivered notification is dropped.
+    pub push_max_age_ms: u64,
+    /// Whether notifications carry a preview of the text.
+    pub push_include_preview: bool,
 }
 
 impl Default for Config {
@@ -166,6 +197,11 @@ impl Default for Config {
             outbound_queue_bytes_max: 4 << 20,
             connections_per_core_max: 100_000,
             shutdown_timeout_ms: 10_000,
+            push_gateway_url: None,
+            push_timeout_ms: 5_000,
+            push_coalesce_ms: 1_000,
+            push_max_age_ms: 86_400_000,
+            push_include_preview: false,
         }
     }
 }
@@ -222,8 +258,15 @@ impl Config {
                 idle_timeout_ms,
                 outbound_queue_bytes_max,
                 connections_per_core_max,
-                shutdown_timeout_ms
+                shutdown_timeout_ms,
+                push_timeout_ms,
+                push_coalesce_ms,
+                push_max_age_ms,
+                push_include_preview
             );
+            if file.push_gateway_url.is_some() {
+                config.push_gateway_url = file.push_gateway_url;
+            }
         }
         layer!(
             config,
@@ -240,9 +283,16 @@ impl Config {
             idle_timeout_ms,
             outbound_queue_bytes_max,
             connections_per_core_max,
-            shutdown_timeout_ms
+            shutdown_timeout_ms,
+            push_timeout_ms,
+            push_coalesce_ms,
+            push_max_age_ms
         );
+        if cli.push_gateway_url.is_some() {
+            config.push_gateway_url = cli.push_gateway_url;
+        }
         config.fsync |= cli.fsync;
+        config.push_include_preview |= cli.push_include_preview;
         config.validate()?;
         Ok(config)
     }

@@ -185,6 +185,7 @@ impl Shard {
             token_hash,
             cursor: 0,
             revoked: false,
+            push: None,
         };
         self.batch.put_device(user_id, device_id, &record)?;
         self.batch.put_session(&token_hash, user_id, device_id);

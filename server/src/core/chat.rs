@@ -332,6 +332,7 @@ impl Shard {
     /// On a member's core: appends the message to the member's log unless it is there already.
     pub(crate) fn handle_deliver(
         &mut self,
+        now_ms: u64,
         user_id: u64,
         conversation_id: u64,
         seq: u64,
@@ -354,6 +355,8 @@ impl Shard {
             if sender == user_id {
                 // What a user sent, they have read.
                 self.move_watermark(conversation_id, user_id, ReceiptKind::Read, seq)?;
+            } else {
+                self.queue_push(now_ms, user_id)?;
             }
         }
         self.mail_after_commit(

@@ -125,6 +125,11 @@ pub(crate) enum Mail {
     },
     /// To a member's core: show a typing indicator on the member's live connections.
     TypingTo { to_user: u64, event: TypingEvent },
+    /// From the push worker to a user's core: the user's job is done; it read what to say at
+    /// `read_at_ms`.
+    PushDone { user_id: u64, read_at_ms: u64 },
+    /// From the push worker to a user's core: the gateway rejected this pushkey.
+    PushRejected { user_id: u64, pushkey: String },
     /// To the owner core of the lower user id: find or create the pair's direct conversation.
     OpenDirect {
         origin: ConnRef,

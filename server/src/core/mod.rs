@@ -15,6 +15,7 @@ pub(crate) mod chat;
 pub(crate) mod groups;
 pub(crate) mod mail;
 pub(crate) mod presence;
+pub(crate) mod push;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -107,6 +108,7 @@ pub(crate) struct Shard {
     pub(crate) chat: chat::ChatState,
     pub(crate) accounts: accounts::AccountState,
     pub(crate) presence: presence::PresenceState,
+    pub(crate) push: push::PushState,
 }
 
 impl Shard {
@@ -138,6 +140,7 @@ impl Shard {
             chat: chat::ChatState::default(),
             accounts: accounts::AccountState::default(),
             presence: presence::PresenceState::default(),
+            push: push::PushState::default(),
         }
     }
 
@@ -345,6 +348,12 @@ impl Shard {
                 self.handle_unsubscribe_presence(conn, request_id, u);
                 Ok(())
             }
+            Body::RegisterPushToken(register) => {
+                self.handle_register_push(conn, request_id, user_id, device_id, register)
+            }
+            Body::UnregisterPushToken(_) => {
+                self.set_push_token(conn, request_id, user_id, device_id, None)
+            }
             Body::SetPrivacy(set) => self.handle_set_privacy(conn, request_id, user_id, set),
             Body::Typing(typing) => {
                 self.handle_typing(now_ms, conn, request_id, user_id, typing);
@@ -434,7 +443,12 @@ impl Shard {
                 seq,
                 sender,
                 from_core,
-            } => self.handle_deliver(user_id, conversation_id, seq, sender, from_core),
+            } => self.handle_deliver(now_ms, user_id, conversation_id, seq, sender, from_core),
+            Mail::PushDone {
+                user_id,
+                read_at_ms,
+            } => self.handle_push_done(now_ms, user_id, read_at_ms),
+            Mail::PushRejected { user_id, pushkey } => self.handle_push_rejected(user_id, &pushkey),
             Mail::Delivered {
                 conversation_id,
                 seq,

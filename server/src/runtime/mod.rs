@@ -324,6 +324,10 @@ async fn core_main(ctx: Rc<CoreCtx>, listener: TcpListener, inbox: Inbox) {
         ),
         Err(e) => tracing::error!(core = ctx.core, error = %e, "cannot scan interrupted fan-outs"),
     }
+    let now = ctx.now_ms();
+    if let Err(e) = ctx.shard.borrow_mut().recover_push_jobs(now) {
+        tracing::error!(core = ctx.core, error = %e, "cannot scan queued push jobs");
+    }
     ctx.kick();
     tokio::task::spawn_local(accept_loop(Rc::clone(&ctx), listener));
     driver(ctx, inbox).await;
@@ -337,6 +341,7 @@ pub struct Server {
     mailboxes: Mailboxes,
     threads: Vec<JoinHandle<()>>,
     blocking: Vec<JoinHandle<()>>,
+    push: Option<crate::push::PushWorker>,
     store: Store,
 }
 
@@ -426,12 +431,15 @@ impl Server {
         }
         let engine = if uring { "io_uring" } else { "epoll" };
         tracing::info!(%local_addr, cores = config.cores, engine, fsync = config.fsync, "ternd listening");
+        let push =
+            crate::push::PushWorker::start(Arc::clone(&config), store.clone(), mailboxes.clone())?;
         Ok(Server {
             local_addr,
             shared,
             mailboxes,
             threads,
             blocking,
+            push,
             store,
         })
     }
@@ -443,6 +451,9 @@ impl Server {
         self.mailboxes.wake_all();
         for thread in self.threads {
             let _ = thread.join();
+        }
+        if let Some(push) = self.push {
+            push.stop();
         }
         if let Err(e) = self.store.flush() {
             tracing::error!(error = %e, "flushing the database at shutdown");

@@ -22,7 +22,7 @@
 //! | `receipts`     | (conversation_id, user_id)            | [`records::ReceiptRecord`]              | user's owner core     |
 //! | `idempotency`  | (user_id, device_id, client_msg_id)   | [`records::IdempotencyRecord`]          | conversation's owner  |
 //! | `presence`     | user_id                               | [`records::PresenceRecord`]             | user's owner core     |
-//! | `push_outbox`  | (due_ms, job_id)                      | push job (reserved)                     | user's owner core     |
+//! | `push_outbox`  | (due_ms, user_id)                     | [`records::PushJobRecord`]              | owner core queues, push worker sends |
 //! | `media`, `media_chunks` | media_id / (media_id, chunk) | metadata / bytes in blob files (reserved) | uploader's owner    |
 //!
 //! Every record has one writing core, so no two cores ever race on a key: that is what lets each
@@ -88,6 +88,9 @@ const CF_PRESENCE: &str = "presence";
 const CF_PUSH_OUTBOX: &str = "push_outbox";
 const CF_MEDIA: &str = "media";
 const CF_MEDIA_CHUNKS: &str = "media_chunks";
+
+/// A queued push job and its (due_ms, user_id) key.
+pub(crate) type DuePushJob = ((u64, u64), PushJobRecord);
 
 /// Key-value pairs read by a range scan.
 type Rows = Vec<(Box<[u8]>, Box<[u8]>)>;
@@ -463,6 +466,44 @@ impl Store {
             .collect())
     }
 
+    /// Push jobs due at or before `now_ms` with their (due_ms, user_id) keys, soonest first, at most
+    /// `limit`.
+    pub(crate) fn due_push_jobs(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<DuePushJob>, StoreError> {
+        let rows = self.scan(CF_PUSH_OUTBOX, &[], &[], limit)?;
+        let mut out = Vec::new();
+        for (k, v) in rows {
+            let (Some(due), Some(user)) = (keys::pair_first(&k), keys::pair_second(&k)) else {
+                continue;
+            };
+            if due > now_ms {
+                break;
+            }
+            out.push(((due, user), decode::<PushJobRecord>(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// Every queued push job's user, for a core to learn at start which users already have one.
+    pub(crate) fn push_job_users(&self) -> Result<Vec<u64>, StoreError> {
+        let mut users = Vec::new();
+        let mut from = keys::pair(0, 0).to_vec();
+        loop {
+            let rows = self.scan(CF_PUSH_OUTBOX, &[], &from, RANGE_READ_MAX)?;
+            let Some((last, _)) = rows.last() else { break };
+            users.extend(rows.iter().filter_map(|(k, _)| keys::pair_second(k)));
+            from = last.to_vec();
+            from.push(0);
+            if rows.len() < RANGE_READ_MAX {
+                break;
+            }
+        }
+        Ok(users)
+    }
+
     /// A new, empty batch.
     pub(crate) fn batch(&self) -> Batch {
         Batch {
@@ -563,6 +604,18 @@ impl Batch {
 
     pub(crate) fn put_user_conversation(&mut self, user_id: u64, conversation_id: u64) {
         self.put(CF_USER_CONVS, &keys::pair(user_id, conversation_id), &[]);
+    }
+
+    pub(crate) fn put_push_job(
+        &mut self,
+        due_ms: u64,
+        job: &PushJobRecord,
+    ) -> Result<(), StoreError> {
+        self.put_record(CF_PUSH_OUTBOX, &keys::pair(due_ms, job.user_id), job)
+    }
+
+    pub(crate) fn delete_push_job(&mut self, due_ms: u64, user_id: u64) {
+        self.delete(CF_PUSH_OUTBOX, &keys::pair(due_ms, user_id));
     }
 
     pub(crate) fn put_presence(

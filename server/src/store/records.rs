@@ -41,6 +41,28 @@ pub(crate) struct DeviceRecord {
     /// The highest `user_seq` this device acknowledged.
     pub(crate) cursor: u64,
     pub(crate) revoked: bool,
+    /// Where to push notifications for this device, if it registered a token.
+    pub(crate) push: Option<PushTokenRecord>,
+}
+
+/// A device's push token.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PushTokenRecord {
+    /// `tern_protocol::types::PushPlatform` as its wire byte.
+    pub(crate) platform: u8,
+    pub(crate) app_id: String,
+    pub(crate) pushkey: String,
+}
+
+/// A queued push notification for a user; key (due_ms, user_id) in `push_outbox`. What it says is
+/// read when it is sent, so a job stands for every message that arrived while it waited.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PushJobRecord {
+    pub(crate) user_id: u64,
+    /// When the first message it stands for arrived.
+    pub(crate) queued_at: u64,
+    /// Failed deliveries so far.
+    pub(crate) attempts: u32,
 }
 
 /// A member of a conversation.
