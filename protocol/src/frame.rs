@@ -51,12 +51,14 @@ impl Frame {
         self.encode_with_max(dst, FRAME_BYTES_MAX)
     }
 
-    /// As [`Frame::encode`], refusing frames above `max_frame_bytes` (a peer's announced limit).
+    /// As [`Frame::encode`], refusing frames above `max_frame_bytes` (a peer's announced limit,
+    /// never more than [`FRAME_BYTES_MAX`]).
     pub fn encode_with_max(
         &self,
         dst: &mut BytesMut,
         max_frame_bytes: u32,
     ) -> Result<usize, EncodeError> {
+        let max_frame_bytes = max_frame_bytes.min(FRAME_BYTES_MAX);
         let start = dst.len();
         dst.put_u32(0); // Patched below, once the body's size is known.
         dst.put_u16(self.body.frame_type());
