@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
 mod common;
 
 use bytes::BytesMut;
@@ -13,17 +14,6 @@ use tern_protocol::frames::{Hello, Ping, Send};
 use tern_protocol::types::ReceiptKind;
 use tern_protocol::{Body, ErrorCode, Frame, FrameDecoder, UpdateKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-macro_rules! on_both_engines {
-    ($($name:ident),* $(,)?) => {
-        mod epoll {
-            $( #[tokio::test] async fn $name() { super::$name("epoll").await } )*
-        }
-        mod uring {
-            $( #[tokio::test] async fn $name() { super::$name("uring").await } )*
-        }
-    };
-}
 
 on_both_engines!(
     register_login_resume,

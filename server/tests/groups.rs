@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -13,17 +14,6 @@ use tern_protocol::frames::{
 };
 use tern_protocol::types::{ConversationInfo, ReceiptKind, Role};
 use tern_protocol::{Body, ErrorCode, UpdateKind};
-
-macro_rules! on_both_engines {
-    ($($name:ident),* $(,)?) => {
-        mod epoll {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name("epoll").await } )*
-        }
-        mod uring {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name("uring").await } )*
-        }
-    };
-}
 
 on_both_engines!(
     hundred_member_group,

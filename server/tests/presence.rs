@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -12,17 +13,6 @@ use tern_protocol::frames::{Hello, Resume, SetPrivacy, SubscribePresence};
 use tern_protocol::types::Presence;
 use tern_protocol::{Body, ErrorCode, Frame, UpdateKind};
 use tokio::io::AsyncWriteExt;
-
-macro_rules! on_both_engines {
-    ($($name:ident),* $(,)?) => {
-        mod epoll {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name("epoll").await } )*
-        }
-        mod uring {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name("uring").await } )*
-        }
-    };
-}
 
 on_both_engines!(
     online_offline_and_dead_connections,

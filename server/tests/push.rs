@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
 mod common;
 
 use std::net::SocketAddr;
@@ -19,17 +20,6 @@ use tern_protocol::Body;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-
-macro_rules! on_both_engines {
-    ($($name:ident),* $(,)?) => {
-        mod epoll {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name("epoll").await } )*
-        }
-        mod uring {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name("uring").await } )*
-        }
-    };
-}
 
 on_both_engines!(
     offline_user_gets_one_coalesced_notification,

@@ -13,6 +13,30 @@ use tern_client::{Client, ConnectOptions, Event};
 use tern_protocol::frames::Authenticated;
 use tern_protocol::{Update, UpdateKind};
 
+/// Defines each scenario `name(engine)` as two tests, `epoll::name` and `uring::name`, so every
+/// integration test runs on both I/O engines.
+#[allow(unused_macros)]
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod epoll {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name("epoll").await
+                }
+            )*
+        }
+        mod uring {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name("uring").await
+                }
+            )*
+        }
+    };
+}
+
 /// The I/O engines every integration test runs on.
 pub const ENGINES: [&str; 2] = ["epoll", "uring"];
 
