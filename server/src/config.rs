@@ -102,6 +102,10 @@ pub struct Cli {
     /// Include a preview of the message text in notifications [default: off].
     #[arg(long)]
     pub push_include_preview: bool,
+    /// How long `Send` idempotency keys are kept, in ms [default: 604800000, 7 days; the spec
+    /// promises clients at least that].
+    #[arg(long)]
+    pub idempotency_retention_ms: Option<u64>,
 }
 
 /// The same settings, as read from a TOML file.
@@ -127,6 +131,7 @@ struct FileConfig {
     push_coalesce_ms: Option<u64>,
     push_max_age_ms: Option<u64>,
     push_include_preview: Option<bool>,
+    idempotency_retention_ms: Option<u64>,
 }
 
 /// The resolved configuration.
@@ -174,6 +179,8 @@ pub struct Config {
     pub push_max_age_ms: u64,
     /// Whether notifications carry a preview of the text.
     pub push_include_preview: bool,
+    /// Retention of idempotency keys.
+    pub idempotency_retention_ms: u64,
 }
 
 impl Default for Config {
@@ -202,6 +209,7 @@ impl Default for Config {
             push_coalesce_ms: 1_000,
             push_max_age_ms: 86_400_000,
             push_include_preview: false,
+            idempotency_retention_ms: 7 * 24 * 3600 * 1000,
         }
     }
 }
@@ -262,7 +270,8 @@ impl Config {
                 push_timeout_ms,
                 push_coalesce_ms,
                 push_max_age_ms,
-                push_include_preview
+                push_include_preview,
+                idempotency_retention_ms
             );
             if file.push_gateway_url.is_some() {
                 config.push_gateway_url = file.push_gateway_url;
@@ -286,7 +295,8 @@ impl Config {
             shutdown_timeout_ms,
             push_timeout_ms,
             push_coalesce_ms,
-            push_max_age_ms
+            push_max_age_ms,
+            idempotency_retention_ms
         );
         if cli.push_gateway_url.is_some() {
             config.push_gateway_url = cli.push_gateway_url;

@@ -379,7 +379,11 @@ impl Server {
     pub fn start(config: Config) -> Result<Server, StartError> {
         let config = Arc::new(config);
         std::fs::create_dir_all(&config.data_dir)?;
-        let store = Store::open(&config.data_dir, config.fsync)?;
+        let store = Store::open(
+            &config.data_dir,
+            config.fsync,
+            config.idempotency_retention_ms,
+        )?;
         let uring = match config.io_engine {
             IoEngine::Epoll => false,
             IoEngine::Uring => {

@@ -20,7 +20,7 @@
 //! | `updates`      | (user_id, user_seq)                   | [`records::UpdateRecord`]               | user's owner core     |
 //! | `fanout_marks` | (user_id, conversation_id)            | highest seq in the user's log (u64)     | user's owner core     |
 //! | `receipts`     | (conversation_id, user_id)            | [`records::ReceiptRecord`]              | user's owner core     |
-//! | `idempotency`  | (user_id, device_id, client_msg_id)   | [`records::IdempotencyRecord`]          | conversation's owner  |
+//! | `idempotency`  | (user_id, device_id, client_msg_id)   | [`records::IdempotencyRecord`]; expires by compaction filter | conversation's owner |
 //! | `presence`     | user_id                               | [`records::PresenceRecord`]             | user's owner core     |
 //! | `push_outbox`  | (due_ms, user_id)                     | [`records::PushJobRecord`]              | owner core queues, push worker sends |
 //! | `media`, `media_chunks` | media_id / (media_id, chunk) | metadata / bytes in blob files (reserved) | uploader's owner    |
@@ -132,16 +132,21 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Opens (creating if needed) the database in `path`.
-    pub(crate) fn open(path: &Path, fsync: bool) -> Result<Store, StoreError> {
+    /// Idempotency records older than `idempotency_retention_ms` are dropped by compaction.
+    pub(crate) fn open(
+        path: &Path,
+        fsync: bool,
+        idempotency_retention_ms: u64,
+    ) -> Result<Store, StoreError> {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.set_max_background_jobs(2);
         options.set_bytes_per_sync(1 << 20);
         options.set_keep_log_file_num(5);
-        let descriptors = COLUMN_FAMILIES
-            .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name)));
+        let descriptors = COLUMN_FAMILIES.iter().map(|name| {
+            ColumnFamilyDescriptor::new(*name, cf_options(name, idempotency_retention_ms))
+        });
         let db = Db::open_cf_descriptors(&options, path, descriptors)?;
         Ok(Store {
             db: Arc::new(db),
@@ -707,7 +712,10 @@ fn prefix_upper_bound(prefix: &[u8]) -> Vec<u8> {
     vec![0xff; 64]
 }
 
-fn cf_options(name: &str) -> Options {
+/// How often RocksDB rewrites files nothing else compacted, so expiry also reaches idle data.
+const PERIODIC_COMPACTION_SECONDS: u64 = 24 * 3600;
+
+fn cf_options(name: &str, idempotency_retention_ms: u64) -> Options {
     let mut options = Options::default();
     let mut table = BlockBasedOptions::default();
     table.set_bloom_filter(10.0, false);
@@ -715,6 +723,26 @@ fn cf_options(name: &str) -> Options {
     options.set_block_based_table_factory(&table);
     options.set_compression_type(rocksdb::DBCompressionType::Lz4);
     options.set_bottommost_compression_type(rocksdb::DBCompressionType::Zstd);
+    if name == CF_IDEMPOTENCY {
+        // Keys are kept at least as long as the spec promises clients (7 days by default), then
+        // dropped when compaction passes over them.
+        options.set_compaction_filter(
+            "tern-idempotency-expiry",
+            move |_level: u32, _key: &[u8], value: &[u8]| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                match decode::<IdempotencyRecord>(value) {
+                    Ok(record) if now.saturating_sub(record.ts) > idempotency_retention_ms => {
+                        rocksdb::compaction_filter::Decision::Remove
+                    }
+                    _ => rocksdb::compaction_filter::Decision::Keep,
+                }
+            },
+        );
+        options.set_periodic_compaction_seconds(PERIODIC_COMPACTION_SECONDS);
+    }
     if name == CF_MEDIA_CHUNKS {
         // Attachments are large and written once: keep them in blob files, out of the LSM tree.
         options.set_enable_blob_files(true);
@@ -729,7 +757,7 @@ mod tests {
 
     fn temp_store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), false).unwrap();
+        let store = Store::open(dir.path(), false, 1000).unwrap();
         (dir, store)
     }
 
@@ -793,7 +821,7 @@ mod tests {
     fn committed_data_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Store::open(dir.path(), true).unwrap();
+            let store = Store::open(dir.path(), true, 1000).unwrap();
             let mut batch = store.batch();
             let user = UserRecord {
                 username: "alice".into(),
@@ -808,7 +836,7 @@ mod tests {
             batch.put_id_high_water(1, 777);
             store.commit(batch).unwrap();
         }
-        let store = Store::open(dir.path(), false).unwrap();
+        let store = Store::open(dir.path(), false, 1000).unwrap();
         assert_eq!(store.user_id_by_name("alice").unwrap(), Some(42));
         assert_eq!(store.user(42).unwrap().unwrap().username, "alice");
         assert_eq!(store.session(&[5; 32]).unwrap(), Some((42, 3)));
@@ -822,5 +850,38 @@ mod tests {
         assert_eq!(prefix_upper_bound(&[1, 2]), vec![1, 3]);
         assert_eq!(prefix_upper_bound(&[1, 0xff]), vec![2]);
         assert_eq!(prefix_upper_bound(&[0xff]).len(), 64);
+    }
+
+    // Proves the compaction filter drops idempotency records past the retention and keeps newer
+    // ones.
+    #[test]
+    fn idempotency_records_expire_in_compaction() {
+        let (_dir, store) = temp_store();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let mut batch = store.batch();
+        let old = IdempotencyRecord {
+            conversation_id: 1,
+            seq: 1,
+            message_id: 1,
+            ts: now - 60_000,
+        };
+        let fresh = IdempotencyRecord {
+            conversation_id: 1,
+            seq: 2,
+            message_id: 2,
+            ts: now,
+        };
+        batch.put_idempotency(1, 1, &[1; 16], &old).unwrap();
+        batch.put_idempotency(1, 1, &[2; 16], &fresh).unwrap();
+        store.commit(batch).unwrap();
+        store.flush().unwrap();
+        store
+            .db
+            .compact_range_cf(&store.cf(CF_IDEMPOTENCY), None::<&[u8]>, None::<&[u8]>);
+        assert_eq!(store.idempotency(1, 1, &[1; 16]).unwrap(), None);
+        assert_eq!(store.idempotency(1, 1, &[2; 16]).unwrap(), Some(fresh));
     }
 }
