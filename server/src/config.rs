@@ -102,6 +102,9 @@ pub struct Cli {
     /// Include a preview of the message text in notifications [default: off].
     #[arg(long)]
     pub push_include_preview: bool,
+    /// Address of the Prometheus `/metrics` and `/healthz` endpoint [default: 127.0.0.1:7410].
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
     /// How long `Send` idempotency keys are kept, in ms [default: 604800000, 7 days; the spec
     /// promises clients at least that].
     #[arg(long)]
@@ -132,6 +135,7 @@ struct FileConfig {
     push_max_age_ms: Option<u64>,
     push_include_preview: Option<bool>,
     idempotency_retention_ms: Option<u64>,
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// The resolved configuration.
@@ -181,6 +185,8 @@ pub struct Config {
     pub push_include_preview: bool,
     /// Retention of idempotency keys.
     pub idempotency_retention_ms: u64,
+    /// Metrics and health endpoint address.
+    pub metrics_listen: SocketAddr,
 }
 
 impl Default for Config {
@@ -210,6 +216,7 @@ impl Default for Config {
             push_max_age_ms: 86_400_000,
             push_include_preview: false,
             idempotency_retention_ms: 7 * 24 * 3600 * 1000,
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 7410)),
         }
     }
 }
@@ -271,7 +278,8 @@ impl Config {
                 push_coalesce_ms,
                 push_max_age_ms,
                 push_include_preview,
-                idempotency_retention_ms
+                idempotency_retention_ms,
+                metrics_listen
             );
             if file.push_gateway_url.is_some() {
                 config.push_gateway_url = file.push_gateway_url;
@@ -296,7 +304,8 @@ impl Config {
             push_timeout_ms,
             push_coalesce_ms,
             push_max_age_ms,
-            idempotency_retention_ms
+            idempotency_retention_ms,
+            metrics_listen
         );
         if cli.push_gateway_url.is_some() {
             config.push_gateway_url = cli.push_gateway_url;

@@ -40,6 +40,7 @@
 pub mod config;
 mod core;
 mod ids;
+mod metrics;
 mod push;
 mod runtime;
 mod store;

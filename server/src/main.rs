@@ -40,7 +40,10 @@ fn main() -> ExitCode {
         }
     };
     // One machine-readable line on stdout, for scripts and tests that start ternd on port 0.
-    println!("listening tcp={}", server.local_addr);
+    println!(
+        "listening tcp={} metrics={}",
+        server.local_addr, server.metrics_addr
+    );
     if let Err(e) = wait_for_signal() {
         tracing::error!(error = %e, "cannot wait for signals; shutting down");
     }

@@ -259,6 +259,10 @@ impl Shard {
             attachments: send.attachments,
         };
         self.batch.put_message(conversation_id, seq, &message)?;
+        self.metrics
+            .core(self.core)
+            .messages_stored
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.batch
             .put_idempotency(user_id, device_id, &message.client_msg_id, &record)?;
         self.batch.put_fanout_pending(conversation_id, seq);
@@ -392,6 +396,10 @@ impl Shard {
         state.next_seq += 1;
         let user_seq = state.next_seq;
         self.batch.put_update(user_id, user_seq, update)?;
+        self.metrics
+            .core(self.core)
+            .updates_appended
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.push_after_commit(user_id, user_seq);
         Ok(user_seq)
     }

@@ -109,6 +109,7 @@ pub(crate) struct Shard {
     pub(crate) accounts: accounts::AccountState,
     pub(crate) presence: presence::PresenceState,
     pub(crate) push: push::PushState,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Shard {
@@ -120,6 +121,7 @@ impl Shard {
         config: Arc<Config>,
         store: Store,
         high_water: u64,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Shard {
         let batch = store.batch();
         Shard {
@@ -141,6 +143,7 @@ impl Shard {
             accounts: accounts::AccountState::default(),
             presence: presence::PresenceState::default(),
             push: push::PushState::default(),
+            metrics,
         }
     }
 
@@ -571,8 +574,13 @@ impl Shard {
             || !self.mail_after_commit.is_empty()
         {
             let batch = std::mem::replace(&mut self.batch, self.store.batch());
-            match self.store.commit(batch) {
-                Ok(()) => {
+            match self.store.commit_measured(batch) {
+                Ok((writes, took)) => {
+                    if writes > 0 {
+                        self.metrics
+                            .core(self.core)
+                            .commit(writes, took.as_micros() as u64);
+                    }
                     self.chat.committed();
                     self.accounts_committed();
                     self.trim_caches();

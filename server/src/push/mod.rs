@@ -9,7 +9,7 @@
 //! pushkeys the gateway lists as `rejected` are reported to the user's core, which removes them.
 //! Bodies are left out unless `push_include_preview` is set.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,6 +18,7 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::core::mail::Mail;
+use crate::metrics::Metrics;
 use crate::runtime::mailbox::Mailboxes;
 use crate::store::records::{PushJobRecord, UpdateRecord};
 use crate::store::{Store, StoreError};
@@ -33,19 +34,6 @@ const RETRY_MAX_MS: u64 = 60_000;
 /// Recent log entries searched for the message a notification is about.
 const RECENT_UPDATES_MAX: u64 = 32;
 
-/// Counters of push outcomes, logged as they change.
-#[derive(Debug, Default)]
-pub(crate) struct PushStats {
-    /// Notifications the gateway accepted.
-    pub(crate) sent: AtomicU64,
-    /// Posts that failed (and were retried or dropped).
-    pub(crate) failed: AtomicU64,
-    /// Jobs dropped after the maximum age.
-    pub(crate) expired: AtomicU64,
-    /// Pushkeys the gateway rejected.
-    pub(crate) rejected: AtomicU64,
-}
-
 /// A running push worker.
 pub(crate) struct PushWorker {
     stop: Arc<AtomicBool>,
@@ -58,6 +46,7 @@ impl PushWorker {
         config: Arc<Config>,
         store: Store,
         mailboxes: Mailboxes,
+        metrics: Arc<Metrics>,
     ) -> std::io::Result<Option<PushWorker>> {
         let Some(url) = config.push_gateway_url.clone() else {
             return Ok(None);
@@ -83,7 +72,7 @@ impl PushWorker {
                     mailboxes,
                     url,
                     stop: flag,
-                    stats: PushStats::default(),
+                    metrics,
                 };
                 runtime.block_on(worker.run());
             })?;
@@ -103,7 +92,7 @@ struct Worker {
     mailboxes: Mailboxes,
     url: String,
     stop: Arc<AtomicBool>,
-    stats: PushStats,
+    metrics: Arc<Metrics>,
 }
 
 fn now_ms() -> u64 {
@@ -183,11 +172,11 @@ impl Worker {
         };
         match self.post(client, &body).await {
             Outcome::Delivered { rejected } => {
-                self.stats.sent.fetch_add(1, Ordering::Relaxed);
+                self.metrics.push.sent.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(user_id, "push sent");
                 self.store.commit(batch)?;
                 for pushkey in rejected {
-                    self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.push.rejected.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(user_id, "push gateway rejected a pushkey");
                     self.mail(user_id, Mail::PushRejected { user_id, pushkey });
                 }
@@ -200,10 +189,10 @@ impl Worker {
                 );
             }
             Outcome::Failed(why) => {
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                self.metrics.push.failed.fetch_add(1, Ordering::Relaxed);
                 let now = now_ms();
                 if now.saturating_sub(job.queued_at) > self.config.push_max_age_ms {
-                    self.stats.expired.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.push.expired.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(user_id, %why, "push dropped after the maximum age");
                     self.store.commit(batch)?;
                     self.mail(

@@ -9,6 +9,8 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -22,6 +24,7 @@ use super::CoreCtx;
 use crate::core::accounts::{self, token_hash, validate_password, validate_username};
 use crate::core::mail::{AdoptAuth, Adoption, ConnRef, Mail};
 use crate::core::{name_owner, ConnId};
+use crate::metrics::Metrics;
 use crate::store::records::UserRecord;
 
 /// Frames coalesced into one write.
@@ -29,6 +32,8 @@ const WRITE_COALESCE_BYTES_MAX: usize = 256 * 1024;
 
 /// The queue of encoded frames waiting to be written to one connection.
 pub(crate) struct Outbound {
+    metrics: Arc<Metrics>,
+    core: usize,
     queue: RefCell<VecDeque<Bytes>>,
     bytes: Cell<usize>,
     bytes_max: usize,
@@ -42,8 +47,10 @@ pub(crate) struct Outbound {
 }
 
 impl Outbound {
-    fn new(bytes_max: usize) -> Outbound {
+    fn new(bytes_max: usize, metrics: Arc<Metrics>, core: usize) -> Outbound {
         Outbound {
+            metrics,
+            core,
             queue: RefCell::new(VecDeque::new()),
             bytes: Cell::new(0),
             bytes_max,
@@ -73,6 +80,7 @@ impl Outbound {
             );
             return;
         }
+        self.count(frame);
         self.bytes.set(self.bytes.get() + buf.len());
         self.queue.borrow_mut().push_back(buf.freeze());
         self.wake.notify_one();
@@ -83,18 +91,27 @@ impl Outbound {
         if self.closing.get() {
             return;
         }
-        let error = ErrorFrame {
+        let frame = Frame::event(ErrorFrame {
             code,
             retry_after_ms: 0,
             message: message.to_owned(),
-        };
+        });
+        self.count(&frame);
         let mut buf = BytesMut::new();
-        if Frame::event(error).encode(&mut buf).is_ok() {
+        if frame.encode(&mut buf).is_ok() {
             // Past the byte limit on purpose: the client should learn why it is closed.
             self.bytes.set(self.bytes.get() + buf.len());
             self.queue.borrow_mut().push_back(buf.freeze());
         }
         self.close();
+    }
+
+    fn count(&self, frame: &Frame) {
+        let metrics = self.metrics.core(self.core);
+        metrics.frames_out.fetch_add(1, Ordering::Relaxed);
+        if let Body::Error(error) = &frame.body {
+            metrics.error(error.code);
+        }
     }
 
     /// Stops accepting frames; the writer flushes what is queued, shuts the socket down and ends.
@@ -180,13 +197,19 @@ enum End {
 pub(crate) async fn run(ctx: Rc<CoreCtx>, socket: Socket, start: Start) {
     let conn = ctx.next_conn_id();
     let socket = Rc::new(socket);
-    let outbound = Rc::new(Outbound::new(ctx.config.outbound_queue_bytes_max));
+    let outbound = Rc::new(Outbound::new(
+        ctx.config.outbound_queue_bytes_max,
+        Arc::clone(&ctx.metrics),
+        ctx.core,
+    ));
     let handle = Rc::new(ConnHandle {
         outbound: Rc::clone(&outbound),
         last_rx: Cell::new(Instant::now()),
         in_flight: Cell::new(0),
     });
     ctx.conns.borrow_mut().insert(conn, Rc::clone(&handle));
+    let connections = &ctx.metrics.core(ctx.core).connections;
+    connections.fetch_add(1, Ordering::Relaxed);
     tokio::task::spawn_local(writer(Rc::clone(&socket), Rc::clone(&outbound)));
 
     let (mut inbox, mut phase) = match start {
@@ -212,6 +235,10 @@ pub(crate) async fn run(ctx: Rc<CoreCtx>, socket: Socket, start: Start) {
     let end = reader.run(&socket, &mut inbox, &mut phase).await;
 
     ctx.conns.borrow_mut().remove(&conn);
+    ctx.metrics
+        .core(ctx.core)
+        .connections
+        .fetch_sub(1, Ordering::Relaxed);
     ctx.shard.borrow_mut().connection_closed(ctx.now_ms(), conn);
     ctx.kick();
     match end {
@@ -272,6 +299,11 @@ impl Reader {
                 }
                 match decoder.decode(inbox) {
                     Ok(Some(frame)) => {
+                        self.ctx
+                            .metrics
+                            .core(self.ctx.core)
+                            .frames_in
+                            .fetch_add(1, Ordering::Relaxed);
                         if let Some(end) = self.handle_frame(frame, phase, inbox).await {
                             return end;
                         }

@@ -28,6 +28,7 @@ use tokio::sync::{oneshot, Notify};
 use crate::config::{Config, IoEngine};
 use crate::core::mail::Mail;
 use crate::core::{ConnId, Output, Shard};
+use crate::metrics::{Metrics, MetricsServer};
 use crate::store::records::UserRecord;
 use crate::store::Store;
 use blocking::BlockingPool;
@@ -64,6 +65,7 @@ pub(crate) struct CoreCtx {
     pub(crate) pool: BlockingPool,
     pub(crate) dummy_user: UserRecord,
     pub(crate) buffers: socket::BufferPool,
+    pub(crate) metrics: Arc<Metrics>,
     next_conn: Cell<ConnId>,
     mailboxes: Mailboxes,
     /// Batches a full mailbox handed back, retried next turn.
@@ -337,11 +339,14 @@ async fn core_main(ctx: Rc<CoreCtx>, listener: TcpListener, inbox: Inbox) {
 pub struct Server {
     /// The address plain TCP clients connect to.
     pub local_addr: SocketAddr,
+    /// The address of the metrics and health endpoint.
+    pub metrics_addr: SocketAddr,
     shared: Arc<Shared>,
     mailboxes: Mailboxes,
     threads: Vec<JoinHandle<()>>,
     blocking: Vec<JoinHandle<()>>,
     push: Option<crate::push::PushWorker>,
+    metrics_server: MetricsServer,
     store: Store,
 }
 
@@ -405,6 +410,13 @@ impl Server {
             listeners.push(bind(local_addr)?);
         }
         let (mailboxes, inboxes) = Mailboxes::new(config.cores);
+        let metrics = Arc::new(Metrics::new(config.cores));
+        let database = store.clone();
+        let metrics_server =
+            MetricsServer::start(config.metrics_listen, Arc::clone(&metrics), move || {
+                database.properties()
+            })?;
+        let metrics_addr = metrics_server.local_addr;
         let (pool, blocking) = BlockingPool::start(BLOCKING_THREADS)?;
         let shared = Arc::new(Shared {
             stopping: AtomicBool::new(false),
@@ -418,6 +430,7 @@ impl Server {
                 config: Arc::clone(&config),
                 store: store.clone(),
                 high_water: store.id_high_water(core as u16)?,
+                metrics: Arc::clone(&metrics),
                 pool: pool.clone(),
                 mailboxes: mailboxes.clone(),
                 shared: Arc::clone(&shared),
@@ -435,15 +448,21 @@ impl Server {
         }
         let engine = if uring { "io_uring" } else { "epoll" };
         tracing::info!(%local_addr, cores = config.cores, engine, fsync = config.fsync, "ternd listening");
-        let push =
-            crate::push::PushWorker::start(Arc::clone(&config), store.clone(), mailboxes.clone())?;
+        let push = crate::push::PushWorker::start(
+            Arc::clone(&config),
+            store.clone(),
+            mailboxes.clone(),
+            Arc::clone(&metrics),
+        )?;
         Ok(Server {
             local_addr,
+            metrics_addr,
             shared,
             mailboxes,
             threads,
             blocking,
             push,
+            metrics_server,
             store,
         })
     }
@@ -459,6 +478,7 @@ impl Server {
         if let Some(push) = self.push {
             push.stop();
         }
+        self.metrics_server.stop();
         if let Err(e) = self.store.flush() {
             tracing::error!(error = %e, "flushing the database at shutdown");
         }
@@ -478,6 +498,7 @@ struct CoreParts {
     config: Arc<Config>,
     store: Store,
     high_water: u64,
+    metrics: Arc<Metrics>,
     pool: BlockingPool,
     mailboxes: Mailboxes,
     shared: Arc<Shared>,
@@ -492,6 +513,7 @@ fn run_core(parts: CoreParts, listener: TcpListener, inbox: Inbox) {
         config,
         parts.store.clone(),
         parts.high_water,
+        Arc::clone(&parts.metrics),
     );
     let ctx = Rc::new(CoreCtx {
         core: parts.core,
@@ -511,6 +533,7 @@ fn run_core(parts: CoreParts, listener: TcpListener, inbox: Inbox) {
         conns: RefCell::new(HashMap::new()),
         pool: parts.pool,
         buffers: socket::BufferPool::default(),
+        metrics: Arc::clone(&parts.metrics),
         next_conn: Cell::new(0),
         mailboxes: parts.mailboxes,
         undelivered: RefCell::new(Vec::new()),
@@ -519,6 +542,10 @@ fn run_core(parts: CoreParts, listener: TcpListener, inbox: Inbox) {
         rng: SystemRandom::new(),
         shared: parts.shared,
     });
+    ctx.metrics
+        .core(ctx.core)
+        .alive
+        .store(true, Ordering::Relaxed);
     let core = ctx.core;
     let main = core_main(Rc::clone(&ctx), listener, inbox);
     if ctx.uring {
@@ -539,6 +566,10 @@ fn run_core(parts: CoreParts, listener: TcpListener, inbox: Inbox) {
             }
         }
     }
+    ctx.metrics
+        .core(ctx.core)
+        .alive
+        .store(false, Ordering::Relaxed);
     // Commit anything left on this core.
     let (_, _) = ctx.shard.borrow_mut().end_turn();
 }

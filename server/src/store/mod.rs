@@ -163,13 +163,51 @@ impl Store {
 
     /// Commits a batch; with `fsync`, waits for the log to reach the disk.
     pub(crate) fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        self.commit_measured(batch).map(|_| ())
+    }
+
+    /// Commits a batch and returns how many writes it held and how long the write took.
+    pub(crate) fn commit_measured(
+        &self,
+        batch: Batch,
+    ) -> Result<(usize, std::time::Duration), StoreError> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok((0, std::time::Duration::ZERO));
         }
+        let writes = batch.inner.len();
         let mut options = WriteOptions::default();
         options.set_sync(self.fsync);
+        let started = std::time::Instant::now();
         self.db.write_opt(batch.inner, &options)?;
-        Ok(())
+        Ok((writes, started.elapsed()))
+    }
+
+    /// The RocksDB figures worth watching, summed over column families.
+    pub(crate) fn properties(&self) -> Vec<(&'static str, u64)> {
+        const PROPERTIES: [&str; 7] = [
+            "rocksdb.estimate-num-keys",
+            "rocksdb.total-sst-files-size",
+            "rocksdb.live-blob-file-size",
+            "rocksdb.cur-size-all-mem-tables",
+            "rocksdb.estimate-pending-compaction-bytes",
+            "rocksdb.num-running-compactions",
+            "rocksdb.num-running-flushes",
+        ];
+        PROPERTIES
+            .iter()
+            .map(|name| {
+                let total = COLUMN_FAMILIES
+                    .iter()
+                    .filter_map(|cf| {
+                        self.db
+                            .property_int_value_cf(&self.cf(cf), *name)
+                            .ok()
+                            .flatten()
+                    })
+                    .sum();
+                (*name, total)
+            })
+            .collect()
     }
 
     /// Flushes memtables and the log; used at shutdown.

@@ -47,6 +47,7 @@ pub const EVENT_WAIT: Duration = Duration::from_secs(10);
 pub struct Ternd {
     child: Child,
     pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
     pub engine: &'static str,
     pub data_dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
@@ -73,7 +74,12 @@ impl Ternd {
                 "--io-engine",
                 engine,
             ])
-            .args(["--password-iterations", "1000"])
+            .args([
+                "--password-iterations",
+                "1000",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
@@ -87,15 +93,18 @@ impl Ternd {
         BufReader::new(stdout)
             .read_line(&mut line)
             .expect("read ternd's first line");
-        let addr = line
-            .trim()
-            .strip_prefix("listening tcp=")
-            .unwrap_or_else(|| panic!("unexpected first line from ternd: {line:?}"))
-            .parse()
-            .expect("address");
+        let field = |name: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(name))
+                .unwrap_or_else(|| panic!("unexpected first line from ternd: {line:?}"))
+                .parse()
+                .expect("an address")
+        };
+        let (addr, metrics_addr) = (field("tcp="), field("metrics="));
         Ternd {
             child,
             addr,
+            metrics_addr,
             engine,
             data_dir: data_dir.to_owned(),
             _temp: None,

@@ -1,0 +1,322 @@
+//! Metrics and health: counters the cores and the push worker update with relaxed atomics, and a
+//! small HTTP endpoint (its own thread, loopback by default) that serves them in the Prometheus text
+//! format at `/metrics`, and `/healthz`.
+//!
+//! Counters are per core where the hot path touches them, so cores never write the same cache
+//! line; the endpoint adds nothing to any hot path beyond those increments.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tern_protocol::ErrorCode;
+
+/// Upper bounds of the commit latency histogram, in microseconds.
+pub(crate) const COMMIT_LATENCY_BUCKETS_US: [u64; 9] =
+    [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000];
+/// Error codes counted one by one; higher ones share the last slot.
+const ERROR_CODES_COUNTED: usize = 32;
+/// Bytes of an HTTP request the endpoint reads at most.
+const REQUEST_BYTES_MAX: usize = 8 * 1024;
+/// How long the endpoint waits for a request's bytes.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One core's counters.
+#[derive(Debug, Default)]
+pub(crate) struct CoreMetrics {
+    pub(crate) connections: AtomicU64,
+    pub(crate) frames_in: AtomicU64,
+    pub(crate) frames_out: AtomicU64,
+    pub(crate) messages_stored: AtomicU64,
+    pub(crate) updates_appended: AtomicU64,
+    pub(crate) commits: AtomicU64,
+    pub(crate) commit_writes: AtomicU64,
+    pub(crate) commit_micros: AtomicU64,
+    pub(crate) commit_buckets: [AtomicU64; COMMIT_LATENCY_BUCKETS_US.len()],
+    pub(crate) errors: [AtomicU64; ERROR_CODES_COUNTED],
+    /// Set while the core's thread runs its loop.
+    pub(crate) alive: AtomicBool,
+}
+
+impl CoreMetrics {
+    /// Counts an error frame sent.
+    pub(crate) fn error(&self, code: ErrorCode) {
+        let slot = (code.0 as usize).min(ERROR_CODES_COUNTED - 1);
+        self.errors[slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a group commit of `writes` writes that took `micros`.
+    pub(crate) fn commit(&self, writes: usize, micros: u64) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.commit_writes
+            .fetch_add(writes as u64, Ordering::Relaxed);
+        self.commit_micros.fetch_add(micros, Ordering::Relaxed);
+        if let Some(i) = COMMIT_LATENCY_BUCKETS_US.iter().position(|b| micros <= *b) {
+            self.commit_buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Push outcomes.
+#[derive(Debug, Default)]
+pub(crate) struct PushMetrics {
+    pub(crate) sent: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) expired: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+}
+
+/// Every counter of the server.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    pub(crate) cores: Vec<CoreMetrics>,
+    pub(crate) push: PushMetrics,
+}
+
+impl Metrics {
+    pub(crate) fn new(cores: usize) -> Metrics {
+        Metrics {
+            cores: (0..cores).map(|_| CoreMetrics::default()).collect(),
+            push: PushMetrics::default(),
+        }
+    }
+
+    /// The counters of one core.
+    pub(crate) fn core(&self, core: usize) -> &CoreMetrics {
+        &self.cores[core]
+    }
+
+    /// Whether every core's loop is running.
+    pub(crate) fn healthy(&self) -> bool {
+        self.cores.iter().all(|c| c.alive.load(Ordering::Relaxed))
+    }
+
+    /// The Prometheus text exposition of every counter, plus the database gauges given.
+    pub(crate) fn render(&self, database: &[(&str, u64)]) -> String {
+        let mut out = String::new();
+        let per_core = |out: &mut String,
+                        name: &str,
+                        kind: &str,
+                        help: &str,
+                        get: &dyn Fn(&CoreMetrics) -> u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (core, m) in self.cores.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{core=\"{core}\"}} {}", get(m));
+            }
+        };
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        per_core(
+            &mut out,
+            "tern_connections",
+            "gauge",
+            "Open connections.",
+            &|m| load(&m.connections),
+        );
+        per_core(
+            &mut out,
+            "tern_frames_in_total",
+            "counter",
+            "Frames read from clients.",
+            &|m| load(&m.frames_in),
+        );
+        per_core(
+            &mut out,
+            "tern_frames_out_total",
+            "counter",
+            "Frames queued to clients.",
+            &|m| load(&m.frames_out),
+        );
+        per_core(
+            &mut out,
+            "tern_messages_stored_total",
+            "counter",
+            "Messages stored (acknowledged as sent).",
+            &|m| load(&m.messages_stored),
+        );
+        per_core(
+            &mut out,
+            "tern_updates_appended_total",
+            "counter",
+            "Entries appended to update logs.",
+            &|m| load(&m.updates_appended),
+        );
+        per_core(
+            &mut out,
+            "tern_commit_writes_total",
+            "counter",
+            "Writes in group commits.",
+            &|m| load(&m.commit_writes),
+        );
+        let name = "tern_commit_latency_microseconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Group commit latency.\n# TYPE {name} histogram"
+        );
+        for (core, m) in self.cores.iter().enumerate() {
+            let mut cumulative = 0;
+            for (bound, bucket) in COMMIT_LATENCY_BUCKETS_US.iter().zip(&m.commit_buckets) {
+                cumulative += load(bucket);
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{core=\"{core}\",le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{core=\"{core}\",le=\"+Inf\"}} {}",
+                load(&m.commits)
+            );
+            let _ = writeln!(
+                out,
+                "{name}_sum{{core=\"{core}\"}} {}",
+                load(&m.commit_micros)
+            );
+            let _ = writeln!(out, "{name}_count{{core=\"{core}\"}} {}", load(&m.commits));
+        }
+        let name = "tern_errors_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Error frames sent, by code.\n# TYPE {name} counter"
+        );
+        for code in ErrorCode::ALL {
+            let total: u64 = self
+                .cores
+                .iter()
+                .map(|m| load(&m.errors[(code.0 as usize).min(ERROR_CODES_COUNTED - 1)]))
+                .sum();
+            let _ = writeln!(out, "{name}{{code=\"{}\"}} {total}", code.name());
+        }
+        for (name, value, help) in [
+            (
+                "tern_push_sent_total",
+                &self.push.sent,
+                "Notifications the push gateway accepted.",
+            ),
+            (
+                "tern_push_failed_total",
+                &self.push.failed,
+                "Posts to the push gateway that failed.",
+            ),
+            (
+                "tern_push_expired_total",
+                &self.push.expired,
+                "Notifications dropped after the maximum age.",
+            ),
+            (
+                "tern_push_rejected_total",
+                &self.push.rejected,
+                "Pushkeys the gateway rejected.",
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                load(value)
+            );
+        }
+        for (property, value) in database {
+            let name = format!(
+                "tern_{}",
+                property
+                    .trim_start_matches("rocksdb.")
+                    .replace(['.', '-'], "_")
+            );
+            let _ = writeln!(
+                out,
+                "# HELP {name} RocksDB property {property}.\n# TYPE {name} gauge\n{name} {value}"
+            );
+        }
+        out
+    }
+}
+
+/// A running metrics endpoint.
+pub(crate) struct MetricsServer {
+    pub(crate) local_addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl MetricsServer {
+    /// Serves `/metrics` and `/healthz` on `addr` from a thread of its own.
+    pub(crate) fn start(
+        addr: SocketAddr,
+        metrics: Arc<Metrics>,
+        database: impl Fn() -> Vec<(&'static str, u64)> + Send + 'static,
+    ) -> std::io::Result<MetricsServer> {
+        let listener = TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        let local_addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("ternd-metrics".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Acquire) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            if let Err(e) = serve(stream, &metrics, &database) {
+                                tracing::debug!(error = %e, "metrics request failed");
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "metrics accept failed");
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                    }
+                }
+            })?;
+        Ok(MetricsServer {
+            local_addr,
+            stop,
+            thread,
+        })
+    }
+
+    pub(crate) fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.thread.join();
+    }
+}
+
+fn serve(
+    mut stream: TcpStream,
+    metrics: &Metrics,
+    database: &impl Fn() -> Vec<(&'static str, u64)>,
+) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+    let mut request = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < REQUEST_BYTES_MAX {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        request.extend_from_slice(&chunk[..n]);
+    }
+    let line = String::from_utf8_lossy(&request);
+    let path = line.split_whitespace().nth(1).unwrap_or("");
+    let (status, body) = match path {
+        "/metrics" => ("200 OK", metrics.render(&database())),
+        "/healthz" if metrics.healthy() => ("200 OK", "ok\n".to_owned()),
+        "/healthz" => (
+            "503 Service Unavailable",
+            "a core is not running\n".to_owned(),
+        ),
+        _ => ("404 Not Found", "not found\n".to_owned()),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())
+}
