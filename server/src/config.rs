@@ -37,7 +37,7 @@ pub enum LogFormat {
 
 /// `ternd`: the Tern chat server.
 #[derive(Debug, Parser)]
-#[command(name = "ternd", version, about, long_about = None)]
+#[command(name = "ternd", version, about, long_about = None, args_override_self = true)]
 pub struct Cli {
     /// Address for plain TCP clients [default: 127.0.0.1:7400]. Use 0.0.0.0:7400 to accept
     /// connections from other machines; port 0 picks a free port (logged at start).
@@ -83,6 +83,9 @@ pub struct Cli {
     /// Connections one core accepts before refusing more [default: 100000].
     #[arg(long)]
     pub connections_per_core_max: Option<usize>,
+    /// Authenticated connections one user may have at once [default: 32].
+    #[arg(long)]
+    pub connections_per_user_max: Option<usize>,
     /// How long a graceful shutdown may take before connections are cut, in ms [default: 10000].
     #[arg(long)]
     pub shutdown_timeout_ms: Option<u64>,
@@ -128,6 +131,7 @@ struct FileConfig {
     idle_timeout_ms: Option<u32>,
     outbound_queue_bytes_max: Option<usize>,
     connections_per_core_max: Option<usize>,
+    connections_per_user_max: Option<usize>,
     shutdown_timeout_ms: Option<u64>,
     push_gateway_url: Option<String>,
     push_timeout_ms: Option<u64>,
@@ -171,6 +175,8 @@ pub struct Config {
     pub outbound_queue_bytes_max: usize,
     /// Connections per core.
     pub connections_per_core_max: usize,
+    /// Authenticated connections per user.
+    pub connections_per_user_max: usize,
     /// Graceful shutdown bound.
     pub shutdown_timeout_ms: u64,
     /// The push gateway's notify URL; no push without one.
@@ -209,6 +215,7 @@ impl Default for Config {
             idle_timeout_ms: 45_000,
             outbound_queue_bytes_max: 4 << 20,
             connections_per_core_max: 100_000,
+            connections_per_user_max: 32,
             shutdown_timeout_ms: 10_000,
             push_gateway_url: None,
             push_timeout_ms: 5_000,
@@ -273,6 +280,7 @@ impl Config {
                 idle_timeout_ms,
                 outbound_queue_bytes_max,
                 connections_per_core_max,
+                connections_per_user_max,
                 shutdown_timeout_ms,
                 push_timeout_ms,
                 push_coalesce_ms,
@@ -300,6 +308,7 @@ impl Config {
             idle_timeout_ms,
             outbound_queue_bytes_max,
             connections_per_core_max,
+            connections_per_user_max,
             shutdown_timeout_ms,
             push_timeout_ms,
             push_coalesce_ms,
@@ -333,10 +342,9 @@ impl Config {
         if self.password_iterations == 0 {
             return invalid("password_iterations must be at least 1".into());
         }
-        if self.heartbeat_interval_ms == 0 || self.idle_timeout_ms <= self.heartbeat_interval_ms {
-            return invalid(
-                "idle_timeout_ms must be above heartbeat_interval_ms, which must be above 0".into(),
-            );
+        if self.heartbeat_interval_ms == 0 || self.idle_timeout_ms < 2 * self.heartbeat_interval_ms
+        {
+            return invalid("idle_timeout_ms must be at least twice heartbeat_interval_ms, which must be above 0".into());
         }
         if self.outbound_queue_bytes_max < tern_protocol::limits::FRAME_BYTES_MAX as usize {
             return invalid(

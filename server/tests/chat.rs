@@ -600,8 +600,8 @@ async fn slow_consumer_is_closed_and_loses_nothing(engine: &'static str) {
     raw.expect(|b| matches!(b, Body::SyncPage(p) if !p.has_more))
         .await;
 
-    let body = "x".repeat(20_000);
-    let messages = 600u64;
+    let body = "x".repeat(99_000);
+    let messages = 100u64;
     for n in 1..=messages {
         alice
             .send(conv.conversation_id, cmid(1, n), &body)

@@ -87,15 +87,25 @@ async fn kill9_mid_traffic_loses_and_duplicates_nothing() {
             client.resume(tokens[from]).await.unwrap();
             let acked = Arc::clone(&acked);
             senders.push(tokio::spawn(async move {
-                for n in 0..SENDS_PER_ROUND_MAX {
+                let mut n = 0;
+                while n < SENDS_PER_ROUND_MAX {
                     let key = cmid(i as u8, (round as u64) << 32 | n);
                     match client
                         .send(conversation_id, key, &format!("r{round} c{i} n{n}"))
                         .await
                     {
                         Ok(_) => acked.lock().unwrap().push((conversation_id, key)),
+                        // As a client should: wait as told, then retry the same key.
+                        Err(tern_client::ClientError::Server { retry_after_ms, .. })
+                            if retry_after_ms > 0 =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(u64::from(retry_after_ms)))
+                                .await;
+                            continue;
+                        }
                         Err(_) => return,
                     }
+                    n += 1;
                 }
             }));
         }

@@ -162,6 +162,9 @@ impl Shard {
         token: [u8; 32],
         token_hash: [u8; 32],
     ) -> Result<(), StoreError> {
+        if self.refuse_connection_over_limit(conn, request_id, user_id) {
+            return Ok(());
+        }
         let devices = self.store.devices(user_id)?;
         let active = devices.iter().filter(|(_, d)| !d.revoked).count();
         let max = self.config.devices_per_user_max as usize;
@@ -220,6 +223,9 @@ impl Shard {
             );
             return Ok(());
         };
+        if self.refuse_connection_over_limit(conn, request_id, user_id) {
+            return Ok(());
+        }
         if device.revoked || device.token_hash != token_hash {
             self.reply_error(
                 conn,
@@ -240,6 +246,22 @@ impl Shard {
         };
         self.reply_after_commit(conn, request_id, reply);
         Ok(())
+    }
+
+    /// Refuses an authentication that would give the user more connections than allowed.
+    fn refuse_connection_over_limit(
+        &mut self,
+        conn: ConnId,
+        request_id: u32,
+        user_id: u64,
+    ) -> bool {
+        let max = self.config.connections_per_user_max;
+        if self.online.get(&user_id).map_or(0, Vec::len) < max {
+            return false;
+        }
+        let message = format!("this user already has {max} connections");
+        self.reply_error(conn, request_id, ErrorCode::LIMIT_EXCEEDED, message);
+        true
     }
 
     pub(crate) fn handle_list_devices(

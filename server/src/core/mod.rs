@@ -13,6 +13,7 @@
 pub(crate) mod accounts;
 pub(crate) mod chat;
 pub(crate) mod groups;
+pub(crate) mod limits;
 pub(crate) mod mail;
 pub(crate) mod presence;
 pub(crate) mod push;
@@ -71,6 +72,10 @@ pub(crate) struct Session {
     pub(crate) device_id: u32,
     /// Whether `Sync` has caught up, so new updates are pushed as events.
     pub(crate) live: bool,
+    /// This connection's `Send` rate.
+    pub(crate) sends: limits::TokenBucket,
+    /// This connection's `SubscribePresence` rate.
+    pub(crate) subscribes: limits::TokenBucket,
 }
 
 /// In-memory state of a user this core owns.
@@ -82,6 +87,8 @@ pub(crate) struct UserState {
     pub(crate) next_seq: u64,
     /// The highest `user_seq` any device acknowledged.
     pub(crate) acked: u64,
+    /// The user's `Send` rate over all their devices, once they sent.
+    pub(crate) sends: Option<limits::TokenBucket>,
 }
 
 /// One core's state.
@@ -186,6 +193,45 @@ impl Shard {
     }
 
     /// Sends an error reply now.
+    /// Answers `RATE_LIMITED`, saying when to try again.
+    pub(crate) fn reply_rate_limited(
+        &mut self,
+        conn: ConnId,
+        request_id: u32,
+        retry_after_ms: u32,
+        message: &str,
+    ) {
+        let error = ErrorFrame {
+            code: ErrorCode::RATE_LIMITED,
+            retry_after_ms,
+            message: message.to_owned(),
+        };
+        self.reply(conn, request_id, error);
+    }
+
+    /// Takes a token from the connection's and the user's `Send` buckets, or says when to retry.
+    pub(crate) fn take_send_token(
+        &mut self,
+        now_ms: u64,
+        conn: ConnId,
+        user_id: u64,
+    ) -> Result<(), u32> {
+        if let Some(session) = self.sessions.get_mut(&conn) {
+            session.sends.take(now_ms)?;
+        }
+        let Ok(state) = self.user_state(user_id) else {
+            return Ok(());
+        };
+        let bucket = state.sends.get_or_insert_with(|| {
+            limits::TokenBucket::new(
+                limits::SENDS_PER_USER_BURST,
+                limits::SENDS_PER_USER_PER_SECOND,
+                now_ms,
+            )
+        });
+        bucket.take(now_ms)
+    }
+
     pub(crate) fn reply_error(
         &mut self,
         conn: ConnId,
@@ -261,6 +307,7 @@ impl Shard {
                     head,
                     next_seq: head,
                     acked,
+                    sends: None,
                 },
             );
         }
@@ -272,12 +319,24 @@ impl Shard {
 
     /// Adds an authenticated session; the user comes online with their first one.
     pub(crate) fn add_session(&mut self, now_ms: u64, conn: ConnId, user_id: u64, device_id: u32) {
+        let sends = limits::TokenBucket::new(
+            limits::SENDS_PER_CONNECTION_BURST,
+            limits::SENDS_PER_CONNECTION_PER_SECOND,
+            now_ms,
+        );
+        let subscribes = limits::TokenBucket::new(
+            limits::PRESENCE_SUBSCRIBES_PER_CONNECTION_BURST,
+            limits::PRESENCE_SUBSCRIBES_PER_CONNECTION_PER_SECOND,
+            now_ms,
+        );
         self.sessions.insert(
             conn,
             Session {
                 user_id,
                 device_id,
                 live: false,
+                sends,
+                subscribes,
             },
         );
         let conns = self.online.entry(user_id).or_default();
@@ -326,7 +385,13 @@ impl Shard {
         };
         let (user_id, device_id) = (session.user_id, session.device_id);
         let result = match body {
-            Body::Send(send) => self.handle_send(conn, request_id, user_id, device_id, send),
+            Body::Send(send) => match self.take_send_token(now_ms, conn, user_id) {
+                Ok(()) => self.handle_send(conn, request_id, user_id, device_id, send),
+                Err(retry_after_ms) => {
+                    self.reply_rate_limited(conn, request_id, retry_after_ms, "sending too fast");
+                    Ok(())
+                }
+            },
             Body::Sync(sync) => self.handle_sync(conn, request_id, user_id, sync),
             Body::Ack(ack) => self.handle_ack(now_ms, conn, user_id, device_id, ack),
             Body::History(history) => self.handle_history(conn, request_id, user_id, history),
@@ -345,7 +410,7 @@ impl Shard {
             Body::Logout(_) => self.handle_logout(conn, request_id, user_id, device_id),
             Body::LookupUser(lookup) => self.handle_lookup(conn, request_id, &lookup.username),
             Body::SubscribePresence(s) => {
-                self.handle_subscribe_presence(conn, request_id, user_id, s)
+                self.handle_subscribe_presence(now_ms, conn, request_id, user_id, s)
             }
             Body::UnsubscribePresence(u) => {
                 self.handle_unsubscribe_presence(conn, request_id, u);

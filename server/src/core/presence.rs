@@ -87,11 +87,20 @@ impl Shard {
 
     pub(crate) fn handle_subscribe_presence(
         &mut self,
+        now_ms: u64,
         conn: ConnId,
         request_id: u32,
         user_id: u64,
         subscribe: SubscribePresence,
     ) -> Result<(), StoreError> {
+        if let Some(Err(retry_after_ms)) = self
+            .sessions
+            .get_mut(&conn)
+            .map(|s| s.subscribes.take(now_ms))
+        {
+            self.reply_rate_limited(conn, request_id, retry_after_ms, "subscribing too fast");
+            return Ok(());
+        }
         let follows = self.presence.follows.get(&conn).map_or(0, HashSet::len);
         if follows + subscribe.users.len() > PRESENCE_SUBSCRIPTIONS_PER_CONNECTION_MAX {
             let message = format!(

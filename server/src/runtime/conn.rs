@@ -173,8 +173,8 @@ async fn writer(socket: Rc<Socket>, outbound: Rc<Outbound>) {
 
 /// How a connection starts.
 pub(crate) enum Start {
-    /// Freshly accepted: `Hello` first.
-    Accepted,
+    /// Freshly accepted from `peer`: `Hello` first.
+    Accepted { peer: std::net::IpAddr },
     /// Migrated from another core with a pending authentication.
     Adopted {
         buffered: BytesMut,
@@ -212,8 +212,12 @@ pub(crate) async fn run(ctx: Rc<CoreCtx>, socket: Socket, start: Start) {
     connections.fetch_add(1, Ordering::Relaxed);
     tokio::task::spawn_local(writer(Rc::clone(&socket), Rc::clone(&outbound)));
 
+    let mut peer_addr = None;
     let (mut inbox, mut phase) = match start {
-        Start::Accepted => (BytesMut::new(), Phase::NeedHello),
+        Start::Accepted { peer } => {
+            peer_addr = Some(peer);
+            (BytesMut::new(), Phase::NeedHello)
+        }
         Start::Adopted {
             buffered,
             request_id,
@@ -231,6 +235,7 @@ pub(crate) async fn run(ctx: Rc<CoreCtx>, socket: Socket, start: Start) {
         conn,
         outbound: Rc::clone(&outbound),
         handle,
+        peer: peer_addr,
     };
     let end = reader.run(&socket, &mut inbox, &mut phase).await;
 
@@ -282,6 +287,8 @@ enum Phase {
 }
 
 struct Reader {
+    /// The client's address, known on the core that accepted the connection.
+    peer: Option<std::net::IpAddr>,
     ctx: Rc<CoreCtx>,
     conn: ConnId,
     outbound: Rc<Outbound>,
@@ -553,6 +560,19 @@ impl Reader {
     }
 
     async fn login(&mut self, request_id: u32, l: frames::Login) -> Option<End> {
+        if let Err(retry_after_ms) =
+            self.ctx
+                .logins
+                .check(&l.username, self.peer, self.ctx.now_ms())
+        {
+            let error = ErrorFrame {
+                code: ErrorCode::RATE_LIMITED,
+                retry_after_ms,
+                message: "too many failed logins; wait before trying again".into(),
+            };
+            self.reply(request_id, error);
+            return None;
+        }
         let found = match self.ctx.store.user_id_by_name(&l.username) {
             Ok(Some(user_id)) => self
                 .ctx
@@ -581,9 +601,13 @@ impl Reader {
             .await;
         match checked {
             Ok((true, user)) if user_id != 0 => {
+                self.ctx.logins.succeeded(&l.username);
                 Some(self.migrate(request_id, user_id, user.username, l.device_name))
             }
             Ok(_) => {
+                self.ctx
+                    .logins
+                    .failed(&l.username, self.peer, self.ctx.now_ms());
                 self.error(
                     request_id,
                     ErrorCode::BAD_CREDENTIALS,

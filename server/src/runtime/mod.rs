@@ -10,6 +10,7 @@
 
 pub(crate) mod blocking;
 pub(crate) mod conn;
+pub(crate) mod guard;
 pub(crate) mod mailbox;
 pub(crate) mod socket;
 
@@ -35,6 +36,7 @@ use blocking::BlockingPool;
 use conn::{ConnHandle, Start};
 use mailbox::{Inbox, Mailboxes};
 use socket::Socket;
+use tern_protocol::frames::Error as ErrorFrame;
 
 /// Pending connections in each listener's backlog.
 const LISTEN_BACKLOG: i32 = 1024;
@@ -66,6 +68,7 @@ pub(crate) struct CoreCtx {
     pub(crate) dummy_user: UserRecord,
     pub(crate) buffers: socket::BufferPool,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) logins: Arc<guard::LoginGuard>,
     next_conn: Cell<ConnId>,
     mailboxes: Mailboxes,
     /// Batches a full mailbox handed back, retried next turn.
@@ -292,9 +295,9 @@ async fn accept_loop(ctx: Rc<CoreCtx>, listener: TcpListener) {
         if ctx.stopping() {
             return;
         }
-        let stream = match accepted {
+        let (stream, peer) = match accepted {
             None => continue,
-            Some(Ok((stream, _peer))) => stream,
+            Some(Ok((stream, peer))) => (stream, peer),
             Some(Err(e)) => {
                 // Out of descriptors or a connection reset before accept: keep serving the rest.
                 tracing::warn!(core = ctx.core, error = %e, "accept failed");
@@ -303,13 +306,25 @@ async fn accept_loop(ctx: Rc<CoreCtx>, listener: TcpListener) {
             }
         };
         if ctx.conns.borrow().len() >= ctx.config.connections_per_core_max {
-            drop(stream);
+            // Best effort: a small frame fits in an empty socket buffer, so one write suffices.
+            let error = ErrorFrame {
+                code: tern_protocol::ErrorCode::UNAVAILABLE,
+                retry_after_ms: 1_000,
+                message: "the server is at its connection limit".into(),
+            };
+            if let Ok(bytes) = tern_protocol::Frame::event(error).to_bytes() {
+                let _ = stream.try_write(&bytes);
+            }
             continue;
         }
         let socket = stream.into_std().and_then(|s| Socket::new(s, ctx.uring));
         match socket {
             Ok(socket) => {
-                tokio::task::spawn_local(conn::run(Rc::clone(&ctx), socket, Start::Accepted));
+                tokio::task::spawn_local(conn::run(
+                    Rc::clone(&ctx),
+                    socket,
+                    Start::Accepted { peer: peer.ip() },
+                ));
             }
             Err(e) => tracing::warn!(core = ctx.core, error = %e, "cannot set up a connection"),
         }
@@ -411,6 +426,7 @@ impl Server {
         }
         let (mailboxes, inboxes) = Mailboxes::new(config.cores);
         let metrics = Arc::new(Metrics::new(config.cores));
+        let logins = Arc::new(guard::LoginGuard::default());
         let database = store.clone();
         let metrics_server =
             MetricsServer::start(config.metrics_listen, Arc::clone(&metrics), move || {
@@ -431,6 +447,7 @@ impl Server {
                 store: store.clone(),
                 high_water: store.id_high_water(core as u16)?,
                 metrics: Arc::clone(&metrics),
+                logins: Arc::clone(&logins),
                 pool: pool.clone(),
                 mailboxes: mailboxes.clone(),
                 shared: Arc::clone(&shared),
@@ -499,6 +516,7 @@ struct CoreParts {
     store: Store,
     high_water: u64,
     metrics: Arc<Metrics>,
+    logins: Arc<guard::LoginGuard>,
     pool: BlockingPool,
     mailboxes: Mailboxes,
     shared: Arc<Shared>,
@@ -534,6 +552,7 @@ fn run_core(parts: CoreParts, listener: TcpListener, inbox: Inbox) {
         pool: parts.pool,
         buffers: socket::BufferPool::default(),
         metrics: Arc::clone(&parts.metrics),
+        logins: Arc::clone(&parts.logins),
         next_conn: Cell::new(0),
         mailboxes: parts.mailboxes,
         undelivered: RefCell::new(Vec::new()),

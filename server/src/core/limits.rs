@@ -1,0 +1,85 @@
+//! Rate limits: token buckets that refill with time, and the named limits this server applies.
+//!
+//! A bucket holds up to `burst` tokens and gains `per_second` of them each second; an action takes
+//! one. Buckets count in thousandths of a token so that refills between close calls are not lost
+//! to rounding. Time is an argument, like everywhere in `core/`.
+
+/// `Send`s one connection may make at once before it must slow down.
+pub(crate) const SENDS_PER_CONNECTION_BURST: u32 = 100;
+/// `Send`s per second one connection keeps.
+pub(crate) const SENDS_PER_CONNECTION_PER_SECOND: u32 = 50;
+/// `Send`s one user may make at once, over all their devices.
+pub(crate) const SENDS_PER_USER_BURST: u32 = 200;
+/// `Send`s per second one user keeps, over all their devices.
+pub(crate) const SENDS_PER_USER_PER_SECOND: u32 = 100;
+/// `SubscribePresence` requests one connection may make at once.
+pub(crate) const PRESENCE_SUBSCRIBES_PER_CONNECTION_BURST: u32 = 20;
+/// `SubscribePresence` requests per second one connection keeps.
+pub(crate) const PRESENCE_SUBSCRIBES_PER_CONNECTION_PER_SECOND: u32 = 2;
+
+const MILLI: u64 = 1000;
+
+/// A token bucket.
+#[derive(Debug, Clone)]
+pub(crate) struct TokenBucket {
+    burst_milli: u64,
+    per_second: u64,
+    level_milli: u64,
+    last_ms: u64,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub(crate) fn new(burst: u32, per_second: u32, now_ms: u64) -> TokenBucket {
+        assert!(burst > 0 && per_second > 0);
+        let burst_milli = u64::from(burst) * MILLI;
+        TokenBucket {
+            burst_milli,
+            per_second: u64::from(per_second),
+            level_milli: burst_milli,
+            last_ms: now_ms,
+        }
+    }
+
+    /// Takes one token, or says in how many milliseconds one will be there.
+    pub(crate) fn take(&mut self, now_ms: u64) -> Result<(), u32> {
+        let elapsed = now_ms.saturating_sub(self.last_ms);
+        // per_second tokens a second = per_second milli-tokens a millisecond.
+        self.level_milli =
+            (self.level_milli + elapsed.saturating_mul(self.per_second)).min(self.burst_milli);
+        self.last_ms = self.last_ms.max(now_ms);
+        if self.level_milli >= MILLI {
+            self.level_milli -= MILLI;
+            Ok(())
+        } else {
+            let missing = MILLI - self.level_milli;
+            Err(missing.div_ceil(self.per_second).min(u64::from(u32::MAX)) as u32)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves a bucket allows its burst at once, then refuses with the time to wait, then refills
+    // at its rate and never above its burst.
+    #[test]
+    fn burst_then_rate() {
+        let mut bucket = TokenBucket::new(3, 10, 1_000);
+        for _ in 0..3 {
+            assert_eq!(bucket.take(1_000), Ok(()));
+        }
+        assert_eq!(bucket.take(1_000), Err(100));
+        assert_eq!(bucket.take(1_050), Err(50));
+        assert_eq!(bucket.take(1_100), Ok(()));
+        let mut idle = bucket.clone();
+        for _ in 0..3 {
+            assert_eq!(idle.take(100_000), Ok(()));
+        }
+        assert!(
+            idle.take(100_000).is_err(),
+            "an idle bucket refills only up to its burst"
+        );
+    }
+}

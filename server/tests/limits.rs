@@ -1,0 +1,135 @@
+//! Integration tests of the limits against abuse, on a real `ternd` and both I/O engines: the
+//! `Send` rate of a connection, back-off after failed logins, connections per core and per user.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[macro_use]
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use tern_client::ClientError;
+use tern_protocol::{Body, ErrorCode, FrameDecoder};
+use tokio::io::AsyncReadExt;
+
+on_both_engines!(
+    send_burst_is_rate_limited,
+    failed_logins_back_off,
+    connection_limits
+);
+
+// Proves a burst of sends past the per-connection bucket gets RATE_LIMITED with a retry time, and
+// that every send that was accepted is stored exactly once.
+async fn send_burst_is_rate_limited(engine: &'static str) {
+    let server = Ternd::start(engine);
+    let (alice, _) = server.register("alice").await;
+    let (_bob, bob) = server.register("bob").await;
+    let alice = Arc::new(alice);
+    let conv = alice.open_direct(bob.user_id).await.unwrap();
+    let mut tasks = Vec::new();
+    for n in 0..200u64 {
+        let alice = Arc::clone(&alice);
+        tasks.push(tokio::spawn(async move {
+            alice.send(conv.conversation_id, cmid(1, n), "burst").await
+        }));
+    }
+    let (mut accepted, mut limited) = (0, 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => accepted += 1,
+            Err(ClientError::Server {
+                code: ErrorCode::RATE_LIMITED,
+                retry_after_ms,
+                ..
+            }) => {
+                assert!(retry_after_ms > 0);
+                limited += 1;
+            }
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert!(limited > 0, "200 sends at once exceed the burst of 100");
+    assert!(accepted >= 100, "the burst itself is allowed ({accepted})");
+    let mut stored = 0;
+    let mut before = 0;
+    loop {
+        let page = alice
+            .history(conv.conversation_id, before, 0)
+            .await
+            .unwrap();
+        stored += page.messages.len();
+        match page.messages.first() {
+            Some(first) if page.has_more => before = first.seq,
+            _ => break,
+        }
+    }
+    assert_eq!(stored, accepted);
+}
+
+// Proves repeated wrong passwords lock the username: even the right password then gets
+// RATE_LIMITED with the time left.
+async fn failed_logins_back_off(engine: &'static str) {
+    let server = Ternd::start(engine);
+    server.register("alice").await;
+    let client = server.client().await;
+    for _ in 0..6 {
+        let code = client
+            .login("alice", "not the password", "x")
+            .await
+            .err()
+            .and_then(|e| e.server_code());
+        assert_eq!(code, Some(ErrorCode::BAD_CREDENTIALS));
+    }
+    match client.login("alice", "password123", "x").await {
+        Err(ClientError::Server {
+            code: ErrorCode::RATE_LIMITED,
+            retry_after_ms,
+            ..
+        }) => assert!(retry_after_ms > 0),
+        other => panic!("expected RATE_LIMITED, got {other:?}"),
+    }
+}
+
+// Proves a core at its connection limit answers UNAVAILABLE and closes, and that a user at the
+// per-user connection limit cannot authenticate one more connection.
+async fn connection_limits(engine: &'static str) {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = [
+        "--cores",
+        "1",
+        "--connections-per-core-max",
+        "3",
+        "--connections-per-user-max",
+        "2",
+    ];
+    let server = Ternd::start_in(engine, dir.path(), &flags);
+    let (_first, auth) = server.register("alice").await;
+    let token = auth.token.unwrap();
+    let second = server.client().await;
+    second.resume(token).await.unwrap();
+    let third = server.client().await;
+    let code = third
+        .resume(token)
+        .await
+        .err()
+        .and_then(|e| e.server_code());
+    assert_eq!(code, Some(ErrorCode::LIMIT_EXCEEDED));
+
+    // Three connections are open; a fourth is refused before Hello.
+    let mut refused = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut bytes = bytes::BytesMut::new();
+    let read = tokio::time::timeout(EVENT_WAIT, async {
+        loop {
+            if refused.read_buf(&mut bytes).await.unwrap() == 0 {
+                break;
+            }
+        }
+    });
+    read.await.expect("the refused connection is closed");
+    let frame = FrameDecoder::new()
+        .decode(&mut bytes)
+        .unwrap()
+        .expect("an error frame before the close");
+    assert!(matches!(frame.body, Body::Error(e) if e.code == ErrorCode::UNAVAILABLE));
+}
