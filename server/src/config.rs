@@ -105,6 +105,15 @@ pub struct Cli {
     /// Include a preview of the message text in notifications [default: off].
     #[arg(long)]
     pub push_include_preview: bool,
+    /// Largest media upload, in bytes [default: 104857600, 100 MiB].
+    #[arg(long)]
+    pub media_bytes_max: Option<u64>,
+    /// A completed upload no message attaches within this long is discarded, in ms [default: 86400000].
+    #[arg(long)]
+    pub media_unreferenced_ttl_ms: Option<u64>,
+    /// How often each core looks for uploads to discard, in ms [default: 60000].
+    #[arg(long)]
+    pub media_sweep_interval_ms: Option<u64>,
     /// Address of the Prometheus `/metrics` and `/healthz` endpoint [default: 127.0.0.1:7410].
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
@@ -140,6 +149,9 @@ struct FileConfig {
     push_include_preview: Option<bool>,
     idempotency_retention_ms: Option<u64>,
     metrics_listen: Option<SocketAddr>,
+    media_bytes_max: Option<u64>,
+    media_unreferenced_ttl_ms: Option<u64>,
+    media_sweep_interval_ms: Option<u64>,
 }
 
 /// The resolved configuration.
@@ -193,6 +205,12 @@ pub struct Config {
     pub idempotency_retention_ms: u64,
     /// Metrics and health endpoint address.
     pub metrics_listen: SocketAddr,
+    /// Largest upload.
+    pub media_bytes_max: u64,
+    /// Lifetime of completed uploads no message attaches.
+    pub media_unreferenced_ttl_ms: u64,
+    /// Interval of the upload expiry sweep.
+    pub media_sweep_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -224,6 +242,9 @@ impl Default for Config {
             push_include_preview: false,
             idempotency_retention_ms: 7 * 24 * 3600 * 1000,
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 7410)),
+            media_bytes_max: 100 << 20,
+            media_unreferenced_ttl_ms: 24 * 3600 * 1000,
+            media_sweep_interval_ms: 60_000,
         }
     }
 }
@@ -287,7 +308,10 @@ impl Config {
                 push_max_age_ms,
                 push_include_preview,
                 idempotency_retention_ms,
-                metrics_listen
+                metrics_listen,
+                media_bytes_max,
+                media_unreferenced_ttl_ms,
+                media_sweep_interval_ms
             );
             if file.push_gateway_url.is_some() {
                 config.push_gateway_url = file.push_gateway_url;
@@ -314,7 +338,10 @@ impl Config {
             push_coalesce_ms,
             push_max_age_ms,
             idempotency_retention_ms,
-            metrics_listen
+            metrics_listen,
+            media_bytes_max,
+            media_unreferenced_ttl_ms,
+            media_sweep_interval_ms
         );
         if cli.push_gateway_url.is_some() {
             config.push_gateway_url = cli.push_gateway_url;
@@ -338,6 +365,9 @@ impl Config {
         }
         if self.group_members_max < 2 || self.group_members_max > GROUP_MEMBERS_MAX {
             return invalid(format!("group_members_max must be 2..={GROUP_MEMBERS_MAX}"));
+        }
+        if self.media_bytes_max == 0 || self.media_sweep_interval_ms == 0 {
+            return invalid("media_bytes_max and media_sweep_interval_ms must be above 0".into());
         }
         if self.password_iterations == 0 {
             return invalid("password_iterations must be at least 1".into());

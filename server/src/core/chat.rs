@@ -157,8 +157,13 @@ impl Shard {
             );
             return Ok(());
         }
-        if !send.attachments.is_empty() {
-            self.reply_error(conn, request_id, ErrorCode::NOT_FOUND, "no such media");
+        if !send.attachments.is_empty() && !self.claim_attachments(user_id, &send.attachments)? {
+            self.reply_error(
+                conn,
+                request_id,
+                ErrorCode::NOT_FOUND,
+                "an attachment is not a completed upload of yours",
+            );
             return Ok(());
         }
         let origin = ConnRef {
@@ -259,6 +264,9 @@ impl Shard {
             attachments: send.attachments,
         };
         self.batch.put_message(conversation_id, seq, &message)?;
+        for &media_id in &message.attachments {
+            self.batch.put_media_ref(media_id, conversation_id);
+        }
         self.metrics
             .core(self.core)
             .messages_stored
@@ -478,7 +486,7 @@ impl Shard {
                 };
                 let bytes = approx_message_bytes(&stored);
                 (
-                    UpdateKind::Message(wire_message(conversation_id, seq, stored)),
+                    UpdateKind::Message(wire_message(&self.store, conversation_id, seq, stored)),
                     bytes,
                 )
             }
@@ -732,7 +740,7 @@ impl Shard {
         let has_more = rows.first().is_some_and(|(seq, _)| *seq > 1);
         let messages = rows
             .into_iter()
-            .map(|(seq, m)| wire_message(conversation_id, seq, m))
+            .map(|(seq, m)| wire_message(&self.store, conversation_id, seq, m))
             .collect();
         self.reply(
             conn,
@@ -960,7 +968,8 @@ impl Shard {
                 last_seq,
                 read_seq,
                 unread: last_seq.saturating_sub(read_seq),
-                last_message: last_message.map(|m| wire_message(conversation_id, last_seq, m)),
+                last_message: last_message
+                    .map(|m| wire_message(&self.store, conversation_id, last_seq, m)),
             });
         }
         self.reply(
@@ -984,7 +993,12 @@ fn group_members_len(record: &UpdateRecord) -> usize {
 }
 
 /// The wire form of a stored message.
-fn wire_message(conversation_id: u64, seq: u64, stored: MessageRecord) -> Message {
+fn wire_message(
+    store: &crate::store::Store,
+    conversation_id: u64,
+    seq: u64,
+    stored: MessageRecord,
+) -> Message {
     Message {
         conversation_id,
         seq,
@@ -993,7 +1007,7 @@ fn wire_message(conversation_id: u64, seq: u64, stored: MessageRecord) -> Messag
         sender_device: stored.sender_device,
         ts: stored.ts,
         client_msg_id: stored.client_msg_id,
+        attachments: super::media::attachments(store, &stored.attachments),
         body: stored.body,
-        attachments: Vec::new(),
     }
 }

@@ -15,6 +15,7 @@ pub(crate) mod chat;
 pub(crate) mod groups;
 pub(crate) mod limits;
 pub(crate) mod mail;
+pub(crate) mod media;
 pub(crate) mod presence;
 pub(crate) mod push;
 
@@ -116,6 +117,7 @@ pub(crate) struct Shard {
     pub(crate) accounts: accounts::AccountState,
     pub(crate) presence: presence::PresenceState,
     pub(crate) push: push::PushState,
+    pub(crate) media: media::MediaState,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -150,6 +152,7 @@ impl Shard {
             accounts: accounts::AccountState::default(),
             presence: presence::PresenceState::default(),
             push: push::PushState::default(),
+            media: media::MediaState::default(),
             metrics,
         }
     }
@@ -422,6 +425,20 @@ impl Shard {
             Body::UnregisterPushToken(_) => {
                 self.set_push_token(conn, request_id, user_id, device_id, None)
             }
+            Body::UploadBegin(begin) => {
+                self.handle_upload_begin(now_ms, conn, request_id, user_id, begin)
+            }
+            Body::UploadStatus(status) => {
+                self.handle_upload_status(conn, request_id, user_id, status)
+            }
+            Body::UploadChunk(chunk) => {
+                self.handle_upload_chunk(now_ms, conn, request_id, user_id, chunk)
+            }
+            Body::UploadFinish(finish) => {
+                self.handle_upload_finish(conn, request_id, user_id, finish)
+            }
+            Body::GetMedia(get) => self.handle_get_media(conn, request_id, user_id, get),
+            Body::Download(download) => self.handle_download(conn, request_id, user_id, download),
             Body::SetPrivacy(set) => self.handle_set_privacy(conn, request_id, user_id, set),
             Body::Typing(typing) => {
                 self.handle_typing(now_ms, conn, request_id, user_id, typing);
@@ -666,6 +683,7 @@ impl Shard {
             self.users.clear();
         }
         self.chat.trim();
+        self.media.trim();
     }
 
     /// A failed commit: nothing in the batch happened. Waiting replies become errors, waiting mail
@@ -691,6 +709,7 @@ impl Shard {
         self.pushes.clear();
         self.users.clear();
         self.chat.forget();
+        self.media.forget();
         self.accounts = accounts::AccountState::default();
     }
 

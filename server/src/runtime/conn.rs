@@ -484,7 +484,7 @@ impl Reader {
                 sync_page_updates_max: config.sync_page_updates_max,
                 history_page_messages_max: config.history_page_messages_max,
                 media_chunk_bytes_max: tern_protocol::limits::MEDIA_CHUNK_BYTES_MAX,
-                media_bytes_max: 100 << 20,
+                media_bytes_max: config.media_bytes_max,
                 heartbeat_interval_ms: config.heartbeat_interval_ms,
                 idle_timeout_ms: config.idle_timeout_ms,
             },

@@ -23,7 +23,9 @@
 //! | `idempotency`  | (user_id, device_id, client_msg_id)   | [`records::IdempotencyRecord`]; expires by compaction filter | conversation's owner |
 //! | `presence`     | user_id                               | [`records::PresenceRecord`]             | user's owner core     |
 //! | `push_outbox`  | (due_ms, user_id)                     | [`records::PushJobRecord`]              | owner core queues, push worker sends |
-//! | `media`, `media_chunks` | media_id / (media_id, chunk) | metadata / bytes in blob files (reserved) | uploader's owner    |
+//! | `media`        | media_id                              | [`records::MediaRecord`]                | uploader's owner core |
+//! | `media_chunks` | (media_id, offset)                    | the chunk's bytes, in blob files        | uploader's owner core |
+//! | `media_refs`   | (media_id, conversation_id)           | empty: a message there attaches it      | conversation's owner  |
 //!
 //! Every record has one writing core, so no two cores ever race on a key: that is what lets each
 //! core commit its own write batch without locks. A conversation's `last_seq` is the key of its
@@ -68,6 +70,7 @@ pub(crate) const COLUMN_FAMILIES: &[&str] = &[
     CF_PUSH_OUTBOX,
     CF_MEDIA,
     CF_MEDIA_CHUNKS,
+    CF_MEDIA_REFS,
 ];
 
 const CF_META: &str = "meta";
@@ -88,6 +91,7 @@ const CF_PRESENCE: &str = "presence";
 const CF_PUSH_OUTBOX: &str = "push_outbox";
 const CF_MEDIA: &str = "media";
 const CF_MEDIA_CHUNKS: &str = "media_chunks";
+const CF_MEDIA_REFS: &str = "media_refs";
 
 /// A queued push job and its (due_ms, user_id) key.
 pub(crate) type DuePushJob = ((u64, u64), PushJobRecord);
@@ -547,6 +551,83 @@ impl Store {
         Ok(users)
     }
 
+    /// An upload's record.
+    pub(crate) fn media(&self, media_id: u64) -> Result<Option<MediaRecord>, StoreError> {
+        self.get_record(CF_MEDIA, &keys::conversation(media_id))
+    }
+
+    /// Upload records with ids above `after`, ascending, at most `limit` (for the expiry sweep).
+    pub(crate) fn media_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, MediaRecord)>, StoreError> {
+        let Some(from) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        self.scan(CF_MEDIA, &[], &keys::conversation(from), limit)?
+            .into_iter()
+            .map(|(k, v)| {
+                let id =
+                    keys::u64_value(&k).ok_or_else(|| StoreError::Corrupt("media key".into()))?;
+                Ok((id, decode::<MediaRecord>(&v)?))
+            })
+            .collect()
+    }
+
+    /// The conversations whose messages attach a media item, at most `limit`.
+    pub(crate) fn media_refs(&self, media_id: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
+        let prefix = keys::conversation(media_id);
+        let rows = self.scan(CF_MEDIA_REFS, &prefix, &prefix, limit)?;
+        Ok(rows
+            .iter()
+            .filter_map(|(k, _)| keys::pair_second(k))
+            .collect())
+    }
+
+    /// Appends the bytes `[offset, offset + length)` of an upload to `out` (fewer at its end).
+    pub(crate) fn read_media(
+        &self,
+        media_id: u64,
+        offset: u64,
+        length: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let prefix = keys::conversation(media_id);
+        // The chunk that holds `offset` starts at or before it.
+        let start = self
+            .scan_back(
+                CF_MEDIA_CHUNKS,
+                &prefix,
+                &keys::pair(media_id, offset.saturating_add(1)),
+                1,
+            )?
+            .first()
+            .and_then(|(k, _)| keys::pair_second(k))
+            .unwrap_or(0);
+        let mut from = keys::pair(media_id, start).to_vec();
+        while out.len() < length {
+            let rows = self.scan(CF_MEDIA_CHUNKS, &prefix, &from, RANGE_READ_MAX)?;
+            let Some((last, _)) = rows.last() else { break };
+            for (k, data) in &rows {
+                let chunk_start =
+                    keys::pair_second(k).ok_or_else(|| StoreError::Corrupt("chunk key".into()))?;
+                let skip = offset.saturating_sub(chunk_start).min(data.len() as u64) as usize;
+                let want = length - out.len();
+                out.extend_from_slice(&data[skip..(skip + want).min(data.len())]);
+                if out.len() >= length {
+                    break;
+                }
+            }
+            from = last.to_vec();
+            from.push(0);
+            if rows.len() < RANGE_READ_MAX {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// A new, empty batch.
     pub(crate) fn batch(&self) -> Batch {
         Batch {
@@ -659,6 +740,36 @@ impl Batch {
 
     pub(crate) fn delete_push_job(&mut self, due_ms: u64, user_id: u64) {
         self.delete(CF_PUSH_OUTBOX, &keys::pair(due_ms, user_id));
+    }
+
+    pub(crate) fn put_media(
+        &mut self,
+        media_id: u64,
+        record: &MediaRecord,
+    ) -> Result<(), StoreError> {
+        self.put_record(CF_MEDIA, &keys::conversation(media_id), record)
+    }
+
+    pub(crate) fn put_media_chunk(&mut self, media_id: u64, offset: u64, data: &[u8]) {
+        self.put(CF_MEDIA_CHUNKS, &keys::pair(media_id, offset), data);
+    }
+
+    /// Deletes an upload: its record and every chunk.
+    pub(crate) fn delete_media(&mut self, media_id: u64) {
+        self.delete(CF_MEDIA, &keys::conversation(media_id));
+        let handle = self
+            .db
+            .cf_handle(CF_MEDIA_CHUNKS)
+            .unwrap_or_else(|| panic!("media_chunks is created at open"));
+        self.inner.delete_range_cf(
+            &handle,
+            keys::pair(media_id, 0),
+            keys::pair(media_id.saturating_add(1), 0),
+        );
+    }
+
+    pub(crate) fn put_media_ref(&mut self, media_id: u64, conversation_id: u64) {
+        self.put(CF_MEDIA_REFS, &keys::pair(media_id, conversation_id), &[]);
     }
 
     pub(crate) fn put_presence(

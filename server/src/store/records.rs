@@ -160,6 +160,24 @@ pub(crate) enum UpdateRecord {
     },
 }
 
+/// An upload; key media_id. Its bytes are in `media_chunks`, keyed by (media_id, offset).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MediaRecord {
+    pub(crate) uploader: u64,
+    pub(crate) size: u64,
+    pub(crate) mime: String,
+    pub(crate) sha256: [u8; 32],
+    pub(crate) created_at: u64,
+    /// Bytes received so far.
+    pub(crate) received: u64,
+    /// When the last chunk arrived.
+    pub(crate) progressed_at: u64,
+    /// Whether `UploadFinish` verified it.
+    pub(crate) complete: bool,
+    /// Whether a message attached it (set by the uploader's core when the `Send` is accepted).
+    pub(crate) referenced: bool,
+}
+
 /// A user's presence settings and last-seen time; key user_id.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct PresenceRecord {
