@@ -279,47 +279,12 @@ macro_rules! layer {
     };
 }
 
-impl Config {
-    /// Defaults, overridden by the file named by `--config`, overridden by flags.
-    pub fn resolve(cli: Cli) -> Result<Config, ConfigError> {
-        let mut config = Config::default();
-        if let Some(path) = &cli.config {
-            let file = read_file(path)?;
-            layer!(
-                config,
-                file,
-                listen,
-                data_dir,
-                cores,
-                io_engine,
-                fsync,
-                log_format,
-                password_iterations,
-                devices_per_user_max,
-                group_members_max,
-                heartbeat_interval_ms,
-                idle_timeout_ms,
-                outbound_queue_bytes_max,
-                connections_per_core_max,
-                connections_per_user_max,
-                shutdown_timeout_ms,
-                push_timeout_ms,
-                push_coalesce_ms,
-                push_max_age_ms,
-                push_include_preview,
-                idempotency_retention_ms,
-                metrics_listen,
-                media_bytes_max,
-                media_unreferenced_ttl_ms,
-                media_sweep_interval_ms
-            );
-            if file.push_gateway_url.is_some() {
-                config.push_gateway_url = file.push_gateway_url;
-            }
-        }
+/// Layers every setting that the file and the flags both carry as `Option<T>`.
+macro_rules! layer_settings {
+    ($config:ident, $source:expr) => {
         layer!(
-            config,
-            cli,
+            $config,
+            $source,
             listen,
             data_dir,
             cores,
@@ -342,7 +307,23 @@ impl Config {
             media_bytes_max,
             media_unreferenced_ttl_ms,
             media_sweep_interval_ms
-        );
+        )
+    };
+}
+
+impl Config {
+    /// Defaults, overridden by the file named by `--config`, overridden by flags.
+    pub fn resolve(cli: Cli) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        if let Some(path) = &cli.config {
+            let file = read_file(path)?;
+            layer_settings!(config, file);
+            layer!(config, file, fsync, push_include_preview);
+            if file.push_gateway_url.is_some() {
+                config.push_gateway_url = file.push_gateway_url;
+            }
+        }
+        layer_settings!(config, cli);
         if cli.push_gateway_url.is_some() {
             config.push_gateway_url = cli.push_gateway_url;
         }
