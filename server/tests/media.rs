@@ -335,3 +335,22 @@ async fn big_download_does_not_stall_chat(engine: &'static str) {
         "a chat message waited {p99:?} (p99) behind the download"
     );
 }
+
+// Proves a user cannot start more unfinished uploads than the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_uploads_are_limited() {
+    let server = Ternd::start("epoll");
+    let (alice, _) = server.register("alice").await;
+    for seed in 0..16u8 {
+        begin(&alice, &content(10, seed)).await;
+    }
+    let one_more = UploadBegin {
+        size: 10,
+        mime: "text/plain".into(),
+        sha256: [0; 32],
+    };
+    assert_eq!(
+        call(&alice, one_more).await.err(),
+        Some(ErrorCode::LIMIT_EXCEEDED)
+    );
+}

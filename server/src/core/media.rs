@@ -26,6 +26,8 @@ use crate::store::{Store, StoreError, RANGE_READ_MAX};
 
 /// An unfinished upload with no progress for this long is discarded (the spec's 24 hours).
 pub(crate) const UPLOAD_STALE_MS: u64 = 24 * 3600 * 1000;
+/// Unfinished uploads one user may have going at once.
+pub(crate) const UPLOADS_PENDING_PER_USER_MAX: usize = 16;
 /// Uploads in progress a core keeps in memory before it starts over.
 const UPLOADS_IN_MEMORY_MAX: usize = 10_000;
 /// Upload records the expiry sweep reads per run.
@@ -150,6 +152,18 @@ impl Shard {
                 self.config.media_bytes_max
             );
             self.reply_error(conn, request_id, ErrorCode::MEDIA_TOO_LARGE, message);
+            return Ok(());
+        }
+        let pending = self
+            .media
+            .uploads
+            .values()
+            .filter(|(r, _)| r.uploader == user_id && !r.complete)
+            .count();
+        if pending >= UPLOADS_PENDING_PER_USER_MAX {
+            let message =
+                format!("at most {UPLOADS_PENDING_PER_USER_MAX} unfinished uploads at once");
+            self.reply_error(conn, request_id, ErrorCode::LIMIT_EXCEEDED, message);
             return Ok(());
         }
         let media_id = self.next_id(now_ms);
