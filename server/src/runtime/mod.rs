@@ -42,6 +42,8 @@ use tern_protocol::frames::Error as ErrorFrame;
 const LISTEN_BACKLOG: i32 = 1024;
 /// Threads of the blocking pool (password hashing).
 const BLOCKING_THREADS: usize = 2;
+/// How long the start waits for every core to serve.
+const CORE_START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Entries of each core's io_uring submission queue.
 const URING_ENTRIES: u32 = 1024;
 
@@ -346,7 +348,12 @@ async fn media_sweep(ctx: Rc<CoreCtx>) {
     }
 }
 
-async fn core_main(ctx: Rc<CoreCtx>, listener: TcpListener, inbox: Inbox) {
+async fn core_main(
+    ctx: Rc<CoreCtx>,
+    listener: TcpListener,
+    inbox: Inbox,
+    ready: std::sync::mpsc::Sender<usize>,
+) {
     match ctx.shard.borrow_mut().recover_fanouts() {
         Ok(0) => {}
         Ok(n) => tracing::info!(
@@ -363,6 +370,12 @@ async fn core_main(ctx: Rc<CoreCtx>, listener: TcpListener, inbox: Inbox) {
     ctx.kick();
     tokio::task::spawn_local(media_sweep(Rc::clone(&ctx)));
     tokio::task::spawn_local(accept_loop(Rc::clone(&ctx), listener));
+    // Serving from here on: health says so, and the server's start waits for every core.
+    ctx.metrics
+        .core(ctx.core)
+        .alive
+        .store(true, Ordering::Relaxed);
+    let _ = ready.send(ctx.core);
     driver(ctx, inbox).await;
 }
 
@@ -443,6 +456,7 @@ impl Server {
         let (mailboxes, inboxes) = Mailboxes::new(config.cores);
         let metrics = Arc::new(Metrics::new(config.cores));
         let logins = Arc::new(guard::LoginGuard::default());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let database = store.clone();
         let metrics_server =
             MetricsServer::start(config.metrics_listen, Arc::clone(&metrics), move || {
@@ -464,6 +478,7 @@ impl Server {
                 high_water: store.id_high_water(core as u16)?,
                 metrics: Arc::clone(&metrics),
                 logins: Arc::clone(&logins),
+                ready: ready_tx.clone(),
                 pool: pool.clone(),
                 mailboxes: mailboxes.clone(),
                 shared: Arc::clone(&shared),
@@ -478,6 +493,17 @@ impl Server {
                     run_core(parts, listener, inbox);
                 })?;
             threads.push(thread);
+        }
+        // Listening means serving: wait until every core has recovered and runs its loop.
+        drop(ready_tx);
+        for _ in 0..config.cores {
+            if ready_rx.recv_timeout(CORE_START_TIMEOUT).is_err() {
+                shared.stopping.store(true, Ordering::Release);
+                mailboxes.wake_all();
+                return Err(StartError::Io(std::io::Error::other(
+                    "a core thread did not start",
+                )));
+            }
         }
         let engine = if uring { "io_uring" } else { "epoll" };
         tracing::info!(%local_addr, cores = config.cores, engine, fsync = config.fsync, "ternd listening");
@@ -536,6 +562,8 @@ struct CoreParts {
     pool: BlockingPool,
     mailboxes: Mailboxes,
     shared: Arc<Shared>,
+    /// Told when the core serves.
+    ready: std::sync::mpsc::Sender<usize>,
 }
 
 fn run_core(parts: CoreParts, listener: TcpListener, inbox: Inbox) {
@@ -577,12 +605,8 @@ fn run_core(parts: CoreParts, listener: TcpListener, inbox: Inbox) {
         rng: SystemRandom::new(),
         shared: parts.shared,
     });
-    ctx.metrics
-        .core(ctx.core)
-        .alive
-        .store(true, Ordering::Relaxed);
     let core = ctx.core;
-    let main = core_main(Rc::clone(&ctx), listener, inbox);
+    let main = core_main(Rc::clone(&ctx), listener, inbox, parts.ready);
     if ctx.uring {
         let mut builder = tokio_uring::builder();
         builder.entries(URING_ENTRIES);
