@@ -26,10 +26,11 @@ on_both_engines!(
     gateway_down_then_up_is_retried,
     rejected_pushkey_is_removed,
     queued_jobs_survive_a_restart,
+    preview_is_included_only_when_asked,
 );
 
 /// How long a test waits for the gateway to be called.
-const PUSH_WAIT: Duration = Duration::from_secs(15);
+const PUSH_WAIT: Duration = Duration::from_secs(30);
 
 /// A push gateway on loopback: records every notification, rejects the pushkeys it is told to.
 struct Gateway {
@@ -272,4 +273,31 @@ async fn queued_jobs_survive_a_restart(engine: &'static str) {
     let mut gateway = Gateway::start(TcpListener::bind(addr).await.unwrap(), &[]).await;
     let _server = Ternd::start_in(engine, dir.path(), &flags);
     assert_eq!(pushkeys(&gateway.next().await), ["bob-phone"]);
+}
+
+// Proves --push-include-preview puts the start of the text in the notification.
+async fn preview_is_included_only_when_asked(engine: &'static str) {
+    let (addr, listener) = reserve().await;
+    let mut gateway = Gateway::start(listener, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = notify_url(addr);
+    let flags = [
+        "--push-gateway-url",
+        url.as_str(),
+        "--push-coalesce-ms",
+        "50",
+        "--push-include-preview",
+    ];
+    let server = Ternd::start_in(engine, dir.path(), &flags);
+    let (alice, _) = server.register("alice").await;
+    let (bob, bob_auth) = server.register("bob").await;
+    register_token(&bob, "bob-phone").await;
+    bob.close().await;
+    let conv = alice.open_direct(bob_auth.user_id).await.unwrap();
+    alice
+        .send(conv.conversation_id, cmid(1, 1), "lunch at noon?")
+        .await
+        .unwrap();
+    let pushed = gateway.next().await;
+    assert_eq!(pushed["notification"]["content"]["body"], "lunch at noon?");
 }

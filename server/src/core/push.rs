@@ -93,7 +93,7 @@ impl Shard {
     }
 
     /// The worker finished a user's job, having read what to say at `read_at_ms`. A message that
-    /// arrived after that gets a job of its own.
+    /// arrived after that (or in the same millisecond) gets a job of its own.
     pub(crate) fn handle_push_done(
         &mut self,
         now_ms: u64,
@@ -101,7 +101,9 @@ impl Shard {
         read_at_ms: u64,
     ) -> Result<(), StoreError> {
         match self.push.waiting.remove(&user_id) {
-            Some(newest) if newest > read_at_ms => self.queue_push(now_ms, user_id),
+            // Within the same millisecond the order is unknown: another notification is better
+            // than a missed one.
+            Some(newest) if newest >= read_at_ms => self.queue_push(now_ms, user_id),
             _ => Ok(()),
         }
     }
