@@ -148,26 +148,55 @@ fn pushkeys(notification: &serde_json::Value) -> Vec<String> {
     keys
 }
 
+/// Alice, online, and Bob, offline with one device per pushkey; Alice's client and their
+/// conversation.
+async fn alice_and_offline_bob(server: &Ternd, keys: &[&str]) -> (Client, u64) {
+    let (alice, _) = server.register("alice").await;
+    let (first, bob) = server.register("bob").await;
+    let mut devices = vec![first];
+    for i in 1..keys.len() {
+        devices.push(server.login("bob", &format!("device {i}")).await.0);
+    }
+    for (device, key) in devices.iter().zip(keys) {
+        register_token(device, key).await;
+    }
+    for device in devices {
+        device.close().await;
+    }
+    let conv = alice.open_direct(bob.user_id).await.unwrap();
+    (alice, conv.conversation_id)
+}
+
+/// `ternd` pushing to the gateway at `addr`, with a coalescing window and other flags.
+fn start_pushing(
+    engine: &'static str,
+    dir: &std::path::Path,
+    addr: SocketAddr,
+    coalesce_ms: &str,
+    extra: &[&str],
+) -> Ternd {
+    let url = notify_url(addr);
+    let mut flags = vec![
+        "--push-gateway-url",
+        url.as_str(),
+        "--push-coalesce-ms",
+        coalesce_ms,
+    ];
+    flags.extend_from_slice(extra);
+    Ternd::start_in(engine, dir, &flags)
+}
+
 // Proves an offline user's device gets one notification for messages sent within the coalescing
 // window, naming its pushkey, the sender and the unread count, and no message text by default.
 async fn offline_user_gets_one_coalesced_notification(engine: &'static str) {
     let (addr, listener) = reserve().await;
     let mut gateway = Gateway::start(listener, &[]).await;
     let dir = tempfile::tempdir().unwrap();
-    let url = notify_url(addr);
-    let server = Ternd::start_in(
-        engine,
-        dir.path(),
-        &["--push-gateway-url", &url, "--push-coalesce-ms", "2000"],
-    );
-    let (alice, _) = server.register("alice").await;
-    let (bob, bob_auth) = server.register("bob").await;
-    register_token(&bob, "bob-phone").await;
-    bob.close().await;
-    let conv = alice.open_direct(bob_auth.user_id).await.unwrap();
+    let server = start_pushing(engine, dir.path(), addr, "2000", &[]);
+    let (alice, conversation_id) = alice_and_offline_bob(&server, &["bob-phone"]).await;
     for n in 1..=3u64 {
         alice
-            .send(conv.conversation_id, cmid(1, n), "secret text")
+            .send(conversation_id, cmid(1, n), "secret text")
             .await
             .unwrap();
     }
@@ -176,7 +205,7 @@ async fn offline_user_gets_one_coalesced_notification(engine: &'static str) {
     assert_eq!(pushkeys(&pushed), ["bob-phone"]);
     assert_eq!(notification["devices"][0]["app_id"], "chat.tern.test");
     assert_eq!(notification["sender"], "alice");
-    assert_eq!(notification["room_id"], conv.conversation_id.to_string());
+    assert_eq!(notification["room_id"], conversation_id.to_string());
     assert_eq!(notification["counts"]["unread"], 3);
     assert!(
         notification.get("content").is_none(),
@@ -193,19 +222,10 @@ async fn gateway_down_then_up_is_retried(engine: &'static str) {
     let (addr, listener) = reserve().await;
     drop(listener);
     let dir = tempfile::tempdir().unwrap();
-    let url = notify_url(addr);
-    let server = Ternd::start_in(
-        engine,
-        dir.path(),
-        &["--push-gateway-url", &url, "--push-coalesce-ms", "50"],
-    );
-    let (alice, _) = server.register("alice").await;
-    let (bob, bob_auth) = server.register("bob").await;
-    register_token(&bob, "bob-phone").await;
-    bob.close().await;
-    let conv = alice.open_direct(bob_auth.user_id).await.unwrap();
+    let server = start_pushing(engine, dir.path(), addr, "50", &[]);
+    let (alice, conversation_id) = alice_and_offline_bob(&server, &["bob-phone"]).await;
     alice
-        .send(conv.conversation_id, cmid(1, 1), "are you there?")
+        .send(conversation_id, cmid(1, 1), "are you there?")
         .await
         .unwrap();
     // The first attempts find nothing listening; the gateway comes up a little later.
@@ -220,27 +240,15 @@ async fn rejected_pushkey_is_removed(engine: &'static str) {
     let (addr, listener) = reserve().await;
     let mut gateway = Gateway::start(listener, &["stale-key"]).await;
     let dir = tempfile::tempdir().unwrap();
-    let url = notify_url(addr);
-    let server = Ternd::start_in(
-        engine,
-        dir.path(),
-        &["--push-gateway-url", &url, "--push-coalesce-ms", "50"],
-    );
-    let (alice, _) = server.register("alice").await;
-    let (phone, bob_auth) = server.register("bob").await;
-    let (tablet, _) = server.login("bob", "tablet").await;
-    register_token(&phone, "stale-key").await;
-    register_token(&tablet, "good-key").await;
-    phone.close().await;
-    tablet.close().await;
-    let conv = alice.open_direct(bob_auth.user_id).await.unwrap();
+    let server = start_pushing(engine, dir.path(), addr, "50", &[]);
+    let (alice, conversation_id) = alice_and_offline_bob(&server, &["stale-key", "good-key"]).await;
     alice
-        .send(conv.conversation_id, cmid(1, 1), "one")
+        .send(conversation_id, cmid(1, 1), "one")
         .await
         .unwrap();
     assert_eq!(pushkeys(&gateway.next().await), ["good-key", "stale-key"]);
     alice
-        .send(conv.conversation_id, cmid(1, 2), "two")
+        .send(conversation_id, cmid(1, 2), "two")
         .await
         .unwrap();
     assert_eq!(pushkeys(&gateway.next().await), ["good-key"]);
@@ -251,27 +259,16 @@ async fn queued_jobs_survive_a_restart(engine: &'static str) {
     let (addr, listener) = reserve().await;
     drop(listener);
     let dir = tempfile::tempdir().unwrap();
-    let url = notify_url(addr);
-    let flags = [
-        "--push-gateway-url",
-        url.as_str(),
-        "--push-coalesce-ms",
-        "50",
-    ];
-    let mut server = Ternd::start_in(engine, dir.path(), &flags);
-    let (alice, _) = server.register("alice").await;
-    let (bob, bob_auth) = server.register("bob").await;
-    register_token(&bob, "bob-phone").await;
-    bob.close().await;
-    let conv = alice.open_direct(bob_auth.user_id).await.unwrap();
+    let mut server = start_pushing(engine, dir.path(), addr, "50", &[]);
+    let (alice, conversation_id) = alice_and_offline_bob(&server, &["bob-phone"]).await;
     alice
-        .send(conv.conversation_id, cmid(1, 1), "while you were out")
+        .send(conversation_id, cmid(1, 1), "while you were out")
         .await
         .unwrap();
     assert!(server.terminate().success());
 
     let mut gateway = Gateway::start(TcpListener::bind(addr).await.unwrap(), &[]).await;
-    let _server = Ternd::start_in(engine, dir.path(), &flags);
+    let _server = start_pushing(engine, dir.path(), addr, "50", &[]);
     assert_eq!(pushkeys(&gateway.next().await), ["bob-phone"]);
 }
 
@@ -280,22 +277,10 @@ async fn preview_is_included_only_when_asked(engine: &'static str) {
     let (addr, listener) = reserve().await;
     let mut gateway = Gateway::start(listener, &[]).await;
     let dir = tempfile::tempdir().unwrap();
-    let url = notify_url(addr);
-    let flags = [
-        "--push-gateway-url",
-        url.as_str(),
-        "--push-coalesce-ms",
-        "50",
-        "--push-include-preview",
-    ];
-    let server = Ternd::start_in(engine, dir.path(), &flags);
-    let (alice, _) = server.register("alice").await;
-    let (bob, bob_auth) = server.register("bob").await;
-    register_token(&bob, "bob-phone").await;
-    bob.close().await;
-    let conv = alice.open_direct(bob_auth.user_id).await.unwrap();
+    let server = start_pushing(engine, dir.path(), addr, "50", &["--push-include-preview"]);
+    let (alice, conversation_id) = alice_and_offline_bob(&server, &["bob-phone"]).await;
     alice
-        .send(conv.conversation_id, cmid(1, 1), "lunch at noon?")
+        .send(conversation_id, cmid(1, 1), "lunch at noon?")
         .await
         .unwrap();
     let pushed = gateway.next().await;
