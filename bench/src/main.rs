@@ -1,0 +1,5 @@
+//! `tern-bench`: the Tern benchmark harness.
+
+#![forbid(unsafe_code)]
+
+fn main() {}

@@ -1,0 +1,5 @@
+//! `tern`: the Tern terminal client.
+
+#![forbid(unsafe_code)]
+
+fn main() {}
