@@ -117,6 +117,14 @@ pub struct Cli {
     /// Address of the Prometheus `/metrics` and `/healthz` endpoint [default: 127.0.0.1:7410].
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    /// `Send`s per second one connection keeps, after a burst of twice that; 0 switches the limit
+    /// off [default: 50].
+    #[arg(long)]
+    pub send_rate_per_connection: Option<u32>,
+    /// `Send`s per second one user keeps over all their devices, after a burst of twice that; 0
+    /// switches the limit off [default: 100].
+    #[arg(long)]
+    pub send_rate_per_user: Option<u32>,
     /// How long `Send` idempotency keys are kept, in ms [default: 604800000, 7 days; the spec
     /// promises clients at least that].
     #[arg(long)]
@@ -152,6 +160,8 @@ struct FileConfig {
     media_bytes_max: Option<u64>,
     media_unreferenced_ttl_ms: Option<u64>,
     media_sweep_interval_ms: Option<u64>,
+    send_rate_per_connection: Option<u32>,
+    send_rate_per_user: Option<u32>,
 }
 
 /// The resolved configuration.
@@ -211,6 +221,10 @@ pub struct Config {
     pub media_unreferenced_ttl_ms: u64,
     /// Interval of the upload expiry sweep.
     pub media_sweep_interval_ms: u64,
+    /// `Send`s per second per connection (0: unlimited).
+    pub send_rate_per_connection: u32,
+    /// `Send`s per second per user (0: unlimited).
+    pub send_rate_per_user: u32,
 }
 
 impl Default for Config {
@@ -245,6 +259,8 @@ impl Default for Config {
             media_bytes_max: 100 << 20,
             media_unreferenced_ttl_ms: 24 * 3600 * 1000,
             media_sweep_interval_ms: 60_000,
+            send_rate_per_connection: crate::core::limits::SENDS_PER_CONNECTION_PER_SECOND,
+            send_rate_per_user: crate::core::limits::SENDS_PER_USER_PER_SECOND,
         }
     }
 }
@@ -306,7 +322,9 @@ macro_rules! layer_settings {
             metrics_listen,
             media_bytes_max,
             media_unreferenced_ttl_ms,
-            media_sweep_interval_ms
+            media_sweep_interval_ms,
+            send_rate_per_connection,
+            send_rate_per_user
         )
     };
 }
@@ -349,6 +367,10 @@ impl Config {
         }
         if self.media_bytes_max == 0 || self.media_sweep_interval_ms == 0 {
             return invalid("media_bytes_max and media_sweep_interval_ms must be above 0".into());
+        }
+        // The burst is twice the rate and must fit a u32.
+        if self.send_rate_per_connection > u32::MAX / 2 || self.send_rate_per_user > u32::MAX / 2 {
+            return invalid("send rates must be at most 2147483647 per second".into());
         }
         if self.password_iterations == 0 {
             return invalid("password_iterations must be at least 1".into());

@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         LogFormat::Human => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
+    raise_open_files_limit();
     let server = match Server::start(config) {
         Ok(server) => server,
         Err(e) => {
@@ -50,6 +51,28 @@ fn main() -> ExitCode {
     tracing::info!("shutting down");
     server.shutdown();
     ExitCode::SUCCESS
+}
+
+/// Every connection is a file descriptor, and the usual default of 1,024 (or even 20,000) open files
+/// is far below the connections one core serves. The soft limit goes up to the hard one; a process
+/// allowed to (root, or `CAP_SYS_RESOURCE`) also lifts the hard limit to the kernel's
+/// `fs.nr_open`, at most 1,048,576.
+fn raise_open_files_limit() {
+    use rlimit::Resource;
+    let wanted = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20)
+        .min(1 << 20);
+    let lifted = Resource::NOFILE.set(wanted, wanted).is_ok();
+    if !lifted {
+        if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+            tracing::warn!(error = %e, "cannot raise the open files limit");
+        }
+    }
+    if let Ok((soft, _)) = Resource::NOFILE.get() {
+        tracing::info!(open_files_max = soft, "open files limit");
+    }
 }
 
 fn wait_for_signal() -> std::io::Result<()> {

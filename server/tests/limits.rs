@@ -15,6 +15,7 @@ use tokio::io::AsyncReadExt;
 
 on_both_engines!(
     send_burst_is_rate_limited,
+    send_rates_are_settings,
     failed_logins_back_off,
     connection_limits
 );
@@ -23,15 +24,75 @@ on_both_engines!(
 // that every send that was accepted is stored exactly once.
 async fn send_burst_is_rate_limited(engine: &'static str) {
     let server = Ternd::start(engine);
+    let (accepted, limited) = send_burst(&server, 200).await;
+    assert!(limited > 0, "200 sends at once exceed the burst of 100");
+    assert!(accepted >= 100, "the burst itself is allowed ({accepted})");
+}
+
+// Proves the send rates are settings: at 10/s a connection's burst is 20, and at 0 the limits are
+// off, so a burst of 600 (past the default per-user burst of 200) is accepted whole.
+async fn send_rates_are_settings(engine: &'static str) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Ternd::start_in(engine, dir.path(), &["--send-rate-per-connection", "10"]);
+    let (accepted, limited) = send_burst(&server, 100).await;
+    assert!(
+        limited > 0 && (20..60).contains(&accepted),
+        "{accepted} accepted"
+    );
+    drop(server);
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Ternd::start_in(
+        engine,
+        dir.path(),
+        &[
+            "--send-rate-per-connection",
+            "0",
+            "--send-rate-per-user",
+            "0",
+        ],
+    );
+    assert_eq!(send_burst(&server, 600).await, (600, 0));
+}
+
+/// Sends `n` messages from a new user to another, 200 at once (below the 256 requests a connection
+/// may have in flight); returns how many were accepted and how many refused with RATE_LIMITED,
+/// after checking that exactly the accepted ones are stored.
+async fn send_burst(server: &Ternd, n: u64) -> (usize, usize) {
     let (alice, _) = server.register("alice").await;
     let (_bob, bob) = server.register("bob").await;
     let alice = Arc::new(alice);
     let conv = alice.open_direct(bob.user_id).await.unwrap();
+    let (mut accepted, mut limited) = (0, 0);
+    for wave in (0..n).collect::<Vec<_>>().chunks(200) {
+        let (a, l) = send_wave(&alice, conv.conversation_id, wave).await;
+        accepted += a;
+        limited += l;
+    }
+    let mut stored = 0;
+    let mut before = 0;
+    loop {
+        let page = alice
+            .history(conv.conversation_id, before, 0)
+            .await
+            .unwrap();
+        stored += page.messages.len();
+        match page.messages.first() {
+            Some(first) if page.has_more => before = first.seq,
+            _ => break,
+        }
+    }
+    assert_eq!(stored, accepted);
+    (accepted, limited)
+}
+
+/// Sends one message per number in `wave`, all at once; returns (accepted, rate-limited).
+async fn send_wave(alice: &Arc<tern_client::Client>, conv: u64, wave: &[u64]) -> (usize, usize) {
     let mut tasks = Vec::new();
-    for n in 0..200u64 {
-        let alice = Arc::clone(&alice);
+    for &n in wave {
+        let alice = Arc::clone(alice);
         tasks.push(tokio::spawn(async move {
-            alice.send(conv.conversation_id, cmid(1, n), "burst").await
+            alice.send(conv, cmid(1, n), "burst").await
         }));
     }
     let (mut accepted, mut limited) = (0, 0);
@@ -49,22 +110,7 @@ async fn send_burst_is_rate_limited(engine: &'static str) {
             Err(e) => panic!("unexpected {e:?}"),
         }
     }
-    assert!(limited > 0, "200 sends at once exceed the burst of 100");
-    assert!(accepted >= 100, "the burst itself is allowed ({accepted})");
-    let mut stored = 0;
-    let mut before = 0;
-    loop {
-        let page = alice
-            .history(conv.conversation_id, before, 0)
-            .await
-            .unwrap();
-        stored += page.messages.len();
-        match page.messages.first() {
-            Some(first) if page.has_more => before = first.seq,
-            _ => break,
-        }
-    }
-    assert_eq!(stored, accepted);
+    (accepted, limited)
 }
 
 // Proves repeated wrong passwords lock the username: even the right password then gets

@@ -4,14 +4,13 @@
 //! one. Buckets count in thousandths of a token so that refills between close calls are not lost
 //! to rounding. Time is an argument, like everywhere in `core/`.
 
-/// `Send`s one connection may make at once before it must slow down.
-pub(crate) const SENDS_PER_CONNECTION_BURST: u32 = 100;
-/// `Send`s per second one connection keeps.
+/// `Send`s per second one connection keeps, by default (`--send-rate-per-connection`). Every `Send`
+/// bucket holds [`SEND_BURST_SECONDS`] seconds' worth of tokens.
 pub(crate) const SENDS_PER_CONNECTION_PER_SECOND: u32 = 50;
-/// `Send`s one user may make at once, over all their devices.
-pub(crate) const SENDS_PER_USER_BURST: u32 = 200;
-/// `Send`s per second one user keeps, over all their devices.
+/// `Send`s per second one user keeps over all their devices, by default (`--send-rate-per-user`).
 pub(crate) const SENDS_PER_USER_PER_SECOND: u32 = 100;
+/// A `Send` bucket's burst, in seconds of its rate: bursts of 100 for 50/s.
+pub(crate) const SEND_BURST_SECONDS: u32 = 2;
 /// `SubscribePresence` requests one connection may make at once.
 pub(crate) const PRESENCE_SUBSCRIBES_PER_CONNECTION_BURST: u32 = 20;
 /// `SubscribePresence` requests per second one connection keeps.
@@ -19,7 +18,7 @@ pub(crate) const PRESENCE_SUBSCRIBES_PER_CONNECTION_PER_SECOND: u32 = 2;
 
 const MILLI: u64 = 1000;
 
-/// A token bucket.
+/// A token bucket. A rate of 0 makes a bucket that never runs out (a limit switched off).
 #[derive(Debug, Clone)]
 pub(crate) struct TokenBucket {
     burst_milli: u64,
@@ -31,7 +30,7 @@ pub(crate) struct TokenBucket {
 impl TokenBucket {
     /// A full bucket.
     pub(crate) fn new(burst: u32, per_second: u32, now_ms: u64) -> TokenBucket {
-        assert!(burst > 0 && per_second > 0);
+        assert!(burst > 0 || per_second == 0);
         let burst_milli = u64::from(burst) * MILLI;
         TokenBucket {
             burst_milli,
@@ -43,6 +42,9 @@ impl TokenBucket {
 
     /// Takes one token, or says in how many milliseconds one will be there.
     pub(crate) fn take(&mut self, now_ms: u64) -> Result<(), u32> {
+        if self.per_second == 0 {
+            return Ok(());
+        }
         let elapsed = now_ms.saturating_sub(self.last_ms);
         // per_second tokens a second = per_second milli-tokens a millisecond.
         self.level_milli =
@@ -61,6 +63,15 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Proves a bucket with a rate of 0 never refuses.
+    #[test]
+    fn rate_zero_is_unlimited() {
+        let mut bucket = TokenBucket::new(0, 0, 1_000);
+        for _ in 0..10_000 {
+            assert_eq!(bucket.take(1_000), Ok(()));
+        }
+    }
 
     // Proves a bucket allows its burst at once, then refuses with the time to wait, then refills
     // at its rate and never above its burst.

@@ -222,15 +222,12 @@ impl Shard {
         if let Some(session) = self.sessions.get_mut(&conn) {
             session.sends.take(now_ms)?;
         }
+        let rate = self.config.send_rate_per_user;
         let Ok(state) = self.user_state(user_id) else {
             return Ok(());
         };
         let bucket = state.sends.get_or_insert_with(|| {
-            limits::TokenBucket::new(
-                limits::SENDS_PER_USER_BURST,
-                limits::SENDS_PER_USER_PER_SECOND,
-                now_ms,
-            )
+            limits::TokenBucket::new(rate * limits::SEND_BURST_SECONDS, rate, now_ms)
         });
         bucket.take(now_ms)
     }
@@ -322,11 +319,8 @@ impl Shard {
 
     /// Adds an authenticated session; the user comes online with their first one.
     pub(crate) fn add_session(&mut self, now_ms: u64, conn: ConnId, user_id: u64, device_id: u32) {
-        let sends = limits::TokenBucket::new(
-            limits::SENDS_PER_CONNECTION_BURST,
-            limits::SENDS_PER_CONNECTION_PER_SECOND,
-            now_ms,
-        );
+        let rate = self.config.send_rate_per_connection;
+        let sends = limits::TokenBucket::new(rate * limits::SEND_BURST_SECONDS, rate, now_ms);
         let subscribes = limits::TokenBucket::new(
             limits::PRESENCE_SUBSCRIBES_PER_CONNECTION_BURST,
             limits::PRESENCE_SUBSCRIBES_PER_CONNECTION_PER_SECOND,
