@@ -43,6 +43,27 @@ pub struct Cli {
     /// connections from other machines; port 0 picks a free port (logged at start).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// Address for TLS clients [default: 127.0.0.1:7401]. TLS is served only with a certificate
+    /// (`--tls-cert` and `--tls-key`) or `--tls-self-signed`.
+    #[arg(long)]
+    pub tls_listen: Option<SocketAddr>,
+    /// The server's certificate chain, PEM (leaf first).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `--tls-cert`, PEM (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// For development: serve TLS with a self-signed certificate for localhost, 127.0.0.1 and ::1,
+    /// created on first use in `<data-dir>/tls/` and kept there (clients trust
+    /// `<data-dir>/tls/self-signed.pem`).
+    #[arg(long, conflicts_with = "tls_cert")]
+    pub tls_self_signed: bool,
+    /// Serve TLS only: no plain TCP listener.
+    #[arg(long)]
+    pub tls_only: bool,
+    /// A TLS handshake not finished within this long is cut, in ms [default: 10000].
+    #[arg(long)]
+    pub tls_handshake_timeout_ms: Option<u64>,
     /// Directory of the database; created when missing [default: ./data].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -136,6 +157,12 @@ pub struct Cli {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<SocketAddr>,
+    tls_listen: Option<SocketAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_self_signed: Option<bool>,
+    tls_only: Option<bool>,
+    tls_handshake_timeout_ms: Option<u64>,
     data_dir: Option<PathBuf>,
     cores: Option<usize>,
     io_engine: Option<IoEngine>,
@@ -169,6 +196,18 @@ struct FileConfig {
 pub struct Config {
     /// Plain TCP listen address.
     pub listen: SocketAddr,
+    /// TLS listen address.
+    pub tls_listen: SocketAddr,
+    /// Certificate chain file (PEM); TLS is served with this and `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// Private key file (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Serve TLS with a generated self-signed certificate.
+    pub tls_self_signed: bool,
+    /// No plain TCP listener.
+    pub tls_only: bool,
+    /// Bound on a TLS handshake.
+    pub tls_handshake_timeout_ms: u64,
     /// Database directory.
     pub data_dir: PathBuf,
     /// Core threads.
@@ -231,6 +270,12 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            tls_listen: SocketAddr::from(([127, 0, 0, 1], 7401)),
+            tls_cert: None,
+            tls_key: None,
+            tls_self_signed: false,
+            tls_only: false,
+            tls_handshake_timeout_ms: 10_000,
             data_dir: PathBuf::from("./data"),
             cores: std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -302,6 +347,8 @@ macro_rules! layer_settings {
             $config,
             $source,
             listen,
+            tls_listen,
+            tls_handshake_timeout_ms,
             data_dir,
             cores,
             io_engine,
@@ -336,24 +383,59 @@ impl Config {
         if let Some(path) = &cli.config {
             let file = read_file(path)?;
             layer_settings!(config, file);
-            layer!(config, file, fsync, push_include_preview);
+            layer!(
+                config,
+                file,
+                fsync,
+                push_include_preview,
+                tls_self_signed,
+                tls_only
+            );
             if file.push_gateway_url.is_some() {
                 config.push_gateway_url = file.push_gateway_url;
+            }
+            if file.tls_cert.is_some() || file.tls_key.is_some() {
+                (config.tls_cert, config.tls_key) = (file.tls_cert, file.tls_key);
             }
         }
         layer_settings!(config, cli);
         if cli.push_gateway_url.is_some() {
             config.push_gateway_url = cli.push_gateway_url;
         }
+        if cli.tls_cert.is_some() {
+            (config.tls_cert, config.tls_key) = (cli.tls_cert, cli.tls_key);
+            config.tls_self_signed = false;
+        }
+        config.tls_self_signed |= cli.tls_self_signed;
+        config.tls_only |= cli.tls_only;
         config.fsync |= cli.fsync;
         config.push_include_preview |= cli.push_include_preview;
         config.validate()?;
         Ok(config)
     }
 
+    /// Whether a TLS listener is configured.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_self_signed || self.tls_cert.is_some()
+    }
+
     /// Checks every value's range.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return invalid("tls_cert and tls_key go together".into());
+        }
+        if self.tls_self_signed && self.tls_cert.is_some() {
+            return invalid("tls_self_signed and tls_cert exclude each other".into());
+        }
+        if self.tls_only && !self.tls_enabled() {
+            return invalid(
+                "tls_only needs a certificate (tls_cert and tls_key) or tls_self_signed".into(),
+            );
+        }
+        if self.tls_handshake_timeout_ms == 0 {
+            return invalid("tls_handshake_timeout_ms must be above 0".into());
+        }
         if self.cores == 0 || self.cores > crate::ids::CORES_MAX {
             return invalid(format!("cores must be 1..={}", crate::ids::CORES_MAX));
         }
@@ -441,5 +523,21 @@ mod tests {
             "5000",
         ]);
         assert!(matches!(Config::resolve(cli), Err(ConfigError::Invalid(_))));
+    }
+
+    // Proves TLS settings go together: TLS-only needs a certificate, a certificate needs its key
+    // (refused by the flag parser), and the file's certificate gives way to the flags' dev mode.
+    #[test]
+    fn tls_settings() {
+        let cli = Cli::parse_from(["ternd", "--tls-only"]);
+        assert!(matches!(Config::resolve(cli), Err(ConfigError::Invalid(_))));
+        assert!(Cli::try_parse_from(["ternd", "--tls-cert", "c.pem"]).is_err());
+        let cli = Cli::parse_from(["ternd", "--tls-self-signed", "--tls-only"]);
+        let config = Config::resolve(cli).unwrap();
+        assert!(config.tls_enabled() && config.tls_only);
+        let cli = Cli::parse_from(["ternd", "--tls-cert", "c.pem", "--tls-key", "k.pem"]);
+        let config = Config::resolve(cli).unwrap();
+        assert_eq!(config.tls_key.as_deref(), Some(Path::new("k.pem")));
+        assert!(!config.tls_self_signed);
     }
 }

@@ -5,7 +5,8 @@
 //! - [`config`]: defaults, the TOML file and the flags, resolved into one [`config::Config`].
 //! - `runtime/`: the only place with threads, sockets, io_uring/epoll and timers. It starts one
 //!   pinned thread per core, accepts connections, moves each authenticated connection to its user's
-//!   owner core, and runs each core's loop turns.
+//!   owner core, and runs each core's loop turns. `runtime/tls.rs` puts rustls (sans-IO) between a
+//!   socket and the codec, so TLS works the same on both engines and migrates with the socket.
 //! - `core/`: per-core chat logic ([`core`]'s `Shard`): accounts, the message path, sync, history
 //!   and receipts. Sans-IO: frames, mail and the time come in as values; frames and mail go out.
 //! - `store/`: the RocksDB schema (column families, key encodings, rkyv records) and group commit.

@@ -41,10 +41,15 @@ fn main() -> ExitCode {
         }
     };
     // One machine-readable line on stdout, for scripts and tests that start ternd on port 0.
-    println!(
-        "listening tcp={} metrics={}",
-        server.local_addr, server.metrics_addr
-    );
+    // `tcp=off` with --tls-only; no `tls=` field without TLS.
+    let tcp = server.tcp_addr.map_or("off".to_owned(), |a| a.to_string());
+    match server.tls_addr {
+        Some(tls) => println!(
+            "listening tcp={tcp} tls={tls} metrics={}",
+            server.metrics_addr
+        ),
+        None => println!("listening tcp={tcp} metrics={}", server.metrics_addr),
+    }
     if let Err(e) = wait_for_signal() {
         tracing::error!(error = %e, "cannot wait for signals; shutting down");
     }

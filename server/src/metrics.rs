@@ -29,6 +29,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, Default)]
 pub(crate) struct CoreMetrics {
     pub(crate) connections: AtomicU64,
+    pub(crate) tls_handshakes: AtomicU64,
+    pub(crate) tls_handshake_failures: AtomicU64,
     pub(crate) frames_in: AtomicU64,
     pub(crate) frames_out: AtomicU64,
     pub(crate) messages_stored: AtomicU64,
@@ -115,6 +117,20 @@ impl Metrics {
             "gauge",
             "Open connections.",
             &|m| load(&m.connections),
+        );
+        per_core(
+            &mut out,
+            "tern_tls_handshakes_total",
+            "counter",
+            "TLS handshakes completed.",
+            &|m| load(&m.tls_handshakes),
+        );
+        per_core(
+            &mut out,
+            "tern_tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes that failed or timed out.",
+            &|m| load(&m.tls_handshake_failures),
         );
         per_core(
             &mut out,

@@ -7,37 +7,9 @@
 #[macro_use]
 mod common;
 
-use std::net::SocketAddr;
-
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 on_both_engines!(metrics_count_what_happened);
-
-/// One HTTP GET; returns the status line and the body.
-async fn get(addr: SocketAddr, path: &str) -> (String, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nhost: ternd\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(EVENT_WAIT, stream.read_to_string(&mut response))
-        .await
-        .unwrap()
-        .unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    (head.lines().next().unwrap().to_owned(), body.to_owned())
-}
-
-/// The sum of a metric over its labels (every core).
-fn total(metrics: &str, name: &str) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
 
 // Proves /healthz answers 200, and /metrics reflects a known workload: 3 messages stored, each
 // appended to 2 logs, frames both ways, commits, one NOT_FOUND, open connections, RocksDB gauges.

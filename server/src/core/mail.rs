@@ -150,6 +150,8 @@ pub(crate) enum Mail {
 #[derive(Debug)]
 pub(crate) struct Adoption {
     pub(crate) socket: std::net::TcpStream,
+    /// The TLS session, for a connection that came in on the TLS listener.
+    pub(crate) tls: Option<Box<rustls::ServerConnection>>,
     pub(crate) buffered: BytesMut,
     pub(crate) request_id: u32,
     pub(crate) auth: AdoptAuth,

@@ -19,7 +19,7 @@ use tern_protocol::limits::{PROTOCOL_VERSION, REQUESTS_IN_FLIGHT_MAX};
 use tern_protocol::types::ServerLimits;
 use tern_protocol::{Body, ErrorCode, Frame, FrameDecoder, FrameError};
 
-use super::socket::Socket;
+use super::tls::Link;
 use super::CoreCtx;
 use crate::core::accounts::{self, token_hash, validate_password, validate_username};
 use crate::core::mail::{AdoptAuth, Adoption, ConnRef, Mail};
@@ -149,11 +149,15 @@ pub(crate) struct ConnHandle {
     pub(crate) in_flight: Cell<u32>,
 }
 
-async fn writer(socket: Rc<Socket>, outbound: Rc<Outbound>) {
+async fn writer(link: Rc<Link>, outbound: Rc<Outbound>) {
     loop {
-        match outbound.take_chunk() {
+        // Without frames, TLS records the reader caused (an alert, a key update) still go out.
+        let chunk = outbound
+            .take_chunk()
+            .or_else(|| link.wants_write().then(Vec::new));
+        match chunk {
             Some(chunk) => {
-                if let Err(e) = socket.write_all(chunk).await {
+                if let Err(e) = link.write_all(chunk).await {
                     tracing::debug!(error = %e, "write failed; closing");
                     outbound.closing.set(true);
                     outbound.queue.borrow_mut().clear();
@@ -165,7 +169,7 @@ async fn writer(socket: Rc<Socket>, outbound: Rc<Outbound>) {
         }
     }
     if outbound.shutdown_after.get() {
-        socket.shutdown();
+        link.shutdown().await;
     }
     outbound.finished.set(true);
     outbound.done.notify_waiters();
@@ -173,8 +177,11 @@ async fn writer(socket: Rc<Socket>, outbound: Rc<Outbound>) {
 
 /// How a connection starts.
 pub(crate) enum Start {
-    /// Freshly accepted from `peer`: `Hello` first.
-    Accepted { peer: std::net::IpAddr },
+    /// Freshly accepted from `peer` (with any bytes read during a TLS handshake): `Hello` first.
+    Accepted {
+        peer: std::net::IpAddr,
+        buffered: BytesMut,
+    },
     /// Migrated from another core with a pending authentication.
     Adopted {
         buffered: BytesMut,
@@ -194,9 +201,9 @@ enum End {
 }
 
 /// Runs a connection until it closes or migrates.
-pub(crate) async fn run(ctx: Rc<CoreCtx>, socket: Socket, start: Start) {
+pub(crate) async fn run(ctx: Rc<CoreCtx>, link: Link, start: Start) {
     let conn = ctx.next_conn_id();
-    let socket = Rc::new(socket);
+    let link = Rc::new(link);
     let outbound = Rc::new(Outbound::new(
         ctx.config.outbound_queue_bytes_max,
         Arc::clone(&ctx.metrics),
@@ -210,13 +217,13 @@ pub(crate) async fn run(ctx: Rc<CoreCtx>, socket: Socket, start: Start) {
     ctx.conns.borrow_mut().insert(conn, Rc::clone(&handle));
     let connections = &ctx.metrics.core(ctx.core).connections;
     connections.fetch_add(1, Ordering::Relaxed);
-    tokio::task::spawn_local(writer(Rc::clone(&socket), Rc::clone(&outbound)));
+    tokio::task::spawn_local(writer(Rc::clone(&link), Rc::clone(&outbound)));
 
     let mut peer_addr = None;
     let (mut inbox, mut phase) = match start {
-        Start::Accepted { peer } => {
+        Start::Accepted { peer, buffered } => {
             peer_addr = Some(peer);
-            (BytesMut::new(), Phase::NeedHello)
+            (buffered, Phase::NeedHello)
         }
         Start::Adopted {
             buffered,
@@ -237,7 +244,7 @@ pub(crate) async fn run(ctx: Rc<CoreCtx>, socket: Socket, start: Start) {
         handle,
         peer: peer_addr,
     };
-    let end = reader.run(&socket, &mut inbox, &mut phase).await;
+    let end = reader.run(&link, &mut inbox, &mut phase).await;
 
     ctx.conns.borrow_mut().remove(&conn);
     ctx.metrics
@@ -260,14 +267,15 @@ pub(crate) async fn run(ctx: Rc<CoreCtx>, socket: Socket, start: Start) {
             outbound.close();
             outbound.finished().await;
             drop(reader);
-            let Ok(socket) = Rc::try_unwrap(socket) else {
+            let Ok(link) = Rc::try_unwrap(link) else {
                 tracing::error!("socket still shared at migration; dropping the connection");
                 return;
             };
-            match socket.into_std() {
-                Ok(socket) => {
+            match link.into_parts() {
+                Ok((socket, tls)) => {
                     let adoption = Adoption {
                         socket,
+                        tls: tls.map(Box::new),
                         buffered: inbox,
                         request_id,
                         auth,
@@ -296,7 +304,7 @@ struct Reader {
 }
 
 impl Reader {
-    async fn run(&mut self, socket: &Socket, inbox: &mut BytesMut, phase: &mut Phase) -> End {
+    async fn run(&mut self, link: &Link, inbox: &mut BytesMut, phase: &mut Phase) -> End {
         let decoder = FrameDecoder::new();
         let idle = Duration::from_millis(u64::from(self.ctx.config.idle_timeout_ms));
         loop {
@@ -329,7 +337,11 @@ impl Reader {
             }
             let since_rx = self.handle.last_rx.get().elapsed();
             let wait = idle.saturating_sub(since_rx);
-            match tokio::time::timeout(wait, socket.read(inbox, &self.ctx.buffers)).await {
+            let read = tokio::time::timeout(wait, link.read(inbox, &self.ctx.buffers)).await;
+            if link.wants_write() {
+                self.outbound.wake.notify_one();
+            }
+            match read {
                 Err(_) if self.handle.last_rx.get().elapsed() >= idle => {
                     self.outbound.close_with(
                         ErrorCode::HEARTBEAT_TIMEOUT,

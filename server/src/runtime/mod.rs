@@ -13,6 +13,7 @@ pub(crate) mod conn;
 pub(crate) mod guard;
 pub(crate) mod mailbox;
 pub(crate) mod socket;
+pub(crate) mod tls;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -23,7 +24,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::BytesMut;
 use ring::rand::{SecureRandom, SystemRandom};
+use rustls::{ServerConfig, ServerConnection};
 use tokio::sync::{oneshot, Notify};
 
 use crate::config::{Config, IoEngine};
@@ -37,6 +40,7 @@ use conn::{ConnHandle, Start};
 use mailbox::{Inbox, Mailboxes};
 use socket::Socket;
 use tern_protocol::frames::Error as ErrorFrame;
+use tls::Link;
 
 /// Pending connections in each listener's backlog.
 const LISTEN_BACKLOG: i32 = 1024;
@@ -71,6 +75,8 @@ pub(crate) struct CoreCtx {
     pub(crate) buffers: socket::BufferPool,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) logins: Arc<guard::LoginGuard>,
+    /// TLS handshakes under way; they count against the connection limit too.
+    handshakes: Cell<usize>,
     next_conn: Cell<ConnId>,
     mailboxes: Mailboxes,
     /// Batches a full mailbox handed back, retried next turn.
@@ -141,12 +147,16 @@ impl CoreCtx {
                 let adoption = *adoption;
                 match Socket::new(adoption.socket, self.uring) {
                     Ok(socket) => {
+                        let link = match adoption.tls {
+                            Some(tls) => Link::tls(socket, *tls),
+                            None => Link::plain(socket),
+                        };
                         let start = Start::Adopted {
                             buffered: adoption.buffered,
                             request_id: adoption.request_id,
                             auth: adoption.auth,
                         };
-                        tokio::task::spawn_local(conn::run(Rc::clone(self), socket, start));
+                        tokio::task::spawn_local(conn::run(Rc::clone(self), link, start));
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot adopt a connection"),
                 }
@@ -277,7 +287,8 @@ async fn driver(ctx: Rc<CoreCtx>, inbox: Inbox) {
     }
 }
 
-async fn accept_loop(ctx: Rc<CoreCtx>, listener: TcpListener) {
+/// Accepts connections on one listener: plain TCP, or TLS when `tls` is given.
+async fn accept_loop(ctx: Rc<CoreCtx>, listener: TcpListener, tls: Option<Arc<ServerConfig>>) {
     let listener = match listener
         .set_nonblocking(true)
         .and_then(|()| tokio::net::TcpListener::from_std(listener))
@@ -307,7 +318,7 @@ async fn accept_loop(ctx: Rc<CoreCtx>, listener: TcpListener) {
                 continue;
             }
         };
-        if ctx.conns.borrow().len() >= ctx.config.connections_per_core_max {
+        if ctx.conns.borrow().len() + ctx.handshakes.get() >= ctx.config.connections_per_core_max {
             // Best effort: a small frame fits in an empty socket buffer, so one write suffices.
             let error = ErrorFrame {
                 code: tern_protocol::ErrorCode::UNAVAILABLE,
@@ -320,15 +331,62 @@ async fn accept_loop(ctx: Rc<CoreCtx>, listener: TcpListener) {
             continue;
         }
         let socket = stream.into_std().and_then(|s| Socket::new(s, ctx.uring));
-        match socket {
-            Ok(socket) => {
-                tokio::task::spawn_local(conn::run(
-                    Rc::clone(&ctx),
-                    socket,
-                    Start::Accepted { peer: peer.ip() },
-                ));
+        let socket = match socket {
+            Ok(socket) => socket,
+            Err(e) => {
+                tracing::warn!(core = ctx.core, error = %e, "cannot set up a connection");
+                continue;
             }
-            Err(e) => tracing::warn!(core = ctx.core, error = %e, "cannot set up a connection"),
+        };
+        match &tls {
+            None => {
+                let start = Start::Accepted {
+                    peer: peer.ip(),
+                    buffered: BytesMut::new(),
+                };
+                tokio::task::spawn_local(conn::run(Rc::clone(&ctx), Link::plain(socket), start));
+            }
+            Some(config) => match ServerConnection::new(Arc::clone(config)) {
+                Ok(session) => {
+                    let link = Link::tls(socket, session);
+                    tokio::task::spawn_local(tls_handshake(Rc::clone(&ctx), link, peer));
+                }
+                Err(e) => tracing::warn!(core = ctx.core, error = %e, "cannot start a TLS session"),
+            },
+        }
+    }
+}
+
+/// Runs a TLS handshake within the configured time, then serves the connection.
+async fn tls_handshake(ctx: Rc<CoreCtx>, link: Link, peer: SocketAddr) {
+    let limit = Duration::from_millis(ctx.config.tls_handshake_timeout_ms);
+    let mut buffered = BytesMut::new();
+    ctx.handshakes.set(ctx.handshakes.get() + 1);
+    let done = tokio::time::timeout(limit, link.handshake(&mut buffered, &ctx.buffers)).await;
+    ctx.handshakes.set(ctx.handshakes.get() - 1);
+    let metrics = ctx.metrics.core(ctx.core);
+    match done {
+        Ok(Ok(())) => {
+            metrics.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+            let start = Start::Accepted {
+                peer: peer.ip(),
+                buffered,
+            };
+            conn::run(ctx, link, start).await;
+        }
+        Ok(Err(e)) => {
+            metrics
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            link.shutdown().await;
+        }
+        Err(_) => {
+            metrics
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "TLS handshake timed out");
+            link.shutdown().await;
         }
     }
 }
@@ -350,7 +408,7 @@ async fn media_sweep(ctx: Rc<CoreCtx>) {
 
 async fn core_main(
     ctx: Rc<CoreCtx>,
-    listener: TcpListener,
+    listeners: CoreListeners,
     inbox: Inbox,
     ready: std::sync::mpsc::Sender<usize>,
 ) {
@@ -369,7 +427,12 @@ async fn core_main(
     }
     ctx.kick();
     tokio::task::spawn_local(media_sweep(Rc::clone(&ctx)));
-    tokio::task::spawn_local(accept_loop(Rc::clone(&ctx), listener));
+    if let Some(listener) = listeners.tcp {
+        tokio::task::spawn_local(accept_loop(Rc::clone(&ctx), listener, None));
+    }
+    if let Some((listener, config)) = listeners.tls {
+        tokio::task::spawn_local(accept_loop(Rc::clone(&ctx), listener, Some(config)));
+    }
     // Serving from here on: health says so, and the server's start waits for every core.
     ctx.metrics
         .core(ctx.core)
@@ -379,10 +442,18 @@ async fn core_main(
     driver(ctx, inbox).await;
 }
 
+/// One core's listeners.
+struct CoreListeners {
+    tcp: Option<TcpListener>,
+    tls: Option<(TcpListener, Arc<ServerConfig>)>,
+}
+
 /// A running server.
 pub struct Server {
-    /// The address plain TCP clients connect to.
-    pub local_addr: SocketAddr,
+    /// The address plain TCP clients connect to (none with `--tls-only`).
+    pub tcp_addr: Option<SocketAddr>,
+    /// The address TLS clients connect to, when TLS is configured.
+    pub tls_addr: Option<SocketAddr>,
     /// The address of the metrics and health endpoint.
     pub metrics_addr: SocketAddr,
     shared: Arc<Shared>,
@@ -406,6 +477,20 @@ pub enum StartError {
     /// io_uring was required but is unavailable.
     #[error("io_uring is unavailable: {0}")]
     Uring(std::io::Error),
+    /// The TLS certificate or key cannot be used.
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
+}
+
+/// Binds `addr` once per core (`SO_REUSEPORT`), the first one deciding a port 0.
+fn bind_per_core(addr: SocketAddr, cores: usize) -> std::io::Result<Vec<TcpListener>> {
+    let first = bind(addr)?;
+    let addr = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..cores {
+        listeners.push(bind(addr)?);
+    }
+    Ok(listeners)
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -447,11 +532,23 @@ impl Server {
                 }
             },
         };
-        let first = bind(config.listen)?;
-        let local_addr = first.local_addr()?;
-        let mut listeners = vec![first];
-        for _ in 1..config.cores {
-            listeners.push(bind(local_addr)?);
+        let tls_config = tls::server_config(&config)?;
+        let mut tcp = match config.tls_only {
+            true => Vec::new(),
+            false => bind_per_core(config.listen, config.cores)?,
+        };
+        let mut tls = match &tls_config {
+            Some(_) => bind_per_core(config.tls_listen, config.cores)?,
+            None => Vec::new(),
+        };
+        let tcp_addr = tcp.first().map(TcpListener::local_addr).transpose()?;
+        let tls_addr = tls.first().map(TcpListener::local_addr).transpose()?;
+        let mut listeners = Vec::with_capacity(config.cores);
+        for _ in 0..config.cores {
+            listeners.push(CoreListeners {
+                tcp: tcp.pop(),
+                tls: tls.pop().zip(tls_config.clone()),
+            });
         }
         let (mailboxes, inboxes) = Mailboxes::new(config.cores);
         let metrics = Arc::new(Metrics::new(config.cores));
@@ -469,7 +566,7 @@ impl Server {
         });
         let cpus = core_affinity::get_core_ids().unwrap_or_default();
         let mut threads = Vec::with_capacity(config.cores);
-        for (core, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
+        for (core, (listeners, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
             let parts = CoreParts {
                 core,
                 uring,
@@ -490,7 +587,7 @@ impl Server {
                     if let Some(cpu) = cpu {
                         core_affinity::set_for_current(cpu);
                     }
-                    run_core(parts, listener, inbox);
+                    run_core(parts, listeners, inbox);
                 })?;
             threads.push(thread);
         }
@@ -506,7 +603,15 @@ impl Server {
             }
         }
         let engine = if uring { "io_uring" } else { "epoll" };
-        tracing::info!(%local_addr, cores = config.cores, engine, fsync = config.fsync, "ternd listening");
+        let show = |addr: Option<SocketAddr>| addr.map_or("off".to_owned(), |a| a.to_string());
+        tracing::info!(
+            tcp = show(tcp_addr),
+            tls = show(tls_addr),
+            cores = config.cores,
+            engine,
+            fsync = config.fsync,
+            "ternd listening"
+        );
         let push = crate::push::PushWorker::start(
             Arc::clone(&config),
             store.clone(),
@@ -514,7 +619,8 @@ impl Server {
             Arc::clone(&metrics),
         )?;
         Ok(Server {
-            local_addr,
+            tcp_addr,
+            tls_addr,
             metrics_addr,
             shared,
             mailboxes,
@@ -566,7 +672,7 @@ struct CoreParts {
     ready: std::sync::mpsc::Sender<usize>,
 }
 
-fn run_core(parts: CoreParts, listener: TcpListener, inbox: Inbox) {
+fn run_core(parts: CoreParts, listeners: CoreListeners, inbox: Inbox) {
     let dummy_salt = [0u8; 16];
     let config = Arc::clone(&parts.config);
     let shard = Shard::new(
@@ -597,6 +703,7 @@ fn run_core(parts: CoreParts, listener: TcpListener, inbox: Inbox) {
         buffers: socket::BufferPool::default(),
         metrics: Arc::clone(&parts.metrics),
         logins: Arc::clone(&parts.logins),
+        handshakes: Cell::new(0),
         next_conn: Cell::new(0),
         mailboxes: parts.mailboxes,
         undelivered: RefCell::new(Vec::new()),
@@ -606,7 +713,7 @@ fn run_core(parts: CoreParts, listener: TcpListener, inbox: Inbox) {
         shared: parts.shared,
     });
     let core = ctx.core;
-    let main = core_main(Rc::clone(&ctx), listener, inbox, parts.ready);
+    let main = core_main(Rc::clone(&ctx), listeners, inbox, parts.ready);
     if ctx.uring {
         let mut builder = tokio_uring::builder();
         builder.entries(URING_ENTRIES);

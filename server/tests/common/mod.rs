@@ -12,6 +12,7 @@ use std::time::Duration;
 use tern_client::{Client, ConnectOptions, Event};
 use tern_protocol::frames::Authenticated;
 use tern_protocol::{Update, UpdateKind};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Defines each scenario `name(engine)` as two tests, `epoll::name` and `uring::name`, so every
 /// integration test runs on both I/O engines.
@@ -46,7 +47,10 @@ pub const EVENT_WAIT: Duration = Duration::from_secs(10);
 /// A `ternd` child process.
 pub struct Ternd {
     child: Child,
+    /// The plain TCP address; `0.0.0.0:0` under `--tls-only`, where nothing listens for it.
     pub addr: SocketAddr,
+    /// The TLS address, when TLS is on.
+    pub tls_addr: Option<SocketAddr>,
     pub metrics_addr: SocketAddr,
     pub engine: &'static str,
     pub data_dir: PathBuf,
@@ -93,17 +97,18 @@ impl Ternd {
         BufReader::new(stdout)
             .read_line(&mut line)
             .expect("read ternd's first line");
-        let field = |name: &str| -> SocketAddr {
-            line.split_whitespace()
-                .find_map(|f| f.strip_prefix(name))
-                .unwrap_or_else(|| panic!("unexpected first line from ternd: {line:?}"))
-                .parse()
-                .expect("an address")
+        let field = |name: &str| -> Option<SocketAddr> {
+            let value = line.split_whitespace().find_map(|f| f.strip_prefix(name))?;
+            (value != "off").then(|| value.parse().expect("an address"))
         };
-        let (addr, metrics_addr) = (field("tcp="), field("metrics="));
+        let unexpected = || panic!("unexpected first line from ternd: {line:?}");
+        assert!(line.contains("tcp="), "{line:?}");
+        let addr = field("tcp=").unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        let metrics_addr = field("metrics=").unwrap_or_else(unexpected);
         Ternd {
             child,
             addr,
+            tls_addr: field("tls="),
             metrics_addr,
             engine,
             data_dir: data_dir.to_owned(),
@@ -217,4 +222,29 @@ pub fn cmid(tag: u8, n: u64) -> [u8; 16] {
     id[0] = tag;
     id[8..].copy_from_slice(&n.to_be_bytes());
     id
+}
+
+/// One HTTP GET; returns the status line and the body.
+pub async fn get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: ternd\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(EVENT_WAIT, stream.read_to_string(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+/// The sum of a metric over its labels (every core).
+pub fn total(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
