@@ -9,13 +9,14 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use tern_client::ClientError;
+use tern_client::{ClientError, Event};
 use tern_protocol::{Body, ErrorCode, FrameDecoder};
 use tokio::io::AsyncReadExt;
 
 on_both_engines!(
     send_burst_is_rate_limited,
     send_rates_are_settings,
+    per_user_limits_span_devices,
     failed_logins_back_off,
     connection_limits
 );
@@ -111,6 +112,69 @@ async fn send_wave(alice: &Arc<tern_client::Client>, conv: u64, wave: &[u64]) ->
         }
     }
     (accepted, limited)
+}
+
+// Proves the per-user buckets for Typing (bursts of 20) and SubscribePresence (bursts of 40) count
+// every device of the user: three connections, each under its own bucket (10 and 20), together
+// go past the user's, and the refusals say when to retry.
+async fn per_user_limits_span_devices(engine: &'static str) {
+    let server = Ternd::start(engine);
+    let (first, _) = server.register("alice").await;
+    let mut devices = vec![first];
+    for n in 1..3 {
+        devices.push(server.login("alice", &format!("device {n}")).await.0);
+    }
+    let mut conversations = Vec::new();
+    for n in 0..8 {
+        let (_peer, peer) = server.register(&format!("peer{n}")).await;
+        let conv = devices[0].open_direct(peer.user_id).await.unwrap();
+        conversations.push((conv.conversation_id, peer.user_id));
+    }
+
+    // Typing: 3 connections x 8 conversations = 24 indicators, 8 per connection.
+    for device in &devices {
+        for (conv, _) in &conversations {
+            device.typing(*conv, true).await.unwrap();
+        }
+    }
+    let mut limited = 0;
+    for device in &devices {
+        // The reply to a later request comes after every error for the indicators before it.
+        device.list_conversations(0, 0).await.unwrap();
+        while let Some(event) = device.try_next_event() {
+            if let Event::Error(e) = event {
+                assert_eq!(e.code, ErrorCode::RATE_LIMITED, "{e:?}");
+                assert!(e.retry_after_ms > 0);
+                limited += 1;
+            }
+        }
+    }
+    assert!(
+        (4..=10).contains(&limited),
+        "24 indicators, a user burst of 20: {limited}"
+    );
+
+    // SubscribePresence: 3 connections x 15 requests = 45.
+    let peer = conversations[0].1;
+    let (mut accepted, mut refused) = (0, 0);
+    for device in &devices {
+        for _ in 0..15 {
+            let subscribe = tern_protocol::frames::SubscribePresence { users: vec![peer] };
+            match device.request(subscribe).await {
+                Ok(Body::PresenceList(_)) => accepted += 1,
+                Err(ClientError::Server {
+                    code: ErrorCode::RATE_LIMITED,
+                    retry_after_ms,
+                    ..
+                }) if retry_after_ms > 0 => refused += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert!(
+        (40..=42).contains(&accepted),
+        "{accepted} accepted, {refused} refused"
+    );
 }
 
 // Proves repeated wrong passwords lock the username: even the right password then gets

@@ -11,6 +11,18 @@ pub(crate) const SENDS_PER_CONNECTION_PER_SECOND: u32 = 50;
 pub(crate) const SENDS_PER_USER_PER_SECOND: u32 = 100;
 /// A `Send` bucket's burst, in seconds of its rate: bursts of 100 for 50/s.
 pub(crate) const SEND_BURST_SECONDS: u32 = 2;
+/// `Typing` indicators one connection may send at once, over all its conversations.
+pub(crate) const TYPING_PER_CONNECTION_BURST: u32 = 10;
+/// `Typing` indicators per second one connection keeps.
+pub(crate) const TYPING_PER_CONNECTION_PER_SECOND: u32 = 5;
+/// `Typing` indicators one user may send at once, over all their devices.
+pub(crate) const TYPING_PER_USER_BURST: u32 = 20;
+/// `Typing` indicators per second one user keeps.
+pub(crate) const TYPING_PER_USER_PER_SECOND: u32 = 10;
+/// `SubscribePresence` requests one user may make at once, over all their devices.
+pub(crate) const PRESENCE_SUBSCRIBES_PER_USER_BURST: u32 = 40;
+/// `SubscribePresence` requests per second one user keeps.
+pub(crate) const PRESENCE_SUBSCRIBES_PER_USER_PER_SECOND: u32 = 4;
 /// `SubscribePresence` requests one connection may make at once.
 pub(crate) const PRESENCE_SUBSCRIBES_PER_CONNECTION_BURST: u32 = 20;
 /// `SubscribePresence` requests per second one connection keeps.

@@ -77,6 +77,16 @@ pub(crate) struct Session {
     pub(crate) sends: limits::TokenBucket,
     /// This connection's `SubscribePresence` rate.
     pub(crate) subscribes: limits::TokenBucket,
+    /// This connection's `Typing` rate, over all its conversations.
+    pub(crate) typing: limits::TokenBucket,
+}
+
+/// The rate-limited actions, for [`Shard::take_token`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Action {
+    Send,
+    Typing,
+    SubscribePresence,
 }
 
 /// In-memory state of a user this core owns.
@@ -90,6 +100,10 @@ pub(crate) struct UserState {
     pub(crate) acked: u64,
     /// The user's `Send` rate over all their devices, once they sent.
     pub(crate) sends: Option<limits::TokenBucket>,
+    /// The user's `Typing` rate over all their devices, once they typed.
+    pub(crate) typing: Option<limits::TokenBucket>,
+    /// The user's `SubscribePresence` rate over all their devices, once they subscribed.
+    pub(crate) subscribes: Option<limits::TokenBucket>,
 }
 
 /// One core's state.
@@ -212,24 +226,46 @@ impl Shard {
         self.reply(conn, request_id, error);
     }
 
-    /// Takes a token from the connection's and the user's `Send` buckets, or says when to retry.
-    pub(crate) fn take_send_token(
+    /// Takes a token for `action` from the connection's bucket and the user's, or says in how many
+    /// milliseconds to retry.
+    pub(crate) fn take_token(
         &mut self,
         now_ms: u64,
         conn: ConnId,
         user_id: u64,
+        action: Action,
     ) -> Result<(), u32> {
         if let Some(session) = self.sessions.get_mut(&conn) {
-            session.sends.take(now_ms)?;
+            match action {
+                Action::Send => session.sends.take(now_ms)?,
+                Action::Typing => session.typing.take(now_ms)?,
+                Action::SubscribePresence => session.subscribes.take(now_ms)?,
+            }
         }
-        let rate = self.config.send_rate_per_user;
+        let send_rate = self.config.send_rate_per_user;
         let Ok(state) = self.user_state(user_id) else {
             return Ok(());
         };
-        let bucket = state.sends.get_or_insert_with(|| {
-            limits::TokenBucket::new(rate * limits::SEND_BURST_SECONDS, rate, now_ms)
-        });
-        bucket.take(now_ms)
+        let (bucket, burst, rate) = match action {
+            Action::Send => (
+                &mut state.sends,
+                send_rate * limits::SEND_BURST_SECONDS,
+                send_rate,
+            ),
+            Action::Typing => (
+                &mut state.typing,
+                limits::TYPING_PER_USER_BURST,
+                limits::TYPING_PER_USER_PER_SECOND,
+            ),
+            Action::SubscribePresence => (
+                &mut state.subscribes,
+                limits::PRESENCE_SUBSCRIBES_PER_USER_BURST,
+                limits::PRESENCE_SUBSCRIBES_PER_USER_PER_SECOND,
+            ),
+        };
+        bucket
+            .get_or_insert_with(|| limits::TokenBucket::new(burst, rate, now_ms))
+            .take(now_ms)
     }
 
     pub(crate) fn reply_error(
@@ -307,7 +343,7 @@ impl Shard {
                     head,
                     next_seq: head,
                     acked,
-                    sends: None,
+                    ..UserState::default()
                 },
             );
         }
@@ -326,6 +362,11 @@ impl Shard {
             limits::PRESENCE_SUBSCRIBES_PER_CONNECTION_PER_SECOND,
             now_ms,
         );
+        let typing = limits::TokenBucket::new(
+            limits::TYPING_PER_CONNECTION_BURST,
+            limits::TYPING_PER_CONNECTION_PER_SECOND,
+            now_ms,
+        );
         self.sessions.insert(
             conn,
             Session {
@@ -334,6 +375,7 @@ impl Shard {
                 live: false,
                 sends,
                 subscribes,
+                typing,
             },
         );
         let conns = self.online.entry(user_id).or_default();
@@ -382,7 +424,7 @@ impl Shard {
         };
         let (user_id, device_id) = (session.user_id, session.device_id);
         let result = match body {
-            Body::Send(send) => match self.take_send_token(now_ms, conn, user_id) {
+            Body::Send(send) => match self.take_token(now_ms, conn, user_id, Action::Send) {
                 Ok(()) => self.handle_send(conn, request_id, user_id, device_id, send),
                 Err(retry_after_ms) => {
                     self.reply_rate_limited(conn, request_id, retry_after_ms, "sending too fast");

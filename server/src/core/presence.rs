@@ -20,7 +20,7 @@ use tern_protocol::types::Presence;
 use tern_protocol::ErrorCode;
 
 use super::mail::{ConnRef, Mail};
-use super::{ConnId, Shard};
+use super::{Action, ConnId, Shard};
 use crate::store::{StoreError, RANGE_READ_MAX};
 
 /// Users one connection may follow.
@@ -93,10 +93,8 @@ impl Shard {
         user_id: u64,
         subscribe: SubscribePresence,
     ) -> Result<(), StoreError> {
-        if let Some(Err(retry_after_ms)) = self
-            .sessions
-            .get_mut(&conn)
-            .map(|s| s.subscribes.take(now_ms))
+        if let Err(retry_after_ms) =
+            self.take_token(now_ms, conn, user_id, Action::SubscribePresence)
         {
             self.reply_rate_limited(conn, request_id, retry_after_ms, "subscribing too fast");
             return Ok(());
@@ -343,15 +341,18 @@ impl Shard {
     ) {
         let key = (conn, typing.conversation_id);
         if let Some(last) = self.presence.typing.get(&key) {
-            if now_ms.saturating_sub(*last) < TYPING_INTERVAL_MS_MIN {
-                self.reply_error(
-                    conn,
-                    request_id,
-                    ErrorCode::RATE_LIMITED,
-                    "typing indicators come at most twice a second",
-                );
+            let since = now_ms.saturating_sub(*last);
+            if since < TYPING_INTERVAL_MS_MIN {
+                let retry_after_ms = (TYPING_INTERVAL_MS_MIN - since) as u32;
+                let message = "typing indicators come at most twice a second per conversation";
+                self.reply_rate_limited(conn, request_id, retry_after_ms, message);
                 return;
             }
+        }
+        if let Err(retry_after_ms) = self.take_token(now_ms, conn, user_id, Action::Typing) {
+            let message = "typing indicators too fast";
+            self.reply_rate_limited(conn, request_id, retry_after_ms, message);
+            return;
         }
         self.presence.typing.insert(key, now_ms);
         let origin = ConnRef {
