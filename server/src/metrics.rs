@@ -18,6 +18,8 @@ use tern_protocol::ErrorCode;
 /// Upper bounds of the commit latency histogram, in microseconds.
 pub(crate) const COMMIT_LATENCY_BUCKETS_US: [u64; 9] =
     [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000];
+/// Upper bounds of the group-commit batch size histogram's buckets, in writes.
+const COMMIT_BATCH_BUCKETS: [u64; 9] = [1, 2, 4, 8, 16, 64, 256, 1_024, 4_096];
 /// Error codes counted one by one; higher ones share the last slot.
 const ERROR_CODES_COUNTED: usize = 32;
 /// Bytes of an HTTP request the endpoint reads at most.
@@ -39,6 +41,11 @@ pub(crate) struct CoreMetrics {
     pub(crate) commit_writes: AtomicU64,
     pub(crate) commit_micros: AtomicU64,
     pub(crate) commit_buckets: [AtomicU64; COMMIT_LATENCY_BUCKETS_US.len()],
+    pub(crate) batch_buckets: [AtomicU64; COMMIT_BATCH_BUCKETS.len()],
+    /// Updates handed to devices as live events.
+    pub(crate) delivered_live: AtomicU64,
+    /// Updates handed to devices in sync pages.
+    pub(crate) delivered_sync: AtomicU64,
     pub(crate) errors: [AtomicU64; ERROR_CODES_COUNTED],
     /// Set while the core's thread runs its loop.
     pub(crate) alive: AtomicBool,
@@ -59,6 +66,12 @@ impl CoreMetrics {
         self.commit_micros.fetch_add(micros, Ordering::Relaxed);
         if let Some(i) = COMMIT_LATENCY_BUCKETS_US.iter().position(|b| micros <= *b) {
             self.commit_buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(i) = COMMIT_BATCH_BUCKETS
+            .iter()
+            .position(|b| writes as u64 <= *b)
+        {
+            self.batch_buckets[i].fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -192,6 +205,46 @@ impl Metrics {
                 load(&m.commit_micros)
             );
             let _ = writeln!(out, "{name}_count{{core=\"{core}\"}} {}", load(&m.commits));
+        }
+        let name = "tern_commit_batch_writes";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Writes per group commit.\n# TYPE {name} histogram"
+        );
+        for (core, m) in self.cores.iter().enumerate() {
+            let mut cumulative = 0;
+            for (bound, bucket) in COMMIT_BATCH_BUCKETS.iter().zip(&m.batch_buckets) {
+                cumulative += load(bucket);
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{core=\"{core}\",le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            let commits = load(&m.commits);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{core=\"{core}\",le=\"+Inf\"}} {commits}"
+            );
+            let _ = writeln!(
+                out,
+                "{name}_sum{{core=\"{core}\"}} {}",
+                load(&m.commit_writes)
+            );
+            let _ = writeln!(out, "{name}_count{{core=\"{core}\"}} {commits}");
+        }
+        let name = "tern_updates_delivered_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Updates handed to devices, live or in sync pages.\n# TYPE {name} counter"
+        );
+        for (core, m) in self.cores.iter().enumerate() {
+            for (via, value) in [("live", &m.delivered_live), ("sync", &m.delivered_sync)] {
+                let _ = writeln!(
+                    out,
+                    "{name}{{core=\"{core}\",via=\"{via}\"}} {}",
+                    load(value)
+                );
+            }
         }
         let name = "tern_errors_total";
         let _ = writeln!(

@@ -12,7 +12,8 @@ use common::*;
 on_both_engines!(metrics_count_what_happened);
 
 // Proves /healthz answers 200, and /metrics reflects a known workload: 3 messages stored, each
-// appended to 2 logs, frames both ways, commits, one NOT_FOUND, open connections, RocksDB gauges.
+// appended to 2 logs, frames both ways, commits and their batch sizes, updates delivered by sync and
+// live, one NOT_FOUND, open connections, RocksDB gauges.
 async fn metrics_count_what_happened(engine: &'static str) {
     let server = Ternd::start(engine);
     let (status, body) = get(server.metrics_addr, "/healthz").await;
@@ -50,6 +51,27 @@ async fn metrics_count_what_happened(engine: &'static str) {
     );
     assert!(metrics.contains("tern_push_sent_total 0\n"));
     assert!(total(&metrics, "tern_estimate_num_keys") > 0);
+    // Both logs were read whole by Sync; a group commit's batch sizes add up to its writes.
+    assert_eq!(total(&metrics, "tern_updates_delivered_total"), 6);
+    assert_eq!(
+        total(&metrics, "tern_commit_batch_writes_sum"),
+        total(&metrics, "tern_commit_writes_total")
+    );
+
+    // Now live: the next message reaches Bob as an event.
+    alice
+        .send(conv.conversation_id, cmid(1, 4), "live")
+        .await
+        .unwrap();
+    assert_eq!(next_message(&bob_client).await.body, "live");
+    let (_, metrics) = get(server.metrics_addr, "/metrics").await;
+    let live: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("tern_updates_delivered_total") && l.contains("via=\"live\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(live >= 1, "{metrics}");
+
     let (status, _) = get(server.metrics_addr, "/nothing").await;
     assert_eq!(status, "HTTP/1.1 404 Not Found");
 }

@@ -568,6 +568,10 @@ impl Shard {
             updates.push(update);
         }
         let has_more = last.max(sync.since) < head;
+        self.metrics
+            .core(self.core)
+            .delivered_sync
+            .fetch_add(updates.len() as u64, std::sync::atomic::Ordering::Relaxed);
         if !has_more {
             if let Some(session) = self.sessions.get_mut(&conn) {
                 session.live = true;

@@ -769,6 +769,10 @@ impl Shard {
             }
             match self.materialize(user_id, user_seq) {
                 Ok(Some(update)) => {
+                    self.metrics
+                        .core(self.core)
+                        .delivered_live
+                        .fetch_add(live.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     for conn in live {
                         let frame = Frame::event(frames::UpdateEvent {
                             update: update.clone(),
