@@ -450,8 +450,10 @@ impl Reader {
                 ErrorCode::ALREADY_AUTHENTICATED,
                 "this session is already authenticated",
             ),
-            Body::Register(r) => return self.register(request_id, r, inbox).await,
-            Body::Login(l) => return self.login(request_id, l).await,
+            // Boxed: these wait on the password hash pool, and their state would otherwise sit in
+            // every idle connection's future.
+            Body::Register(r) => return Box::pin(self.register(request_id, r, inbox)).await,
+            Body::Login(l) => return Box::pin(self.login(request_id, l)).await,
             Body::Resume(r) => return self.resume(request_id, r),
             _ if !authenticated => self.error(
                 request_id,

@@ -126,7 +126,8 @@ fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
 /// A socket, with TLS or without: what a connection reads frames from and writes frames to.
 pub(crate) struct Link {
     socket: Socket,
-    tls: Option<RefCell<ServerConnection>>,
+    /// Boxed: a rustls session is over a kilobyte, which plain connections should not carry.
+    tls: Option<Box<RefCell<ServerConnection>>>,
 }
 
 impl Link {
@@ -141,7 +142,7 @@ impl Link {
         tls.set_buffer_limit(None);
         Link {
             socket,
-            tls: Some(RefCell::new(tls)),
+            tls: Some(Box::new(RefCell::new(tls))),
         }
     }
 
@@ -258,7 +259,10 @@ impl Link {
 
     /// Splits the link into a std socket and its TLS state, to hand both to another core.
     pub(crate) fn into_parts(self) -> io::Result<(std::net::TcpStream, Option<ServerConnection>)> {
-        Ok((self.socket.into_std()?, self.tls.map(RefCell::into_inner)))
+        Ok((
+            self.socket.into_std()?,
+            self.tls.map(|tls| tls.into_inner()),
+        ))
     }
 }
 
