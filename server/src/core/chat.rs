@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use tern_protocol::frames::{
     Ack, Conversation, Conversations, History, HistoryPage, ListConversations, MarkRead,
@@ -65,6 +66,19 @@ pub(crate) struct ChatState {
     marks: HashMap<(u64, u64), u64>,
     /// Watermarks of users this core owns.
     receipts: HashMap<(u64, u64), ReceiptRecord>,
+    /// Messages delivered in this turn, so pushing them to live devices reads nothing back; emptied
+    /// once the turn's pushes are out.
+    fresh: HashMap<(u64, u64), Arc<MessageRecord>>,
+}
+
+/// A message to append to a member's log (`Mail::Deliver` without the message itself).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deliver {
+    pub(crate) user_id: u64,
+    pub(crate) conversation_id: u64,
+    pub(crate) seq: u64,
+    pub(crate) sender: u64,
+    pub(crate) from_core: usize,
 }
 
 impl ChatState {
@@ -72,6 +86,11 @@ impl ChatState {
     pub(crate) fn committed(&mut self) {
         self.pending_sends.clear();
         self.pending_direct.clear();
+    }
+
+    /// The turn's pushes are out: forget the messages kept for them.
+    pub(crate) fn pushed(&mut self) {
+        self.fresh.clear();
     }
 
     /// Drops caches that outgrew their bound; only called when nothing is pending.
@@ -275,9 +294,10 @@ impl Shard {
             .put_idempotency(user_id, device_id, &message.client_msg_id, &record)?;
         self.batch.put_fanout_pending(conversation_id, seq);
         self.chat.pending_sends.insert(key, record);
+        let client_msg_id = message.client_msg_id;
         let sent = Sent {
             conversation_id,
-            client_msg_id: message.client_msg_id,
+            client_msg_id,
             seq,
             message_id,
             ts: now_ms,
@@ -290,12 +310,18 @@ impl Shard {
                 result: Ok(sent),
             },
         );
-        self.fan_out(conversation_id, seq, user_id, &members);
+        self.fan_out(conversation_id, seq, Arc::new(message), &members);
         Ok(())
     }
 
     /// Sends `Deliver` to every member's core once the message is durable.
-    fn fan_out(&mut self, conversation_id: u64, seq: u64, sender: u64, members: &[u64]) {
+    fn fan_out(
+        &mut self,
+        conversation_id: u64,
+        seq: u64,
+        message: Arc<MessageRecord>,
+        members: &[u64],
+    ) {
         self.chat
             .fanouts
             .insert((conversation_id, seq), members.len());
@@ -304,8 +330,9 @@ impl Shard {
                 user_id,
                 conversation_id,
                 seq,
-                sender,
+                sender: message.sender,
                 from_core: self.core,
+                message: Arc::clone(&message),
             };
             self.mail_after_commit(self.owner(user_id), mail);
         }
@@ -329,7 +356,7 @@ impl Shard {
                     continue;
                 };
                 let members: Vec<u64> = conv.record.members.iter().map(|m| m.user_id).collect();
-                self.fan_out(conversation_id, seq, message.sender, &members);
+                self.fan_out(conversation_id, seq, Arc::new(message), &members);
                 resumed += 1;
             }
             // Resume just after the last key read.
@@ -345,12 +372,16 @@ impl Shard {
     pub(crate) fn handle_deliver(
         &mut self,
         now_ms: u64,
-        user_id: u64,
-        conversation_id: u64,
-        seq: u64,
-        sender: u64,
-        from_core: usize,
+        deliver: Deliver,
+        message: Arc<MessageRecord>,
     ) -> Result<(), StoreError> {
+        let Deliver {
+            user_id,
+            conversation_id,
+            seq,
+            sender,
+            from_core,
+        } = deliver;
         let mark = match self.chat.marks.get(&(user_id, conversation_id)) {
             Some(mark) => *mark,
             None => self.store.fanout_mark(user_id, conversation_id)?,
@@ -361,6 +392,7 @@ impl Shard {
                 seq,
                 sender,
             };
+            self.chat.fresh.insert((conversation_id, seq), message);
             self.append_update(user_id, &update)?;
             self.batch.put_fanout_mark(user_id, conversation_id, seq);
             self.chat.marks.insert((user_id, conversation_id), seq);
@@ -408,7 +440,7 @@ impl Shard {
             .core(self.core)
             .updates_appended
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.push_after_commit(user_id, user_seq);
+        self.push_after_commit(user_id, user_seq, update.clone());
         Ok(user_seq)
     }
 
@@ -469,7 +501,7 @@ impl Shard {
     }
 
     /// Builds the wire form of a stored update.
-    fn materialize_record(
+    pub(crate) fn materialize_record(
         &self,
         user_seq: u64,
         record: &UpdateRecord,
@@ -480,9 +512,19 @@ impl Shard {
                 seq,
                 ..
             } => {
-                let Some(stored) = self.store.message(conversation_id, seq)? else {
-                    tracing::error!(conversation_id, seq, "update points at a missing message");
-                    return Ok(None);
+                let stored = match self.chat.fresh.get(&(conversation_id, seq)) {
+                    Some(fresh) => MessageRecord::clone(fresh),
+                    None => match self.store.message(conversation_id, seq)? {
+                        Some(stored) => stored,
+                        None => {
+                            tracing::error!(
+                                conversation_id,
+                                seq,
+                                "update points at a missing message"
+                            );
+                            return Ok(None);
+                        }
+                    },
                 };
                 let bytes = approx_message_bytes(&stored);
                 (
@@ -515,21 +557,6 @@ impl Shard {
             ),
         };
         Ok(Some((Update { user_seq, kind }, bytes)))
-    }
-
-    /// Reads one update of a user's log.
-    pub(crate) fn materialize(
-        &self,
-        user_id: u64,
-        user_seq: u64,
-    ) -> Result<Option<Update>, StoreError> {
-        let rows = self.store.updates_after(user_id, user_seq - 1, 1)?;
-        match rows.first() {
-            Some((seq, record)) if *seq == user_seq => {
-                Ok(self.materialize_record(*seq, record)?.map(|(u, _)| u))
-            }
-            _ => Ok(None),
-        }
     }
 
     pub(crate) fn handle_sync(

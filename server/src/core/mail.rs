@@ -77,6 +77,8 @@ pub(crate) enum Mail {
         seq: u64,
         sender: u64,
         from_core: usize,
+        /// The stored message, so live devices get it without reading it back.
+        message: std::sync::Arc<crate::store::records::MessageRecord>,
     },
     /// Back to the conversation's owner: the member's log holds the message.
     Delivered { conversation_id: u64, seq: u64 },

@@ -27,6 +27,7 @@ use tern_protocol::{Body, ErrorCode, Frame};
 
 use crate::config::Config;
 use crate::ids::IdGen;
+use crate::store::records::UpdateRecord;
 use crate::store::{Batch, Store, StoreError};
 use mail::{GroupChange, Mail};
 
@@ -123,7 +124,7 @@ pub(crate) struct Shard {
     /// Mail to send now.
     mail_now: Vec<(usize, Mail)>,
     /// Updates appended in this batch, pushed to live sessions after the commit.
-    pushes: Vec<(u64, u64)>,
+    pushes: Vec<(u64, u64, UpdateRecord)>,
     pub(crate) sessions: HashMap<ConnId, Session>,
     pub(crate) online: HashMap<u64, Vec<ConnId>>,
     pub(crate) users: HashMap<u64, UserState>,
@@ -316,8 +317,8 @@ impl Shard {
     }
 
     /// Records that an update was appended for `user_id` in this batch, to push after commit.
-    pub(crate) fn push_after_commit(&mut self, user_id: u64, user_seq: u64) {
-        self.pushes.push((user_id, user_seq));
+    pub(crate) fn push_after_commit(&mut self, user_id: u64, user_seq: u64, record: UpdateRecord) {
+        self.pushes.push((user_id, user_seq, record));
     }
 
     /// Loads (once) the state of a user this core owns.
@@ -564,7 +565,17 @@ impl Shard {
                 seq,
                 sender,
                 from_core,
-            } => self.handle_deliver(now_ms, user_id, conversation_id, seq, sender, from_core),
+                message,
+            } => {
+                let deliver = chat::Deliver {
+                    user_id,
+                    conversation_id,
+                    seq,
+                    sender,
+                    from_core,
+                };
+                self.handle_deliver(now_ms, deliver, message)
+            }
             Mail::PushDone {
                 user_id,
                 read_at_ms,
@@ -752,7 +763,7 @@ impl Shard {
     /// After a commit: moves each touched user's head and pushes new updates to live sessions.
     fn release_pushes(&mut self, outputs: &mut Vec<Output>) {
         let pushes = std::mem::take(&mut self.pushes);
-        for (user_id, user_seq) in pushes {
+        for (user_id, user_seq, record) in pushes {
             if let Some(state) = self.users.get_mut(&user_id) {
                 state.head = state.head.max(user_seq);
             }
@@ -767,8 +778,8 @@ impl Shard {
             if live.is_empty() {
                 continue;
             }
-            match self.materialize(user_id, user_seq) {
-                Ok(Some(update)) => {
+            match self.materialize_record(user_seq, &record) {
+                Ok(Some((update, _))) => {
                     self.metrics
                         .core(self.core)
                         .delivered_live
@@ -786,5 +797,6 @@ impl Shard {
                 }
             }
         }
+        self.chat.pushed();
     }
 }
