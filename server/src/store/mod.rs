@@ -892,6 +892,12 @@ fn cf_options(name: &str, idempotency_retention_ms: u64) -> Options {
         );
         options.set_periodic_compaction_seconds(PERIODIC_COMPACTION_SECONDS);
     }
+    if name == CF_IDEMPOTENCY || name == CF_FANOUT_MARKS {
+        // Every Send looks up a key that is almost never there: a memtable bloom filter answers
+        // most of those lookups without walking the memtable's skip list.
+        options.set_memtable_whole_key_filtering(true);
+        options.set_memtable_prefix_bloom_ratio(0.05);
+    }
     if name == CF_MEDIA_CHUNKS {
         // Attachments are large and written once: keep them in blob files, out of the LSM tree.
         options.set_enable_blob_files(true);
