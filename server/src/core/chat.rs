@@ -9,7 +9,7 @@
 //! 5. When every member confirmed, C deletes the fan-out marker. At start, each core re-delivers
 //!    the messages whose marker survived a crash; the watermarks make that idempotent.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -66,6 +66,10 @@ pub(crate) struct ChatState {
     marks: HashMap<(u64, u64), u64>,
     /// Watermarks of users this core owns.
     receipts: HashMap<(u64, u64), ReceiptRecord>,
+    /// Fan-out watermarks and receipt watermarks changed in this turn, written once each when the
+    /// turn's batch is committed however often they moved.
+    dirty_marks: HashSet<(u64, u64)>,
+    dirty_receipts: HashSet<(u64, u64)>,
     /// Messages delivered in this turn, so pushing them to live devices reads nothing back; emptied
     /// once the turn's pushes are out.
     fresh: HashMap<(u64, u64), Arc<MessageRecord>>,
@@ -394,8 +398,8 @@ impl Shard {
             };
             self.chat.fresh.insert((conversation_id, seq), message);
             self.append_update(user_id, &update)?;
-            self.batch.put_fanout_mark(user_id, conversation_id, seq);
             self.chat.marks.insert((user_id, conversation_id), seq);
+            self.chat.dirty_marks.insert((user_id, conversation_id));
             if sender == user_id {
                 // What a user sent, they have read.
                 self.move_watermark(conversation_id, user_id, ReceiptKind::Read, seq)?;
@@ -493,11 +497,26 @@ impl Shard {
         if kind == ReceiptKind::Read {
             receipt.delivered_seq = receipt.delivered_seq.max(seq);
         }
-        self.batch.put_receipt(conversation_id, user_id, &receipt)?;
         self.chat
             .receipts
             .insert((conversation_id, user_id), receipt);
+        self.chat.dirty_receipts.insert((conversation_id, user_id));
         Ok(true)
+    }
+
+    /// Puts the watermarks that moved in this turn into the batch, once each.
+    pub(crate) fn write_watermarks(&mut self) -> Result<(), StoreError> {
+        for (user_id, conversation_id) in std::mem::take(&mut self.chat.dirty_marks) {
+            if let Some(&seq) = self.chat.marks.get(&(user_id, conversation_id)) {
+                self.batch.put_fanout_mark(user_id, conversation_id, seq);
+            }
+        }
+        for (conversation_id, user_id) in std::mem::take(&mut self.chat.dirty_receipts) {
+            if let Some(receipt) = self.chat.receipts.get(&(conversation_id, user_id)) {
+                self.batch.put_receipt(conversation_id, user_id, receipt)?;
+            }
+        }
+        Ok(())
     }
 
     /// Builds the wire form of a stored update.

@@ -698,6 +698,12 @@ impl Shard {
     pub(crate) fn end_turn(&mut self) -> (Vec<Output>, Vec<(usize, Mail)>) {
         let mut outputs = std::mem::take(&mut self.outputs);
         let mut mail = std::mem::take(&mut self.mail_now);
+        if let Err(e) = self.write_watermarks() {
+            // Nothing of this turn's batch may reach the store without its watermarks.
+            self.batch = self.store.batch();
+            self.commit_failed(e, &mut outputs);
+            return (outputs, mail);
+        }
         if !self.batch.is_empty()
             || !self.after_commit.is_empty()
             || !self.mail_after_commit.is_empty()
