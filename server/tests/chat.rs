@@ -23,6 +23,7 @@ on_both_engines!(
     idempotent_resend_after_dropped_connection,
     history_paging,
     delivered_and_read_receipts,
+    a_reply_reads_what_came_before,
     bad_input_gets_the_spec_error,
     revoked_device_is_closed,
     idle_connection_times_out,
@@ -315,6 +316,53 @@ async fn delivered_and_read_receipts(engine: &'static str) {
     assert_eq!(
         list.conversations[0].last_message.as_ref().unwrap().body,
         "m3"
+    );
+}
+
+// Proves that replying reads the conversation: Alice gets Bob's read receipt up to his reply, Bob's
+// unread count drops to 0, and a second reply with nothing new to read sends no receipt.
+async fn a_reply_reads_what_came_before(engine: &'static str) {
+    let server = Ternd::start(engine);
+    let (alice, _) = server.register("alice").await;
+    let (bob, bob_auth) = server.register("bob").await;
+    let conv = alice.open_direct(bob_auth.user_id).await.unwrap();
+    let conv = conv.conversation_id;
+    sync_all(&alice, 0).await;
+    for n in 1..=2u64 {
+        alice
+            .send(conv, cmid(1, n), &format!("m{n}"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(bob.get_conversation(conv).await.unwrap().unread, 2);
+    bob.send(conv, cmid(2, 1), "reply").await.unwrap();
+    let receipt = wait_receipt(&alice, ReceiptKind::Read).await;
+    assert_eq!((receipt.user_id, receipt.up_to_seq), (bob_auth.user_id, 3));
+    assert_eq!(bob.get_conversation(conv).await.unwrap().unread, 0);
+
+    bob.send(conv, cmid(2, 2), "and more").await.unwrap();
+    assert_eq!(next_message(&alice).await.body, "and more");
+    // Bob's own devices get his receipts in the same commit as his own copy of the message, so
+    // once his log holds "and more" it holds every receipt that reply caused: only the first.
+    let reads_in_bobs_log = || async {
+        let log = sync_all(&bob, 0).await;
+        let has_reply = bodies(&log).iter().any(|b| b == "and more");
+        let reads = log
+            .iter()
+            .filter(|u| matches!(&u.kind, UpdateKind::Receipt(r) if r.kind == ReceiptKind::Read))
+            .count();
+        (has_reply, reads)
+    };
+    let deadline = std::time::Instant::now() + EVENT_WAIT;
+    let mut seen = reads_in_bobs_log().await;
+    while !seen.0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        seen = reads_in_bobs_log().await;
+    }
+    assert_eq!(
+        seen,
+        (true, 1),
+        "one read receipt, for the first reply only"
     );
 }
 

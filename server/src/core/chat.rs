@@ -401,8 +401,16 @@ impl Shard {
             self.chat.marks.insert((user_id, conversation_id), seq);
             self.chat.dirty_marks.insert((user_id, conversation_id));
             if sender == user_id {
-                // What a user sent, they have read.
+                // What a user sent, they have read; and replying reads what came before it, so when
+                // others' messages were unread the others get a read receipt, as from MarkRead.
+                let read_before = self.receipt(conversation_id, user_id)?.read_seq;
                 self.move_watermark(conversation_id, user_id, ReceiptKind::Read, seq)?;
+                if read_before + 1 < seq {
+                    if let Some(record) = self.store.conversation(conversation_id)? {
+                        let members: Vec<u64> = record.members.iter().map(|m| m.user_id).collect();
+                        self.announce_read(now_ms, conversation_id, user_id, seq, &members)?;
+                    }
+                }
             } else {
                 self.queue_push(now_ms, user_id)?;
             }
@@ -819,25 +827,39 @@ impl Shard {
         };
         let up_to = mark.up_to_seq.min(self.store.last_seq(conversation_id)?);
         if self.move_watermark(conversation_id, user_id, ReceiptKind::Read, up_to)? {
-            let kind = ReceiptKind::Read as u8;
-            // The reader's own devices learn it too, so every device shows the same unread count.
-            self.append_receipt(user_id, conversation_id, user_id, kind, up_to, now_ms)?;
-            for member in record.members.iter().filter(|m| m.user_id != user_id) {
-                let update = UpdateRecord::Receipt {
-                    conversation_id,
-                    user_id,
-                    kind,
-                    up_to_seq: up_to,
-                    ts: now_ms,
-                };
-                let mail = Mail::Append {
-                    to_user: member.user_id,
-                    update,
-                };
-                self.mail_after_commit(self.owner(member.user_id), mail);
-            }
+            let members: Vec<u64> = record.members.iter().map(|m| m.user_id).collect();
+            self.announce_read(now_ms, conversation_id, user_id, up_to, &members)?;
         }
         self.reply_after_commit(conn, request_id, OkFrame {});
+        Ok(())
+    }
+
+    /// Tells a reader's own devices and the other members that `user_id` read up to `up_to`.
+    fn announce_read(
+        &mut self,
+        now_ms: u64,
+        conversation_id: u64,
+        user_id: u64,
+        up_to: u64,
+        members: &[u64],
+    ) -> Result<(), StoreError> {
+        let kind = ReceiptKind::Read as u8;
+        // The reader's own devices learn it too, so every device shows the same unread count.
+        self.append_receipt(user_id, conversation_id, user_id, kind, up_to, now_ms)?;
+        for &member in members.iter().filter(|&&m| m != user_id) {
+            let update = UpdateRecord::Receipt {
+                conversation_id,
+                user_id,
+                kind,
+                up_to_seq: up_to,
+                ts: now_ms,
+            };
+            let mail = Mail::Append {
+                to_user: member,
+                update,
+            };
+            self.mail_after_commit(self.owner(member), mail);
+        }
         Ok(())
     }
 

@@ -340,11 +340,13 @@ impl Shard {
         typing: Typing,
     ) {
         let key = (conn, typing.conversation_id);
-        if let Some(last) = self.presence.typing.get(&key) {
+        // Only starts are spaced out: a stop right after a start (a quick message) is fine.
+        let last_start = self.presence.typing.get(&key).filter(|_| typing.active);
+        if let Some(last) = last_start {
             let since = now_ms.saturating_sub(*last);
             if since < TYPING_INTERVAL_MS_MIN {
                 let retry_after_ms = (TYPING_INTERVAL_MS_MIN - since) as u32;
-                let message = "typing indicators come at most twice a second per conversation";
+                let message = "typing starts come at most twice a second per conversation";
                 self.reply_rate_limited(conn, request_id, retry_after_ms, message);
                 return;
             }
@@ -354,7 +356,9 @@ impl Shard {
             self.reply_rate_limited(conn, request_id, retry_after_ms, message);
             return;
         }
-        self.presence.typing.insert(key, now_ms);
+        if typing.active {
+            self.presence.typing.insert(key, now_ms);
+        }
         let origin = ConnRef {
             core: self.core,
             conn,
