@@ -24,6 +24,7 @@ use crate::connection::{self, Failure, Outgoing, Shared, OUTGOING_FRAMES_MAX};
 use crate::error::ClientError;
 use crate::event::Event;
 use crate::options::ConnectOptions;
+use crate::tls::TlsOptions;
 
 /// A connection to a Tern server: requests with replies, notifications, and a stream of events.
 ///
@@ -62,6 +63,18 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
+/// [`PendingGuard`] for a wait that outlives the borrow of the client.
+struct OwnedPendingGuard {
+    shared: Arc<Shared>,
+    request_id: u32,
+}
+
+impl Drop for OwnedPendingGuard {
+    fn drop(&mut self) {
+        self.shared.forget(self.request_id);
+    }
+}
+
 impl Client {
     /// Connects over TCP (with `TCP_NODELAY`, as chat frames are small and latency matters), sends
     /// `Hello` and waits for the server's `Welcome`.
@@ -81,6 +94,27 @@ impl Client {
             let stream = TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
             let (reader, writer) = stream.into_split();
+            Client::start(reader, writer, options).await
+        })
+        .await
+    }
+
+    /// Connects over TLS: TCP as [`Client::connect`] does, then a TLS handshake checking the
+    /// server's certificate as `tls` says, then `Hello`. The TLS handshake counts towards the
+    /// request time-out too. A certificate the client does not trust fails with
+    /// [`ClientError::Io`].
+    pub async fn connect_tls(
+        addr: impl ToSocketAddrs,
+        tls: &TlsOptions,
+        options: ConnectOptions,
+    ) -> Result<Client, ClientError> {
+        let (connector, name) = tls.connector()?;
+        let request_timeout = options.request_timeout;
+        within(request_timeout, async {
+            let stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let stream = connector.connect(name, stream).await?;
+            let (reader, writer) = tokio::io::split(stream);
             Client::start(reader, writer, options).await
         })
         .await
@@ -194,6 +228,39 @@ impl Client {
             Body::Error(error) => Err(ClientError::from_server(error)),
             reply => Ok(reply),
         }
+    }
+
+    /// Queues a request for writing and returns the wait for its reply, so that a caller issuing
+    /// several requests can fix the order they go out in (each is queued when this returns) and
+    /// still wait for the replies concurrently. The wait is bounded by the request time-out.
+    pub(crate) async fn request_in_order(
+        &self,
+        body: impl Into<Body>,
+    ) -> Result<impl Future<Output = Result<Body, ClientError>> + Send + 'static, ClientError> {
+        let body = body.into();
+        check_sendable(&body)?;
+        let (request_id, reply) = self.shared.register()?;
+        let pending = OwnedPendingGuard {
+            shared: Arc::clone(&self.shared),
+            request_id,
+        };
+        let frame = encode(request_id, body, self.send_frame_bytes_max)?;
+        within(self.request_timeout, self.queue(frame)).await?;
+        let timeout = self.request_timeout;
+        Ok(async move {
+            let reply = within(timeout, async {
+                match reply.await {
+                    Ok(reply) => reply.map_err(ClientError::from),
+                    Err(_) => Err(pending.shared.close_reason().into()),
+                }
+            })
+            .await;
+            drop(pending);
+            match reply? {
+                Body::Error(error) => Err(ClientError::from_server(error)),
+                reply => Ok(reply),
+            }
+        })
     }
 
     /// Sends a notification (`Ack` or `Typing`) without waiting for anything.

@@ -71,9 +71,17 @@ mod error;
 mod event;
 mod options;
 mod requests;
+mod session;
+mod storage;
+mod tls;
 
 pub use client::Client;
 pub use error::ClientError;
 pub use event::Event;
 pub use options::{ConnectOptions, EVENT_BUFFER_DEFAULT_EVENTS, REQUEST_TIMEOUT_DEFAULT_MS};
+pub use session::{Credentials, Session, SessionEvent, SessionOptions};
+pub use storage::{
+    FileStorage, MemoryStorage, PendingSend, Storage, StorageError, StoredSession, StoredState,
+};
 pub use tern_protocol as protocol;
+pub use tls::TlsOptions;

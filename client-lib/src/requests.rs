@@ -4,14 +4,17 @@
 //! They exist so applications and tests say `client.send(conversation, id, "hi")` rather than
 //! building frames and matching on [`Body`]. A reply of another type than the request's means the
 //! server and client disagree about the protocol, and fails with
-//! [`ClientError::UnexpectedReply`]. Requests without a helper yet (groups, presence, push, media)
-//! go through [`Client::request`] directly; helpers for them are additions, not changes.
+//! [`ClientError::UnexpectedReply`]. Every request of the protocol has one; media also has
+//! whole-file helpers ([`Client::upload`], [`Client::download`]) that do the chunking and checks.
 
 use tern_protocol::frames::{
-    self, Authenticated, Conversations, HistoryPage, Sent, SyncPage, UserInfo,
+    self, Authenticated, Conversations, HistoryPage, MediaData, MediaInfo, Sent, SyncPage,
+    UploadState, UserInfo,
 };
+use tern_protocol::limits::MEDIA_CHUNK_BYTES_MAX;
 use tern_protocol::types::{
-    ClientMsgId, ConversationId, ConversationInfo, DeviceId, DeviceInfo, Token, UserId,
+    ClientMsgId, ConversationId, ConversationInfo, DeviceId, DeviceInfo, MediaId, Presence,
+    PushPlatform, Role, Token, UserId,
 };
 use tern_protocol::Body;
 
@@ -218,4 +221,236 @@ impl Client {
             .await?;
         expect_reply!(reply, Ok).map(drop)
     }
+
+    /// Sends a request whose reply is `Ok`.
+    async fn request_ok(&self, body: impl Into<Body>) -> Result<(), ClientError> {
+        let reply = self.request(body).await?;
+        expect_reply!(reply, Ok).map(|_| ())
+    }
+
+    /// Creates a group with the caller as owner and `members` as its other members.
+    pub async fn create_group(
+        &self,
+        name: &str,
+        members: Vec<UserId>,
+    ) -> Result<ConversationInfo, ClientError> {
+        let name = name.to_owned();
+        let reply = self.request(frames::CreateGroup { name, members }).await?;
+        expect_reply!(reply, Conversation).map(|c| c.conversation)
+    }
+
+    /// Adds members to a group (owner or admin only).
+    pub async fn add_members(
+        &self,
+        conversation_id: ConversationId,
+        members: Vec<UserId>,
+    ) -> Result<(), ClientError> {
+        self.request_ok(frames::AddMembers {
+            conversation_id,
+            members,
+        })
+        .await
+    }
+
+    /// Removes a member from a group (owner or admin only, within the role rules).
+    pub async fn remove_member(
+        &self,
+        conversation_id: ConversationId,
+        user_id: UserId,
+    ) -> Result<(), ClientError> {
+        self.request_ok(frames::RemoveMember {
+            conversation_id,
+            user_id,
+        })
+        .await
+    }
+
+    /// Leaves a group.
+    pub async fn leave_group(&self, conversation_id: ConversationId) -> Result<(), ClientError> {
+        self.request_ok(frames::LeaveGroup { conversation_id })
+            .await
+    }
+
+    /// Renames a group.
+    pub async fn rename_group(
+        &self,
+        conversation_id: ConversationId,
+        name: &str,
+    ) -> Result<(), ClientError> {
+        let name = name.to_owned();
+        self.request_ok(frames::RenameGroup {
+            conversation_id,
+            name,
+        })
+        .await
+    }
+
+    /// Makes a member an admin or a plain member again (owner only).
+    pub async fn set_role(
+        &self,
+        conversation_id: ConversationId,
+        user_id: UserId,
+        role: Role,
+    ) -> Result<(), ClientError> {
+        self.request_ok(frames::SetRole {
+            conversation_id,
+            user_id,
+            role,
+        })
+        .await
+    }
+
+    /// Follows users' presence: returns their presence now, then [`Event::Presence`] on every
+    /// change. Only users who share a conversation with the caller may be followed.
+    ///
+    /// [`Event::Presence`]: crate::Event::Presence
+    pub async fn subscribe_presence(
+        &self,
+        users: Vec<UserId>,
+    ) -> Result<Vec<Presence>, ClientError> {
+        let reply = self.request(frames::SubscribePresence { users }).await?;
+        expect_reply!(reply, PresenceList).map(|list| list.presences)
+    }
+
+    /// Stops following users' presence.
+    pub async fn unsubscribe_presence(&self, users: Vec<UserId>) -> Result<(), ClientError> {
+        self.request_ok(frames::UnsubscribePresence { users }).await
+    }
+
+    /// Hides (or shows again) the caller's last-seen time from others.
+    pub async fn set_privacy(&self, hide_last_seen: bool) -> Result<(), ClientError> {
+        self.request_ok(frames::SetPrivacy { hide_last_seen }).await
+    }
+
+    /// Registers this device's push token, used while it has no connection.
+    pub async fn register_push_token(
+        &self,
+        platform: PushPlatform,
+        app_id: &str,
+        token: &str,
+    ) -> Result<(), ClientError> {
+        self.request_ok(frames::RegisterPushToken {
+            platform,
+            app_id: app_id.to_owned(),
+            token: token.to_owned(),
+        })
+        .await
+    }
+
+    /// Removes this device's push token.
+    pub async fn unregister_push_token(&self) -> Result<(), ClientError> {
+        self.request_ok(frames::UnregisterPushToken {}).await
+    }
+
+    /// Starts an upload of `size` bytes whose SHA-256 is `sha256`.
+    pub async fn upload_begin(
+        &self,
+        size: u64,
+        mime: &str,
+        sha256: [u8; 32],
+    ) -> Result<UploadState, ClientError> {
+        let mime = mime.to_owned();
+        let reply = self
+            .request(frames::UploadBegin { size, mime, sha256 })
+            .await?;
+        expect_reply!(reply, UploadState)
+    }
+
+    /// How much of an unfinished upload the server has, to resume it at `received`.
+    pub async fn upload_status(&self, media_id: MediaId) -> Result<UploadState, ClientError> {
+        let reply = self.request(frames::UploadStatus { media_id }).await?;
+        expect_reply!(reply, UploadState)
+    }
+
+    /// Sends the bytes of an upload at `offset` (at most 256 KiB).
+    pub async fn upload_chunk(
+        &self,
+        media_id: MediaId,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> Result<UploadState, ClientError> {
+        let reply = self
+            .request(frames::UploadChunk {
+                media_id,
+                offset,
+                data,
+            })
+            .await?;
+        expect_reply!(reply, UploadState)
+    }
+
+    /// Completes an upload; the server checks the size and the SHA-256.
+    pub async fn upload_finish(&self, media_id: MediaId) -> Result<MediaInfo, ClientError> {
+        let reply = self.request(frames::UploadFinish { media_id }).await?;
+        expect_reply!(reply, MediaInfo)
+    }
+
+    /// Describes a media item the caller may read.
+    pub async fn get_media(&self, media_id: MediaId) -> Result<MediaInfo, ClientError> {
+        let reply = self.request(frames::GetMedia { media_id }).await?;
+        expect_reply!(reply, MediaInfo)
+    }
+
+    /// Reads up to `length` bytes of a media item from `offset`.
+    pub async fn download_range(
+        &self,
+        media_id: MediaId,
+        offset: u64,
+        length: u32,
+    ) -> Result<MediaData, ClientError> {
+        let reply = self
+            .request(frames::Download {
+                media_id,
+                offset,
+                length,
+            })
+            .await?;
+        expect_reply!(reply, MediaData)
+    }
+
+    /// Uploads `data` whole: begins with its SHA-256, sends it in the largest chunks, finishes.
+    /// Attach the returned `media_id` to a message within the server's time limit.
+    pub async fn upload(&self, data: &[u8], mime: &str) -> Result<MediaInfo, ClientError> {
+        let sha256 = sha256(data);
+        let state = self.upload_begin(data.len() as u64, mime, sha256).await?;
+        let mut offset = state.received;
+        while offset < data.len() as u64 {
+            let end = (offset as usize + MEDIA_CHUNK_BYTES_MAX as usize).min(data.len());
+            let chunk = data[offset as usize..end].to_vec();
+            offset = self
+                .upload_chunk(state.media_id, offset, chunk)
+                .await?
+                .received;
+        }
+        self.upload_finish(state.media_id).await
+    }
+
+    /// Downloads a whole media item and checks it against its SHA-256.
+    pub async fn download(&self, media_id: MediaId) -> Result<Vec<u8>, ClientError> {
+        let info = self.get_media(media_id).await?;
+        let mut data = Vec::with_capacity(info.size.min(1 << 30) as usize);
+        while (data.len() as u64) < info.size {
+            let part = self
+                .download_range(media_id, data.len() as u64, MEDIA_CHUNK_BYTES_MAX)
+                .await?;
+            if part.data.is_empty() {
+                break;
+            }
+            data.extend_from_slice(&part.data);
+        }
+        if data.len() as u64 != info.size || sha256(&data) != info.sha256 {
+            return Err(ClientError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the downloaded bytes do not match the media's size and SHA-256",
+            )));
+        }
+        Ok(data)
+    }
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
 }
