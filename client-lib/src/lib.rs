@@ -1,64 +1,71 @@
-//! The Tern client library: an async (tokio) connection to a Tern server with request/reply
-//! correlation and a typed event stream. It is the core the native SDKs and the `tern` terminal
-//! client build on, and what the server's integration tests use as real clients.
+//! The Tern client library: the core the native SDKs wrap, and what the `tern` terminal client
+//! and the server's integration tests use.
 //!
-//! The wire format is [`tern_protocol`]'s (re-exported as [`protocol`]); this crate adds the
-//! socket, the background tasks and the bookkeeping that matches replies to requests. Its public
-//! API uses plain types (`std::time::Duration`, protocol structs) so that bindings for other
-//! languages can wrap it without knowing the runtime.
+//! Two levels:
+//!
+//! - [`Session`]: a logged-in device that stays connected. It reconnects with exponential back-off
+//!   and jitter, resumes with its token, catches up from its cursor, keeps the connection alive with
+//!   Pings, and keeps an outbox: every message is retried with its original `client_msg_id` until
+//!   the server confirms it, so a dropped connection, a killed server or a crashed app loses
+//!   nothing and stores nothing twice. Its state lives in a [`Storage`]: [`MemoryStorage`],
+//!   [`FileStorage`], or the app's own implementation.
+//! - [`Client`]: one connection, over TCP or TLS ([`TlsOptions`]), with request/reply correlation,
+//!   request time-outs, a typed event stream ([`Event`]) and one typed helper per request of the
+//!   protocol. A session hands out its current client ([`Session::client`]) for everything but
+//!   sends.
+//!
+//! The wire format is [`tern_protocol`]'s (re-exported as [`protocol`]). The public API uses plain
+//! types (`std::time::Duration`, protocol structs, `Arc`), not the runtime's, so bindings for other
+//! languages can wrap it; it needs a tokio runtime to run on.
 //!
 //! # Layout
 //!
-//! - `client.rs`: [`Client`]: connect and handshake, `request`, `notify`, events, `close`.
-//! - `requests.rs`: the typed helpers on [`Client`] (`register`, `send`, `sync`, ...).
+//! - `session.rs`: [`Session`], its options, events and the driver task behind it.
+//! - `storage.rs`: the [`Storage`] trait and its two implementations.
+//! - `client.rs`: [`Client`]: connect (TCP or TLS) and handshake, `request`, `notify`, events.
+//! - `requests.rs`: the typed helpers on [`Client`] (`register`, `send`, `sync`, `create_group`,
+//!   `upload`, ...).
 //! - `connection.rs`: the table of waiting requests, the handshake, the reader and writer tasks.
-//! - `event.rs`: [`Event`], what the server sends unasked.
-//! - `options.rs`: [`ConnectOptions`] and its defaults.
-//! - `error.rs`: [`ClientError`].
-//!
-//! Reconnecting, TLS, local storage and end-to-end encryption come later, as additions: the
-//! reader and writer tasks are generic over the stream, and the options, error and event enums are
-//! `#[non_exhaustive]`.
+//! - `tls.rs`: [`TlsOptions`] and the rustls connector (ring provider, TLS 1.3 and 1.2).
+//! - `event.rs`, `options.rs`, `error.rs`: [`Event`], [`ConnectOptions`], [`ClientError`].
 //!
 //! # Data flow
 //!
 //! ```text
-//!  request() ─ encode, register id ─► outgoing queue ─► writer task ─► socket
-//!      ▲                               (bounded)         (batches writes)
-//!      │ oneshot, by request id
-//!  reader task ◄─ FrameDecoder ◄─ socket
-//!      │ events, errors nobody waits for
-//!      ▼
-//!  event queue (bounded) ─► next_event() / wait_for_event()
-//! ```
+//!  Session::send ─► Storage outbox ─► driver ─► Client::request (in outbox order) ─► socket
+//!        ▲                              │  ▲
+//!        └── Sent / SendFailed ◄────────┘  └── reconnect, Resume, Sync from the cursor
+//!  Session::next_event ◄── Update (each user_seq once, in order), Presence, Typing, Connected, ...
 //!
-//! Every request gets a fresh non-zero request id and a waiter in a shared table; the reader task
-//! hands each reply to the waiter with its id, so replies may arrive in any order, interleaved with
-//! events. A request that times out removes its waiter and the connection stays usable. When the
-//! connection ends, every waiting request fails with [`ClientError::Closed`] (or the
-//! [`ClientError::Protocol`] error that ended it) and [`Client::next_event`] returns `None` once the
-//! events received before are drained.
+//!  Client::request ─ register id ─► writer task ─► socket ─► server
+//!  reader task ─ FrameDecoder ─► reply to its waiter, or an Event to the event queue
+//! ```
 //!
 //! # Example
 //!
 //! ```no_run
-//! use std::time::Duration;
-//! use tern_client::{Client, ClientError, ConnectOptions, Event};
+//! use std::sync::Arc;
+//! use tern_client::{Credentials, FileStorage, Session, SessionEvent, SessionOptions};
 //!
-//! async fn hello_world() -> Result<(), ClientError> {
-//!     let client = Client::connect("127.0.0.1:7400", ConnectOptions::new("example/1.0")).await?;
-//!     let me = client.register("alice", "correct horse", "laptop").await?;
+//! async fn chat() -> Result<(), Box<dyn std::error::Error>> {
+//!     let storage = Arc::new(FileStorage::open("alice.json")?);
+//!     let credentials = Credentials::Login {
+//!         username: "alice".into(),
+//!         password: "correct horse".into(),
+//!         device_name: "laptop".into(),
+//!     };
+//!     let session =
+//!         Session::start("127.0.0.1:7400", credentials, storage, SessionOptions::new("demo/1.0"))
+//!             .await?;
+//!     let client = session.client().await?;
 //!     let bob = client.lookup_user("bob").await?;
 //!     let chat = client.open_direct(bob.user_id).await?;
-//!     client.send(chat.conversation_id, [7; 16], "hi Bob").await?;
-//!
-//!     // Catch up, which also turns on live updates, then wait for Bob's answer.
-//!     let page = client.sync(0, 0).await?;
-//!     let answer = client
-//!         .wait_for_event(|event| matches!(event, Event::Update(_)), Duration::from_secs(30))
-//!         .await?;
-//!     println!("{} has {} updates, then {answer:?}", me.username, page.updates.len());
-//!     client.close().await;
+//!     session.send(chat.conversation_id, "hi Bob").await?;
+//!     while let Some(event) = session.next_event().await {
+//!         if let SessionEvent::Update(update) = event {
+//!             println!("update {}: {:?}", update.user_seq, update.kind);
+//!         }
+//!     }
 //!     Ok(())
 //! }
 //! ```
