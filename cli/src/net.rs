@@ -20,7 +20,7 @@ use tern_client::protocol::types::{
     MediaId, Presence, Role, Token, UserId,
 };
 use tern_client::protocol::{Body, ErrorCode, Update};
-use tern_client::{Client, ClientError, ConnectOptions, Event};
+use tern_client::{Client, ClientError, ConnectOptions, Event, TlsOptions};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -68,6 +68,18 @@ pub(crate) enum Credentials {
     Resume(Token),
 }
 
+/// The TLS settings for `host:port`: its host name, and the extra trusted certificate in
+/// `TERN_TLS_CA` if set.
+fn tls_options(addr: &str) -> Result<TlsOptions, ClientError> {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let tls = TlsOptions::new(host);
+    match std::env::var_os("TERN_TLS_CA") {
+        Some(path) => tls.with_root_pem_file(path),
+        None => Ok(tls),
+    }
+}
+
 /// One connection to the server.
 #[derive(Debug)]
 pub(crate) struct Net {
@@ -76,14 +88,25 @@ pub(crate) struct Net {
 
 impl Net {
     /// Connects and does the handshake.
+    ///
+    /// `server` is `host:port` for plain TCP, or `tls://host:port` for TLS, where the certificate
+    /// must name `host` and chain to a public root or to the PEM file named by `TERN_TLS_CA`.
     pub(crate) async fn connect(server: &str) -> Result<Net, CliError> {
-        let client = Client::connect(server, ConnectOptions::new(CLIENT_NAME))
-            .await
-            .map_err(|source| CliError::Connect {
-                server: server.to_owned(),
-                source,
-            })?;
-        Ok(Net { client })
+        let error = |source| CliError::Connect {
+            server: server.to_owned(),
+            source,
+        };
+        let options = ConnectOptions::new(CLIENT_NAME);
+        let client = match server.strip_prefix("tls://") {
+            Some(addr) => {
+                let tls = tls_options(addr).map_err(error)?;
+                Client::connect_tls(addr, &tls, options).await
+            }
+            None => Client::connect(server, options).await,
+        };
+        Ok(Net {
+            client: client.map_err(error)?,
+        })
     }
 
     /// Authenticates this connection.

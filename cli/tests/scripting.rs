@@ -420,3 +420,33 @@ fn sync_prints_updates_once_and_acknowledges() {
         );
     }
 }
+
+// `tls://host:port` connects over TLS, checking the certificate against the host name and the
+// PEM file in TERN_TLS_CA; without that file the development certificate is refused (exit 3).
+#[test]
+fn tls_server_address() {
+    let ternd = Ternd::start_with(&["--tls-listen", "127.0.0.1:0", "--tls-self-signed"]);
+    let port = ternd.tls_addr.expect("a TLS address").port();
+    let ca = ternd.data_dir().join("tls/self-signed.pem");
+    let dir = tempfile::tempdir().unwrap();
+    let tern = |args: &[&str], ca: Option<&std::path::Path>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tern"));
+        command
+            .arg("--server")
+            .arg(format!("tls://localhost:{port}"))
+            .args(args)
+            .env("TERN_CONFIG", dir.path().join("config.toml"))
+            .env("TERN_PASSWORD", PASSWORD)
+            .env_remove("TERN_TLS_CA");
+        if let Some(ca) = ca {
+            command.env("TERN_TLS_CA", ca);
+        }
+        support::run(command, None)
+    };
+    let refused = tern(&["register", "dave"], None);
+    assert_eq!(refused.code, 3, "{refused:?}");
+    let registered = tern(&["register", "dave"], Some(&ca)).ok();
+    assert!(registered.contains("registered dave"), "{registered}");
+    let whoami = tern(&["whoami"], Some(&ca)).ok();
+    assert!(whoami.contains("dave"), "{whoami}");
+}

@@ -37,7 +37,9 @@ pub struct Ternd {
     child: Child,
     /// Its plain TCP address.
     pub addr: SocketAddr,
-    _data: tempfile::TempDir,
+    /// Its TLS address, when started with TLS.
+    pub tls_addr: Option<SocketAddr>,
+    data: tempfile::TempDir,
 }
 
 impl Ternd {
@@ -69,17 +71,26 @@ impl Ternd {
         BufReader::new(stdout)
             .read_line(&mut line)
             .expect("read ternd's first line");
-        let addr = line
-            .split_whitespace()
-            .find_map(|field| field.strip_prefix("tcp="))
-            .unwrap_or_else(|| panic!("no tcp= in ternd's first line: {line:?}"))
-            .parse()
-            .expect("an address");
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|field| field.strip_prefix(name))
+                .map(|addr| addr.parse::<SocketAddr>().expect("an address"))
+        };
+        let addr =
+            field("tcp=").unwrap_or_else(|| panic!("no tcp= in ternd's first line: {line:?}"));
         Ternd {
             child,
             addr,
-            _data: data,
+            tls_addr: field("tls="),
+            data,
         }
+    }
+}
+
+impl Ternd {
+    /// Its data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
     }
 }
 
