@@ -83,6 +83,7 @@ pub(crate) struct Deliver {
     pub(crate) seq: u64,
     pub(crate) sender: u64,
     pub(crate) from_core: usize,
+    pub(crate) direct: bool,
 }
 
 impl ChatState {
@@ -271,6 +272,7 @@ impl Shard {
         conv.last_seq += 1;
         let seq = conv.last_seq;
         let members: Vec<u64> = conv.record.members.iter().map(|m| m.user_id).collect();
+        let direct = conv.record.kind == ConversationKind::Direct as u8;
         let record = IdempotencyRecord {
             conversation_id,
             seq,
@@ -314,7 +316,7 @@ impl Shard {
                 result: Ok(sent),
             },
         );
-        self.fan_out(conversation_id, seq, Arc::new(message), &members);
+        self.fan_out(conversation_id, seq, Arc::new(message), &members, direct);
         Ok(())
     }
 
@@ -325,6 +327,7 @@ impl Shard {
         seq: u64,
         message: Arc<MessageRecord>,
         members: &[u64],
+        direct: bool,
     ) {
         self.chat
             .fanouts
@@ -337,6 +340,7 @@ impl Shard {
                 sender: message.sender,
                 from_core: self.core,
                 message: Arc::clone(&message),
+                direct,
             };
             self.mail_after_commit(self.owner(user_id), mail);
         }
@@ -360,7 +364,8 @@ impl Shard {
                     continue;
                 };
                 let members: Vec<u64> = conv.record.members.iter().map(|m| m.user_id).collect();
-                self.fan_out(conversation_id, seq, Arc::new(message), &members);
+                let direct = conv.record.kind == ConversationKind::Direct as u8;
+                self.fan_out(conversation_id, seq, Arc::new(message), &members, direct);
                 resumed += 1;
             }
             // Resume just after the last key read.
@@ -385,6 +390,7 @@ impl Shard {
             seq,
             sender,
             from_core,
+            direct,
         } = deliver;
         let mark = match self.chat.marks.get(&(user_id, conversation_id)) {
             Some(mark) => *mark,
@@ -401,11 +407,13 @@ impl Shard {
             self.chat.marks.insert((user_id, conversation_id), seq);
             self.chat.dirty_marks.insert((user_id, conversation_id));
             if sender == user_id {
-                // What a user sent, they have read; and replying reads what came before it, so when
-                // others' messages were unread the others get a read receipt, as from MarkRead.
+                // What a user sent, they have read; and in a direct conversation, replying reads
+                // what came before it, so when the peer's messages were unread the peer gets a read
+                // receipt, as from MarkRead. (In groups that would be a receipt to every member
+                // for every message; members' clients send MarkRead instead.)
                 let read_before = self.receipt(conversation_id, user_id)?.read_seq;
                 self.move_watermark(conversation_id, user_id, ReceiptKind::Read, seq)?;
-                if read_before + 1 < seq {
+                if direct && read_before + 1 < seq {
                     if let Some(record) = self.store.conversation(conversation_id)? {
                         let members: Vec<u64> = record.members.iter().map(|m| m.user_id).collect();
                         self.announce_read(now_ms, conversation_id, user_id, seq, &members)?;

@@ -79,6 +79,8 @@ pub(crate) enum Mail {
         from_core: usize,
         /// The stored message, so live devices get it without reading it back.
         message: std::sync::Arc<crate::store::records::MessageRecord>,
+        /// Whether the conversation is a direct one (replying there sends a read receipt).
+        direct: bool,
     },
     /// Back to the conversation's owner: the member's log holds the message.
     Delivered { conversation_id: u64, seq: u64 },

@@ -566,6 +566,7 @@ impl Shard {
                 sender,
                 from_core,
                 message,
+                direct,
             } => {
                 let deliver = chat::Deliver {
                     user_id,
@@ -573,6 +574,7 @@ impl Shard {
                     seq,
                     sender,
                     from_core,
+                    direct,
                 };
                 self.handle_deliver(now_ms, deliver, message)
             }
