@@ -112,6 +112,13 @@ impl Client {
         expect_reply!(reply, UserInfo)
     }
 
+    /// The names of users by id (at most 256 at once), in the order asked; ids of no user are
+    /// left out.
+    pub async fn get_users(&self, user_ids: Vec<UserId>) -> Result<Vec<UserInfo>, ClientError> {
+        let reply = self.request(frames::GetUsers { user_ids }).await?;
+        expect_reply!(reply, Users).map(|users| users.users)
+    }
+
     /// Finds or creates the direct conversation with another user.
     pub async fn open_direct(&self, user_id: UserId) -> Result<ConversationInfo, ClientError> {
         let reply = self.request(frames::OpenDirect { user_id }).await?;

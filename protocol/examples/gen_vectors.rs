@@ -796,6 +796,35 @@ fn valid_vectors(v: &mut Vectors) -> Result<()> {
             },
         ),
     )?;
+    v.valid(
+        "get_users",
+        "GetUsers for carol, bob and 1, an id of no user",
+        Frame::new(
+            7,
+            frames::GetUsers {
+                user_ids: vec![CAROL, BOB, 1],
+            },
+        ),
+    )?;
+    v.valid(
+        "users",
+        "Users answering it: carol and bob, in the order asked; the unknown id left out",
+        Frame::new(
+            7,
+            frames::Users {
+                users: vec![
+                    frames::UserInfo {
+                        user_id: CAROL,
+                        username: "carol".to_owned(),
+                    },
+                    frames::UserInfo {
+                        user_id: BOB,
+                        username: "bob".to_owned(),
+                    },
+                ],
+            },
+        ),
+    )?;
 
     // Messages, sync, history.
     v.valid(
@@ -1855,6 +1884,21 @@ fn invalid_vectors(v: &mut Vectors) -> Result<()> {
             field: "users",
             count: u32::MAX,
             max: PRESENCE_USERS_MAX,
+        },
+    )?;
+    let mut user_ids = B::default().u32(USERS_PER_REQUEST_MAX + 1);
+    for i in 0..u64::from(USERS_PER_REQUEST_MAX) + 1 {
+        user_ids = user_ids.u64(3000 + i);
+    }
+    v.invalid(
+        "get_users_257",
+        "GetUsers naming 257 users, every one present: one above the limit",
+        frame_bytes(frame_type::GetUsers, 31, &user_ids.done()),
+        Some(31),
+        E::TooManyItems {
+            field: "user_ids",
+            count: USERS_PER_REQUEST_MAX + 1,
+            max: USERS_PER_REQUEST_MAX,
         },
     )?;
     v.invalid(

@@ -185,6 +185,22 @@ wire_struct! {
     }
 }
 
+wire_struct! {
+    /// Finds users by id: the names to show for the ids in messages, members and conversations.
+    pub struct GetUsers {
+        /// The ids.
+        pub user_ids: Vec<UserId> => list(USERS_PER_REQUEST_MAX),
+    }
+}
+
+wire_struct! {
+    /// The users of a `GetUsers` that exist, in the order asked.
+    pub struct Users {
+        /// The users found.
+        pub users: Vec<UserInfo> => list(USERS_PER_REQUEST_MAX),
+    }
+}
+
 // ---------------------------------------------------------------- messages, sync, history
 
 wire_struct! {
@@ -690,6 +706,8 @@ frames! {
     RevokeDevice = 0x0015,
     /// Request: find a user by name.
     LookupUser = 0x0016,
+    /// Request: find users by id.
+    GetUsers = 0x0017,
     /// Request: send a message.
     Send = 0x0020,
     /// Request: fetch updates.
@@ -756,6 +774,8 @@ frames! {
     Devices = 0x4011,
     /// Reply to `LookupUser`.
     UserInfo = 0x4012,
+    /// Reply to `GetUsers`.
+    Users = 0x4013,
     /// Reply to `Send`.
     Sent = 0x4020,
     /// Reply to `Sync`.

@@ -52,6 +52,8 @@ pub const HISTORY_PAGE_MESSAGES_MAX: u32 = 200;
 pub const CONVERSATIONS_PAGE_MAX: u32 = 200;
 /// Users named in one `SubscribePresence` or `UnsubscribePresence`.
 pub const PRESENCE_USERS_MAX: u32 = 256;
+/// Users named in one `GetUsers`, and so in its `Users` reply.
+pub const USERS_PER_REQUEST_MAX: u32 = 256;
 
 /// Media type strings, such as `image/jpeg`.
 pub const MIME_BYTES_MAX: u32 = 255;

@@ -24,6 +24,7 @@ on_both_engines!(
     history_paging,
     delivered_and_read_receipts,
     a_reply_reads_what_came_before,
+    get_users_names_ids,
     bad_input_gets_the_spec_error,
     revoked_device_is_closed,
     idle_connection_times_out,
@@ -364,6 +365,35 @@ async fn a_reply_reads_what_came_before(engine: &'static str) {
         (true, 1),
         "one read receipt, for the first reply only"
     );
+}
+
+// Proves GetUsers names the users that exist, in the order asked, leaving unknown ids out.
+async fn get_users_names_ids(engine: &'static str) {
+    let server = Ternd::start(engine);
+    let (alice, alice_auth) = server.register("alice").await;
+    let (_bob, bob_auth) = server.register("bob").await;
+    let users = alice
+        .get_users(vec![
+            bob_auth.user_id,
+            1,
+            alice_auth.user_id,
+            bob_auth.user_id,
+        ])
+        .await
+        .unwrap();
+    let named: Vec<(u64, &str)> = users
+        .iter()
+        .map(|u| (u.user_id, u.username.as_str()))
+        .collect();
+    assert_eq!(
+        named,
+        [
+            (bob_auth.user_id, "bob"),
+            (alice_auth.user_id, "alice"),
+            (bob_auth.user_id, "bob")
+        ]
+    );
+    assert!(alice.get_users(Vec::new()).await.unwrap().is_empty());
 }
 
 async fn wait_receipt(

@@ -389,6 +389,27 @@ impl Shard {
         }
         Ok(())
     }
+
+    /// `GetUsers`: the names of the users that exist among `user_ids`, in the order asked. User
+    /// records never change once created, so any core may read them.
+    pub(crate) fn handle_get_users(
+        &mut self,
+        conn: ConnId,
+        request_id: u32,
+        user_ids: &[u64],
+    ) -> Result<(), StoreError> {
+        let mut users = Vec::with_capacity(user_ids.len());
+        for &user_id in user_ids {
+            if let Some(record) = self.store.user(user_id)? {
+                users.push(UserInfo {
+                    user_id,
+                    username: record.username,
+                });
+            }
+        }
+        self.reply(conn, request_id, tern_protocol::frames::Users { users });
+        Ok(())
+    }
 }
 
 #[cfg(test)]

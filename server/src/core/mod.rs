@@ -449,6 +449,7 @@ impl Shard {
             }
             Body::Logout(_) => self.handle_logout(conn, request_id, user_id, device_id),
             Body::LookupUser(lookup) => self.handle_lookup(conn, request_id, &lookup.username),
+            Body::GetUsers(get) => self.handle_get_users(conn, request_id, &get.user_ids),
             Body::SubscribePresence(s) => {
                 self.handle_subscribe_presence(now_ms, conn, request_id, user_id, s)
             }
