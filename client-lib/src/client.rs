@@ -364,6 +364,14 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Closes the connection at once, without the graceful part of [`Client::close`]: for a
+    /// connection already known to be dead.
+    pub(crate) fn abort(&self) {
+        self.shared.shutdown(Failure::Closed);
+    }
+}
+
 impl Drop for Client {
     fn drop(&mut self) {
         self.shared.shutdown(Failure::Closed);

@@ -77,6 +77,7 @@ mod connection;
 mod error;
 mod event;
 mod options;
+mod pacer;
 mod requests;
 mod session;
 mod storage;

@@ -23,7 +23,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ring::rand::{SecureRandom, SystemRandom};
 use tern_protocol::frames::{Sent, TypingEvent};
@@ -36,8 +36,24 @@ use crate::client::Client;
 use crate::error::ClientError;
 use crate::event::Event;
 use crate::options::ConnectOptions;
+use crate::pacer::Pacer;
 use crate::storage::{PendingSend, Storage, StoredSession};
 use crate::tls::TlsOptions;
+
+/// How often the session acknowledges what the app has taken (`Ack`), at most.
+const ACK_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The wait before retrying a send the server could not take just then (`UNAVAILABLE`,
+/// `INTERNAL`).
+const TRANSIENT_RETRY: Duration = Duration::from_millis(500);
+
+/// Updates the app may take before the stored cursor follows, when more are waiting: the most an
+/// app that crashes sees again.
+const COMMIT_EVERY_UPDATES: u64 = 100;
+
+/// Sends in flight at most, whatever [`SessionOptions::sends_in_flight`] says: the protocol lets a
+/// connection have 256 requests in flight, and the app's own requests share them.
+const SENDS_IN_FLIGHT_MAX: usize = 192;
 
 /// How a session authenticates when its storage holds no session yet.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,8 +93,17 @@ pub struct SessionOptions {
     pub reconnect_min: Duration,
     /// The longest wait before reconnecting; waits double up to it, with jitter. Default: 30 s.
     pub reconnect_max: Duration,
-    /// Sends in flight at once. Default: 32.
+    /// Sends in flight at once, while the server's send limit leaves room (at most 192).
+    /// Default: 32.
     pub sends_in_flight: usize,
+    /// The server's send burst per connection, as far as the session knows: it pipelines sends
+    /// only while its estimate of the server's bucket has room, and sends one at a time beyond, so
+    /// that a send the server refuses (`RATE_LIMITED`) is never overtaken by a later one. Default:
+    /// 100, `ternd`'s.
+    pub send_burst: u32,
+    /// The server's sustained sends per second per connection, as far as the session knows; 0
+    /// when the server has no limit (always pipeline). Default: 50, `ternd`'s.
+    pub sends_per_second: u32,
     /// How long [`Session::send`] waits for the server's confirmation before returning
     /// [`ClientError::Timeout`]; the message stays queued and is confirmed later by
     /// [`SessionEvent::Sent`]. Default: 60 s.
@@ -95,6 +120,8 @@ impl Default for SessionOptions {
             reconnect_min: Duration::from_millis(200),
             reconnect_max: Duration::from_secs(30),
             sends_in_flight: 32,
+            send_burst: 100,
+            sends_per_second: 50,
             send_timeout: Duration::from_secs(60),
             event_buffer: 4096,
         }
@@ -113,6 +140,14 @@ impl SessionOptions {
     /// Connects over TLS.
     pub fn with_tls(mut self, tls: TlsOptions) -> SessionOptions {
         self.tls = Some(tls);
+        self
+    }
+
+    /// Sets the server's send limit as the session assumes it ([`SessionOptions::send_burst`],
+    /// [`SessionOptions::sends_per_second`]; a rate of 0: no limit).
+    pub fn with_send_rate(mut self, burst: u32, per_second: u32) -> SessionOptions {
+        self.send_burst = burst;
+        self.sends_per_second = per_second;
         self
     }
 
@@ -138,6 +173,14 @@ pub enum SessionEvent {
     Disconnected {
         /// Why, for logs.
         reason: String,
+    },
+    /// The session waits `delay`, then makes connection attempt `attempt` (1 after a connection
+    /// that was live, counting up while attempts fail).
+    Reconnecting {
+        /// The attempt about to be made.
+        attempt: u32,
+        /// How long until it starts.
+        delay: Duration,
     },
     /// An entry of the user's update log, each exactly once, in `user_seq` order.
     Update(Update),
@@ -177,7 +220,11 @@ struct Shared {
     waiters: Mutex<HashMap<ClientMsgId, oneshot::Sender<Result<Sent, ClientError>>>>,
     client: watch::Receiver<Option<Arc<Client>>>,
     outbox_len: AtomicUsize,
-    cursor: AtomicU64,
+    /// The stored cursor: every update up to it was taken by the app.
+    committed: AtomicU64,
+    /// The `user_seq` of the last update the app took, and how many it took since the last
+    /// commit.
+    taken: Mutex<(u64, u64)>,
     stopped: AtomicBool,
     rng: SystemRandom,
 }
@@ -212,7 +259,8 @@ impl Session {
             waiters: Mutex::new(HashMap::new()),
             client: client_rx,
             outbox_len: AtomicUsize::new(state.outbox.len()),
-            cursor: AtomicU64::new(state.cursor),
+            committed: AtomicU64::new(state.cursor),
+            taken: Mutex::new((state.cursor, 0)),
             stopped: AtomicBool::new(false),
             rng: SystemRandom::new(),
         });
@@ -225,6 +273,9 @@ impl Session {
             outbox: state.outbox.into(),
             in_flight: HashSet::new(),
             generation: 0,
+            pacer: Pacer::new(1, 0, 0, Instant::now()),
+            live: false,
+            go_away: None,
             events: events_tx,
             client_tx,
             commands: commands_rx,
@@ -333,8 +384,45 @@ impl Session {
     }
 
     /// The next event; `None` once the session has stopped and every event was returned.
+    ///
+    /// Asking for the next event says the app is done with the update it took before: the stored
+    /// cursor follows once no more events wait, or every 100 updates while they keep coming, and
+    /// the server is told (`Ack`, which also sends delivered receipts). So an app that crashes sees
+    /// at most the last 100 updates it took again, and never misses one; message ids tell repeats
+    /// apart. [`Session::close`] stores the cursor of everything taken.
     pub async fn next_event(&self) -> Option<SessionEvent> {
-        self.events.lock().await.recv().await
+        let mut events = self.events.lock().await;
+        self.commit(events.is_empty());
+        let event = events.recv().await;
+        if let Some(SessionEvent::Update(update)) = &event {
+            let mut taken = self.lock_taken();
+            *taken = (update.user_seq, taken.1 + 1);
+        }
+        event
+    }
+
+    /// Stores the cursor of the updates the app took: now when `all`, else once enough wait.
+    /// A storage failure leaves it for the next call (the updates would be shown again after a
+    /// crash, not lost).
+    fn commit(&self, all: bool) {
+        let mut taken = self.lock_taken();
+        let (seq, count) = *taken;
+        if seq <= self.shared.committed.load(Ordering::Acquire)
+            || (!all && count < COMMIT_EVERY_UPDATES)
+        {
+            return;
+        }
+        if self.shared.storage.save_cursor(seq).is_ok() {
+            self.shared.committed.store(seq, Ordering::Release);
+            taken.1 = 0;
+        }
+    }
+
+    fn lock_taken(&self) -> std::sync::MutexGuard<'_, (u64, u64)> {
+        self.shared
+            .taken
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The next event within `timeout`, or `None`.
@@ -368,17 +456,42 @@ impl Session {
         self.shared.outbox_len.load(Ordering::Acquire)
     }
 
-    /// The `user_seq` of the last update handed to the app.
+    /// The stored cursor: the `user_seq` of the last update the app took that the storage has
+    /// recorded (see [`Session::next_event`]). A new session on the same storage starts after it.
     pub fn cursor(&self) -> u64 {
-        self.shared.cursor.load(Ordering::Acquire)
+        self.shared.committed.load(Ordering::Acquire)
     }
 
-    /// Stops the session: closes the connection cleanly and ends the background task. Unconfirmed
-    /// sends stay in the storage for the next session.
+    /// Stops the session: stores the cursor of every update taken, closes the connection cleanly
+    /// and ends the background task. Unconfirmed sends stay in the storage for the next session;
+    /// events not taken yet are dropped (the updates among them come again in the next session,
+    /// as the cursor does not cover them).
     pub async fn close(&self) {
+        self.commit(true);
         let (tx, rx) = oneshot::channel();
         if self.shared.commands.send(Command::Close(tx)).is_ok() {
-            let _ = rx.await;
+            // The driver may be waiting for room in the event queue: make room while it stops.
+            let mut events = self.events.try_lock().ok();
+            tokio::pin!(rx);
+            loop {
+                let drained = {
+                    let drain = async {
+                        match events.as_mut() {
+                            Some(events) => events.recv().await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        _ = &mut rx => None,
+                        event = drain => Some(event.is_some()),
+                    }
+                };
+                match drained {
+                    None => break,
+                    Some(true) => {}
+                    Some(false) => events = None,
+                }
+            }
         }
         let driver = self
             .driver
@@ -418,7 +531,7 @@ type SendResult = (u64, ClientMsgId, Result<Sent, ClientError>);
 
 /// Why serving a connection stopped.
 enum Stop {
-    /// The connection ended; reconnect.
+    /// The connection ended or failed; reconnect.
     Lost(String),
     /// The app closed the session.
     Closed(oneshot::Sender<()>),
@@ -431,11 +544,19 @@ struct Driver {
     addr: String,
     credentials: Credentials,
     session: Option<StoredSession>,
+    /// The `user_seq` of the last update put in the app's queue: everything at or below it is a
+    /// duplicate. (The stored cursor, `Shared::committed`, trails it until the app takes them.)
     cursor: u64,
     outbox: VecDeque<PendingSend>,
     in_flight: HashSet<ClientMsgId>,
     /// Counts connections, so results of an earlier one are told apart.
     generation: u64,
+    /// The send window of the current connection.
+    pacer: Pacer,
+    /// Whether the current connection reached the live state (caught up).
+    live: bool,
+    /// Set when the server sent `GoAway`: its `reconnect_after_ms`. No sends start after it.
+    go_away: Option<u32>,
     events: mpsc::Sender<SessionEvent>,
     client_tx: watch::Sender<Option<Arc<Client>>>,
     commands: mpsc::UnboundedReceiver<Command>,
@@ -453,6 +574,7 @@ struct Connected {
 
 impl Driver {
     async fn run(&mut self, mut first: Option<Connected>) {
+        // Failed attempts since the last connection that reached the live state.
         let mut failures: u32 = 0;
         loop {
             let connected = match first.take() {
@@ -466,7 +588,8 @@ impl Driver {
                     }
                     Err(_) => {
                         failures = failures.saturating_add(1);
-                        match self.pause(failures).await {
+                        let wait = self.backoff(failures);
+                        match self.pause(failures, wait).await {
                             Some(Stop::Closed(done)) => {
                                 let _ = done.send(());
                                 break;
@@ -485,13 +608,23 @@ impl Driver {
             let _ = self.client_tx.send(None);
             match stop {
                 Stop::Lost(reason) => {
-                    client.close().await;
+                    // No graceful close: the connection failed, or the server is closing it.
+                    client.abort();
                     let event = SessionEvent::Disconnected { reason };
                     if self.events.send(event).await.is_err() {
                         break;
                     }
-                    failures = 1;
-                    match self.pause(failures).await {
+                    // The back-off starts over after a connection that reached the live state.
+                    failures = if self.live {
+                        1
+                    } else {
+                        failures.saturating_add(1)
+                    };
+                    let wait = match self.go_away {
+                        Some(after_ms) => go_away_wait(after_ms, &self.shared.rng),
+                        None => self.backoff(failures),
+                    };
+                    match self.pause(failures, wait).await {
                         Some(Stop::Closed(done)) => {
                             let _ = done.send(());
                             break;
@@ -506,7 +639,7 @@ impl Driver {
                     break;
                 }
                 Stop::Fatal => {
-                    client.close().await;
+                    client.abort();
                     break;
                 }
             }
@@ -520,14 +653,24 @@ impl Driver {
             .clear();
     }
 
-    /// Waits before the next attempt, still taking the app's commands.
-    async fn pause(&mut self, failures: u32) -> Option<Stop> {
-        let wait = backoff(
+    fn backoff(&self, failures: u32) -> Duration {
+        backoff(
             self.shared.options.reconnect_min,
             self.shared.options.reconnect_max,
             failures,
             &self.shared.rng,
-        );
+        )
+    }
+
+    /// Tells the app, then waits `wait` before the next attempt, still taking the app's commands.
+    async fn pause(&mut self, attempt: u32, wait: Duration) -> Option<Stop> {
+        let event = SessionEvent::Reconnecting {
+            attempt,
+            delay: wait,
+        };
+        if self.events.send(event).await.is_err() {
+            return Some(Stop::Fatal);
+        }
         let sleep = tokio::time::sleep(wait);
         tokio::pin!(sleep);
         loop {
@@ -597,6 +740,15 @@ impl Driver {
 
     /// Serves one connection until it ends.
     async fn serve(&mut self, client: &Arc<Client>, resumed: bool) -> Stop {
+        self.live = false;
+        self.go_away = None;
+        let options = &self.shared.options;
+        self.pacer = Pacer::new(
+            options.sends_in_flight.min(SENDS_IN_FLIGHT_MAX),
+            options.send_burst,
+            options.sends_per_second,
+            Instant::now(),
+        );
         if let Err(stop) = self.catch_up(client).await {
             return stop;
         }
@@ -608,14 +760,27 @@ impl Driver {
         {
             return Stop::Fatal;
         }
-        self.fill_window(client).await;
-        let heartbeat = client.welcome().limits.heartbeat_interval_ms.max(1_000);
+        self.live = true;
+        // The server asks for a Ping when nothing else was sent for this long; pinging on this
+        // beat whatever else goes on is simpler and costs one small frame.
+        let heartbeat = client.welcome().limits.heartbeat_interval_ms.max(100);
         let mut ping = tokio::time::interval(Duration::from_millis(u64::from(heartbeat)));
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
-        let mut ack = tokio::time::interval(Duration::from_millis(200));
-        let mut acked = self.cursor;
+        let (dead_tx, mut dead_rx) = mpsc::channel::<ClientError>(1);
+        let mut nonce: u64 = 0;
+        let mut ack = tokio::time::interval(ACK_INTERVAL);
+        let mut acked = self.shared.committed.load(Ordering::Acquire);
         loop {
+            // Whatever happened last (an answer, a new send, the end of a hold), start what may start.
+            self.fill_window(client).await;
+            let held = self.pacer.held_until(Instant::now());
+            let resume_sends = async move {
+                match held {
+                    Some(until) => tokio::time::sleep_until(until.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 event = client.next_event() => {
                     let Some(event) = event else {
@@ -626,26 +791,37 @@ impl Driver {
                     }
                 }
                 command = self.commands.recv() => match command {
-                    Some(Command::Queue(send)) => {
-                        self.outbox.push_back(send);
-                        self.fill_window(client).await;
-                    }
+                    Some(Command::Queue(send)) => self.outbox.push_back(send),
                     Some(Command::Close(done)) => return Stop::Closed(done),
                     None => return Stop::Fatal,
                 },
                 Some((generation, id, result)) = self.results.1.recv() => {
-                    if let Err(stop) = self.handle_result(client, generation, id, result).await {
+                    if let Err(stop) = self.handle_result(generation, id, result).await {
                         return stop;
                     }
                 }
+                () = resume_sends => {}
                 _ = ping.tick() => {
+                    nonce = nonce.wrapping_add(1);
                     let client = Arc::clone(client);
-                    // A dead connection fails the ping, closes, and ends next_event.
-                    tokio::spawn(async move { let _ = client.ping(1).await; });
+                    let dead = dead_tx.clone();
+                    tokio::spawn(async move {
+                        // No Pong within the request time-out: the connection is dead even if
+                        // the socket does not know it yet (a lost network, a silent middlebox).
+                        // A closed connection ends next_event by itself.
+                        if let Err(error @ ClientError::Timeout) = client.ping(nonce).await {
+                            let _ = dead.try_send(error);
+                        }
+                    });
                 }
-                _ = ack.tick(), if self.cursor > acked => {
-                    if client.ack(self.cursor).await.is_ok() {
-                        acked = self.cursor;
+                Some(error) = dead_rx.recv() => {
+                    return Stop::Lost(format!("no answer to a ping: {error}"));
+                }
+                _ = ack.tick() => {
+                    // Acknowledge what the app has taken (and so stored), not what is queued.
+                    let committed = self.shared.committed.load(Ordering::Acquire);
+                    if committed > acked && client.ack(committed).await.is_ok() {
+                        acked = committed;
                     }
                 }
             }
@@ -654,20 +830,26 @@ impl Driver {
 
     /// Syncs from the cursor to the head, handing each update to the app; live updates follow.
     async fn catch_up(&mut self, client: &Client) -> Result<(), Stop> {
+        // Bounded by the log: every page moves the cursor, or the loop ends.
         loop {
             let page = client
                 .sync(self.cursor, 0)
                 .await
                 .map_err(|e| Stop::Lost(format!("sync failed: {e}")))?;
+            let before = self.cursor;
             for update in page.updates {
                 self.deliver(update).await?;
             }
             if !page.has_more {
                 return Ok(());
             }
+            if self.cursor == before {
+                return Err(Stop::Lost("sync made no progress".into()));
+            }
         }
     }
 
+    /// Puts an update in the app's queue, unless it was queued before.
     async fn deliver(&mut self, update: Update) -> Result<(), Stop> {
         if update.user_seq <= self.cursor {
             return Ok(());
@@ -682,11 +864,7 @@ impl Driver {
             return Err(Stop::Fatal);
         }
         self.cursor = seq;
-        self.shared.cursor.store(seq, Ordering::Release);
-        self.shared
-            .storage
-            .save_cursor(seq)
-            .map_err(|_| Stop::Fatal)
+        Ok(())
     }
 
     async fn handle_event(&mut self, client: &Client, event: Event) -> Result<(), Stop> {
@@ -698,31 +876,46 @@ impl Driver {
             Event::Update(update) => return self.deliver(update).await,
             Event::Presence(presence) => SessionEvent::Presence(presence),
             Event::Typing(typing) => SessionEvent::Typing(typing),
-            // The connection closes after these; next_event ends and the driver reconnects.
-            Event::GoAway(_) | Event::Error(_) => return Ok(()),
+            Event::GoAway(go_away) => {
+                // The server answers what it has read, then closes; new sends wait for the next
+                // connection, which starts after the delay it named.
+                self.go_away = Some(go_away.reconnect_after_ms);
+                return Ok(());
+            }
+            // The connection closes after a connection-level error; next_event ends and the
+            // driver reconnects.
+            Event::Error(_) => return Ok(()),
         };
         self.events.send(forward).await.map_err(|_| Stop::Fatal)
     }
 
-    /// Starts sends from the outbox, oldest first, up to the in-flight limit.
+    /// Starts sends from the outbox, oldest first, as far as the pacer allows.
     async fn fill_window(&mut self, client: &Arc<Client>) {
-        let limit = self.shared.options.sends_in_flight.max(1);
-        let waiting: Vec<PendingSend> = self
-            .outbox
-            .iter()
-            .filter(|s| !self.in_flight.contains(&s.client_msg_id))
-            .take(limit.saturating_sub(self.in_flight.len()))
-            .cloned()
-            .collect();
-        for send in waiting {
-            self.start_send(client, send, Duration::ZERO).await;
+        if self.go_away.is_some() {
+            return;
+        }
+        // Bounded: every turn starts a send and adds it to `in_flight`, which the pacer caps.
+        loop {
+            if !self.pacer.may_send(Instant::now(), self.in_flight.len()) {
+                return;
+            }
+            let next = self
+                .outbox
+                .iter()
+                .find(|s| !self.in_flight.contains(&s.client_msg_id))
+                .cloned();
+            let Some(send) = next else {
+                return;
+            };
+            self.start_send(client, send).await;
         }
     }
 
-    /// Sends one message: queued on the connection now, in outbox order (unless `after` delays a
-    /// retry), its reply awaited by a task of its own.
-    async fn start_send(&mut self, client: &Arc<Client>, send: PendingSend, after: Duration) {
+    /// Sends one message: queued on the connection now, in outbox order, its reply awaited by a
+    /// task of its own.
+    async fn start_send(&mut self, client: &Arc<Client>, send: PendingSend) {
         self.in_flight.insert(send.client_msg_id);
+        self.pacer.started(Instant::now());
         let results = self.results.0.clone();
         let generation = self.generation;
         let id = send.client_msg_id;
@@ -732,18 +925,6 @@ impl Driver {
             body: send.body,
             attachments: send.attachments,
         };
-        if !after.is_zero() {
-            let client = Arc::clone(client);
-            tokio::spawn(async move {
-                tokio::time::sleep(after).await;
-                let result = match client.request(frame).await {
-                    Ok(reply) => sent_reply(reply),
-                    Err(e) => Err(e),
-                };
-                let _ = results.send((generation, id, result));
-            });
-            return;
-        }
         match client.request_in_order(frame).await {
             Ok(reply) => {
                 tokio::spawn(async move {
@@ -762,7 +943,6 @@ impl Driver {
 
     async fn handle_result(
         &mut self,
-        client: &Arc<Client>,
         generation: u64,
         id: ClientMsgId,
         result: Result<Sent, ClientError>,
@@ -778,36 +958,37 @@ impl Driver {
             // Results of an earlier connection's failed attempts say nothing: the send went out
             // again on this one.
             Err(_) if !current => {}
+            // Refused for now: every send waits, then this one goes out again before any later
+            // one (it is the oldest not in flight), one at a time for a while.
             Err(ClientError::Server {
                 code: ErrorCode::RATE_LIMITED,
                 retry_after_ms,
                 ..
             }) => {
-                if let Some(send) = self.outbox.iter().find(|s| s.client_msg_id == id).cloned() {
-                    let wait = Duration::from_millis(u64::from(retry_after_ms.max(10)));
-                    self.start_send(client, send, wait).await;
-                }
+                self.in_flight.remove(&id);
+                let wait = Duration::from_millis(u64::from(retry_after_ms));
+                self.pacer.refused(Instant::now(), wait);
+            }
+            Err(error) if is_transient(&error) => {
+                self.in_flight.remove(&id);
+                self.pacer.refused(Instant::now(), TRANSIENT_RETRY);
             }
             Err(error @ ClientError::Server { .. })
             | Err(error @ ClientError::Encode(_))
-            | Err(error @ ClientError::UnexpectedReply { .. })
-                if !is_transient(&error) =>
-            {
+            | Err(error @ ClientError::UnexpectedReply { .. }) => {
                 self.in_flight.remove(&id);
                 self.finish(id, Err(error)).await?;
             }
             Err(ClientError::Timeout) => {
                 // The connection may be slow rather than gone: ask again, the key keeps it once.
-                if let Some(send) = self.outbox.iter().find(|s| s.client_msg_id == id).cloned() {
-                    self.start_send(client, send, Duration::ZERO).await;
-                }
+                // (A dead connection is found by the Ping that gets no answer.)
+                self.in_flight.remove(&id);
             }
             // The connection failed: the send goes out again after reconnecting.
             Err(_) => {
                 self.in_flight.remove(&id);
             }
         }
-        self.fill_window(client).await;
         Ok(())
     }
 
@@ -846,6 +1027,18 @@ impl Driver {
         }
         self.events.send(event).await.map_err(|_| Stop::Fatal)
     }
+}
+
+/// The wait after a `GoAway`: the delay the server named plus a random part of up to as much
+/// again (up to a second when it named none), so clients do not all come back at once (§2.9).
+fn go_away_wait(after_ms: u32, rng: &SystemRandom) -> Duration {
+    let after = Duration::from_millis(u64::from(after_ms));
+    let spread = if after.is_zero() {
+        Duration::from_secs(1)
+    } else {
+        after
+    };
+    after + spread.mul_f64(random_fraction(rng))
 }
 
 fn sent_reply(reply: tern_protocol::Body) -> Result<Sent, ClientError> {
@@ -895,12 +1088,16 @@ fn copy_error(error: &ClientError) -> ClientError {
 fn backoff(min: Duration, max: Duration, failures: u32, rng: &SystemRandom) -> Duration {
     let doubled = min.saturating_mul(1u32 << failures.saturating_sub(1).min(20));
     let ceiling = doubled.min(max).max(min);
+    ceiling.mul_f64(0.5 + random_fraction(rng) / 2.0)
+}
+
+/// A random number in `[0, 1]` (1 when the system has no randomness to give).
+fn random_fraction(rng: &SystemRandom) -> f64 {
     let mut random = [0u8; 4];
-    let fraction = match rng.fill(&mut random) {
+    match rng.fill(&mut random) {
         Ok(()) => f64::from(u32::from_be_bytes(random)) / f64::from(u32::MAX),
         Err(_) => 1.0,
-    };
-    ceiling.mul_f64(0.5 + fraction / 2.0)
+    }
 }
 
 #[cfg(test)]
