@@ -208,6 +208,37 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
+    /// Writes a byte string of at most `max` bytes that `write` produces in place: the length is
+    /// reserved, then patched once the bytes are written, so nothing is encoded twice. On an
+    /// error nothing of it stays in the buffer.
+    pub fn length_prefixed(
+        &mut self,
+        field: &'static str,
+        max: u32,
+        write: impl FnOnce(&mut Writer<'_>) -> Result<(), EncodeError>,
+    ) -> Result<(), EncodeError> {
+        let start = self.buf.len();
+        self.buf.put_u32(0);
+        let result = write(&mut Writer::new(self.buf)).and_then(|()| {
+            let len = self.buf.len() - start - 4;
+            if len > max as usize {
+                return Err(EncodeError::FieldTooLong { field, len, max });
+            }
+            Ok(len)
+        });
+        match result {
+            Ok(len) => {
+                // `len <= max`, a u32, so the cast is lossless.
+                self.buf[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
+                Ok(())
+            }
+            Err(e) => {
+                self.buf.truncate(start);
+                Err(e)
+            }
+        }
+    }
+
     /// Writes a list of at most `max` items.
     pub fn list<T: Wire>(
         &mut self,

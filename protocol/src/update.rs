@@ -205,19 +205,11 @@ impl Default for UpdateKind {
 
 impl Wire for Update {
     fn encode(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
-        // The body is encoded into its own buffer first, so its length can lead it.
-        let mut body = bytes::BytesMut::new();
-        self.kind.encode_body(&mut Writer::new(&mut body))?;
-        if body.len() > FRAME_BYTES_MAX as usize {
-            return Err(EncodeError::FieldTooLong {
-                field: "update",
-                len: body.len(),
-                max: FRAME_BYTES_MAX,
-            });
-        }
         self.user_seq.encode(w)?;
         self.kind.code().encode(w)?;
-        w.bytes("update", &body, FRAME_BYTES_MAX)
+        w.length_prefixed("update", FRAME_BYTES_MAX, |body| {
+            self.kind.encode_body(body)
+        })
     }
 
     fn decode(r: &mut Reader<'_>, _field: &'static str) -> Result<Self, DecodeError> {
