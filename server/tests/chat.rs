@@ -23,6 +23,7 @@ on_both_engines!(
     idempotent_resend_after_dropped_connection,
     history_paging,
     delivered_and_read_receipts,
+    acks_deliver_in_steps_online_offline_and_far_behind,
     a_reply_reads_what_came_before,
     get_users_names_ids,
     bad_input_gets_the_spec_error,
@@ -318,6 +319,112 @@ async fn delivered_and_read_receipts(engine: &'static str) {
         list.conversations[0].last_message.as_ref().unwrap().body,
         "m3"
     );
+}
+
+// Proves an `Ack` moves each sender's delivered watermark exactly to the newest of their messages
+// it covers: in steps, for two senders at once, after more messages than the server keeps in
+// memory for acks (1,024), and for messages that arrived while the recipient was offline.
+async fn acks_deliver_in_steps_online_offline_and_far_behind(engine: &'static str) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Ternd::start_in(
+        engine,
+        dir.path(),
+        &[
+            "--send-rate-per-connection",
+            "0",
+            "--send-rate-per-user",
+            "0",
+        ],
+    );
+    // Alice and Bob leave the live updates of 1,100 messages unread for a while.
+    let roomy = || async {
+        let options = tern_client::ConnectOptions::default().with_event_buffer(4_096);
+        tern_client::Client::connect(server.addr, options)
+            .await
+            .unwrap()
+    };
+    let alice = roomy().await;
+    alice
+        .register("alice", "password123", "phone")
+        .await
+        .unwrap();
+    let (carol, _) = server.register("carol").await;
+    let bob = roomy().await;
+    let bob_auth = bob.register("bob", "password123", "phone").await.unwrap();
+    let token = bob_auth.token.unwrap();
+    for client in [&alice, &carol, &bob] {
+        sync_all(client, 0).await;
+    }
+    let with_alice = alice.open_direct(bob_auth.user_id).await.unwrap();
+    let with_carol = carol.open_direct(bob_auth.user_id).await.unwrap();
+    let (a, c) = (with_alice.conversation_id, with_carol.conversation_id);
+    let mut seqs = Vec::new();
+    for (n, client, conv) in [
+        (1, &alice, a),
+        (2, &alice, a),
+        (3, &alice, a),
+        (4, &carol, c),
+        (5, &carol, c),
+    ] {
+        seqs.push(client.send(conv, cmid(1, n), "hi").await.unwrap().seq);
+    }
+    assert_eq!(seqs, [1, 2, 3, 1, 2]);
+    let updates = sync_all(&bob, 0).await;
+    let log: Vec<u64> = updates.iter().map(|u| u.user_seq).collect();
+    let messages: Vec<&tern_protocol::Update> = updates
+        .iter()
+        .filter(|u| matches!(u.kind, UpdateKind::Message(_)))
+        .collect();
+    assert_eq!(messages.len(), 5, "{log:?}");
+    bob.ack(messages[1].user_seq).await.unwrap();
+    let receipt = wait_receipt(&alice, ReceiptKind::Delivered).await;
+    assert_eq!((receipt.user_id, receipt.up_to_seq), (bob_auth.user_id, 2));
+    bob.ack(messages[4].user_seq).await.unwrap();
+    let receipt = wait_receipt(&alice, ReceiptKind::Delivered).await;
+    assert_eq!(receipt.up_to_seq, 3);
+    let receipt = wait_receipt(&carol, ReceiptKind::Delivered).await;
+    assert_eq!((receipt.user_id, receipt.up_to_seq), (bob_auth.user_id, 2));
+
+    // Far behind: more messages than are kept for acks, acknowledged at once.
+    for n in 1..=1_100u64 {
+        alice
+            .send(with_alice.conversation_id, cmid(2, n), "more")
+            .await
+            .unwrap();
+    }
+    let head = sync_all(&bob, messages[4].user_seq)
+        .await
+        .last()
+        .unwrap()
+        .user_seq;
+    bob.ack(head).await.unwrap();
+    let receipt = wait_receipt(&alice, ReceiptKind::Delivered).await;
+    assert_eq!(receipt.up_to_seq, 1_103);
+
+    // Offline: bob's device comes back, syncs what it missed and acknowledges it.
+    bob.close().await;
+    for n in 1..=5u64 {
+        alice
+            .send(with_alice.conversation_id, cmid(3, n), "later")
+            .await
+            .unwrap();
+    }
+    let bob = server.client().await;
+    bob.resume(token).await.unwrap();
+    let missed = sync_all(&bob, head).await;
+    assert_eq!(missed.len(), 5);
+    bob.ack(missed[4].user_seq).await.unwrap();
+    let receipt = wait_receipt(&alice, ReceiptKind::Delivered).await;
+    assert_eq!(receipt.up_to_seq, 1_108);
+    // Carol's watermark did not move: nothing of hers was acknowledged since.
+    carol.ping(7).await.unwrap();
+    assert!(carol
+        .wait_for_event(
+            |e| matches!(e, Event::Update(u) if matches!(u.kind, UpdateKind::Receipt(_))),
+            std::time::Duration::from_millis(300),
+        )
+        .await
+        .is_err());
 }
 
 // Proves that replying reads the conversation: Alice gets Bob's read receipt up to his reply, Bob's

@@ -27,7 +27,7 @@ use tern_protocol::update::Receipt;
 use tern_protocol::{ErrorCode, Update, UpdateKind};
 
 use super::mail::{ConnRef, Mail};
-use super::{ConnId, Shard};
+use super::{ConnId, Shard, UnackedMessage, UNACKED_KEPT_MAX};
 use crate::store::keys;
 use crate::store::records::{
     ConversationRecord, IdempotencyRecord, MemberRecord, MessageRecord, ReceiptRecord, UpdateRecord,
@@ -452,9 +452,31 @@ impl Shard {
         user_id: u64,
         update: &UpdateRecord,
     ) -> Result<u64, StoreError> {
+        let online = self.online.contains_key(&user_id);
         let state = self.user_state(user_id)?;
         state.next_seq += 1;
         let user_seq = state.next_seq;
+        if let UpdateRecord::Message {
+            conversation_id,
+            seq,
+            sender,
+        } = *update
+        {
+            if sender != user_id {
+                if online && state.unacked.len() < UNACKED_KEPT_MAX {
+                    state.unacked.push_back(UnackedMessage {
+                        user_seq,
+                        conversation_id,
+                        seq,
+                        sender,
+                    });
+                } else {
+                    // Offline, or too far behind: its next Ack reads the log from here.
+                    state.unacked.clear();
+                    state.unacked_from = user_seq;
+                }
+            }
+        }
         self.batch.put_update(user_id, user_seq, update)?;
         self.metrics
             .core(self.core)
@@ -691,7 +713,23 @@ impl Shard {
         to: u64,
     ) -> Result<(), StoreError> {
         let mut newest: BTreeMap<u64, (u64, BTreeSet<u64>)> = BTreeMap::new();
-        let mut cursor = from;
+        let mut note = |conversation_id: u64, seq: u64, sender: u64| {
+            let entry = newest.entry(conversation_id).or_default();
+            entry.0 = entry.0.max(seq);
+            entry.1.insert(sender);
+        };
+        let state = self.user_state(user_id)?;
+        let kept = from >= state.unacked_from;
+        while state.unacked.front().is_some_and(|m| m.user_seq <= to) {
+            if let Some(message) = state.unacked.pop_front() {
+                if kept && message.user_seq > from {
+                    note(message.conversation_id, message.seq, message.sender);
+                }
+            }
+        }
+        state.unacked_from = state.unacked_from.max(to);
+        // What the state did not keep is read back from the log.
+        let mut cursor = if kept { to } else { from };
         let mut scanned = 0;
         while cursor < to && scanned < ACK_SCAN_UPDATES_MAX {
             let rows = self.store.updates_after(user_id, cursor, RANGE_READ_MAX)?;
@@ -707,9 +745,7 @@ impl Shard {
                 } = *record
                 {
                     if sender != user_id {
-                        let entry = newest.entry(conversation_id).or_default();
-                        entry.0 = entry.0.max(seq);
-                        entry.1.insert(sender);
+                        note(conversation_id, seq, sender);
                     }
                 }
             }

@@ -19,7 +19,7 @@ pub(crate) mod media;
 pub(crate) mod presence;
 pub(crate) mod push;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use tern_protocol::frames::{self, Error as ErrorFrame};
@@ -105,6 +105,24 @@ pub(crate) struct UserState {
     pub(crate) typing: Option<limits::TokenBucket>,
     /// The user's `SubscribePresence` rate over all their devices, once they subscribed.
     pub(crate) subscribes: Option<limits::TokenBucket>,
+    /// Messages from others in the log above `unacked_from`, oldest first: what an `Ack` needs
+    /// to move delivered watermarks without reading the log back. Kept while a device is online,
+    /// at most [`UNACKED_KEPT_MAX`].
+    pub(crate) unacked: VecDeque<UnackedMessage>,
+    /// Every message from others with a `user_seq` above this one is in `unacked`.
+    pub(crate) unacked_from: u64,
+}
+
+/// Messages from others a user's state keeps for its next `Ack`; past it, the `Ack` reads the log.
+pub(crate) const UNACKED_KEPT_MAX: usize = 1024;
+
+/// A message update in a user's log that an `Ack` turns into a delivered receipt.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UnackedMessage {
+    pub(crate) user_seq: u64,
+    pub(crate) conversation_id: u64,
+    pub(crate) seq: u64,
+    pub(crate) sender: u64,
 }
 
 /// One core's state.
@@ -344,6 +362,7 @@ impl Shard {
                     head,
                     next_seq: head,
                     acked,
+                    unacked_from: head,
                     ..UserState::default()
                 },
             );
