@@ -17,7 +17,7 @@ fn main() -> ExitCode {
         default_hook(info);
         std::process::abort();
     }));
-    let config = match Config::resolve(Cli::parse()) {
+    let mut config = match Config::resolve(Cli::parse()) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("ternd: {e}");
@@ -32,7 +32,33 @@ fn main() -> ExitCode {
         LogFormat::Human => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
-    raise_open_files_limit();
+    if let Some(open_files) = raise_open_files_limit() {
+        // Past the open files limit, accept(2) fails and the client hears nothing; below it, the
+        // connection limit refuses with UNAVAILABLE. So the limit per core leaves room for both.
+        let cores = config.cores.max(1) as u64;
+        let fit = (open_files.saturating_sub(FDS_RESERVED) / cores).max(1);
+        let fit = usize::try_from(fit).unwrap_or(usize::MAX);
+        if config.connections_per_core_max > fit {
+            let configured = config.connections_per_core_max;
+            let message = "the open files limit caps the connections per core";
+            // A limit set on purpose deserves a warning; the default, a note.
+            if configured == Config::default().connections_per_core_max {
+                tracing::info!(
+                    open_files_max = open_files,
+                    connections_per_core_max = fit,
+                    "{message}"
+                );
+            } else {
+                tracing::warn!(
+                    configured,
+                    open_files_max = open_files,
+                    connections_per_core_max = fit,
+                    "{message}"
+                );
+            }
+            config.connections_per_core_max = fit;
+        }
+    }
     let server = match Server::start(config) {
         Ok(server) => server,
         Err(e) => {
@@ -62,7 +88,12 @@ fn main() -> ExitCode {
 /// is far below the connections one core serves. The soft limit goes up to the hard one; a process
 /// allowed to (root, or `CAP_SYS_RESOURCE`) also lifts the hard limit to the kernel's
 /// `fs.nr_open`, at most 1,048,576.
-fn raise_open_files_limit() {
+/// Open files kept back from connections: RocksDB's files, the listeners, the metrics endpoint,
+/// the push worker's sockets, sockets being moved between cores.
+const FDS_RESERVED: u64 = 1_024;
+
+/// Returns the soft limit it leaves, when it can be read.
+fn raise_open_files_limit() -> Option<u64> {
     use rlimit::Resource;
     let wanted = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
@@ -75,9 +106,9 @@ fn raise_open_files_limit() {
             tracing::warn!(error = %e, "cannot raise the open files limit");
         }
     }
-    if let Ok((soft, _)) = Resource::NOFILE.get() {
-        tracing::info!(open_files_max = soft, "open files limit");
-    }
+    let (soft, _) = Resource::NOFILE.get().ok()?;
+    tracing::info!(open_files_max = soft, "open files limit");
+    Some(soft)
 }
 
 fn wait_for_signal() -> std::io::Result<()> {

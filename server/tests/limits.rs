@@ -18,7 +18,8 @@ on_both_engines!(
     send_rates_are_settings,
     per_user_limits_span_devices,
     failed_logins_back_off,
-    connection_limits
+    connection_limits,
+    open_files_limit_caps_connections,
 );
 
 // Proves a burst of sends past the per-connection bucket gets RATE_LIMITED with a retry time, and
@@ -242,4 +243,37 @@ async fn connection_limits(engine: &'static str) {
         .unwrap()
         .expect("an error frame before the close");
     assert!(matches!(frame.body, Body::Error(e) if e.code == ErrorCode::UNAVAILABLE));
+}
+
+// Proves the open files limit caps the connections per core: with 1,100 open files and two cores,
+// each core takes (1,100 - 1,024) / 2 = 38, and every connection past that is refused (UNAVAILABLE,
+// or reset while it says so) instead of left unanswered by a failing accept(2).
+async fn open_files_limit_caps_connections(engine: &'static str) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Ternd::start_limited(engine, dir.path(), &[], Some(1_100));
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for _ in 0..120 {
+        match tern_client::Client::connect(server.addr, tern_client::ConnectOptions::default())
+            .await
+        {
+            Ok(client) => open.push(client),
+            Err(e @ ClientError::Server { .. }) => {
+                assert_eq!(e.server_code(), Some(ErrorCode::UNAVAILABLE));
+                refused += 1;
+            }
+            Err(ClientError::Io(_)) => refused += 1,
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        (38..=76).contains(&open.len()),
+        "{} accepted, {refused} refused",
+        open.len()
+    );
+    assert_eq!(open.len() + refused, 120);
+    // The connections it took are served.
+    for client in &open {
+        client.ping(1).await.unwrap();
+    }
 }

@@ -299,6 +299,8 @@ async fn accept_loop(ctx: Rc<CoreCtx>, listener: TcpListener, tls: Option<Arc<Se
             return;
         }
     };
+    let mut last_warned = None;
+    let mut failed: u64 = 0;
     loop {
         // Accepting is cancel-safe; the tick lets the loop notice a shutdown.
         let accepted = tokio::select! {
@@ -312,8 +314,16 @@ async fn accept_loop(ctx: Rc<CoreCtx>, listener: TcpListener, tls: Option<Arc<Se
             None => continue,
             Some(Ok((stream, peer))) => (stream, peer),
             Some(Err(e)) => {
-                // Out of descriptors or a connection reset before accept: keep serving the rest.
-                tracing::warn!(core = ctx.core, error = %e, "accept failed");
+                // Out of descriptors or a connection reset before accept: keep serving the rest,
+                // and say so at most once a second.
+                failed += 1;
+                if last_warned
+                    .is_none_or(|at: std::time::Instant| at.elapsed() >= Duration::from_secs(1))
+                {
+                    tracing::warn!(core = ctx.core, error = %e, failures = failed, "accept failed");
+                    last_warned = Some(std::time::Instant::now());
+                    failed = 0;
+                }
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }

@@ -69,7 +69,27 @@ impl Ternd {
 
     /// Starts `ternd` on an existing data directory, with extra flags.
     pub fn start_in(engine: &'static str, data_dir: &Path, extra: &[&str]) -> Ternd {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ternd"))
+        Ternd::start_limited(engine, data_dir, extra, None)
+    }
+
+    /// As [`Ternd::start_in`], with the open files limit (soft and hard) set to `open_files`.
+    pub fn start_limited(
+        engine: &'static str,
+        data_dir: &Path,
+        extra: &[&str],
+        open_files: Option<u32>,
+    ) -> Ternd {
+        let mut command = match open_files {
+            None => Command::new(env!("CARGO_BIN_EXE_ternd")),
+            Some(limit) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_ternd"));
+                sh
+            }
+        };
+        let mut child = command
             .args([
                 "--listen",
                 "127.0.0.1:0",
