@@ -144,9 +144,10 @@ pub(crate) async fn run(
     prefix: &str,
 ) -> io::Result<W4Report> {
     // Each connection costs a descriptor here and one in ternd (which inherits this limit when
-    // started here); keep a margin for everything else.
+    // started here). ternd keeps 1,024 for itself and splits the rest evenly between its cores,
+    // but users land on cores by a hash of their id, not evenly: keep a tenth spare.
     let nofile = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(u64::MAX, |(soft, _)| soft);
-    let cap = usize::try_from(nofile.saturating_sub(1000)).unwrap_or(usize::MAX);
+    let cap = usize::try_from(nofile.saturating_sub(1024) / 10 * 9).unwrap_or(usize::MAX);
     let n = args.idle.min(cap);
     let note = (n < args.idle).then(|| {
         format!(
