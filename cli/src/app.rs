@@ -253,6 +253,8 @@ pub(crate) struct App {
     pub(crate) typing: HashMap<(ConversationId, UserId), u64>,
     /// Users whose presence this client has subscribed to.
     followed: HashSet<UserId>,
+    /// Users whose names were asked for.
+    asked: HashSet<UserId>,
     /// Whether the user asked to quit, or the client cannot go on.
     pub(crate) quit: bool,
     /// Why the client cannot go on, when it cannot.
@@ -306,6 +308,7 @@ impl App {
             presence: HashMap::new(),
             typing: HashMap::new(),
             followed: HashSet::new(),
+            asked: HashSet::new(),
             quit: false,
             fatal: None,
             resuming: false,
@@ -906,6 +909,23 @@ impl App {
     /// Handles one report of the network worker at `now_ms`.
     pub(crate) fn handle_net(&mut self, event: NetEvent, now_ms: u64) -> Vec<Request> {
         self.now_ms = now_ms;
+        let mentioned = mentioned_users(&event);
+        let mut requests = self.net_event(event);
+        requests.extend(self.ask_names(mentioned));
+        requests
+    }
+
+    /// Asks the server for the names of the users among `ids` not known nor asked for yet.
+    fn ask_names(&mut self, ids: Vec<UserId>) -> Option<Request> {
+        let mut unknown: Vec<UserId> = ids
+            .into_iter()
+            .filter(|id| *id != 0 && !self.names.contains_key(id) && self.asked.insert(*id))
+            .collect();
+        unknown.sort_unstable();
+        (!unknown.is_empty()).then_some(Request::Names(unknown))
+    }
+
+    fn net_event(&mut self, event: NetEvent) -> Vec<Request> {
         match event {
             NetEvent::Authenticated(auth) => {
                 self.names.insert(auth.user_id, auth.username.clone());
@@ -975,7 +995,7 @@ impl App {
                 Vec::new()
             }
             NetEvent::Typing(event) => {
-                self.typing_event(event, now_ms);
+                self.typing_event(event, self.now_ms);
                 Vec::new()
             }
             NetEvent::Notice(text) => {
@@ -1286,3 +1306,45 @@ pub(crate) fn role_name(role: Role) -> &'static str {
 
 #[cfg(test)]
 mod tests;
+
+/// The users a report of the network worker mentions by id, whose names the screen may show.
+fn mentioned_users(event: &NetEvent) -> Vec<UserId> {
+    let mut ids = Vec::new();
+    match event {
+        NetEvent::Conversations(list) => {
+            for summary in list {
+                ids.push(summary.peer);
+                ids.extend(summary.last_message.as_ref().map(|m| m.sender));
+            }
+        }
+        NetEvent::Updates { updates, .. } => {
+            for update in updates {
+                match &update.kind {
+                    UpdateKind::Message(message) => ids.push(message.sender),
+                    UpdateKind::Receipt(receipt) => ids.push(receipt.user_id),
+                    UpdateKind::GroupCreated(created) => {
+                        ids.push(created.actor);
+                        ids.extend(created.members.iter().map(|m| m.user_id));
+                    }
+                    UpdateKind::MembersAdded(added) => {
+                        ids.push(added.actor);
+                        ids.extend(added.members.iter().copied());
+                    }
+                    UpdateKind::MemberRemoved(removed) => {
+                        ids.extend([removed.actor, removed.user_id])
+                    }
+                    UpdateKind::GroupRenamed(renamed) => ids.push(renamed.actor),
+                    UpdateKind::RoleChanged(changed) => {
+                        ids.extend([changed.actor, changed.user_id])
+                    }
+                    _ => {}
+                }
+            }
+        }
+        NetEvent::Conversation { info, .. } => ids.extend(info.members.iter().map(|m| m.user_id)),
+        NetEvent::History(page) => ids.extend(page.messages.iter().map(|m| m.sender)),
+        NetEvent::Typing(typing) => ids.push(typing.user_id),
+        _ => {}
+    }
+    ids
+}

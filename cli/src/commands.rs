@@ -134,6 +134,29 @@ impl Context {
             .map_or_else(|| format!("#{user_id}"), str::to_owned)
     }
 
+    /// Learns the names of the users among `ids` the config file does not know yet, asking the
+    /// server once for all of them (and remembering the answers).
+    async fn learn_names(
+        &mut self,
+        net: &Net,
+        ids: impl IntoIterator<Item = UserId>,
+    ) -> Result<(), CliError> {
+        let mut unknown: Vec<UserId> = ids
+            .into_iter()
+            .filter(|id| *id != 0 && self.config.username(*id).is_none())
+            .collect();
+        unknown.sort_unstable();
+        unknown.dedup();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        for user in net.users(&unknown).await? {
+            self.config.remember(&user.username, user.user_id);
+            self.dirty = true;
+        }
+        Ok(())
+    }
+
     /// A user's id by name, asking the server (and remembering the answer).
     async fn user_id(&mut self, net: &Net, username: &str) -> Result<UserId, CliError> {
         let user = net.lookup_user(username).await?;
@@ -417,6 +440,8 @@ async fn history(
         .conversation_id(&net, target.user.as_deref(), target.group)
         .await?;
     let page = net.history(conversation_id, before, limit).await?;
+    ctx.learn_names(&net, page.messages.iter().map(|m| m.sender))
+        .await?;
     net.close().await;
     let lines: Vec<String> = page
         .messages
@@ -458,6 +483,11 @@ async fn read(ctx: &mut Context, target: &Target) -> Result<Report, CliError> {
 async fn conversations(ctx: &mut Context) -> Result<Report, CliError> {
     let (net, _) = ctx.resume().await?;
     let list = net.conversations().await?;
+    let mentioned = list.iter().flat_map(|summary| {
+        let sender = summary.last_message.as_ref().map(|m| m.sender);
+        std::iter::once(summary.peer).chain(sender)
+    });
+    ctx.learn_names(&net, mentioned).await?;
     net.close().await;
     let lines: Vec<String> = list
         .iter()
@@ -507,6 +537,8 @@ async fn groups(ctx: &mut Context) -> Result<Report, CliError> {
     let mut json = Vec::new();
     for summary in list.iter().filter(|s| s.kind == ConversationKind::Group) {
         let info = net.conversation(summary.conversation_id).await?;
+        ctx.learn_names(&net, info.members.iter().map(|m| m.user_id))
+            .await?;
         lines.push(format!(
             "{:>6}  {:<24}  {}",
             info.conversation_id,
@@ -597,6 +629,8 @@ async fn group(ctx: &mut Context, command: GroupCommand) -> Result<Report, CliEr
         }
         GroupCommand::Show { id } => {
             let info = net.conversation(id).await?;
+            ctx.learn_names(&net, info.members.iter().map(|m| m.user_id))
+                .await?;
             Report::new(
                 format!(
                     "{} ({}): {}",

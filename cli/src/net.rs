@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tern_client::protocol::frames::{self, Authenticated, HistoryPage, MediaInfo, Sent, UserInfo};
+use tern_client::protocol::limits::USERS_PER_REQUEST_MAX;
 use tern_client::protocol::types::{
     ClientMsgId, ConversationId, ConversationInfo, ConversationSummary, DeviceId, DeviceInfo,
     MediaId, Presence, Role, Token, UserId,
@@ -145,6 +146,16 @@ impl Net {
     /// Revokes one of the account's devices.
     pub(crate) async fn revoke_device(&self, device_id: DeviceId) -> Result<(), CliError> {
         Ok(self.client.revoke_device(device_id).await?)
+    }
+
+    /// The names of users by id, any number of them (asked 256 at a time); ids of no user are
+    /// left out.
+    pub(crate) async fn users(&self, user_ids: &[UserId]) -> Result<Vec<UserInfo>, CliError> {
+        let mut users = Vec::with_capacity(user_ids.len());
+        for chunk in user_ids.chunks(USERS_PER_REQUEST_MAX as usize) {
+            users.extend(self.client.get_users(chunk.to_vec()).await?);
+        }
+        Ok(users)
     }
 
     /// Finds a user by name.
@@ -576,6 +587,8 @@ pub(crate) fn temp_path(path: &Path) -> PathBuf {
 pub(crate) enum Request {
     /// Connect, authenticate, list conversations, catch up with the log and go live.
     Start(Credentials),
+    /// Learn the names of users the screen shows by id.
+    Names(Vec<UserId>),
     /// Open (or create) the direct conversation with a user.
     OpenDirect {
         /// Their username.
@@ -965,6 +978,12 @@ async fn handle(
         }
         Request::SubscribePresence(users) => {
             NetEvent::Presence(net.subscribe_presence(&users).await?)
+        }
+        Request::Names(ids) => {
+            for user in net.users(&ids).await? {
+                let _ = events.send(NetEvent::User(user)).await;
+            }
+            return Ok(());
         }
         Request::CreateGroup { name, members } => {
             let mut ids = Vec::with_capacity(members.len());

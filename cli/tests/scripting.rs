@@ -90,6 +90,40 @@ fn send_history_and_unread_counts() {
     );
 }
 
+// Users the config file never named are shown by name: `conversations`, `history` and `groups` ask
+// the server for the names of the ids they print (GetUsers) and remember them.
+#[test]
+fn unknown_users_are_shown_by_name() {
+    let ternd = Ternd::start();
+    let carol = User::registered(&ternd, "carol");
+    let erin = User::registered(&ternd, "erin");
+    let dave = User::registered(&ternd, "dave");
+    let carol_id = carol.json(&["whoami"])["user_id"].as_u64().unwrap();
+    carol.json(&["send", "dave", "hi dave"]);
+    let group = carol.json(&["group", "create", "club", "--members", "dave,erin"]);
+    let group = group["conversation_id"].to_string();
+    carol.json(&["send", "--group", &group, "hi club"]);
+
+    let text = dave.tern(&["conversations"]).ok();
+    assert!(text.contains("carol"), "{text}");
+    assert!(!text.contains(&format!("#{carol_id}")), "{text}");
+    let list = dave.json(&["conversations"]);
+    assert_eq!(
+        conversation(&list, "carol")["last_message"]["body"],
+        "hi dave"
+    );
+    let config = std::fs::read_to_string(&dave.config).unwrap();
+    assert!(config.contains("carol"), "remembered: {config}");
+
+    let groups = erin.tern(&["groups"]).ok();
+    assert!(
+        groups.contains("carol (") && groups.contains("dave ("),
+        "{groups}"
+    );
+    let history = erin.tern(&["history", "--group", &group]).ok();
+    assert!(history.contains("carol: hi club"), "{history}");
+}
+
 // Commands resume the stored session; `logout` revokes it, after which the old token is refused
 // with the server's BAD_CREDENTIALS and the config has no session left.
 #[test]
