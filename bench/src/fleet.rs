@@ -576,11 +576,7 @@ impl Fleet {
         progress: bool,
     ) -> PhaseResult {
         let sh = &self.shared;
-        let senders = self.senders(mode);
-        let res_before = self.resources().await;
-        let before = self.snapshot();
-        sh.mode.store(mode.code(), Ordering::Relaxed);
-        sh.closed_loop.store(true, Ordering::Relaxed);
+        let (senders, res_before, before) = self.begin(mode, true).await;
         let start = now_ns();
         sh.deadline_ns
             .store(start + duration.as_nanos() as u64, Ordering::Relaxed);
@@ -594,11 +590,42 @@ impl Fleet {
         self.watch(name, start, duration, progress).await;
         sh.sending.store(false, Ordering::Relaxed);
         sh.closed_loop.store(false, Ordering::Relaxed);
-        let mut r = self.finish(name, mode, before, start, drain).await;
-        self.add_resources(&mut r, res_before).await;
+        let mut r = self
+            .end(name, mode, (before, res_before), start, drain)
+            .await;
         r.loop_kind = "closed".into();
         r.window = Some(window);
         r.senders = senders.len();
+        r
+    }
+
+    /// Starts a phase: the senders of `mode`, and the counters and resources to measure from.
+    async fn begin(
+        &self,
+        mode: Mode,
+        closed_loop: bool,
+    ) -> (Vec<Arc<Member>>, Resources, [u64; 8]) {
+        let senders = self.senders(mode);
+        let res_before = self.resources().await;
+        let before = self.snapshot();
+        self.shared.mode.store(mode.code(), Ordering::Relaxed);
+        self.shared
+            .closed_loop
+            .store(closed_loop, Ordering::Relaxed);
+        (senders, res_before, before)
+    }
+
+    /// Ends a phase: waits for what is in flight and measures against `(counters, resources)`.
+    async fn end(
+        &self,
+        name: &str,
+        mode: Mode,
+        (before, res_before): ([u64; 8], Resources),
+        start: u64,
+        drain: Duration,
+    ) -> PhaseResult {
+        let mut r = self.finish(name, mode, before, start, drain).await;
+        self.add_resources(&mut r, res_before).await;
         r
     }
 
@@ -618,11 +645,7 @@ impl Fleet {
         progress: bool,
     ) -> PhaseResult {
         let sh = &self.shared;
-        let senders = self.senders(mode);
-        let res_before = self.resources().await;
-        let before = self.snapshot();
-        sh.mode.store(mode.code(), Ordering::Relaxed);
-        sh.closed_loop.store(false, Ordering::Relaxed);
+        let (senders, res_before, before) = self.begin(mode, false).await;
         sh.sending.store(true, Ordering::Relaxed);
         let start = now_ns();
         let lanes = lanes.clamp(1, senders.len().max(1));
@@ -669,8 +692,9 @@ impl Fleet {
             }
         });
         sh.sending.store(false, Ordering::Relaxed);
-        let mut r = self.finish(name, mode, before, start, drain).await;
-        self.add_resources(&mut r, res_before).await;
+        let mut r = self
+            .end(name, mode, (before, res_before), start, drain)
+            .await;
         r.loop_kind = "open".into();
         r.offered_rate = Some(rate.round());
         r.senders = senders.len();

@@ -326,16 +326,7 @@ async fn delivered_and_read_receipts(engine: &'static str) {
 // memory for acks (1,024), and for messages that arrived while the recipient was offline.
 async fn acks_deliver_in_steps_online_offline_and_far_behind(engine: &'static str) {
     let dir = tempfile::tempdir().unwrap();
-    let server = Ternd::start_in(
-        engine,
-        dir.path(),
-        &[
-            "--send-rate-per-connection",
-            "0",
-            "--send-rate-per-user",
-            "0",
-        ],
-    );
+    let server = Ternd::start_in(engine, dir.path(), &NO_RATE_LIMITS);
     // Alice and Bob leave the live updates of 1,100 messages unread for a while.
     let roomy = || async {
         let options = tern_client::ConnectOptions::default().with_event_buffer(4_096);

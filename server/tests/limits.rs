@@ -44,16 +44,7 @@ async fn send_rates_are_settings(engine: &'static str) {
     drop(server);
 
     let dir = tempfile::tempdir().unwrap();
-    let server = Ternd::start_in(
-        engine,
-        dir.path(),
-        &[
-            "--send-rate-per-connection",
-            "0",
-            "--send-rate-per-user",
-            "0",
-        ],
-    );
+    let server = Ternd::start_in(engine, dir.path(), &NO_RATE_LIMITS);
     assert_eq!(send_burst(&server, 600).await, (600, 0));
 }
 

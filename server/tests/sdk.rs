@@ -20,6 +20,7 @@ use tern_client::{
     Client, ClientError, ConnectOptions, Credentials, FileStorage, MemoryStorage, PendingSend,
     Session, SessionEvent, SessionOptions, Storage, TlsOptions,
 };
+use tern_protocol::types::ConversationInfo;
 use tern_protocol::UpdateKind;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -35,14 +36,6 @@ on_both_engines!(
 
 /// How long a test waits for the session to settle.
 const SETTLE: Duration = Duration::from_secs(30);
-
-/// Flags that lift the send rate limits, so bursts are not slowed down.
-const NO_RATE_LIMITS: [&str; 4] = [
-    "--send-rate-per-connection",
-    "0",
-    "--send-rate-per-user",
-    "0",
-];
 
 /// A TCP proxy on loopback that can cut, refuse and retarget connections.
 struct Proxy {
@@ -138,6 +131,26 @@ fn unlimited() -> SessionOptions {
     fast_reconnect().with_send_rate(0, 0)
 }
 
+/// Starts a session registering alice, and opens her direct conversation with `peer`.
+async fn alice_with(
+    addr: String,
+    storage: Arc<dyn Storage>,
+    options: SessionOptions,
+    peer: u64,
+) -> (Session, ConversationInfo) {
+    let alice = Session::start(addr, register("alice"), storage, options)
+        .await
+        .unwrap();
+    let conv = alice
+        .client()
+        .await
+        .unwrap()
+        .open_direct(peer)
+        .await
+        .unwrap();
+    (alice, conv)
+}
+
 fn register(username: &str) -> Credentials {
     Credentials::Register {
         username: username.into(),
@@ -214,21 +227,13 @@ async fn proxy_cuts_mid_burst_lose_and_duplicate_nothing(engine: &'static str) {
     let proxy = Proxy::start(server.addr).await;
     let (bob, bob_auth) = server.register("bob").await;
     let storage = Arc::new(MemoryStorage::new());
-    let alice = Session::start(
+    let (alice, conv) = alice_with(
         proxy.addr.to_string(),
-        register("alice"),
         storage.clone(),
         unlimited(),
+        bob_auth.user_id,
     )
-    .await
-    .unwrap();
-    let conv = alice
-        .client()
-        .await
-        .unwrap()
-        .open_direct(bob_auth.user_id)
-        .await
-        .unwrap();
+    .await;
     queue_burst(&alice, conv.conversation_id, 400);
     let sent = drain_until_sent(&alice, |count| {
         if [40, 150, 260].contains(&count) {
@@ -253,21 +258,13 @@ async fn server_killed_mid_burst_loses_and_duplicates_nothing(engine: &'static s
     let mut server = Ternd::start_in(engine, dir.path(), &NO_RATE_LIMITS);
     let proxy = Proxy::start(server.addr).await;
     let (_bob, bob_auth) = server.register("bob").await;
-    let alice = Session::start(
+    let (alice, conv) = alice_with(
         proxy.addr.to_string(),
-        register("alice"),
         Arc::new(MemoryStorage::new()),
         unlimited(),
+        bob_auth.user_id,
     )
-    .await
-    .unwrap();
-    let conv = alice
-        .client()
-        .await
-        .unwrap()
-        .open_direct(bob_auth.user_id)
-        .await
-        .unwrap();
+    .await;
     queue_burst(&alice, conv.conversation_id, 300);
     let mut restarted = None;
     let sent = drain_until_sent(&alice, |count| {
@@ -381,21 +378,13 @@ async fn a_crashed_apps_outbox_is_sent_once(engine: &'static str) {
     let path = dir.path().join("alice.json");
 
     let storage = Arc::new(FileStorage::open(&path).unwrap());
-    let first = Session::start(
+    let (first, conv) = alice_with(
         server.addr.to_string(),
-        register("alice"),
         storage.clone(),
         fast_reconnect(),
+        bob_auth.user_id,
     )
-    .await
-    .unwrap();
-    let conv = first
-        .client()
-        .await
-        .unwrap()
-        .open_direct(bob_auth.user_id)
-        .await
-        .unwrap();
+    .await;
     let conversation_id = conv.conversation_id;
     let stored = first.send(conversation_id, "already stored").await.unwrap();
     first.close().await;
@@ -468,21 +457,13 @@ async fn sessions_over_tls(engine: &'static str) {
         .with_root_pem_file(&pem)
         .unwrap();
     let options = fast_reconnect().with_tls(tls);
-    let alice = Session::start(
+    let (alice, conv) = alice_with(
         tls_addr.to_string(),
-        register("alice"),
         Arc::new(MemoryStorage::new()),
         options,
+        bob_auth.user_id,
     )
-    .await
-    .unwrap();
-    let conv = alice
-        .client()
-        .await
-        .unwrap()
-        .open_direct(bob_auth.user_id)
-        .await
-        .unwrap();
+    .await;
     alice.send(conv.conversation_id, "over tls").await.unwrap();
     assert_eq!(
         history_bodies(&bob, conv.conversation_id).await,
@@ -501,21 +482,13 @@ async fn sessions_over_tls(engine: &'static str) {
 async fn rate_limited_burst_is_slowed_not_dropped(engine: &'static str) {
     let server = Ternd::start(engine);
     let (bob, bob_auth) = server.register("bob").await;
-    let alice = Session::start(
+    let (alice, conv) = alice_with(
         server.addr.to_string(),
-        register("alice"),
         Arc::new(MemoryStorage::new()),
         fast_reconnect(),
+        bob_auth.user_id,
     )
-    .await
-    .unwrap();
-    let conv = alice
-        .client()
-        .await
-        .unwrap()
-        .open_direct(bob_auth.user_id)
-        .await
-        .unwrap();
+    .await;
     let started = Instant::now();
     queue_burst(&alice, conv.conversation_id, 250);
     let sent = drain_until_sent(&alice, |_| {}).await;

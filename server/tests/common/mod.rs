@@ -268,3 +268,11 @@ pub fn total(metrics: &str, name: &str) -> u64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
 }
+
+/// Flags that lift the send rate limits, so bursts are not slowed down.
+pub const NO_RATE_LIMITS: [&str; 4] = [
+    "--send-rate-per-connection",
+    "0",
+    "--send-rate-per-user",
+    "0",
+];
