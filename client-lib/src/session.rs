@@ -1,24 +1,6 @@
 //! [`Session`]: a logged-in device that stays connected. It reconnects with back-off, resumes by
 //! token, catches up from its stored cursor, and retries unconfirmed sends with their original
 //! `client_msg_id`, so the app sees every update once and every message is stored once.
-//!
-//! # How it works
-//!
-//! One background task (the driver) owns the connection. It loops: connect (TCP or TLS), Resume
-//! with the stored token (or Register/Login the first time, then store the token), Sync from the
-//! cursor to the head, then serve: live updates go to the app in `user_seq` order (anything at or
-//! below the cursor is a duplicate and dropped; a jump past it means a gap, filled by another Sync),
-//! sends go out in outbox order with up to [`SessionOptions::sends_in_flight`] in flight, Pings keep
-//! the connection alive at the interval the server asked for, and the cursor is acknowledged. When
-//! the connection ends, the driver waits (exponential back-off with jitter) and starts over; every
-//! send not yet confirmed goes out again with its `client_msg_id`, which the server stores at most
-//! once.
-//!
-//! The outbox and cursor are written to the [`Storage`] before the app is told: a send is in the
-//! outbox before [`Session::queue_send`] returns, and the cursor moves only after the update is in
-//! the app's event queue. After a crash of the app, updates after the stored cursor are delivered
-//! again (the app may see the last few twice across a crash, never lose one; message ids tell them
-//! apart).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -206,7 +188,25 @@ pub enum SessionEvent {
     },
 }
 
-/// A connection-keeping, persisting session of one device. See the [module docs](self).
+/// A connection-keeping, persisting session of one device.
+///
+/// # How it works
+///
+/// One background task (the driver) owns the connection. It loops: connect (TCP or TLS), Resume
+/// with the stored token (or Register/Login the first time, then store the token), Sync from the
+/// cursor to the head, then serve: live updates go to the app in `user_seq` order (anything at or
+/// below the cursor is a duplicate and dropped; a jump past it means a gap, filled by another Sync),
+/// sends go out in outbox order with up to [`SessionOptions::sends_in_flight`] in flight, Pings keep
+/// the connection alive at the interval the server asked for, and the cursor is acknowledged. When
+/// the connection ends, the driver waits (exponential back-off with jitter) and starts over; every
+/// send not yet confirmed goes out again with its `client_msg_id`, which the server stores at most
+/// once.
+///
+/// The outbox is written to the [`Storage`] before the app is told: a send is in the outbox
+/// before [`Session::queue_send`] returns. The stored cursor follows the updates the app took with
+/// [`Session::next_event`]: once no more wait, or every 100 while they keep coming. After a crash
+/// of the app, updates after the stored cursor are delivered again (the app may see the last few
+/// again across a crash, never lose one; message ids tell them apart).
 pub struct Session {
     shared: Arc<Shared>,
     events: tokio::sync::Mutex<mpsc::Receiver<SessionEvent>>,
