@@ -74,13 +74,14 @@ impl StorageError {
 
 /// Where a session keeps its state. Every method must be durable when it returns (as durable as the
 /// implementation promises): the session tells the app a send is queued only after `push_outbox`
-/// returned, and advances past an update only after `save_cursor` did.
+/// returned, and acknowledges updates to the server only up to the cursor `save_cursor` recorded
+/// (the updates the app took; see [`Session::next_event`](crate::Session::next_event)).
 pub trait Storage: Send + Sync + 'static {
     /// Everything stored; the default state when nothing is.
     fn load(&self) -> Result<StoredState, StorageError>;
     /// Replaces the session (`None` after a logout or a revoked token).
     fn save_session(&self, session: Option<&StoredSession>) -> Result<(), StorageError>;
-    /// Records the cursor.
+    /// Records the cursor: the `user_seq` of the last update the app took.
     fn save_cursor(&self, cursor: u64) -> Result<(), StorageError>;
     /// Appends a send to the outbox.
     fn push_outbox(&self, send: &PendingSend) -> Result<(), StorageError>;
