@@ -7,13 +7,12 @@
 //! user's owner core, which finishes the authentication and serves the session from then on.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tern_protocol::frames::{self, Error as ErrorFrame, GoAway, Pong, Welcome};
 use tern_protocol::limits::{PROTOCOL_VERSION, REQUESTS_IN_FLIGHT_MAX};
 use tern_protocol::types::ServerLimits;
@@ -30,11 +29,15 @@ use crate::store::records::UserRecord;
 /// Frames coalesced into one write.
 const WRITE_COALESCE_BYTES_MAX: usize = 256 * 1024;
 
-/// The queue of encoded frames waiting to be written to one connection.
+/// What a connection's outbound buffer starts with when a frame arrives and it has none.
+const PENDING_BYTES_FIRST: usize = 4 * 1024;
+
+/// The encoded frames waiting to be written to one connection, end to end in one buffer: each
+/// frame is encoded straight into it, and the writer takes it whole.
 pub(crate) struct Outbound {
     metrics: Arc<Metrics>,
     core: usize,
-    queue: RefCell<VecDeque<Bytes>>,
+    pending: RefCell<BytesMut>,
     bytes: Cell<usize>,
     bytes_max: usize,
     wake: tokio::sync::Notify,
@@ -51,7 +54,7 @@ impl Outbound {
         Outbound {
             metrics,
             core,
-            queue: RefCell::new(VecDeque::new()),
+            pending: RefCell::new(BytesMut::new()),
             bytes: Cell::new(0),
             bytes_max,
             wake: tokio::sync::Notify::new(),
@@ -68,21 +71,35 @@ impl Outbound {
         if self.closing.get() {
             return;
         }
-        let mut buf = BytesMut::new();
-        if let Err(e) = frame.encode(&mut buf) {
-            tracing::error!(error = %e, frame = frame.body.name(), "a frame the server built does not encode");
-            return;
-        }
-        if self.bytes.get() + buf.len() > self.bytes_max {
+        let encoded = {
+            let mut pending = self.pending.borrow_mut();
+            if pending.capacity() == 0 {
+                // The first frame since the last write: room for a turn's worth of small ones.
+                pending.reserve(PENDING_BYTES_FIRST);
+            }
+            let start = pending.len();
+            match frame.encode(&mut pending) {
+                Ok(n) if self.bytes.get() + n > self.bytes_max => {
+                    pending.truncate(start);
+                    None
+                }
+                Ok(n) => Some(n),
+                Err(e) => {
+                    // Nothing of it stays in the buffer.
+                    tracing::error!(error = %e, frame = frame.body.name(), "a frame the server built does not encode");
+                    return;
+                }
+            }
+        };
+        let Some(n) = encoded else {
             self.close_with(
                 ErrorCode::SLOW_CONSUMER,
                 "outbound queue full: reconnect and sync",
             );
             return;
-        }
+        };
         self.count(frame);
-        self.bytes.set(self.bytes.get() + buf.len());
-        self.queue.borrow_mut().push_back(buf.freeze());
+        self.bytes.set(self.bytes.get() + n);
         self.wake.notify_one();
     }
 
@@ -97,11 +114,9 @@ impl Outbound {
             message: message.to_owned(),
         });
         self.count(&frame);
-        let mut buf = BytesMut::new();
-        if frame.encode(&mut buf).is_ok() {
-            // Past the byte limit on purpose: the client should learn why it is closed.
-            self.bytes.set(self.bytes.get() + buf.len());
-            self.queue.borrow_mut().push_back(buf.freeze());
+        // Past the byte limit on purpose: the client should learn why it is closed.
+        if let Ok(n) = frame.encode(&mut self.pending.borrow_mut()) {
+            self.bytes.set(self.bytes.get() + n);
         }
         self.close();
     }
@@ -121,17 +136,19 @@ impl Outbound {
     }
 
     fn take_chunk(&self) -> Option<Vec<u8>> {
-        let mut queue = self.queue.borrow_mut();
-        let mut chunk = Vec::new();
-        while let Some(front) = queue.front() {
-            if !chunk.is_empty() && chunk.len() + front.len() > WRITE_COALESCE_BYTES_MAX {
-                break;
-            }
-            chunk.extend_from_slice(front);
-            self.bytes.set(self.bytes.get() - front.len());
-            queue.pop_front();
+        let mut pending = self.pending.borrow_mut();
+        if pending.is_empty() {
+            return None;
         }
-        (!chunk.is_empty()).then_some(chunk)
+        // Up to the limit the buffer itself is handed over, not copied; an idle connection keeps
+        // no buffer at all.
+        let chunk = if pending.len() <= WRITE_COALESCE_BYTES_MAX {
+            Vec::from(std::mem::take(&mut *pending))
+        } else {
+            pending.split_to(WRITE_COALESCE_BYTES_MAX).to_vec()
+        };
+        self.bytes.set(self.bytes.get() - chunk.len());
+        Some(chunk)
     }
 
     async fn finished(&self) {
@@ -160,7 +177,8 @@ async fn writer(link: Rc<Link>, outbound: Rc<Outbound>) {
                 if let Err(e) = link.write_all(chunk).await {
                     tracing::debug!(error = %e, "write failed; closing");
                     outbound.closing.set(true);
-                    outbound.queue.borrow_mut().clear();
+                    *outbound.pending.borrow_mut() = BytesMut::new();
+                    outbound.bytes.set(0);
                     break;
                 }
             }
