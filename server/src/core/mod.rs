@@ -812,11 +812,17 @@ impl Shard {
                         .core(self.core)
                         .delivered_live
                         .fetch_add(live.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                    for conn in live {
-                        let frame = Frame::event(frames::UpdateEvent {
-                            update: update.clone(),
-                        });
-                        outputs.push(Output::Frame { conn, frame });
+                    // Every device but the last gets a copy; the last (usually the only) one the
+                    // update itself.
+                    if let Some((&last, others)) = live.split_last() {
+                        for &conn in others {
+                            let frame = Frame::event(frames::UpdateEvent {
+                                update: update.clone(),
+                            });
+                            outputs.push(Output::Frame { conn, frame });
+                        }
+                        let frame = Frame::event(frames::UpdateEvent { update });
+                        outputs.push(Output::Frame { conn: last, frame });
                     }
                 }
                 Ok(None) => {}
