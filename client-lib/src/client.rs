@@ -374,7 +374,7 @@ impl Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        self.shared.shutdown(Failure::Closed);
+        self.abort();
     }
 }
 

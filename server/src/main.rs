@@ -33,31 +33,7 @@ fn main() -> ExitCode {
         LogFormat::Json => logs.json().init(),
     }
     if let Some(open_files) = raise_open_files_limit() {
-        // Past the open files limit, accept(2) fails and the client hears nothing; below it, the
-        // connection limit refuses with UNAVAILABLE. So the limit per core leaves room for both.
-        let cores = config.cores.max(1) as u64;
-        let fit = (open_files.saturating_sub(FDS_RESERVED) / cores).max(1);
-        let fit = usize::try_from(fit).unwrap_or(usize::MAX);
-        if config.connections_per_core_max > fit {
-            let configured = config.connections_per_core_max;
-            let message = "the open files limit caps the connections per core";
-            // A limit set on purpose deserves a warning; the default, a note.
-            if configured == Config::default().connections_per_core_max {
-                tracing::info!(
-                    open_files_max = open_files,
-                    connections_per_core_max = fit,
-                    "{message}"
-                );
-            } else {
-                tracing::warn!(
-                    configured,
-                    open_files_max = open_files,
-                    connections_per_core_max = fit,
-                    "{message}"
-                );
-            }
-            config.connections_per_core_max = fit;
-        }
+        cap_connections_per_core(&mut config, open_files);
     }
     let server = match Server::start(config) {
         Ok(server) => server,
@@ -87,12 +63,7 @@ fn main() -> ExitCode {
 /// Every connection is a file descriptor, and the usual default of 1,024 (or even 20,000) open files
 /// is far below the connections one core serves. The soft limit goes up to the hard one; a process
 /// allowed to (root, or `CAP_SYS_RESOURCE`) also lifts the hard limit to the kernel's
-/// `fs.nr_open`, at most 1,048,576.
-/// Open files kept back from connections: RocksDB's files, the listeners, the metrics endpoint,
-/// the push worker's sockets, sockets being moved between cores.
-const FDS_RESERVED: u64 = 1_024;
-
-/// Returns the soft limit it leaves, when it can be read.
+/// `fs.nr_open`, at most 1,048,576. Returns the soft limit it leaves, when it can be read.
 fn raise_open_files_limit() -> Option<u64> {
     use rlimit::Resource;
     let wanted = std::fs::read_to_string("/proc/sys/fs/nr_open")
@@ -109,6 +80,40 @@ fn raise_open_files_limit() -> Option<u64> {
     let (soft, _) = Resource::NOFILE.get().ok()?;
     tracing::info!(open_files_max = soft, "open files limit");
     Some(soft)
+}
+
+/// Open files kept back from connections: RocksDB's files, the listeners, the metrics endpoint,
+/// the push worker's sockets, sockets being moved between cores.
+const FDS_RESERVED: u64 = 1_024;
+
+/// Past the open files limit, accept(2) fails and the client hears nothing; below it, the
+/// connection limit refuses with `UNAVAILABLE`. So the connections per core are capped to what the
+/// limit leaves each core, with a note when the default is capped and a warning when a configured
+/// value is.
+fn cap_connections_per_core(config: &mut Config, open_files: u64) {
+    let cores = config.cores.max(1) as u64;
+    let fit = (open_files.saturating_sub(FDS_RESERVED) / cores).max(1);
+    let fit = usize::try_from(fit).unwrap_or(usize::MAX);
+    let configured = config.connections_per_core_max;
+    if configured <= fit {
+        return;
+    }
+    config.connections_per_core_max = fit;
+    let message = "the open files limit caps the connections per core";
+    if configured == Config::default().connections_per_core_max {
+        tracing::info!(
+            open_files_max = open_files,
+            connections_per_core_max = fit,
+            "{message}"
+        );
+    } else {
+        tracing::warn!(
+            configured,
+            open_files_max = open_files,
+            connections_per_core_max = fit,
+            "{message}"
+        );
+    }
 }
 
 fn wait_for_signal() -> std::io::Result<()> {

@@ -720,11 +720,11 @@ impl Shard {
         };
         let state = self.user_state(user_id)?;
         let kept = from >= state.unacked_from;
-        while state.unacked.front().is_some_and(|m| m.user_seq <= to) {
-            if let Some(message) = state.unacked.pop_front() {
-                if kept && message.user_seq > from {
-                    note(message.conversation_id, message.seq, message.sender);
-                }
+        // `unacked` is in user_seq order: everything up to `to` is acknowledged now.
+        let acked = state.unacked.partition_point(|m| m.user_seq <= to);
+        for message in state.unacked.drain(..acked) {
+            if kept && message.user_seq > from {
+                note(message.conversation_id, message.seq, message.sender);
             }
         }
         state.unacked_from = state.unacked_from.max(to);

@@ -317,11 +317,9 @@ async fn accept_loop(ctx: Rc<CoreCtx>, listener: TcpListener, tls: Option<Arc<Se
                 // Out of descriptors or a connection reset before accept: keep serving the rest,
                 // and say so at most once a second.
                 failed += 1;
-                if last_warned
-                    .is_none_or(|at: std::time::Instant| at.elapsed() >= Duration::from_secs(1))
-                {
+                if last_warned.is_none_or(|at: Instant| at.elapsed() >= Duration::from_secs(1)) {
                     tracing::warn!(core = ctx.core, error = %e, failures = failed, "accept failed");
-                    last_warned = Some(std::time::Instant::now());
+                    last_warned = Some(Instant::now());
                     failed = 0;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;

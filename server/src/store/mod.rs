@@ -704,6 +704,11 @@ impl Batch {
         &self.bytes[op.at..op.at + op.key_len]
     }
 
+    fn value(&self, op: &Op) -> &[u8] {
+        let from = op.at + op.key_len;
+        &self.bytes[from..from + op.value_len]
+    }
+
     fn put(&mut self, cf: &'static str, key: &[u8], value: &[u8]) {
         self.push(cf, OpKind::Put, key, value);
     }
@@ -738,8 +743,7 @@ impl Batch {
                     cf
                 }
             };
-            let key = self.key(op);
-            let value = &self.bytes[op.at + op.key_len..op.at + op.key_len + op.value_len];
+            let (key, value) = (self.key(op), self.value(op));
             match op.kind {
                 OpKind::Put => batch.put_cf(&cf, key, value),
                 OpKind::Delete => batch.delete_cf(&cf, key),
@@ -996,7 +1000,6 @@ mod tests {
         (dir, store)
     }
 
-    // Proves range reads return exactly one owner's records, in numeric order, paged correctly.
     // Proves a batch, written sorted by key, keeps the outcome of the order its writes were made in:
     // a put then a delete of one key leaves nothing, a delete then a put leaves the put, the last
     // of several puts wins, and a range delete removes what was put inside its range before it.
@@ -1028,6 +1031,7 @@ mod tests {
         assert_eq!(out, b"kept");
     }
 
+    // Proves range reads return exactly one owner's records, in numeric order, paged correctly.
     #[test]
     fn updates_are_scanned_per_user_in_order() {
         let (_dir, store) = temp_store();
