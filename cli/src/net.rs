@@ -15,12 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tern_client::protocol::frames::{self, Authenticated, HistoryPage, MediaInfo, Sent, UserInfo};
-use tern_client::protocol::limits::USERS_PER_REQUEST_MAX;
+use tern_client::protocol::limits::{PRESENCE_USERS_MAX, USERS_PER_REQUEST_MAX};
 use tern_client::protocol::types::{
     ClientMsgId, ConversationId, ConversationInfo, ConversationSummary, DeviceId, DeviceInfo,
     MediaId, Presence, Role, Token, UserId,
 };
-use tern_client::protocol::{Body, ErrorCode, Update};
+use tern_client::protocol::{ErrorCode, Update};
 use tern_client::{Client, ClientError, ConnectOptions, Event, TlsOptions};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -35,9 +35,6 @@ const CONVERSATION_PAGES_MAX: usize = 1_000;
 
 /// Most sync pages read while catching up before the interactive client jumps to the log's head.
 const SYNC_PAGES_MAX: usize = 1_000;
-
-/// Most users one `SubscribePresence` names (the protocol's list limit).
-const PRESENCE_USERS_PER_REQUEST_MAX: usize = 256;
 
 /// The shortest heartbeat interval this client keeps, whatever the server announces.
 const HEARTBEAT_INTERVAL_MIN_MS: u32 = 100;
@@ -211,19 +208,10 @@ impl Net {
         body: &str,
         attachments: Vec<MediaId>,
     ) -> Result<Sent, CliError> {
-        let reply = self
+        Ok(self
             .client
-            .request(frames::Send {
-                conversation_id,
-                client_msg_id,
-                body: body.to_owned(),
-                attachments,
-            })
-            .await?;
-        match reply {
-            Body::Sent(sent) => Ok(sent),
-            other => Err(unexpected("Sent", &other)),
-        }
+            .send_with_attachments(conversation_id, client_msg_id, body, attachments)
+            .await?)
     }
 
     /// A page of messages with `seq < before` (0: the newest).
@@ -260,17 +248,8 @@ impl Net {
         users: &[UserId],
     ) -> Result<Vec<Presence>, CliError> {
         let mut all = Vec::new();
-        for chunk in users.chunks(PRESENCE_USERS_PER_REQUEST_MAX) {
-            let reply = self
-                .client
-                .request(frames::SubscribePresence {
-                    users: chunk.to_vec(),
-                })
-                .await?;
-            match reply {
-                Body::PresenceList(list) => all.extend(list.presences),
-                other => return Err(unexpected("PresenceList", &other)),
-            }
+        for chunk in users.chunks(PRESENCE_USERS_MAX as usize) {
+            all.extend(self.client.subscribe_presence(chunk.to_vec()).await?);
         }
         Ok(all)
     }
@@ -281,17 +260,7 @@ impl Net {
         name: &str,
         members: Vec<UserId>,
     ) -> Result<ConversationInfo, CliError> {
-        let reply = self
-            .client
-            .request(frames::CreateGroup {
-                name: name.to_owned(),
-                members,
-            })
-            .await?;
-        match reply {
-            Body::Conversation(reply) => Ok(reply.conversation),
-            other => Err(unexpected("Conversation", &other)),
-        }
+        Ok(self.client.create_group(name, members).await?)
     }
 
     /// Adds members to a group.
@@ -300,11 +269,7 @@ impl Net {
         conversation_id: ConversationId,
         members: Vec<UserId>,
     ) -> Result<(), CliError> {
-        self.expect_ok(frames::AddMembers {
-            conversation_id,
-            members,
-        })
-        .await
+        Ok(self.client.add_members(conversation_id, members).await?)
     }
 
     /// Removes a member from a group.
@@ -313,11 +278,7 @@ impl Net {
         conversation_id: ConversationId,
         user_id: UserId,
     ) -> Result<(), CliError> {
-        self.expect_ok(frames::RemoveMember {
-            conversation_id,
-            user_id,
-        })
-        .await
+        Ok(self.client.remove_member(conversation_id, user_id).await?)
     }
 
     /// Leaves a group.
@@ -325,7 +286,7 @@ impl Net {
         &self,
         conversation_id: ConversationId,
     ) -> Result<(), CliError> {
-        self.expect_ok(frames::LeaveGroup { conversation_id }).await
+        Ok(self.client.leave_group(conversation_id).await?)
     }
 
     /// Renames a group.
@@ -334,11 +295,7 @@ impl Net {
         conversation_id: ConversationId,
         name: &str,
     ) -> Result<(), CliError> {
-        self.expect_ok(frames::RenameGroup {
-            conversation_id,
-            name: name.to_owned(),
-        })
-        .await
+        Ok(self.client.rename_group(conversation_id, name).await?)
     }
 
     /// Changes a member's role.
@@ -348,19 +305,7 @@ impl Net {
         user_id: UserId,
         role: Role,
     ) -> Result<(), CliError> {
-        self.expect_ok(frames::SetRole {
-            conversation_id,
-            user_id,
-            role,
-        })
-        .await
-    }
-
-    async fn expect_ok(&self, request: impl Into<Body>) -> Result<(), CliError> {
-        match self.client.request(request).await? {
-            Body::Ok(_) => Ok(()),
-            other => Err(unexpected("Ok", &other)),
-        }
+        Ok(self.client.set_role(conversation_id, user_id, role).await?)
     }
 
     /// Uploads a file in chunks and completes it. The file is read twice, a chunk at a time: once
@@ -391,18 +336,7 @@ impl Net {
         }
         let mut sha256 = [0; 32];
         sha256.copy_from_slice(digest.finish().as_ref());
-        let state = match self
-            .client
-            .request(frames::UploadBegin {
-                size,
-                mime: mime.to_owned(),
-                sha256,
-            })
-            .await?
-        {
-            Body::UploadState(state) => state,
-            other => return Err(unexpected("UploadState", &other)),
-        };
+        let state = self.client.upload_begin(size, mime, sha256).await?;
         file.seek(std::io::SeekFrom::Start(0))
             .await
             .map_err(file_error)?;
@@ -413,37 +347,18 @@ impl Net {
                 // The file shrank since it was hashed; finishing reports the mismatch.
                 break;
             }
-            match self
+            offset = self
                 .client
-                .request(frames::UploadChunk {
-                    media_id: state.media_id,
-                    offset,
-                    data: buf[..n].to_vec(),
-                })
+                .upload_chunk(state.media_id, offset, buf[..n].to_vec())
                 .await?
-            {
-                Body::UploadState(state) => offset = state.received,
-                other => return Err(unexpected("UploadState", &other)),
-            }
+                .received;
         }
-        match self
-            .client
-            .request(frames::UploadFinish {
-                media_id: state.media_id,
-            })
-            .await?
-        {
-            Body::MediaInfo(info) => Ok(info),
-            other => Err(unexpected("MediaInfo", &other)),
-        }
+        Ok(self.client.upload_finish(state.media_id).await?)
     }
 
     /// Metadata of a media item.
     pub(crate) async fn media_info(&self, media_id: MediaId) -> Result<MediaInfo, CliError> {
-        match self.client.request(frames::GetMedia { media_id }).await? {
-            Body::MediaInfo(info) => Ok(info),
-            other => Err(unexpected("MediaInfo", &other)),
-        }
+        Ok(self.client.get_media(media_id).await?)
     }
 
     /// Downloads a media item into a file, a chunk at a time, written atomically: into a
@@ -481,18 +396,10 @@ impl Net {
         let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
         let mut received = 0u64;
         while received < info.size {
-            let reply = self
+            let chunk = self
                 .client
-                .request(frames::Download {
-                    media_id: info.media_id,
-                    offset: received,
-                    length: chunk_bytes,
-                })
+                .download_range(info.media_id, received, chunk_bytes)
                 .await?;
-            let chunk = match reply {
-                Body::MediaData(chunk) => chunk,
-                other => return Err(unexpected("MediaData", &other)),
-            };
             if chunk.data.is_empty() {
                 break;
             }
@@ -541,13 +448,6 @@ impl Net {
     pub(crate) async fn close(&self) {
         self.client.close().await;
     }
-}
-
-fn unexpected(expected: &'static str, got: &Body) -> CliError {
-    CliError::Client(ClientError::UnexpectedReply {
-        expected,
-        got: got.name(),
-    })
 }
 
 /// Reads until `buf` is full or the file ends; returns the bytes read.

@@ -157,12 +157,24 @@ impl Client {
         client_msg_id: ClientMsgId,
         body: &str,
     ) -> Result<Sent, ClientError> {
+        self.send_with_attachments(conversation_id, client_msg_id, body, Vec::new())
+            .await
+    }
+
+    /// Sends a message with the `media_id`s of completed uploads attached, as [`Client::send`].
+    pub async fn send_with_attachments(
+        &self,
+        conversation_id: ConversationId,
+        client_msg_id: ClientMsgId,
+        body: &str,
+        attachments: Vec<MediaId>,
+    ) -> Result<Sent, ClientError> {
         let reply = self
             .request(frames::Send {
                 conversation_id,
                 client_msg_id,
                 body: body.to_owned(),
-                attachments: Vec::new(),
+                attachments,
             })
             .await?;
         expect_reply!(reply, Sent)
