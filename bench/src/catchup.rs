@@ -15,6 +15,7 @@ use tokio::io::AsyncWriteExt;
 use crate::conn::{SetupConn, RPC_TIMEOUT};
 use crate::stats::{now_ns, per_sec};
 use crate::storm::register_users;
+use crate::target::round_ms;
 use crate::RunArgs;
 
 /// W5's report.
@@ -159,7 +160,7 @@ pub(crate) async fn run(args: &RunArgs, addr: SocketAddr, prefix: &str) -> io::R
     let (sent, errors) = *counters.lock().unwrap_or_else(|e| e.into_inner());
     r.sent = sent;
     r.send_errors = errors;
-    r.send_s = (send_secs * 1000.0).round() / 1000.0;
+    r.send_s = round_ms(send_secs);
     r.send_per_s = per_sec(sent, send_secs);
     if !args.quiet {
         eprintln!("  filled the log: {sent} messages in {:.2} s", send_secs);
@@ -192,7 +193,7 @@ pub(crate) async fn run(args: &RunArgs, addr: SocketAddr, prefix: &str) -> io::R
         }
     }
     let sync_secs = (now_ns() - start) as f64 / 1e9;
-    r.sync_s = (sync_secs * 1000.0).round() / 1000.0;
+    r.sync_s = round_ms(sync_secs);
     r.messages_per_s = per_sec(r.synced_messages, sync_secs);
     r.completed = errors == 0 && sent == args.catchup as u64;
     r.delivered_equals_sent = r.synced_messages == sent;

@@ -22,15 +22,10 @@ use tokio::net::tcp::OwnedReadHalf;
 
 use crate::conn::{writer, Outbox, SetupConn};
 use crate::stats::{now_ns, per_sec, Latency, SharedHistogram};
-use crate::target::{cpu_seconds, machine_busy_seconds, scrape_metrics};
+use crate::target::{round_ms, scrape_metrics, CpuSample};
 
-/// Server CPU, this process's CPU, server metrics and machine busy time, at one instant.
-type Resources = (
-    Option<f64>,
-    Option<f64>,
-    Option<BTreeMap<String, f64>>,
-    Option<f64>,
-);
+/// CPU time used so far and the server's metrics, at one instant.
+type Resources = (CpuSample, Option<BTreeMap<String, f64>>);
 
 /// What the fleet sends to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -706,12 +701,7 @@ impl Fleet {
             Some(a) => scrape_metrics(a).await,
             None => None,
         };
-        (
-            self.server_pid.and_then(cpu_seconds),
-            cpu_seconds(std::process::id()),
-            metrics,
-            machine_busy_seconds(),
-        )
+        (CpuSample::now(self.server_pid), metrics)
     }
 
     fn snapshot(&self) -> [u64; 8] {
@@ -732,24 +722,21 @@ impl Fleet {
 
     async fn add_resources(&self, r: &mut PhaseResult, before: Resources) {
         let after = self.resources().await;
-        let round = |x: f64| (x * 1000.0).round() / 1000.0;
-        if let (Some(a), Some(b)) = (before.0, after.0) {
-            r.server_cpu_s = Some(round(b - a));
+        let used = after.0.since(&before.0);
+        if let Some(server) = used.server {
+            r.server_cpu_s = Some(round_ms(server));
             if r.delivered > 0 {
-                r.server_cpu_us_per_delivery = Some(round((b - a) * 1e6 / r.delivered as f64));
+                r.server_cpu_us_per_delivery = Some(round_ms(server * 1e6 / r.delivered as f64));
             }
         }
-        if let (Some(a), Some(b)) = (before.1, after.1) {
-            r.bench_cpu_s = Some(round(b - a));
-        }
-        if let (Some(a), Some(b)) = (before.3, after.3) {
-            let busy = b - a;
-            r.machine_busy_cpu_s = Some(round(busy));
-            r.other_cpu_s = Some(round(
+        r.bench_cpu_s = used.bench.map(round_ms);
+        if let Some(busy) = used.busy {
+            r.machine_busy_cpu_s = Some(round_ms(busy));
+            r.other_cpu_s = Some(round_ms(
                 (busy - r.server_cpu_s.unwrap_or(0.0) - r.bench_cpu_s.unwrap_or(0.0)).max(0.0),
             ));
         }
-        if let (Some(a), Some(b)) = (before.2, after.2) {
+        if let (Some(a), Some(b)) = (before.1, after.1) {
             r.server_metrics_delta = Some(
                 b.iter()
                     .map(|(k, v)| (k.clone(), v - a.get(k).copied().unwrap_or(0.0)))
@@ -828,7 +815,7 @@ impl Fleet {
         PhaseResult {
             name: name.into(),
             fanout,
-            duration_s: (secs * 1000.0).round() / 1000.0,
+            duration_s: round_ms(secs),
             sends_issued: issued,
             sends_skipped: sh.skipped.load(Ordering::Relaxed) - before[6],
             sent,

@@ -8,7 +8,7 @@ use crate::catchup::W5Report;
 use crate::fleet::PhaseResult;
 use crate::idle::W4Report;
 use crate::storm::W3Report;
-use crate::target::{load_average, Environment};
+use crate::target::{load_average, round_ms, Environment};
 use crate::RunArgs;
 
 /// Everything one run measured.
@@ -64,7 +64,7 @@ pub(crate) struct W1Report {
 }
 
 fn ratio(a: f64, b: f64) -> Option<f64> {
-    (b > 0.0).then(|| (a / b * 1000.0).round() / 1000.0)
+    (b > 0.0).then(|| round_ms(a / b))
 }
 
 impl W1Report {

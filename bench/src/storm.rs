@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::conn::SetupConn;
 use crate::fleet::{for_each_concurrent, Account};
 use crate::stats::{now_ns, per_sec, Latency, SharedHistogram};
-use crate::target::{cpu_seconds, machine_busy_seconds, Spawned};
+use crate::target::{round_ms, CpuSample, Spawned};
 use crate::RunArgs;
 
 /// One kind of storm.
@@ -111,11 +111,7 @@ async fn storm(
     let stop = Arc::new(AtomicBool::new(false));
     let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
     let hist = Arc::new(SharedHistogram::new());
-    let cpu_before = (
-        pid.and_then(cpu_seconds),
-        cpu_seconds(std::process::id()),
-        machine_busy_seconds(),
-    );
+    let cpu_before = CpuSample::now(pid);
     let start = now_ns();
     let deadline = start + time_limit.as_nanos() as u64;
     let (ok2, errors2, attempted2, hist2, fe2, stop2) = (
@@ -172,13 +168,7 @@ async fn storm(
     })
     .await;
     let secs = (now_ns() - start) as f64 / 1e9;
-    let delta = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) => Some(((b - a) * 1000.0).round() / 1000.0),
-        _ => None,
-    };
-    let server_cpu_s = delta(cpu_before.0, pid.and_then(cpu_seconds));
-    let bench_cpu_s = delta(cpu_before.1, cpu_seconds(std::process::id()));
-    let machine_busy_cpu_s = delta(cpu_before.2, machine_busy_seconds());
+    let cpu = CpuSample::now(pid).since(&cpu_before);
     let ok = ok.load(Ordering::Relaxed);
     let first_error = first_error
         .lock()
@@ -190,12 +180,12 @@ async fn storm(
         errors: errors.load(Ordering::Relaxed),
         first_error,
         concurrency,
-        duration_s: (secs * 1000.0).round() / 1000.0,
+        duration_s: round_ms(secs),
         per_s: per_sec(ok, secs),
         latency: Latency::of(&hist.take()),
-        server_cpu_s,
-        bench_cpu_s,
-        machine_busy_cpu_s,
+        server_cpu_s: cpu.server.map(round_ms),
+        bench_cpu_s: cpu.bench.map(round_ms),
+        machine_busy_cpu_s: cpu.busy.map(round_ms),
     }
 }
 
@@ -351,7 +341,7 @@ impl W3Report {
     /// Adds the null server's resumes.
     pub(crate) fn set_null(&mut self, null: StormResult) {
         self.resume_ratio_to_null =
-            (null.per_s > 0.0).then(|| (self.resumes.per_s / null.per_s * 1000.0).round() / 1000.0);
+            (null.per_s > 0.0).then(|| round_ms(self.resumes.per_s / null.per_s));
         self.null_resumes = Some(null);
     }
 }

@@ -249,6 +249,49 @@ pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks as f64 / 100.0)
 }
 
+/// CPU seconds used so far by the server, by this process and by the whole machine (busy), at one
+/// instant; two of them tell how much each used in between.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CpuSample {
+    server: Option<f64>,
+    bench: Option<f64>,
+    busy: Option<f64>,
+}
+
+/// CPU seconds used between two [`CpuSample`]s: by the server, this process, the whole machine.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CpuUsed {
+    pub(crate) server: Option<f64>,
+    pub(crate) bench: Option<f64>,
+    pub(crate) busy: Option<f64>,
+}
+
+impl CpuSample {
+    /// Now, for the server process `server_pid` (none: no server figure).
+    pub(crate) fn now(server_pid: Option<u32>) -> CpuSample {
+        CpuSample {
+            server: server_pid.and_then(cpu_seconds),
+            bench: cpu_seconds(std::process::id()),
+            busy: machine_busy_seconds(),
+        }
+    }
+
+    /// What was used from `earlier` to this sample.
+    pub(crate) fn since(&self, earlier: &CpuSample) -> CpuUsed {
+        let delta = |b: Option<f64>, a: Option<f64>| Some(b? - a?);
+        CpuUsed {
+            server: delta(self.server, earlier.server),
+            bench: delta(self.bench, earlier.bench),
+            busy: delta(self.busy, earlier.busy),
+        }
+    }
+}
+
+/// `x` rounded to thousandths, for reports.
+pub(crate) fn round_ms(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
 /// The Prometheus text at `http://addr/metrics`, each series summed over its labels (histogram
 /// buckets left out).
 pub(crate) async fn scrape_metrics(addr: SocketAddr) -> Option<BTreeMap<String, f64>> {
