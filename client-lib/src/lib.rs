@@ -78,6 +78,7 @@ mod error;
 mod event;
 mod options;
 mod pacer;
+#[macro_use]
 mod requests;
 mod session;
 mod storage;

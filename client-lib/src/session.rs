@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ring::rand::{SecureRandom, SystemRandom};
 use tern_protocol::frames::{Sent, TypingEvent};
 use tern_protocol::types::{ClientMsgId, ConversationId, MediaId, Presence};
-use tern_protocol::{ErrorCode, Update};
+use tern_protocol::{Body, ErrorCode, Update};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -928,10 +928,7 @@ impl Driver {
         match client.request_in_order(frame).await {
             Ok(reply) => {
                 tokio::spawn(async move {
-                    let result = match reply.await {
-                        Ok(reply) => sent_reply(reply),
-                        Err(e) => Err(e),
-                    };
+                    let result = reply.await.and_then(|reply| expect_reply!(reply, Sent));
                     let _ = results.send((generation, id, result));
                 });
             }
@@ -1039,16 +1036,6 @@ fn go_away_wait(after_ms: u32, rng: &SystemRandom) -> Duration {
         after
     };
     after + spread.mul_f64(random_fraction(rng))
-}
-
-fn sent_reply(reply: tern_protocol::Body) -> Result<Sent, ClientError> {
-    match reply {
-        tern_protocol::Body::Sent(sent) => Ok(sent),
-        other => Err(ClientError::UnexpectedReply {
-            expected: "Sent",
-            got: other.name(),
-        }),
-    }
 }
 
 /// Whether an error from the server means the device may not go on.
