@@ -49,6 +49,10 @@ pub(crate) struct CoreMetrics {
     pub(crate) errors: [AtomicU64; ERROR_CODES_COUNTED],
     /// Set while the core's thread runs its loop.
     pub(crate) alive: AtomicBool,
+    /// Set while the core's last commit failed (a full disk, an I/O error).
+    pub(crate) storage_failing: AtomicBool,
+    /// Commits that failed.
+    pub(crate) storage_errors: AtomicU64,
 }
 
 impl CoreMetrics {
@@ -110,6 +114,13 @@ impl Metrics {
         self.cores.iter().all(|c| c.alive.load(Ordering::Relaxed))
     }
 
+    /// Whether every core's last commit succeeded.
+    pub(crate) fn storage_healthy(&self) -> bool {
+        self.cores
+            .iter()
+            .all(|c| !c.storage_failing.load(Ordering::Relaxed))
+    }
+
     /// The Prometheus text exposition of every counter, plus the database gauges given.
     pub(crate) fn render(&self, database: &[(&str, u64)]) -> String {
         let mut out = String::new();
@@ -165,6 +176,20 @@ impl Metrics {
             "counter",
             "Messages stored (acknowledged as sent).",
             &|m| load(&m.messages_stored),
+        );
+        per_core(
+            &mut out,
+            "tern_storage_errors_total",
+            "counter",
+            "Group commits that failed (a full disk, an I/O error).",
+            &|m| load(&m.storage_errors),
+        );
+        per_core(
+            &mut out,
+            "tern_storage_failing",
+            "gauge",
+            "1 while the core's last group commit failed.",
+            &|m| u64::from(m.storage_failing.load(Ordering::Relaxed)),
         );
         per_core(
             &mut out,
@@ -375,11 +400,14 @@ fn serve(
     let path = line.split_whitespace().nth(1).unwrap_or("");
     let (status, body) = match path {
         "/metrics" => ("200 OK", metrics.render(&database())),
-        "/healthz" if metrics.healthy() => ("200 OK", "ok\n".to_owned()),
-        "/healthz" => (
+        "/healthz" if !metrics.healthy() => (
             "503 Service Unavailable",
             "a core is not running\n".to_owned(),
         ),
+        "/healthz" if !metrics.storage_healthy() => {
+            ("503 Service Unavailable", "storage is failing\n".to_owned())
+        }
+        "/healthz" => ("200 OK", "ok\n".to_owned()),
         _ => ("404 Not Found", "not found\n".to_owned()),
     };
     let head = format!(

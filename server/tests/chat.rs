@@ -164,7 +164,7 @@ async fn offline_recipient_syncs_later(engine: &'static str) {
     }
     let bob = server.client().await;
     bob.resume(token).await.unwrap();
-    let updates = sync_all(&bob, 0).await;
+    let updates = sync_until(&bob, 20).await;
     let expected: Vec<String> = (1..=20).map(|n| format!("m{n}")).collect();
     assert_eq!(bodies(&updates), expected);
     let seqs: Vec<u64> = updates.iter().map(|u| u.user_seq).collect();
@@ -295,7 +295,7 @@ async fn delivered_and_read_receipts(engine: &'static str) {
             .await
             .unwrap();
     }
-    let updates = sync_all(&bob, 0).await;
+    let updates = sync_until(&bob, 3).await;
     let last = updates.last().unwrap().user_seq;
     let unread = bob
         .get_conversation(conv.conversation_id)
@@ -360,7 +360,7 @@ async fn acks_deliver_in_steps_online_offline_and_far_behind(engine: &'static st
         seqs.push(client.send(conv, cmid(1, n), "hi").await.unwrap().seq);
     }
     assert_eq!(seqs, [1, 2, 3, 1, 2]);
-    let updates = sync_all(&bob, 0).await;
+    let updates = sync_until(&bob, 5).await;
     let log: Vec<u64> = updates.iter().map(|u| u.user_seq).collect();
     let messages: Vec<&tern_protocol::Update> = updates
         .iter()
@@ -799,7 +799,7 @@ async fn slow_consumer_is_closed_and_loses_nothing(engine: &'static str) {
 
     let bob = server.client().await;
     bob.resume(token).await.unwrap();
-    let updates = sync_all(&bob, 0).await;
+    let updates = sync_until(&bob, messages as usize).await;
     assert_eq!(bodies(&updates).len() as u64, messages, "nothing is lost");
 }
 

@@ -32,9 +32,9 @@ async fn metrics_count_what_happened(engine: &'static str) {
             .unwrap();
     }
     assert!(alice.history(999, 0, 0).await.is_err());
-    // The appends to both logs happen after the Sent replies; syncing both logs waits for them.
-    assert_eq!(bodies(&sync_all(&alice, 0).await).len(), 3);
-    assert_eq!(bodies(&sync_all(&bob_client, 0).await).len(), 3);
+    // The appends to both logs happen after the Sent replies; wait for them.
+    assert_eq!(bodies(&sync_until(&alice, 3).await).len(), 3);
+    assert_eq!(bodies(&sync_until(&bob_client, 3).await).len(), 3);
 
     let (status, metrics) = get(server.metrics_addr, "/metrics").await;
     assert_eq!(status, "HTTP/1.1 200 OK");
@@ -51,8 +51,9 @@ async fn metrics_count_what_happened(engine: &'static str) {
     );
     assert!(metrics.contains("tern_push_sent_total 0\n"));
     assert!(total(&metrics, "tern_estimate_num_keys") > 0);
-    // Both logs were read whole by Sync; a group commit's batch sizes add up to its writes.
-    assert_eq!(total(&metrics, "tern_updates_delivered_total"), 6);
+    // Both logs were read whole by Sync (perhaps more than once while waiting); a group commit's
+    // batch sizes add up to its writes.
+    assert!(total(&metrics, "tern_updates_delivered_total") >= 6);
     assert_eq!(
         total(&metrics, "tern_commit_batch_writes_sum"),
         total(&metrics, "tern_commit_writes_total")

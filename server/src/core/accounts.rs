@@ -5,7 +5,7 @@
 //! blocking pool, never on a core thread. Tokens are 32 random bytes made by the runtime; only
 //! their SHA-256 is stored, so a copy of the database does not let anyone resume a session.
 
-use std::collections::{HashMap, HashSet};
+use super::{HashMap, HashSet};
 use std::num::NonZeroU32;
 
 use ring::{digest, pbkdf2};

@@ -8,8 +8,12 @@
 //!    watermark shows it is there already, commits, pushes it to live devices and confirms to C.
 //! 5. When every member confirmed, C deletes the fan-out marker. At start, each core re-delivers
 //!    the messages whose marker survived a crash; the watermarks make that idempotent.
+//! 6. While the server runs, C re-delivers to the members that have not confirmed within
+//!    [`FANOUT_RETRY_MS`] (a member's commit failed, say), doubling the wait each time.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -39,6 +43,13 @@ const PAGE_BYTES_MAX: usize = FRAME_BYTES_MAX as usize - 4096;
 /// Updates an `Ack` scans for delivered receipts before it stops (the rest get none).
 const ACK_SCAN_UPDATES_MAX: usize = 10 * RANGE_READ_MAX;
 
+/// How long a conversation's core waits for a member's confirmation before it delivers again.
+pub(crate) const FANOUT_RETRY_MS: u64 = 1000;
+/// The longest wait between two deliveries of one message to one member.
+const FANOUT_RETRY_MAX_MS: u64 = 60_000;
+/// Fan-outs one tick retries at most; the rest wait for the next tick.
+const FANOUT_RETRIES_PER_TICK_MAX: usize = 256;
+
 /// Conversations a core keeps in memory before it starts over.
 const CACHED_CONVERSATIONS_MAX: usize = 1 << 18;
 /// Watermarks (fan-out and receipt) a core keeps in memory before it starts over.
@@ -60,8 +71,10 @@ pub(crate) struct ChatState {
     pending_sends: HashMap<[u8; 28], IdempotencyRecord>,
     /// Direct conversations created in the pending batch, by (lo, hi).
     pending_direct: HashMap<(u64, u64), u64>,
-    /// Members still to confirm each message's fan-out.
-    fanouts: HashMap<(u64, u64), usize>,
+    /// Members still to confirm each message's fan-out, by (conversation, seq).
+    fanouts: BTreeMap<(u64, u64), Fanout>,
+    /// Fan-outs of messages in the batch being built, forgotten if it fails.
+    new_fanouts: Vec<(u64, u64)>,
     /// Fan-out watermarks of users this core owns: the highest seq in their log, by conversation.
     marks: HashMap<(u64, u64), u64>,
     /// Watermarks of users this core owns.
@@ -73,6 +86,20 @@ pub(crate) struct ChatState {
     /// Messages delivered in this turn, so pushing them to live devices reads nothing back; emptied
     /// once the turn's pushes are out.
     fresh: HashMap<(u64, u64), Arc<MessageRecord>>,
+}
+
+/// A message's fan-out that not every member confirmed yet.
+#[derive(Debug)]
+struct Fanout {
+    /// The members whose logs may not hold it yet.
+    pending: Vec<u64>,
+    /// When to deliver to them again.
+    due_ms: u64,
+    /// How long to wait after that.
+    backoff_ms: u64,
+    /// Its last delivery was void (this core's batch failed): the message, to deliver again
+    /// before any later message of the conversation.
+    resend: Option<(Arc<MessageRecord>, bool)>,
 }
 
 /// A message to append to a member's log (`Mail::Deliver` without the message itself).
@@ -93,22 +120,46 @@ impl ChatState {
         self.pending_direct.clear();
     }
 
-    /// The turn's pushes are out: forget the messages kept for them.
-    pub(crate) fn pushed(&mut self) {
-        self.fresh.clear();
+    /// The fan-outs begun since the last call: they belong to the batch being sealed.
+    pub(crate) fn take_new_fanouts(&mut self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut self.new_fanouts)
     }
 
-    /// Drops caches that outgrew their bound; only called when nothing is pending.
+    /// A batch failed: the fan-outs it began are of messages that were never stored.
+    pub(crate) fn drop_fanouts(&mut self, keys: &[(u64, u64)]) {
+        for key in keys {
+            self.fanouts.remove(key);
+        }
+    }
+
+    /// A batch failed that held a delivery of a stored message: deliver it again, ahead of the
+    /// conversation's later messages (members' logs take a conversation's messages in order).
+    pub(crate) fn void_delivery(&mut self, mail: &Mail) {
+        if let Mail::Deliver {
+            conversation_id,
+            seq,
+            message,
+            direct,
+            ..
+        } = mail
+        {
+            if let Some(fanout) = self.fanouts.get_mut(&(*conversation_id, *seq)) {
+                fanout.resend = Some((Arc::clone(message), *direct));
+            }
+        }
+    }
+
+    /// The messages delivered since the last call, for pushing them once their batch is durable.
+    pub(crate) fn take_fresh(&mut self) -> HashMap<(u64, u64), Arc<MessageRecord>> {
+        std::mem::take(&mut self.fresh)
+    }
+
+    /// Drops a sixteenth of each cache that outgrew its bound: gradually, so no turn stalls
+    /// reloading everything. Only called when the watermarks are written.
     pub(crate) fn trim(&mut self) {
-        if self.convs.len() > CACHED_CONVERSATIONS_MAX {
-            self.convs.clear();
-        }
-        if self.marks.len() > CACHED_WATERMARKS_MAX {
-            self.marks.clear();
-        }
-        if self.receipts.len() > CACHED_WATERMARKS_MAX {
-            self.receipts.clear();
-        }
+        evict_share(&mut self.convs, CACHED_CONVERSATIONS_MAX);
+        evict_share(&mut self.marks, CACHED_WATERMARKS_MAX);
+        evict_share(&mut self.receipts, CACHED_WATERMARKS_MAX);
     }
 
     /// The pending batch was lost: drop every cache so it reloads from the store.
@@ -117,6 +168,17 @@ impl ChatState {
             fanouts: std::mem::take(&mut self.fanouts),
             ..ChatState::default()
         };
+    }
+}
+
+/// Removes a sixteenth of the bound's worth of entries from a map that outgrew it.
+pub(crate) fn evict_share<K: Copy + Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>, max: usize) {
+    if map.len() <= max {
+        return;
+    }
+    let doomed: Vec<K> = map.keys().copied().take(max / 16 + 1).collect();
+    for key in doomed {
+        map.remove(&key);
     }
 }
 
@@ -316,12 +378,43 @@ impl Shard {
                 result: Ok(sent),
             },
         );
-        self.fan_out(conversation_id, seq, Arc::new(message), &members, direct);
+        self.fan_out(
+            now_ms,
+            conversation_id,
+            seq,
+            Arc::new(message),
+            &members,
+            direct,
+        );
+        // The message is in the batch being built: if that fails, so does its fan-out.
+        self.chat.new_fanouts.push((conversation_id, seq));
         Ok(())
     }
 
     /// Sends `Deliver` to every member's core once the message is durable.
     fn fan_out(
+        &mut self,
+        now_ms: u64,
+        conversation_id: u64,
+        seq: u64,
+        message: Arc<MessageRecord>,
+        members: &[u64],
+        direct: bool,
+    ) {
+        let fanout = Fanout {
+            pending: members.to_vec(),
+            due_ms: now_ms + FANOUT_RETRY_MS,
+            backoff_ms: FANOUT_RETRY_MS,
+            resend: None,
+        };
+        self.chat.fanouts.insert((conversation_id, seq), fanout);
+        self.deliver_to(conversation_id, seq, message, members, direct);
+    }
+
+    /// Sends `Deliver` for one message, after any earlier message of the conversation whose
+    /// delivery was void: a member's log must take a conversation's messages in `seq` order, since
+    /// its fan-out watermark (the highest seq it holds) is what makes deliveries idempotent.
+    fn deliver_to(
         &mut self,
         conversation_id: u64,
         seq: u64,
@@ -329,9 +422,32 @@ impl Shard {
         members: &[u64],
         direct: bool,
     ) {
-        self.chat
+        let earlier: Vec<(u64, Vec<u64>, Arc<MessageRecord>, bool)> = self
+            .chat
             .fanouts
-            .insert((conversation_id, seq), members.len());
+            .range_mut((conversation_id, 0)..(conversation_id, seq))
+            .filter_map(|(&(_, s), f)| {
+                let (message, direct) = f.resend.take()?;
+                Some((s, f.pending.clone(), message, direct))
+            })
+            .collect();
+        for (s, pending, message, direct) in earlier {
+            self.send_deliveries(conversation_id, s, &message, &pending, direct);
+        }
+        if let Some(fanout) = self.chat.fanouts.get_mut(&(conversation_id, seq)) {
+            fanout.resend = None;
+        }
+        self.send_deliveries(conversation_id, seq, &message, members, direct);
+    }
+
+    fn send_deliveries(
+        &mut self,
+        conversation_id: u64,
+        seq: u64,
+        message: &Arc<MessageRecord>,
+        members: &[u64],
+        direct: bool,
+    ) {
         for &user_id in members {
             let mail = Mail::Deliver {
                 user_id,
@@ -339,15 +455,54 @@ impl Shard {
                 seq,
                 sender: message.sender,
                 from_core: self.core,
-                message: Arc::clone(&message),
+                message: Arc::clone(message),
                 direct,
             };
             self.mail_after_commit(self.owner(user_id), mail);
         }
     }
 
+    /// Delivers again the messages some member has not confirmed in time. Call it every
+    /// [`FANOUT_RETRY_MS`] or so; it reads the store only for the messages it retries.
+    pub(crate) fn retry_fanouts(&mut self, now_ms: u64) -> Result<usize, StoreError> {
+        let mut due: Vec<(u64, u64)> = self
+            .chat
+            .fanouts
+            .iter()
+            .filter(|(_, f)| f.due_ms <= now_ms)
+            .map(|(key, _)| *key)
+            .collect();
+        // Oldest first, and the same order every run (the simulator replays seeds).
+        due.sort_unstable();
+        due.truncate(FANOUT_RETRIES_PER_TICK_MAX);
+        for &(conversation_id, seq) in &due {
+            let message = self.store.message(conversation_id, seq)?;
+            let direct = self
+                .cached_conversation(conversation_id)?
+                .map(|c| c.kind == ConversationKind::Direct as u8);
+            let Some(fanout) = self.chat.fanouts.get_mut(&(conversation_id, seq)) else {
+                continue;
+            };
+            fanout.due_ms = now_ms + fanout.backoff_ms;
+            fanout.backoff_ms = (fanout.backoff_ms * 2).min(FANOUT_RETRY_MAX_MS);
+            let (Some(message), Some(direct)) = (message, direct) else {
+                // Still in the batch being built: its own delivery is on the way.
+                continue;
+            };
+            let members = fanout.pending.clone();
+            tracing::debug!(
+                conversation_id,
+                seq,
+                members = members.len(),
+                "fan-out retried"
+            );
+            self.deliver_to(conversation_id, seq, Arc::new(message), &members, direct);
+        }
+        Ok(due.len())
+    }
+
     /// At start: re-delivers every message whose fan-out a crash interrupted.
-    pub(crate) fn recover_fanouts(&mut self) -> Result<usize, StoreError> {
+    pub(crate) fn recover_fanouts(&mut self, now_ms: u64) -> Result<usize, StoreError> {
         let mut after = (0u64, 0u64);
         let mut resumed = 0;
         loop {
@@ -365,7 +520,14 @@ impl Shard {
                 };
                 let members: Vec<u64> = conv.record.members.iter().map(|m| m.user_id).collect();
                 let direct = conv.record.kind == ConversationKind::Direct as u8;
-                self.fan_out(conversation_id, seq, Arc::new(message), &members, direct);
+                self.fan_out(
+                    now_ms,
+                    conversation_id,
+                    seq,
+                    Arc::new(message),
+                    &members,
+                    direct,
+                );
                 resumed += 1;
             }
             // Resume just after the last key read.
@@ -428,19 +590,20 @@ impl Shard {
             Mail::Delivered {
                 conversation_id,
                 seq,
+                user_id,
             },
         );
         Ok(())
     }
 
     /// On the conversation's core: one more member's log holds the message.
-    pub(crate) fn handle_delivered(&mut self, conversation_id: u64, seq: u64) {
+    pub(crate) fn handle_delivered(&mut self, conversation_id: u64, seq: u64, user_id: u64) {
         let key = (conversation_id, seq);
-        let Some(remaining) = self.chat.fanouts.get_mut(&key) else {
+        let Some(fanout) = self.chat.fanouts.get_mut(&key) else {
             return;
         };
-        *remaining = remaining.saturating_sub(1);
-        if *remaining == 0 {
+        fanout.pending.retain(|member| *member != user_id);
+        if fanout.pending.is_empty() {
             self.chat.fanouts.remove(&key);
             self.batch.delete_fanout_pending(conversation_id, seq);
         }
@@ -558,10 +721,12 @@ impl Shard {
     }
 
     /// Builds the wire form of a stored update.
+    /// `fresh` holds messages just delivered, which need not be read back.
     pub(crate) fn materialize_record(
         &self,
         user_seq: u64,
         record: &UpdateRecord,
+        fresh: &HashMap<(u64, u64), Arc<MessageRecord>>,
     ) -> Result<Option<(Update, usize)>, StoreError> {
         let (kind, bytes) = match *record {
             UpdateRecord::Message {
@@ -569,7 +734,7 @@ impl Shard {
                 seq,
                 ..
             } => {
-                let stored = match self.chat.fresh.get(&(conversation_id, seq)) {
+                let stored = match fresh.get(&(conversation_id, seq)) {
                     Some(fresh) => MessageRecord::clone(fresh),
                     None => match self.store.message(conversation_id, seq)? {
                         Some(stored) => stored,
@@ -633,13 +798,15 @@ impl Shard {
         let rows = if sync.since >= head {
             Vec::new()
         } else {
-            self.store.updates_after(user_id, sync.since, limit)?
+            self.committed.updates_after(user_id, sync.since, limit)?
         };
         let mut updates = Vec::with_capacity(rows.len());
         let mut bytes = 0;
         let mut last = sync.since;
         for (user_seq, record) in rows.iter().filter(|(s, _)| *s <= head) {
-            let Some((update, size)) = self.materialize_record(*user_seq, record)? else {
+            let Some((update, size)) =
+                self.materialize_record(*user_seq, record, &HashMap::default())?
+            else {
                 // Unreadable entries are skipped (and logged), never allowed to stall the cursor.
                 last = *user_seq;
                 continue;
@@ -826,7 +993,10 @@ impl Shard {
         } else {
             history.before
         };
-        let mut rows = self.store.messages_before(conversation_id, before, limit)?;
+        // Only what is durable: a message whose batch may still fail is never shown.
+        let mut rows = self
+            .committed
+            .messages_before(conversation_id, before, limit)?;
         // Keep the newest messages that fit in one frame.
         let mut bytes = 0;
         let mut keep = 0;

@@ -8,7 +8,7 @@
 //! members send, read, rename and leave; admins also add members and remove members; the owner
 //! also removes admins and changes roles.
 
-use std::collections::HashSet;
+use super::HashSet;
 
 use tern_protocol::frames::{Conversation, CreateGroup, Ok as OkFrame};
 use tern_protocol::types::{ConversationInfo, ConversationKind, Member, Role};
@@ -128,7 +128,7 @@ impl Shard {
             );
             return Ok(());
         }
-        let mut seen = HashSet::from([user_id]);
+        let mut seen: HashSet<u64> = [user_id].into_iter().collect();
         let others: Vec<u64> = create
             .members
             .into_iter()
@@ -309,7 +309,7 @@ impl Shard {
     fn group_members(&mut self, conversation_id: u64) -> HashSet<u64> {
         match self.cached_conversation(conversation_id) {
             Ok(Some(record)) => record.members.iter().map(|m| m.user_id).collect(),
-            _ => HashSet::new(),
+            _ => HashSet::default(),
         }
     }
 

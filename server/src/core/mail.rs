@@ -83,7 +83,11 @@ pub(crate) enum Mail {
         direct: bool,
     },
     /// Back to the conversation's owner: the member's log holds the message.
-    Delivered { conversation_id: u64, seq: u64 },
+    Delivered {
+        conversation_id: u64,
+        seq: u64,
+        user_id: u64,
+    },
     /// To a user's owner core: append an entry (a receipt, a group change) to the user's log.
     Append { to_user: u64, update: UpdateRecord },
     /// To a group's owner core: change the group.
@@ -174,4 +178,99 @@ pub(crate) enum GroupChange {
     Rename(String),
     /// A member gets a role.
     SetRole(u64, Role),
+}
+
+/// What to send instead of `mail` when the batch it waited on failed: a request's origin gets
+/// `code`, an answer becomes `code`, and an effect of the void batch is dropped (`None`).
+pub(crate) fn refusal(mail: Mail, code: ErrorCode) -> Option<Mail> {
+    let reply = |origin: ConnRef, request_id: u32| Mail::Reply {
+        origin,
+        request_id,
+        result: Err(code),
+    };
+    match mail {
+        Mail::SendDone {
+            origin, request_id, ..
+        } => Some(Mail::SendDone {
+            origin,
+            request_id,
+            result: Err(code),
+        }),
+        Mail::UserCreated { origin, .. } => Some(Mail::UserCreated {
+            origin,
+            result: Err(code),
+        }),
+        Mail::DirectOpened {
+            origin, request_id, ..
+        } => Some(Mail::DirectOpened {
+            origin,
+            request_id,
+            result: Err(code),
+        }),
+        Mail::Reply {
+            origin, request_id, ..
+        }
+        | Mail::Send {
+            origin, request_id, ..
+        }
+        | Mail::GroupChange {
+            origin, request_id, ..
+        }
+        | Mail::Typing {
+            origin, request_id, ..
+        }
+        | Mail::OpenDirect {
+            origin, request_id, ..
+        } => Some(reply(origin, request_id)),
+        Mail::Subscribe {
+            subscriber,
+            request_id,
+            ..
+        } => Some(reply(subscriber, request_id)),
+        Mail::CreateUser { origin, .. } => Some(Mail::UserCreated {
+            origin,
+            result: Err(code),
+        }),
+        // Presence is not stored: the answer stands.
+        mail @ Mail::PresenceNow { .. } => Some(mail),
+        Mail::Adopt(_)
+        | Mail::Deliver { .. }
+        | Mail::Delivered { .. }
+        | Mail::Append { .. }
+        | Mail::Unsubscribe { .. }
+        | Mail::PresenceChanged { .. }
+        | Mail::TypingTo { .. }
+        | Mail::PushDone { .. }
+        | Mail::PushRejected { .. } => None,
+    }
+}
+
+/// A copy of mail whose effect is an append to a log (a message or an entry such as a receipt),
+/// which no other core sends again: kept until the batch holding its effect is durable, and
+/// handled again if that batch fails.
+pub(crate) fn replayable(mail: &Mail) -> Option<Mail> {
+    match mail {
+        Mail::Deliver {
+            user_id,
+            conversation_id,
+            seq,
+            sender,
+            from_core,
+            message,
+            direct,
+        } => Some(Mail::Deliver {
+            user_id: *user_id,
+            conversation_id: *conversation_id,
+            seq: *seq,
+            sender: *sender,
+            from_core: *from_core,
+            message: std::sync::Arc::clone(message),
+            direct: *direct,
+        }),
+        Mail::Append { to_user, update } => Some(Mail::Append {
+            to_user: *to_user,
+            update: update.clone(),
+        }),
+        _ => None,
+    }
 }

@@ -9,7 +9,7 @@
 //! and to anyone else it does not exist. Downloads are single reads of at most one chunk's size,
 //! so a large transfer is many small requests interleaved with everyone else's on the core.
 
-use std::collections::HashMap;
+use super::HashMap;
 
 use ring::digest;
 use tern_protocol::frames::{

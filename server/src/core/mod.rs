@@ -1,10 +1,24 @@
 //! Per-core chat logic: sessions, accounts, conversations, the message path, sync and receipts.
 //!
-//! A [`Shard`] is one core's state. It never touches sockets, threads or the clock: the runtime
-//! hands it decoded frames and mail together with the current time, and collects what it produced:
-//! frames for connections ([`Output`]) and mail for other cores. Writes go into the shard's pending
-//! [`Batch`]; [`Shard::end_turn`] commits that batch once per loop turn (group commit) and only then
-//! releases the replies and mail that depend on it, so an acknowledgement always means durable.
+//! A [`Shard`] is one core's state. It never touches sockets, threads, the clock or the disk: the
+//! runtime hands it decoded frames, mail and commit results together with the current time, and
+//! collects what it produced: frames for connections ([`Output`]), mail for other cores, and a
+//! batch of writes for the core's committer ([`Commit`]).
+//!
+//! # Commits, in the order the calls come
+//!
+//! 1. `handle_request`, `handle_mail` and `tick` put writes into the pending [`Batch`] and hold the
+//!    replies and mail that must wait until those writes are durable.
+//! 2. [`Shard::end_turn`], once per loop turn, seals the batch as a [`Commit`] (group commit) and
+//!    returns it with what may go out now. The shard keeps serving while the committer writes: its
+//!    store reads its own staged writes through an overlay, and at most
+//!    [`COMMITS_IN_FLIGHT_MAX`] batches are in flight (past that the pending batch grows).
+//! 3. [`Shard::handle_committed`] takes the committer's answer, in batch order. Durable: what was
+//!    held for that batch is released. Failed: that batch and every later one are void, as if
+//!    never made; each request that waited on them is answered `INTERNAL` (retryable), on
+//!    whichever core it came from, and the caches reload from what is durable.
+//!
+//! So an acknowledgement always means durable, and no request waits forever.
 //!
 //! Ownership: a user belongs to core `owner(user_id)`, a conversation to `owner(conversation_id)`.
 //! Only the owner core writes a user's devices, update log and watermarks, or a conversation's
@@ -19,7 +33,7 @@ pub(crate) mod media;
 pub(crate) mod presence;
 pub(crate) mod push;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use tern_protocol::frames::{self, Error as ErrorFrame};
@@ -27,12 +41,58 @@ use tern_protocol::{Body, ErrorCode, Frame};
 
 use crate::config::Config;
 use crate::ids::IdGen;
-use crate::store::records::UpdateRecord;
+use crate::store::records::{MessageRecord, UpdateRecord};
 use crate::store::{Batch, Store, StoreError};
 use mail::{GroupChange, Mail};
 
 /// Users whose state a core keeps in memory before it starts over (each entry is tens of bytes).
 pub(crate) const CACHED_USERS_MAX: usize = 1 << 20;
+
+/// The hasher of the core's maps. The simulator needs a run to replay exactly, so under test it is
+/// fixed; in the server it is seeded at random, so no client can aim keys at one bucket.
+#[cfg(not(test))]
+pub(crate) type Hasher = std::collections::hash_map::RandomState;
+#[cfg(test)]
+pub(crate) type Hasher = std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
+pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, Hasher>;
+pub(crate) type HashSet<K> = std::collections::HashSet<K, Hasher>;
+
+/// How often the runtime calls [`Shard::tick`].
+pub(crate) const TICK_MS: u64 = 250;
+
+/// Batches a core may have handed to its committer and not yet seen answered.
+pub(crate) const COMMITS_IN_FLIGHT_MAX: usize = 2;
+
+/// A batch for the core's committer: write it, then answer [`Shard::handle_committed`] with `id`.
+pub(crate) struct Commit {
+    pub(crate) id: u64,
+    /// Batches of an older epoch than the last failure are void: the committer refuses them.
+    pub(crate) epoch: u64,
+    pub(crate) batch: Batch,
+}
+
+/// What a loop turn produced: frames and mail to send now, and perhaps a batch to commit.
+pub(crate) struct Turn {
+    pub(crate) outputs: Vec<Output>,
+    pub(crate) mail: Vec<(usize, Mail)>,
+    pub(crate) commit: Option<Commit>,
+}
+
+/// What waits for one batch in flight.
+#[derive(Default)]
+struct Held {
+    id: u64,
+    outputs: Vec<Output>,
+    mail: Vec<(usize, Mail)>,
+    /// Updates appended in the batch, pushed to live devices once it is durable.
+    pushes: Vec<(u64, u64, UpdateRecord)>,
+    /// The messages those updates carry, so pushing them reads nothing back.
+    fresh: HashMap<(u64, u64), Arc<MessageRecord>>,
+    /// Fan-outs of messages stored in the batch.
+    fanouts: Vec<(u64, u64)>,
+    /// Mail whose effects the batch holds and that no other core sends again (appends to logs).
+    replay: Vec<Mail>,
+}
 
 /// A connection's id, unique on its core for the life of the process.
 pub(crate) type ConnId = u64;
@@ -130,9 +190,22 @@ pub(crate) struct Shard {
     pub(crate) core: usize,
     pub(crate) cores: usize,
     pub(crate) config: Arc<Config>,
+    /// The database as this core sees it: what is durable, with its own staged batches over it.
     pub(crate) store: Store,
+    /// What is durable only: what clients may be shown (logs and history).
+    pub(crate) committed: Store,
     pub(crate) ids: IdGen,
     pub(crate) batch: Batch,
+    /// Batches handed to the committer and not yet answered, oldest first.
+    in_flight: VecDeque<Held>,
+    /// The id of the newest batch handed out.
+    last_batch: u64,
+    /// Batches handed out whose answer has not come back, voided ones included.
+    unanswered: usize,
+    /// Bumped by every failed commit.
+    epoch: u64,
+    /// The time of the latest input, for work a commit result starts.
+    last_now_ms: u64,
     /// Frames to send now, not waiting on the batch.
     outputs: Vec<Output>,
     /// Frames to send once the batch is committed.
@@ -141,6 +214,8 @@ pub(crate) struct Shard {
     mail_after_commit: Vec<(usize, Mail)>,
     /// Mail to send now.
     mail_now: Vec<(usize, Mail)>,
+    /// Appends handled into the pending batch, replayed if it fails (see [`Held::replay`]).
+    replay: Vec<Mail>,
     /// Updates appended in this batch, pushed to live sessions after the commit.
     pushes: Vec<(u64, u64, UpdateRecord)>,
     pub(crate) sessions: HashMap<ConnId, Session>,
@@ -170,17 +245,24 @@ impl Shard {
             core,
             cores,
             config,
-            store,
+            committed: store.clone(),
+            store: store.for_core(),
             ids: IdGen::new(core, high_water),
             batch,
+            in_flight: VecDeque::new(),
+            last_batch: 0,
+            unanswered: 0,
+            epoch: 0,
+            last_now_ms: 0,
             outputs: Vec::new(),
             after_commit: Vec::new(),
             mail_after_commit: Vec::new(),
             mail_now: Vec::new(),
+            replay: Vec::new(),
             pushes: Vec::new(),
-            sessions: HashMap::new(),
-            online: HashMap::new(),
-            users: HashMap::new(),
+            sessions: HashMap::default(),
+            online: HashMap::default(),
+            users: HashMap::default(),
             chat: chat::ChatState::default(),
             accounts: accounts::AccountState::default(),
             presence: presence::PresenceState::default(),
@@ -348,7 +430,9 @@ impl Shard {
             self.core
         );
         if !self.users.contains_key(&user_id) {
-            let head = self.store.last_user_seq(user_id)?;
+            // The head is what clients may be shown; new entries go after anything staged.
+            let head = self.committed.last_user_seq(user_id)?;
+            let next_seq = self.store.last_user_seq(user_id)?;
             let acked = self
                 .store
                 .devices(user_id)?
@@ -360,7 +444,7 @@ impl Shard {
                 user_id,
                 UserState {
                     head,
-                    next_seq: head,
+                    next_seq,
                     acked,
                     unacked_from: head,
                     ..UserState::default()
@@ -433,6 +517,7 @@ impl Shard {
         request_id: u32,
         body: Body,
     ) {
+        self.last_now_ms = now_ms;
         let Some(session) = self.sessions.get(&conn) else {
             self.reply_error(
                 conn,
@@ -553,6 +638,10 @@ impl Shard {
 
     /// Handles mail from another core (or this one).
     pub(crate) fn handle_mail(&mut self, now_ms: u64, mail: Mail) {
+        self.last_now_ms = now_ms;
+        if let Some(copy) = mail::replayable(&mail) {
+            self.replay.push(copy);
+        }
         let result = match mail {
             Mail::CreateUser {
                 origin,
@@ -606,8 +695,9 @@ impl Shard {
             Mail::Delivered {
                 conversation_id,
                 seq,
+                user_id,
             } => {
-                self.handle_delivered(conversation_id, seq);
+                self.handle_delivered(conversation_id, seq, user_id);
                 Ok(())
             }
             Mail::Append { to_user, update } => self.append_update(to_user, &update).map(|_| ()),
@@ -714,83 +804,211 @@ impl Shard {
         }
     }
 
-    /// Ends a loop turn: commits the pending batch and releases what waited for it.
-    ///
-    /// Returns the frames to send and the mail to deliver, in order.
-    pub(crate) fn end_turn(&mut self) -> (Vec<Output>, Vec<(usize, Mail)>) {
-        let mut outputs = std::mem::take(&mut self.outputs);
-        let mut mail = std::mem::take(&mut self.mail_now);
+    /// Ends a loop turn: seals the pending batch for the committer, with what may go out now.
+    pub(crate) fn end_turn(&mut self) -> Turn {
+        let mut turn = Turn {
+            outputs: std::mem::take(&mut self.outputs),
+            mail: std::mem::take(&mut self.mail_now),
+            commit: None,
+        };
         if let Err(e) = self.write_watermarks() {
             // Nothing of this turn's batch may reach the store without its watermarks.
-            self.batch = self.store.batch();
-            self.commit_failed(e, &mut outputs);
-            return (outputs, mail);
+            tracing::error!(core = self.core, error = %e, "encoding watermarks");
+            self.fail_in_flight(&mut turn);
+            return turn;
         }
-        if !self.batch.is_empty()
-            || !self.after_commit.is_empty()
+        let waiting = !self.after_commit.is_empty()
             || !self.mail_after_commit.is_empty()
-        {
-            let batch = std::mem::replace(&mut self.batch, self.store.batch());
-            match self.store.commit_measured(batch) {
-                Ok((writes, took)) => {
-                    if writes > 0 {
-                        self.metrics
-                            .core(self.core)
-                            .commit(writes, took.as_micros() as u64);
-                    }
-                    self.chat.committed();
-                    self.accounts_committed();
-                    self.trim_caches();
-                    outputs.append(&mut self.after_commit);
-                    mail.append(&mut self.mail_after_commit);
-                    self.release_pushes(&mut outputs);
-                }
-                Err(e) => self.commit_failed(e, &mut outputs),
+            || !self.pushes.is_empty();
+        if self.batch.is_empty() {
+            if !waiting {
+                return turn;
             }
+            // Nothing to write: what waits depends on batches in flight, if any, else on nothing.
+            let held = self.take_held(0);
+            match self.in_flight.back_mut() {
+                Some(last) => {
+                    last.outputs.extend(held.outputs);
+                    last.mail.extend(held.mail);
+                    last.pushes.extend(held.pushes);
+                    last.fresh.extend(held.fresh);
+                    last.fanouts.extend(held.fanouts);
+                    last.replay.extend(held.replay);
+                }
+                None => self.release(held, &mut turn.outputs, &mut turn.mail),
+            }
+            return turn;
         }
-        (outputs, mail)
+        if self.unanswered >= COMMITS_IN_FLIGHT_MAX {
+            // The committer is behind: the pending batch grows until it answers.
+            return turn;
+        }
+        self.last_batch += 1;
+        self.unanswered += 1;
+        let id = self.last_batch;
+        let batch = std::mem::replace(&mut self.batch, self.store.batch());
+        if let Some(overlay) = self.store.overlay() {
+            overlay.stage(id, &batch);
+        }
+        // What the batch holds is readable through the overlay now, so the bookkeeping of
+        // not-yet-staged writes starts over, and caches may drop what they hold.
+        self.chat.committed();
+        self.accounts_committed();
+        self.trim_caches();
+        let held = self.take_held(id);
+        self.in_flight.push_back(held);
+        turn.commit = Some(Commit {
+            id,
+            epoch: self.epoch,
+            batch,
+        });
+        turn
     }
 
-    /// Drops caches that outgrew their bound. Called right after a commit, when everything they
-    /// hold is also in the store, so they reload exactly what they forget.
+    /// The committer's answer for batch `id`: release what waited on it, or void it and every
+    /// later batch. What this produces goes out with the next [`Shard::end_turn`].
+    pub(crate) fn handle_committed(&mut self, id: u64, result: Result<(), StoreError>) {
+        self.unanswered = self.unanswered.saturating_sub(1);
+        if self.in_flight.front().is_none_or(|held| held.id != id) {
+            // A batch already voided by an earlier failure.
+            return;
+        }
+        match result {
+            Ok(()) => {
+                let Some(held) = self.in_flight.pop_front() else {
+                    return;
+                };
+                if let Some(overlay) = self.store.overlay() {
+                    overlay.settle(id);
+                }
+                let mut outputs = std::mem::take(&mut self.outputs);
+                let mut mail = std::mem::take(&mut self.mail_now);
+                self.release(held, &mut outputs, &mut mail);
+                self.outputs = outputs;
+                self.mail_now = mail;
+            }
+            Err(error) => {
+                tracing::error!(core = self.core, %error, "group commit failed");
+                let mut turn = Turn {
+                    outputs: std::mem::take(&mut self.outputs),
+                    mail: std::mem::take(&mut self.mail_now),
+                    commit: None,
+                };
+                self.fail_in_flight(&mut turn);
+                self.outputs = turn.outputs;
+                self.mail_now = turn.mail;
+            }
+        }
+    }
+
+    /// Periodic work: fan-outs some member has not confirmed in time are delivered again.
+    /// Call it every [`TICK_MS`] or so.
+    pub(crate) fn tick(&mut self, now_ms: u64) {
+        self.last_now_ms = now_ms;
+        if let Err(e) = self.retry_fanouts(now_ms) {
+            tracing::error!(core = self.core, error = %e, "retrying fan-outs");
+        }
+    }
+
+    /// Whether batches are in flight or writes pending (shutdown waits for neither).
+    pub(crate) fn idle(&self) -> bool {
+        self.unanswered == 0 && self.batch.is_empty() && self.after_commit.is_empty()
+    }
+
+    fn take_held(&mut self, id: u64) -> Held {
+        Held {
+            id,
+            outputs: std::mem::take(&mut self.after_commit),
+            mail: std::mem::take(&mut self.mail_after_commit),
+            pushes: std::mem::take(&mut self.pushes),
+            fresh: self.chat.take_fresh(),
+            fanouts: self.chat.take_new_fanouts(),
+            replay: std::mem::take(&mut self.replay),
+        }
+    }
+
+    fn release(&mut self, held: Held, outputs: &mut Vec<Output>, mail: &mut Vec<(usize, Mail)>) {
+        outputs.extend(held.outputs);
+        mail.extend(held.mail);
+        self.release_pushes(held.pushes, &held.fresh, outputs);
+    }
+
+    /// Drops caches that outgrew their bound, a share at a time. Called when the batch is staged,
+    /// so everything they hold is readable from the store and they reload exactly what they forget.
     fn trim_caches(&mut self) {
         if self.users.len() > CACHED_USERS_MAX {
-            self.users.clear();
+            // Offline users first; no more than a sixteenth per turn, so no turn stalls.
+            let doomed: Vec<u64> = self
+                .users
+                .keys()
+                .copied()
+                .filter(|u| !self.online.contains_key(u))
+                .take(CACHED_USERS_MAX / 16)
+                .collect();
+            for user in doomed {
+                self.users.remove(&user);
+            }
         }
         self.chat.trim();
         self.media.trim();
     }
 
-    /// A failed commit: nothing in the batch happened. Waiting replies become errors, waiting mail
-    /// is dropped (its senders retry or the recovery scan finds it), and caches reload.
-    fn commit_failed(&mut self, error: StoreError, outputs: &mut Vec<Output>) {
-        tracing::error!(core = self.core, %error, "group commit failed");
-        for output in self.after_commit.drain(..) {
-            if let Output::Frame { conn, frame } = output {
-                if frame.request_id != 0 {
-                    let error = ErrorFrame {
-                        code: ErrorCode::INTERNAL,
-                        retry_after_ms: 0,
-                        message: "storage error".into(),
-                    };
-                    outputs.push(Output::Frame {
-                        conn,
-                        frame: Frame::new(frame.request_id, error),
-                    });
+    /// A failed commit: every batch in flight and the pending one are void. Replies that waited
+    /// become `INTERNAL` errors, requests from other cores are answered the same way, effects are
+    /// dropped (fan-out is retried by [`Shard::tick`]), and caches reload from what is durable.
+    fn fail_in_flight(&mut self, turn: &mut Turn) {
+        self.epoch += 1;
+        self.batch = self.store.batch();
+        if let Some(overlay) = self.store.overlay() {
+            overlay.discard();
+        }
+        let pending = self.take_held(0);
+        let voided: Vec<Held> = self.in_flight.drain(..).chain([pending]).collect();
+        let mut replay = Vec::new();
+        for held in voided {
+            replay.extend(held.replay);
+            self.chat.drop_fanouts(&held.fanouts);
+            for output in held.outputs {
+                if let Output::Frame { conn, frame } = output {
+                    if frame.request_id != 0 {
+                        let error = ErrorFrame {
+                            code: ErrorCode::INTERNAL,
+                            retry_after_ms: 0,
+                            message: "storage error; try again".into(),
+                        };
+                        turn.outputs.push(Output::Frame {
+                            conn,
+                            frame: Frame::new(frame.request_id, error),
+                        });
+                    }
+                }
+            }
+            for (core, mail) in held.mail {
+                self.chat.void_delivery(&mail);
+                if let Some(refusal) = mail::refusal(mail, ErrorCode::INTERNAL) {
+                    turn.mail.push((core, refusal));
                 }
             }
         }
-        self.mail_after_commit.clear();
-        self.pushes.clear();
         self.users.clear();
         self.chat.forget();
         self.media.forget();
         self.accounts = accounts::AccountState::default();
+        // Appends to logs come from other cores once, in order, and a member's fan-out watermark
+        // must never pass a message its log lacks: so the void ones are made again, in the order
+        // they first came, before any mail that came after them.
+        for mail in replay {
+            self.handle_mail(self.last_now_ms, mail);
+        }
     }
 
     /// After a commit: moves each touched user's head and pushes new updates to live sessions.
-    fn release_pushes(&mut self, outputs: &mut Vec<Output>) {
-        let pushes = std::mem::take(&mut self.pushes);
+    fn release_pushes(
+        &mut self,
+        pushes: Vec<(u64, u64, UpdateRecord)>,
+        fresh: &HashMap<(u64, u64), Arc<MessageRecord>>,
+        outputs: &mut Vec<Output>,
+    ) {
         for (user_id, user_seq, record) in pushes {
             if let Some(state) = self.users.get_mut(&user_id) {
                 state.head = state.head.max(user_seq);
@@ -806,7 +1024,7 @@ impl Shard {
             if live.is_empty() {
                 continue;
             }
-            match self.materialize_record(user_seq, &record) {
+            match self.materialize_record(user_seq, &record, fresh) {
                 Ok(Some((update, _))) => {
                     self.metrics
                         .core(self.core)
@@ -831,6 +1049,5 @@ impl Shard {
                 }
             }
         }
-        self.chat.pushed();
     }
 }

@@ -10,7 +10,7 @@
 //! Typing goes through the conversation's core, which checks membership and passes a
 //! `TypingEvent` to every other member's core for their live connections.
 
-use std::collections::{HashMap, HashSet};
+use super::{HashMap, HashSet};
 
 use tern_protocol::frames::{
     Ok as OkFrame, PresenceEvent, PresenceList, SetPrivacy, SubscribePresence, Typing, TypingEvent,
@@ -141,7 +141,7 @@ impl Shard {
             conn,
             request_id,
             order: subscribe.users.clone(),
-            got: HashMap::new(),
+            got: HashMap::default(),
         };
         self.presence.pending.insert((conn, request_id), pending);
         let unique: HashSet<u64> = subscribe.users.into_iter().collect();

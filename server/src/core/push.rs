@@ -8,7 +8,7 @@
 //! which pushkeys the gateway rejected; this core, the one writer of the user's devices, removes
 //! those.
 
-use std::collections::HashMap;
+use super::HashMap;
 
 use tern_protocol::frames::{Ok as OkFrame, RegisterPushToken};
 use tern_protocol::ErrorCode;

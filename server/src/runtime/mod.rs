@@ -9,6 +9,7 @@
 //! the shard commit its batch (group commit), then sends the released frames and mail.
 
 pub(crate) mod blocking;
+pub(crate) mod committer;
 pub(crate) mod conn;
 pub(crate) mod guard;
 pub(crate) mod mailbox;
@@ -31,11 +32,12 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::config::{Config, IoEngine};
 use crate::core::mail::Mail;
-use crate::core::{ConnId, Output, Shard};
+use crate::core::{ConnId, Output, Shard, TICK_MS};
 use crate::metrics::{Metrics, MetricsServer};
 use crate::store::records::UserRecord;
 use crate::store::Store;
 use blocking::BlockingPool;
+use committer::Committer;
 use conn::{ConnHandle, Start};
 use mailbox::{Inbox, Mailboxes};
 use socket::Socket;
@@ -69,6 +71,8 @@ pub(crate) struct CoreCtx {
     pub(crate) config: Arc<Config>,
     pub(crate) store: Store,
     pub(crate) shard: RefCell<Shard>,
+    /// Writes the shard's batches off this thread.
+    committer: Committer,
     pub(crate) conns: RefCell<HashMap<ConnId, Rc<ConnHandle>>>,
     pub(crate) pool: BlockingPool,
     pub(crate) dummy_user: UserRecord,
@@ -224,16 +228,51 @@ impl CoreCtx {
         }
     }
 
-    /// One loop turn: mail in, commit, frames and mail out.
+    /// One loop turn: commit answers and mail in, the batch to the committer, frames and mail
+    /// out.
     fn turn(self: &Rc<Self>, inbox: &Inbox) {
+        self.take_answers();
         while let Ok(batch) = inbox.rx.try_recv() {
             for mail in batch {
                 self.route(mail);
             }
         }
-        let (outputs, mail) = self.shard.borrow_mut().end_turn();
-        self.dispatch(outputs);
-        self.post(mail);
+        let turn = self.shard.borrow_mut().end_turn();
+        if let Some(commit) = turn.commit {
+            self.committer.submit(commit);
+        }
+        self.dispatch(turn.outputs);
+        self.post(turn.mail);
+    }
+
+    /// Hands the committer's answers to the shard.
+    fn take_answers(&self) {
+        while let Ok(answer) = self.committer.answers.try_recv() {
+            self.shard
+                .borrow_mut()
+                .handle_committed(answer.id, answer.result);
+        }
+    }
+
+    /// At the end: commits what is left and waits for the committer, within `deadline`.
+    fn settle(self: &Rc<Self>, deadline: Duration) {
+        let started = Instant::now();
+        loop {
+            let turn = self.shard.borrow_mut().end_turn();
+            if let Some(commit) = turn.commit {
+                self.committer.submit(commit);
+            }
+            self.dispatch(turn.outputs);
+            self.post(turn.mail);
+            if self.shard.borrow().idle() || started.elapsed() >= deadline {
+                return;
+            }
+            if let Ok(answer) = self.committer.answers.recv_timeout(SHUTDOWN_TICK) {
+                self.shard
+                    .borrow_mut()
+                    .handle_committed(answer.id, answer.result);
+            }
+        }
     }
 }
 
@@ -241,17 +280,24 @@ async fn driver(ctx: Rc<CoreCtx>, inbox: Inbox) {
     let deadline = Duration::from_millis(ctx.config.shutdown_timeout_ms);
     let mut shutdown_started: Option<Instant> = None;
     let mut closed_all = false;
+    let tick = Duration::from_millis(TICK_MS);
+    let mut last_tick = Instant::now();
     loop {
         // While shutting down, also wake on a short tick to watch the deadline.
-        let tick = if shutdown_started.is_some() {
+        let wait = if shutdown_started.is_some() {
             SHUTDOWN_TICK
         } else {
-            Duration::from_secs(3600)
+            tick
         };
         tokio::select! {
             _ = inbox.wake.notified() => {}
             _ = ctx.turn.notified() => {}
-            _ = tokio::time::sleep(tick) => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+        if last_tick.elapsed() >= tick {
+            last_tick = Instant::now();
+            let now = ctx.now_ms();
+            ctx.shard.borrow_mut().tick(now);
         }
         ctx.turn(&inbox);
         if !ctx.undelivered.borrow().is_empty() {
@@ -282,6 +328,11 @@ async fn driver(ctx: Rc<CoreCtx>, inbox: Inbox) {
                 );
             }
             ctx.turn(&inbox);
+            ctx.settle(
+                deadline
+                    .saturating_sub(started.elapsed())
+                    .max(SHUTDOWN_TICK),
+            );
             return;
         }
     }
@@ -420,7 +471,8 @@ async fn core_main(
     inbox: Inbox,
     ready: std::sync::mpsc::Sender<usize>,
 ) {
-    match ctx.shard.borrow_mut().recover_fanouts() {
+    let now = ctx.now_ms();
+    match ctx.shard.borrow_mut().recover_fanouts(now) {
         Ok(0) => {}
         Ok(n) => tracing::info!(
             core = ctx.core,
@@ -681,6 +733,19 @@ struct CoreParts {
 }
 
 fn run_core(parts: CoreParts, listeners: CoreListeners, inbox: Inbox) {
+    let committer = match Committer::start(
+        parts.core,
+        parts.store.backend(),
+        parts.store.fsync(),
+        Arc::clone(&parts.metrics),
+        Arc::clone(&inbox.wake),
+    ) {
+        Ok(committer) => committer,
+        Err(e) => {
+            tracing::error!(core = parts.core, error = %e, "cannot start the committer");
+            return;
+        }
+    };
     let dummy_salt = [0u8; 16];
     let config = Arc::clone(&parts.config);
     let shard = Shard::new(
@@ -706,6 +771,7 @@ fn run_core(parts: CoreParts, listeners: CoreListeners, inbox: Inbox) {
         config: parts.config,
         store: parts.store,
         shard: RefCell::new(shard),
+        committer,
         conns: RefCell::new(HashMap::new()),
         pool: parts.pool,
         buffers: socket::BufferPool::default(),
@@ -745,5 +811,5 @@ fn run_core(parts: CoreParts, listeners: CoreListeners, inbox: Inbox) {
         .alive
         .store(false, Ordering::Relaxed);
     // Commit anything left on this core.
-    let (_, _) = ctx.shard.borrow_mut().end_turn();
+    ctx.settle(Duration::from_millis(ctx.config.shutdown_timeout_ms));
 }

@@ -37,17 +37,19 @@
 //! The write-ahead log is always on: a committed batch survives `kill -9`. With `fsync`, every
 //! commit also syncs the log, so it survives power loss.
 
+pub(crate) mod backend;
 pub(crate) mod keys;
+pub(crate) mod overlay;
 pub(crate) mod records;
+pub(crate) mod rocks;
 
 use std::path::Path;
 use std::sync::Arc;
 
-use rocksdb::{
-    BlockBasedOptions, BoundColumnFamily, ColumnFamilyDescriptor, DBWithThreadMode, Direction,
-    IteratorMode, MultiThreaded, Options, ReadOptions, WriteBatch, WriteOptions,
-};
-
+#[cfg(test)]
+use backend::MemBackend;
+use backend::{Backend, Rows, Slice};
+use overlay::Overlay;
 use records::*;
 
 /// Column family names, in the order they are created.
@@ -96,18 +98,18 @@ const CF_MEDIA_REFS: &str = "media_refs";
 /// A queued push job and its (due_ms, user_id) key.
 pub(crate) type DuePushJob = ((u64, u64), PushJobRecord);
 
-/// Key-value pairs read by a range scan.
-type Rows = Vec<(Box<[u8]>, Box<[u8]>)>;
-
 /// Most records one range read returns; callers page past it.
 pub(crate) const RANGE_READ_MAX: usize = 1000;
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// RocksDB reported an error (I/O, corruption it detected, a full disk).
-    #[error("rocksdb: {0}")]
-    Db(#[from] rocksdb::Error),
+    /// The disk is full: writes fail until there is room again.
+    #[error("no space left: {0}")]
+    NoSpace(String),
+    /// The engine reported an error (I/O, corruption it detected).
+    #[error("storage: {0}")]
+    Io(String),
     /// A stored value failed validation.
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -116,124 +118,105 @@ pub enum StoreError {
     Encode(String),
 }
 
-type Db = DBWithThreadMode<MultiThreaded>;
-
-/// The database, shared by every core.
+/// The database, shared by every core: typed reads and commits over a [`Backend`].
+///
+/// A core's own copy ([`Store::for_core`]) also reads the batches it handed to its committer and
+/// that are not durable yet, through its [`Overlay`].
 #[derive(Clone)]
 pub(crate) struct Store {
-    db: Arc<Db>,
+    backend: Arc<dyn Backend>,
     fsync: bool,
+    overlay: Option<Arc<Overlay>>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("path", &self.db.path())
             .field("fsync", &self.fsync)
+            .field("overlay", &self.overlay.is_some())
             .finish()
     }
 }
 
 impl Store {
-    /// Opens (creating if needed) the database in `path`.
+    /// Opens (creating if needed) the RocksDB database in `path`.
     /// Idempotency records older than `idempotency_retention_ms` are dropped by compaction.
     pub(crate) fn open(
         path: &Path,
         fsync: bool,
         idempotency_retention_ms: u64,
     ) -> Result<Store, StoreError> {
-        let mut options = Options::default();
-        options.create_if_missing(true);
-        options.create_missing_column_families(true);
-        options.set_max_background_jobs(2);
-        options.set_bytes_per_sync(1 << 20);
-        options.set_keep_log_file_num(5);
-        let descriptors = COLUMN_FAMILIES.iter().map(|name| {
-            ColumnFamilyDescriptor::new(*name, cf_options(name, idempotency_retention_ms))
-        });
-        let db = Db::open_cf_descriptors(&options, path, descriptors)?;
-        Ok(Store {
-            db: Arc::new(db),
+        let backend = rocks::RocksBackend::open(path, idempotency_retention_ms)?;
+        Ok(Store::with_backend(Arc::new(backend), fsync))
+    }
+
+    /// A store over any backend.
+    pub(crate) fn with_backend(backend: Arc<dyn Backend>, fsync: bool) -> Store {
+        Store {
+            backend,
             fsync,
-        })
-    }
-
-    fn cf(&self, name: &str) -> Arc<BoundColumnFamily<'_>> {
-        // Every name in COLUMN_FAMILIES is created at open, so the handle always exists.
-        self.db
-            .cf_handle(name)
-            .unwrap_or_else(|| panic!("column family {name} is created at open"))
-    }
-
-    /// Commits a batch; with `fsync`, waits for the log to reach the disk.
-    pub(crate) fn commit(&self, batch: Batch) -> Result<(), StoreError> {
-        self.commit_measured(batch).map(|_| ())
-    }
-
-    /// Commits a batch and returns how many writes it held and how long the write took.
-    pub(crate) fn commit_measured(
-        &self,
-        batch: Batch,
-    ) -> Result<(usize, std::time::Duration), StoreError> {
-        if batch.is_empty() {
-            return Ok((0, std::time::Duration::ZERO));
+            overlay: None,
         }
-        let writes = batch.len();
-        let mut options = WriteOptions::default();
-        options.set_sync(self.fsync);
-        // The batch is sorted: when both cores insert at once, each keeps its place per memtable.
-        options.set_memtable_insert_hint_per_batch(true);
-        let started = std::time::Instant::now();
-        self.db.write_opt(batch.into_write_batch(), &options)?;
-        Ok((writes, started.elapsed()))
     }
 
-    /// The RocksDB figures worth watching, summed over column families.
+    /// An empty store in memory.
+    #[cfg(test)]
+    pub(crate) fn in_memory() -> Store {
+        Store::with_backend(Arc::new(MemBackend::new()), false)
+    }
+
+    /// The same database, as one core sees it: with an overlay of its own staged batches.
+    pub(crate) fn for_core(&self) -> Store {
+        Store {
+            backend: Arc::clone(&self.backend),
+            fsync: self.fsync,
+            overlay: Some(Arc::new(Overlay::new())),
+        }
+    }
+
+    /// The backend, for a committer.
+    pub(crate) fn backend(&self) -> Arc<dyn Backend> {
+        Arc::clone(&self.backend)
+    }
+
+    /// Whether commits sync the log to the disk.
+    pub(crate) fn fsync(&self) -> bool {
+        self.fsync
+    }
+
+    /// This core's staged batches.
+    pub(crate) fn overlay(&self) -> Option<&Overlay> {
+        self.overlay.as_deref()
+    }
+
+    /// Commits a batch here and now; with `fsync`, waits for the log to reach the disk. (Cores
+    /// hand their batches to a committer instead.)
+    pub(crate) fn commit(&self, mut batch: Batch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        batch.sort();
+        self.backend.write(&batch, self.fsync)
+    }
+
+    /// The engine's figures worth watching, summed over column families.
     pub(crate) fn properties(&self) -> Vec<(&'static str, u64)> {
-        const PROPERTIES: [&str; 7] = [
-            "rocksdb.estimate-num-keys",
-            "rocksdb.total-sst-files-size",
-            "rocksdb.live-blob-file-size",
-            "rocksdb.cur-size-all-mem-tables",
-            "rocksdb.estimate-pending-compaction-bytes",
-            "rocksdb.num-running-compactions",
-            "rocksdb.num-running-flushes",
-        ];
-        PROPERTIES
-            .iter()
-            .map(|name| {
-                let total = COLUMN_FAMILIES
-                    .iter()
-                    .filter_map(|cf| {
-                        self.db
-                            .property_int_value_cf(&self.cf(cf), *name)
-                            .ok()
-                            .flatten()
-                    })
-                    .sum();
-                (*name, total)
-            })
-            .collect()
+        self.backend.properties()
     }
 
     /// Flushes memtables and the log; used at shutdown.
     pub(crate) fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_wal(true)?;
-        for name in COLUMN_FAMILIES {
-            self.db.flush_cf(&self.cf(name))?;
+        self.backend.flush()
+    }
+
+    fn get(&self, cf: &'static str, key: &[u8]) -> Result<Option<Slice<'_>>, StoreError> {
+        match &self.overlay {
+            Some(overlay) => overlay.get(&*self.backend, cf, key),
+            None => self.backend.get(cf, key),
         }
-        Ok(())
     }
 
-    fn get(
-        &self,
-        cf: &str,
-        key: &[u8],
-    ) -> Result<Option<rocksdb::DBPinnableSlice<'_>>, StoreError> {
-        Ok(self.db.get_pinned_cf(&self.cf(cf), key)?)
-    }
-
-    fn get_record<T>(&self, cf: &str, key: &[u8]) -> Result<Option<T>, StoreError>
+    fn get_record<T>(&self, cf: &'static str, key: &[u8]) -> Result<Option<T>, StoreError>
     where
         T: rkyv::Archive,
         T::Archived: for<'a> rkyv::bytecheck::CheckBytes<
@@ -245,44 +228,31 @@ impl Store {
 
     /// Key-value pairs of `cf` whose keys start with `prefix` and are at or after `from`, ascending,
     /// at most `limit`.
-    fn scan(&self, cf: &str, prefix: &[u8], from: &[u8], limit: usize) -> Result<Rows, StoreError> {
-        let mut read = ReadOptions::default();
-        read.set_iterate_upper_bound(prefix_upper_bound(prefix));
-        let iter = self.db.iterator_cf_opt(
-            &self.cf(cf),
-            read,
-            IteratorMode::From(from, Direction::Forward),
-        );
-        let mut out = Vec::new();
-        for item in iter.take(limit.min(RANGE_READ_MAX)) {
-            let (k, v) = item?;
-            if !k.starts_with(prefix) {
-                break;
-            }
-            out.push((k, v));
+    fn scan(
+        &self,
+        cf: &'static str,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Rows, StoreError> {
+        match &self.overlay {
+            Some(overlay) => overlay.scan(&*self.backend, cf, prefix, from, limit),
+            None => self.backend.scan(cf, prefix, from, limit),
         }
-        Ok(out)
     }
 
     /// As [`Store::scan`], descending from just below `before`.
     fn scan_back(
         &self,
-        cf: &str,
+        cf: &'static str,
         prefix: &[u8],
         before: &[u8],
         limit: usize,
     ) -> Result<Rows, StoreError> {
-        let mut read = ReadOptions::default();
-        read.set_iterate_lower_bound(prefix.to_vec());
-        read.set_iterate_upper_bound(before.to_vec());
-        let iter = self
-            .db
-            .iterator_cf_opt(&self.cf(cf), read, IteratorMode::End);
-        let mut out = Vec::new();
-        for item in iter.take(limit.min(RANGE_READ_MAX)) {
-            out.push(item?);
+        match &self.overlay {
+            Some(overlay) => overlay.scan_back(&*self.backend, cf, prefix, before, limit),
+            None => self.backend.scan_back(cf, prefix, before, limit),
         }
-        Ok(out)
     }
 
     // ------------------------------------------------------------------ reads
@@ -633,7 +603,6 @@ impl Store {
     /// A new, empty batch.
     pub(crate) fn batch(&self) -> Batch {
         Batch {
-            db: Arc::clone(&self.db),
             ops: Vec::new(),
             bytes: Vec::new(),
             ranged: false,
@@ -647,8 +616,8 @@ impl Store {
 /// (a stable sort, so writes to one key keep their order and the outcome is the same). A turn's
 /// writes come from many users and conversations interleaved; sorted, each memtable insert starts
 /// its skip-list search where the previous one ended instead of at the top.
+#[derive(Default)]
 pub(crate) struct Batch {
-    db: Arc<Db>,
     /// The writes, in the order made.
     ops: Vec<Op>,
     /// The keys and values of `ops`, end to end.
@@ -670,7 +639,7 @@ struct Op {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum OpKind {
+pub(crate) enum OpKind {
     Put,
     Delete,
     DeleteRange,
@@ -722,35 +691,27 @@ impl Batch {
         self.push(cf, OpKind::DeleteRange, from, to);
     }
 
-    /// The RocksDB batch: the writes sorted by column family and key, unless a range delete
-    /// keeps them in the order made.
-    fn into_write_batch(mut self) -> WriteBatch {
+    /// Sorts the writes by column family and key, unless a range delete keeps them in the order
+    /// made. Writes to one key keep their order (the sort is stable), so the outcome is the same.
+    pub(crate) fn sort(&mut self) {
+        if self.ranged {
+            return;
+        }
         let mut ops = std::mem::take(&mut self.ops);
-        if !self.ranged {
-            ops.sort_by(|a, b| a.cf.cmp(b.cf).then_with(|| self.key(a).cmp(self.key(b))));
-        }
-        let mut batch = WriteBatch::with_capacity_bytes(self.bytes.len() + ops.len() * 16 + 12);
-        let mut handle: Option<(&'static str, Arc<BoundColumnFamily<'_>>)> = None;
-        for op in &ops {
-            let cf = match &handle {
-                Some((name, cf)) if *name == op.cf => Arc::clone(cf),
-                _ => {
-                    let cf = self
-                        .db
-                        .cf_handle(op.cf)
-                        .unwrap_or_else(|| panic!("column family {} is created at open", op.cf));
-                    handle = Some((op.cf, Arc::clone(&cf)));
-                    cf
-                }
-            };
-            let (key, value) = (self.key(op), self.value(op));
-            match op.kind {
-                OpKind::Put => batch.put_cf(&cf, key, value),
-                OpKind::Delete => batch.delete_cf(&cf, key),
-                OpKind::DeleteRange => batch.delete_range_cf(&cf, key, value),
-            }
-        }
-        batch
+        ops.sort_by(|a, b| a.cf.cmp(b.cf).then_with(|| self.key(a).cmp(self.key(b))));
+        self.ops = ops;
+    }
+
+    /// The writes in order: column family, kind, key, and value (a range delete's end).
+    pub(crate) fn ops(&self) -> impl Iterator<Item = (&'static str, OpKind, &[u8], &[u8])> + '_ {
+        self.ops
+            .iter()
+            .map(|op| (op.cf, op.kind, self.key(op), self.value(op)))
+    }
+
+    /// Bytes of keys and values held.
+    pub(crate) fn bytes_len(&self) -> usize {
+        self.bytes.len()
     }
 
     fn put_record<T>(&mut self, cf: &'static str, key: &[u8], value: &T) -> Result<(), StoreError>
@@ -945,59 +906,25 @@ fn prefix_upper_bound(prefix: &[u8]) -> Vec<u8> {
     vec![0xff; 64]
 }
 
-/// How often RocksDB rewrites files nothing else compacted, so expiry also reaches idle data.
-const PERIODIC_COMPACTION_SECONDS: u64 = 24 * 3600;
-
-fn cf_options(name: &str, idempotency_retention_ms: u64) -> Options {
-    let mut options = Options::default();
-    let mut table = BlockBasedOptions::default();
-    table.set_bloom_filter(10.0, false);
-    table.set_cache_index_and_filter_blocks(true);
-    options.set_block_based_table_factory(&table);
-    options.set_compression_type(rocksdb::DBCompressionType::Lz4);
-    options.set_bottommost_compression_type(rocksdb::DBCompressionType::Zstd);
-    if name == CF_IDEMPOTENCY {
-        // Keys are kept at least as long as the spec promises clients (7 days by default), then
-        // dropped when compaction passes over them.
-        options.set_compaction_filter(
-            "tern-idempotency-expiry",
-            move |_level: u32, _key: &[u8], value: &[u8]| {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(0);
-                match decode::<IdempotencyRecord>(value) {
-                    Ok(record) if now.saturating_sub(record.ts) > idempotency_retention_ms => {
-                        rocksdb::compaction_filter::Decision::Remove
-                    }
-                    _ => rocksdb::compaction_filter::Decision::Keep,
-                }
-            },
-        );
-        options.set_periodic_compaction_seconds(PERIODIC_COMPACTION_SECONDS);
-    }
-    if name == CF_IDEMPOTENCY || name == CF_FANOUT_MARKS {
-        // Every Send looks up a key that is almost never there: a memtable bloom filter answers
-        // most of those lookups without walking the memtable's skip list.
-        options.set_memtable_whole_key_filtering(true);
-        options.set_memtable_prefix_bloom_ratio(0.05);
-    }
-    if name == CF_MEDIA_CHUNKS {
-        // Attachments are large and written once: keep them in blob files, out of the LSM tree.
-        options.set_enable_blob_files(true);
-        options.set_min_blob_size(4096);
-    }
-    options
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn temp_store() -> (tempfile::TempDir, Store) {
+    /// Every backend the store runs on, each as a fresh store: RocksDB in a temp dir, memory, and
+    /// a core's view with a staged batch of unrelated keys over it (so reads merge through the
+    /// overlay).
+    fn stores() -> Vec<(Option<tempfile::TempDir>, Store)> {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), false, 1000).unwrap();
-        (dir, store)
+        let rocks = Store::open(dir.path(), false, 1000).unwrap();
+        let staged = Store::in_memory().for_core();
+        let mut batch = staged.batch();
+        batch.put_user_conversation(u64::MAX, 1);
+        staged.overlay().unwrap().stage(1, &batch);
+        vec![
+            (Some(dir), rocks),
+            (None, Store::in_memory()),
+            (None, staged),
+        ]
     }
 
     // Proves a batch, written sorted by key, keeps the outcome of the order its writes were made in:
@@ -1005,85 +932,88 @@ mod tests {
     // of several puts wins, and a range delete removes what was put inside its range before it.
     #[test]
     fn sorted_batches_keep_the_order_of_writes_to_one_key() {
-        let (_dir, store) = temp_store();
-        let mut batch = store.batch();
-        batch.put_fanout_pending(5, 1);
-        batch.delete_fanout_pending(5, 1);
-        batch.delete_fanout_pending(3, 7);
-        batch.put_fanout_pending(3, 7);
-        batch.put_fanout_pending(1, 2);
-        batch.put_id_high_water(0, 10);
-        batch.put_id_high_water(0, 30);
-        batch.put_id_high_water(0, 20);
-        store.commit(batch).unwrap();
-        assert_eq!(store.pending_fanouts((0, 0), 10).unwrap(), [(1, 2), (3, 7)]);
-        assert_eq!(store.id_high_water(0).unwrap(), 20);
+        for (_dir, store) in stores() {
+            let mut batch = store.batch();
+            batch.put_fanout_pending(5, 1);
+            batch.delete_fanout_pending(5, 1);
+            batch.delete_fanout_pending(3, 7);
+            batch.put_fanout_pending(3, 7);
+            batch.put_fanout_pending(1, 2);
+            batch.put_id_high_water(0, 10);
+            batch.put_id_high_water(0, 30);
+            batch.put_id_high_water(0, 20);
+            store.commit(batch).unwrap();
+            assert_eq!(store.pending_fanouts((0, 0), 10).unwrap(), [(1, 2), (3, 7)]);
+            assert_eq!(store.id_high_water(0).unwrap(), 20);
 
-        let mut batch = store.batch();
-        batch.put_media_chunk(8, 0, b"old");
-        batch.delete_media(8);
-        batch.put_media_chunk(9, 0, b"kept");
-        store.commit(batch).unwrap();
-        let mut out = Vec::new();
-        store.read_media(8, 0, 3, &mut out).unwrap();
-        assert!(out.is_empty(), "{out:?}");
-        store.read_media(9, 0, 4, &mut out).unwrap();
-        assert_eq!(out, b"kept");
+            let mut batch = store.batch();
+            batch.put_media_chunk(8, 0, b"old");
+            batch.delete_media(8);
+            batch.put_media_chunk(9, 0, b"kept");
+            store.commit(batch).unwrap();
+            let mut out = Vec::new();
+            store.read_media(8, 0, 3, &mut out).unwrap();
+            assert!(out.is_empty(), "{out:?}");
+            store.read_media(9, 0, 4, &mut out).unwrap();
+            assert_eq!(out, b"kept");
+        }
     }
 
     // Proves range reads return exactly one owner's records, in numeric order, paged correctly.
     #[test]
     fn updates_are_scanned_per_user_in_order() {
-        let (_dir, store) = temp_store();
-        let mut batch = store.batch();
-        for (user, seqs) in [(1u64, 1..=3u64), (2, 1..=300), (3, 1..=2)] {
-            for seq in seqs {
-                let update = UpdateRecord::Message {
-                    conversation_id: 9,
-                    seq,
-                    sender: user,
-                };
-                batch.put_update(user, seq, &update).unwrap();
+        for (_dir, store) in stores() {
+            let mut batch = store.batch();
+            for (user, seqs) in [(1u64, 1..=3u64), (2, 1..=300), (3, 1..=2)] {
+                for seq in seqs {
+                    let update = UpdateRecord::Message {
+                        conversation_id: 9,
+                        seq,
+                        sender: user,
+                    };
+                    batch.put_update(user, seq, &update).unwrap();
+                }
             }
+            store.commit(batch).unwrap();
+            let page = store.updates_after(2, 255, 10).unwrap();
+            let seqs: Vec<u64> = page.iter().map(|(s, _)| *s).collect();
+            assert_eq!(seqs, (256..=265).collect::<Vec<_>>());
+            assert_eq!(store.updates_after(2, 299, 10).unwrap().len(), 1);
+            assert_eq!(store.updates_after(2, 300, 10).unwrap().len(), 0);
+            assert_eq!(store.last_user_seq(2).unwrap(), 300);
+            assert_eq!(store.last_user_seq(1).unwrap(), 3);
+            assert_eq!(store.last_user_seq(4).unwrap(), 0);
         }
-        store.commit(batch).unwrap();
-        let page = store.updates_after(2, 255, 10).unwrap();
-        let seqs: Vec<u64> = page.iter().map(|(s, _)| *s).collect();
-        assert_eq!(seqs, (256..=265).collect::<Vec<_>>());
-        assert_eq!(store.updates_after(2, 299, 10).unwrap().len(), 1);
-        assert_eq!(store.updates_after(2, 300, 10).unwrap().len(), 0);
-        assert_eq!(store.last_user_seq(2).unwrap(), 300);
-        assert_eq!(store.last_user_seq(1).unwrap(), 3);
-        assert_eq!(store.last_user_seq(4).unwrap(), 0);
     }
 
     // Proves history paging reads backwards from `before` and returns ascending order.
     #[test]
     fn messages_before_pages_backwards() {
-        let (_dir, store) = temp_store();
-        let mut batch = store.batch();
-        for seq in 1..=50u64 {
-            let message = MessageRecord {
-                message_id: seq,
-                sender: 1,
-                sender_device: 1,
-                ts: seq,
-                client_msg_id: [0; 16],
-                body: format!("m{seq}"),
-                attachments: vec![],
-            };
-            batch.put_message(7, seq, &message).unwrap();
+        for (_dir, store) in stores() {
+            let mut batch = store.batch();
+            for seq in 1..=50u64 {
+                let message = MessageRecord {
+                    message_id: seq,
+                    sender: 1,
+                    sender_device: 1,
+                    ts: seq,
+                    client_msg_id: [0; 16],
+                    body: format!("m{seq}"),
+                    attachments: vec![],
+                };
+                batch.put_message(7, seq, &message).unwrap();
+            }
+            store.commit(batch).unwrap();
+            let page = store.messages_before(7, 21, 5).unwrap();
+            assert_eq!(
+                page.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+                vec![16, 17, 18, 19, 20]
+            );
+            assert_eq!(store.messages_before(7, u64::MAX, 2).unwrap()[1].0, 50);
+            assert_eq!(store.last_seq(7).unwrap(), 50);
+            assert_eq!(store.last_seq(8).unwrap(), 0);
+            assert!(store.messages_before(7, 1, 5).unwrap().is_empty());
         }
-        store.commit(batch).unwrap();
-        let page = store.messages_before(7, 21, 5).unwrap();
-        assert_eq!(
-            page.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
-            vec![16, 17, 18, 19, 20]
-        );
-        assert_eq!(store.messages_before(7, u64::MAX, 2).unwrap()[1].0, 50);
-        assert_eq!(store.last_seq(7).unwrap(), 50);
-        assert_eq!(store.last_seq(8).unwrap(), 0);
-        assert!(store.messages_before(7, 1, 5).unwrap().is_empty());
     }
 
     // Proves records, sessions and the reopened database keep what was committed.
@@ -1126,7 +1056,9 @@ mod tests {
     // ones.
     #[test]
     fn idempotency_records_expire_in_compaction() {
-        let (_dir, store) = temp_store();
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Arc::new(rocks::RocksBackend::open(dir.path(), 1000).unwrap());
+        let store = Store::with_backend(Arc::clone(&backend) as Arc<dyn Backend>, false);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -1148,10 +1080,129 @@ mod tests {
         batch.put_idempotency(1, 1, &[2; 16], &fresh).unwrap();
         store.commit(batch).unwrap();
         store.flush().unwrap();
-        store
-            .db
-            .compact_range_cf(&store.cf(CF_IDEMPOTENCY), None::<&[u8]>, None::<&[u8]>);
+        backend.compact(CF_IDEMPOTENCY);
         assert_eq!(store.idempotency(1, 1, &[1; 16]).unwrap(), None);
         assert_eq!(store.idempotency(1, 1, &[2; 16]).unwrap(), Some(fresh));
+    }
+
+    fn update(seq: u64) -> UpdateRecord {
+        UpdateRecord::Message {
+            conversation_id: 9,
+            seq,
+            sender: 1,
+        }
+    }
+
+    fn seqs(rows: &[(u64, UpdateRecord)]) -> Vec<u64> {
+        rows.iter().map(|(s, _)| *s).collect()
+    }
+
+    // Proves a core reads its own staged writes merged with the committed ones, in order, in both
+    // directions and across pages; that a staged delete hides a committed key; that the committed
+    // view sees none of it; and that settling or discarding leaves exactly the backend's truth.
+    #[test]
+    fn staged_batches_are_read_through_the_overlay() {
+        let shared = Store::in_memory();
+        let core = shared.for_core();
+        let overlay = core.overlay().unwrap();
+        let mut batch = shared.batch();
+        for seq in (1..=10).step_by(2) {
+            batch.put_update(1, seq, &update(seq)).unwrap();
+        }
+        batch.put_session(&[1; 32], 1, 1);
+        shared.commit(batch).unwrap();
+
+        let mut staged = shared.batch();
+        for seq in (2..=10).step_by(2) {
+            staged.put_update(1, seq, &update(seq)).unwrap();
+        }
+        staged.put_update(1, 11, &update(11)).unwrap();
+        staged.delete_session(&[1; 32]);
+        staged.put_session(&[2; 32], 1, 2);
+        overlay.stage(1, &staged);
+
+        assert_eq!(
+            seqs(&core.updates_after(1, 0, 100).unwrap()),
+            (1..=11).collect::<Vec<_>>()
+        );
+        assert_eq!(seqs(&core.updates_after(1, 3, 4).unwrap()), [4, 5, 6, 7]);
+        assert_eq!(core.last_user_seq(1).unwrap(), 11);
+        assert_eq!(core.session(&[1; 32]).unwrap(), None);
+        assert_eq!(core.session(&[2; 32]).unwrap(), Some((1, 2)));
+        assert_eq!(shared.last_user_seq(1).unwrap(), 9);
+        assert_eq!(shared.session(&[1; 32]).unwrap(), Some((1, 1)));
+
+        // Committed by the committer, then settled: the backend answers alone, the same way.
+        staged.sort();
+        shared.backend().write(&staged, false).unwrap();
+        overlay.settle(1);
+        assert!(overlay.is_empty());
+        assert_eq!(
+            seqs(&core.updates_after(1, 0, 100).unwrap()),
+            (1..=11).collect::<Vec<_>>()
+        );
+        assert_eq!(core.session(&[1; 32]).unwrap(), None);
+
+        // A batch that failed: discarded, as if never made.
+        let mut doomed = shared.batch();
+        doomed.put_update(1, 12, &update(12)).unwrap();
+        overlay.stage(2, &doomed);
+        assert_eq!(core.last_user_seq(1).unwrap(), 12);
+        overlay.discard();
+        assert_eq!(core.last_user_seq(1).unwrap(), 11);
+    }
+
+    // Proves a staged range delete hides committed keys inside its range from point reads and
+    // scans, and that a write staged after it inside the range is seen.
+    #[test]
+    fn staged_range_deletes_hide_committed_keys() {
+        let shared = Store::in_memory();
+        let core = shared.for_core();
+        let mut batch = shared.batch();
+        batch.put_media_chunk(8, 0, b"abc");
+        batch.put_media_chunk(8, 3, b"def");
+        shared.commit(batch).unwrap();
+        let mut staged = shared.batch();
+        staged.delete_media(8);
+        staged.put_media_chunk(8, 0, b"xyz");
+        core.overlay().unwrap().stage(1, &staged);
+        let mut out = Vec::new();
+        core.read_media(8, 0, 6, &mut out).unwrap();
+        assert_eq!(out, b"xyz");
+        out.clear();
+        shared.read_media(8, 0, 6, &mut out).unwrap();
+        assert_eq!(out, b"abcdef");
+    }
+
+    // Proves the fault-injecting backend fails exactly the writes it is told to, with the error
+    // kinds a real disk gives, writes nothing of a failed batch, and works again afterwards.
+    #[test]
+    fn faulty_backend_fails_writes_on_demand() {
+        let faults = Arc::new(backend::Faults::default());
+        let memory: Arc<dyn Backend> = Arc::new(MemBackend::new());
+        let store = Store::with_backend(
+            Arc::new(backend::FaultyBackend::new(
+                Arc::clone(&memory),
+                Arc::clone(&faults),
+            )),
+            false,
+        );
+        let put = |seq| {
+            let mut batch = store.batch();
+            batch.put_update(1, seq, &update(seq)).unwrap();
+            store.commit(batch)
+        };
+        put(1).unwrap();
+        faults.fail_next_writes(2);
+        assert!(matches!(put(2), Err(StoreError::Io(_))));
+        assert!(matches!(put(2), Err(StoreError::Io(_))));
+        put(2).unwrap();
+        faults.set_no_space(true);
+        assert!(matches!(put(3), Err(StoreError::NoSpace(_))));
+        assert_eq!(store.last_user_seq(1).unwrap(), 2);
+        faults.set_no_space(false);
+        put(3).unwrap();
+        assert_eq!(store.last_user_seq(1).unwrap(), 3);
+        assert_eq!(faults.refused(), 3);
     }
 }

@@ -199,6 +199,27 @@ pub async fn sync_all(client: &Client, since: u64) -> Vec<Update> {
     }
 }
 
+/// Syncs from 0 until the log holds at least `messages` messages, and returns it whole.
+///
+/// A `Sent` means the message is durable in its conversation; each member's log gets it a commit
+/// later, on the member's core. So a test that syncs a recipient right after a `Send` waits here
+/// for that commit, polling within a bounded time.
+pub async fn sync_until(client: &Client, messages: usize) -> Vec<Update> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let updates = sync_all(client, 0).await;
+        if bodies(&updates).len() >= messages {
+            return updates;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log holds {} messages, not {messages}",
+            bodies(&updates).len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
+
 /// The message bodies among updates, in order.
 pub fn bodies(updates: &[Update]) -> Vec<String> {
     updates

@@ -1,0 +1,239 @@
+//! The RocksDB backend: one database, one column family per kind of record.
+//!
+//! Tuning lives here: bloom filters, compression, memtable bloom filters for the keys every `Send`
+//! looks up and rarely finds, blob files for media chunks, and the compaction filter that expires
+//! idempotency records.
+//!
+//! A full disk: a write that fails for want of space puts RocksDB into a stopped state in which
+//! every later write fails too. RocksDB's own recovery (its `SstFileManager` watches the free
+//! space) resumes writing once there is room again, so the committers simply keep offering
+//! batches and report each failure; see [`StoreError::NoSpace`].
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{
+    BlockBasedOptions, BoundColumnFamily, ColumnFamilyDescriptor, DBWithThreadMode, Direction,
+    IteratorMode, MultiThreaded, Options, ReadOptions, WriteBatch, WriteOptions,
+};
+
+use super::backend::{Backend, Rows, Slice};
+use super::records::{decode, IdempotencyRecord};
+use super::{
+    prefix_upper_bound, Batch, OpKind, StoreError, CF_FANOUT_MARKS, CF_IDEMPOTENCY,
+    CF_MEDIA_CHUNKS, COLUMN_FAMILIES, RANGE_READ_MAX,
+};
+
+type Db = DBWithThreadMode<MultiThreaded>;
+
+/// How often RocksDB rewrites files nothing else compacted, so expiry also reaches idle data.
+const PERIODIC_COMPACTION_SECONDS: u64 = 24 * 3600;
+
+/// One RocksDB database.
+pub(crate) struct RocksBackend {
+    db: Db,
+}
+
+impl From<rocksdb::Error> for StoreError {
+    fn from(error: rocksdb::Error) -> StoreError {
+        let text = error.into_string();
+        if text.contains("No space left") || text.contains("NoSpace") {
+            StoreError::NoSpace(text)
+        } else {
+            StoreError::Io(text)
+        }
+    }
+}
+
+impl RocksBackend {
+    /// Opens (creating if needed) the database in `path`.
+    /// Idempotency records older than `idempotency_retention_ms` are dropped by compaction.
+    pub(crate) fn open(
+        path: &Path,
+        idempotency_retention_ms: u64,
+    ) -> Result<RocksBackend, StoreError> {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        options.set_max_background_jobs(2);
+        options.set_bytes_per_sync(1 << 20);
+        options.set_keep_log_file_num(5);
+        let descriptors = COLUMN_FAMILIES.iter().map(|name| {
+            ColumnFamilyDescriptor::new(*name, cf_options(name, idempotency_retention_ms))
+        });
+        let db = Db::open_cf_descriptors(&options, path, descriptors)?;
+        Ok(RocksBackend { db })
+    }
+
+    fn cf(&self, name: &str) -> Arc<BoundColumnFamily<'_>> {
+        // Every name in COLUMN_FAMILIES is created at open, so the handle always exists.
+        self.db
+            .cf_handle(name)
+            .unwrap_or_else(|| panic!("column family {name} is created at open"))
+    }
+
+    /// Compacts a whole column family now (tests of the compaction filter).
+    #[cfg(test)]
+    pub(crate) fn compact(&self, name: &str) {
+        self.db
+            .compact_range_cf(&self.cf(name), None::<&[u8]>, None::<&[u8]>);
+    }
+
+    fn write_batch(&self, batch: &Batch) -> WriteBatch {
+        let mut out = WriteBatch::with_capacity_bytes(batch.bytes_len() + batch.len() * 16 + 12);
+        let mut handle: Option<(&'static str, Arc<BoundColumnFamily<'_>>)> = None;
+        for (name, kind, key, value) in batch.ops() {
+            let cf = match &handle {
+                Some((current, cf)) if *current == name => Arc::clone(cf),
+                _ => {
+                    let cf = self.cf(name);
+                    handle = Some((name, Arc::clone(&cf)));
+                    cf
+                }
+            };
+            match kind {
+                OpKind::Put => out.put_cf(&cf, key, value),
+                OpKind::Delete => out.delete_cf(&cf, key),
+                OpKind::DeleteRange => out.delete_range_cf(&cf, key, value),
+            }
+        }
+        out
+    }
+}
+
+impl Backend for RocksBackend {
+    fn get(&self, cf: &'static str, key: &[u8]) -> Result<Option<Slice<'_>>, StoreError> {
+        Ok(self.db.get_pinned_cf(&self.cf(cf), key)?.map(Slice::Pinned))
+    }
+
+    fn scan(
+        &self,
+        cf: &'static str,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Rows, StoreError> {
+        let mut read = ReadOptions::default();
+        read.set_iterate_upper_bound(prefix_upper_bound(prefix));
+        let iter = self.db.iterator_cf_opt(
+            &self.cf(cf),
+            read,
+            IteratorMode::From(from, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter.take(limit.min(RANGE_READ_MAX)) {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k, v));
+        }
+        Ok(out)
+    }
+
+    fn scan_back(
+        &self,
+        cf: &'static str,
+        prefix: &[u8],
+        before: &[u8],
+        limit: usize,
+    ) -> Result<Rows, StoreError> {
+        let mut read = ReadOptions::default();
+        read.set_iterate_lower_bound(prefix.to_vec());
+        read.set_iterate_upper_bound(before.to_vec());
+        let iter = self
+            .db
+            .iterator_cf_opt(&self.cf(cf), read, IteratorMode::End);
+        let mut out = Vec::new();
+        for item in iter.take(limit.min(RANGE_READ_MAX)) {
+            out.push(item?);
+        }
+        Ok(out)
+    }
+
+    fn write(&self, batch: &Batch, sync: bool) -> Result<(), StoreError> {
+        let mut options = WriteOptions::default();
+        options.set_sync(sync);
+        // The batch is sorted: when both cores insert at once, each keeps its place per memtable.
+        options.set_memtable_insert_hint_per_batch(true);
+        self.db.write_opt(self.write_batch(batch), &options)?;
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_wal(true)?;
+        for name in COLUMN_FAMILIES {
+            self.db.flush_cf(&self.cf(name))?;
+        }
+        Ok(())
+    }
+
+    fn properties(&self) -> Vec<(&'static str, u64)> {
+        const PROPERTIES: [&str; 7] = [
+            "rocksdb.estimate-num-keys",
+            "rocksdb.total-sst-files-size",
+            "rocksdb.live-blob-file-size",
+            "rocksdb.cur-size-all-mem-tables",
+            "rocksdb.estimate-pending-compaction-bytes",
+            "rocksdb.num-running-compactions",
+            "rocksdb.num-running-flushes",
+        ];
+        PROPERTIES
+            .iter()
+            .map(|name| {
+                let total = COLUMN_FAMILIES
+                    .iter()
+                    .filter_map(|cf| {
+                        self.db
+                            .property_int_value_cf(&self.cf(cf), *name)
+                            .ok()
+                            .flatten()
+                    })
+                    .sum();
+                (*name, total)
+            })
+            .collect()
+    }
+}
+
+fn cf_options(name: &str, idempotency_retention_ms: u64) -> Options {
+    let mut options = Options::default();
+    let mut table = BlockBasedOptions::default();
+    table.set_bloom_filter(10.0, false);
+    table.set_cache_index_and_filter_blocks(true);
+    options.set_block_based_table_factory(&table);
+    options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    options.set_bottommost_compression_type(rocksdb::DBCompressionType::Zstd);
+    if name == CF_IDEMPOTENCY {
+        // Keys are kept at least as long as the spec promises clients (7 days by default), then
+        // dropped when compaction passes over them.
+        options.set_compaction_filter(
+            "tern-idempotency-expiry",
+            move |_level: u32, _key: &[u8], value: &[u8]| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                match decode::<IdempotencyRecord>(value) {
+                    Ok(record) if now.saturating_sub(record.ts) > idempotency_retention_ms => {
+                        rocksdb::compaction_filter::Decision::Remove
+                    }
+                    _ => rocksdb::compaction_filter::Decision::Keep,
+                }
+            },
+        );
+        options.set_periodic_compaction_seconds(PERIODIC_COMPACTION_SECONDS);
+    }
+    if name == CF_IDEMPOTENCY || name == CF_FANOUT_MARKS {
+        // Every Send looks up a key that is almost never there: a memtable bloom filter answers
+        // most of those lookups without walking the memtable's skip list.
+        options.set_memtable_whole_key_filtering(true);
+        options.set_memtable_prefix_bloom_ratio(0.05);
+    }
+    if name == CF_MEDIA_CHUNKS {
+        // Attachments are large and written once: keep them in blob files, out of the LSM tree.
+        options.set_enable_blob_files(true);
+        options.set_min_blob_size(4096);
+    }
+    options
+}
