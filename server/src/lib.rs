@@ -44,6 +44,8 @@ mod ids;
 mod metrics;
 mod push;
 mod runtime;
+#[cfg(test)]
+mod sim;
 mod store;
 
 pub use config::Config;

@@ -1,0 +1,1131 @@
+//! The deterministic simulator: every core of a server in one thread, driven by a seeded
+//! scheduler, with a virtual clock, in-memory storage that fails on purpose, and crashes.
+//!
+//! A run builds a world of `cores` shards over one [`MemBackend`] (behind a [`FaultyBackend`]),
+//! registers a few users with one or two devices each, opens direct conversations and groups
+//! between them, then takes a few thousand steps. Each step the seeded [`Rng`] picks one thing to
+//! happen:
+//!
+//! - a core's committer answers its oldest batch (durable, failed, or refused for a full disk);
+//! - one piece of mail moves from one core to another (FIFO per pair of cores, as the real
+//!   mailboxes are, but any pair may go first, so mail is delayed and reordered across pairs);
+//! - a core ends its loop turn (so turns batch any number of requests);
+//! - a device sends a message (new, or again under the same `client_msg_id`), syncs, acks, marks
+//!   read, renames a group, or drops its connection and resumes;
+//! - the clock moves on and every core ticks (fan-out retries);
+//! - the disk fills or frees, or the whole server crashes and restarts from what is durable.
+//!
+//! Then the faults stop, the world runs until quiet, every device catches up, and [`World::check`]
+//! asserts the delivery invariants: every acknowledged message is in every member's log exactly
+//! once; `seq` and `user_seq` are gapless; no request on a live connection is left unanswered;
+//! watermarks only move forward; no device is handed an update or a message twice, or misses one.
+//!
+//! The same seed replays the same run: `TERN_SIM_SEED=N cargo test -p tern-server --lib sim::`
+//! runs one seed, `TERN_SIM_SEEDS=N` runs N seeds from 1 (CI runs a few hundred).
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use tern_protocol::frames::{
+    self, Ack, CreateGroup, MarkRead, OpenDirect, RenameGroup, Send, Sync,
+};
+use tern_protocol::types::{ConversationKind, ReceiptKind};
+use tern_protocol::{Body, ErrorCode, Frame, Update, UpdateKind};
+
+use crate::config::Config;
+use crate::core::accounts::token_hash;
+use crate::core::mail::{AdoptAuth, ConnRef, Mail};
+use crate::core::{name_owner, owner, Commit, ConnId, Output, Shard, TICK_MS};
+use crate::metrics::Metrics;
+use crate::store::backend::{Backend, Faults, FaultyBackend, MemBackend};
+use crate::store::records::{UpdateRecord, UserRecord};
+use crate::store::{Store, StoreError, RANGE_READ_MAX};
+
+/// A small, fast, seedable generator (SplitMix64): enough for scheduling, not for secrets.
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub(crate) fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n > 0`).
+    pub(crate) fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// True `per_mille` times in a thousand.
+    pub(crate) fn chance(&mut self, per_mille: u64) -> bool {
+        self.next() % 1000 < per_mille
+    }
+}
+
+/// The shape of a run.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Options {
+    pub(crate) cores: usize,
+    pub(crate) users: usize,
+    pub(crate) steps: usize,
+    /// Commits that fail, per thousand.
+    pub(crate) commit_failures_per_mille: u64,
+    /// Steps that crash the server, per hundred thousand.
+    pub(crate) crashes_per_100k: u64,
+    /// Steps that fill (or free) the disk, per hundred thousand.
+    pub(crate) disk_full_per_100k: u64,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            cores: 3,
+            users: 5,
+            steps: 3000,
+            commit_failures_per_mille: 20,
+            crashes_per_100k: 30,
+            disk_full_per_100k: 40,
+        }
+    }
+}
+
+/// What a device asked and has not been answered yet.
+#[derive(Debug, Clone)]
+enum Asked {
+    Auth,
+    Send {
+        conversation_id: u64,
+        cmid: [u8; 16],
+    },
+    Sync,
+    Other,
+}
+
+/// One device of a user, as a client library would be, with what it has seen.
+#[derive(Debug, Default)]
+struct Device {
+    user: usize,
+    device_id: u32,
+    token: [u8; 32],
+    /// Its connection: the core and the connection's id there.
+    conn: Option<(usize, ConnId)>,
+    authenticated: bool,
+    next_request: u32,
+    asked: HashMap<u32, Asked>,
+    /// The highest `user_seq` processed.
+    cursor: u64,
+    /// Whether a sync is under way on this connection.
+    syncing: bool,
+    /// Whether the connection is live: a page with `has_more = false` came.
+    live: bool,
+    /// Messages handed to this device, by (conversation, seq).
+    messages: HashSet<(u64, u64)>,
+    /// Sends not yet acknowledged: (conversation, idempotency key).
+    outbox: Vec<(u64, [u8; 16])>,
+    /// The newest watermark seen, by (conversation, user, kind).
+    watermarks: HashMap<(u64, u64, u8), u64>,
+}
+
+/// A user of the simulated server.
+#[derive(Debug)]
+struct User {
+    name: String,
+    user_id: u64,
+    conversations: Vec<u64>,
+    /// The groups among them.
+    groups: Vec<u64>,
+}
+
+/// A whole server in one thread.
+pub(crate) struct World {
+    options: Options,
+    rng: Rng,
+    now_ms: u64,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    faults: Arc<Faults>,
+    store: Store,
+    shards: Vec<Shard>,
+    /// Mail between cores, FIFO per (from, to).
+    links: BTreeMap<(usize, usize), VecDeque<Mail>>,
+    /// Batches each core's committer holds, oldest first.
+    commits: Vec<VecDeque<Commit>>,
+    /// Per core: the committer refuses batches of this epoch and older.
+    failed_epoch: Vec<Option<u64>>,
+    users: Vec<User>,
+    devices: Vec<Device>,
+    /// Registration connections waiting for `UserCreated`, by (core, conn): the device.
+    registering: HashMap<(usize, ConnId), usize>,
+    next_conn: ConnId,
+    next_cmid: u64,
+    /// Every acknowledged send: (conversation, seq) by idempotency key.
+    acknowledged: HashMap<[u8; 16], (u64, u64)>,
+    /// Invariant violations seen during the run.
+    violations: Vec<String>,
+    /// What happened, counted, for the report.
+    pub(crate) stats: Stats,
+}
+
+/// Counts of what a run did.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Stats {
+    pub(crate) commits: u64,
+    pub(crate) failed_commits: u64,
+    pub(crate) crashes: u64,
+    pub(crate) disk_full: u64,
+    pub(crate) sends: u64,
+    pub(crate) acknowledged: u64,
+    pub(crate) reconnects: u64,
+    /// Updates a device was handed again and ignored, as the spec lets the server do.
+    pub(crate) repeats: u64,
+    pub(crate) group_changes: u64,
+}
+
+impl World {
+    pub(crate) fn new(seed: u64, options: Options) -> World {
+        let config = Arc::new(Config {
+            cores: options.cores,
+            send_rate_per_connection: 0,
+            send_rate_per_user: 0,
+            ..Config::default()
+        });
+        let memory: Arc<dyn Backend> = Arc::new(MemBackend::new());
+        let faults = Arc::new(Faults::default());
+        let store = Store::with_backend(
+            Arc::new(FaultyBackend::new(memory, Arc::clone(&faults))),
+            false,
+        );
+        let metrics = Arc::new(Metrics::new(options.cores));
+        let mut world = World {
+            options,
+            rng: Rng::new(seed),
+            now_ms: 1_700_000_000_000,
+            config,
+            metrics,
+            faults,
+            store,
+            shards: Vec::new(),
+            links: BTreeMap::new(),
+            commits: (0..options.cores).map(|_| VecDeque::new()).collect(),
+            failed_epoch: vec![None; options.cores],
+            users: Vec::new(),
+            devices: Vec::new(),
+            registering: HashMap::new(),
+            next_conn: 0,
+            next_cmid: 0,
+            acknowledged: HashMap::new(),
+            violations: Vec::new(),
+            stats: Stats::default(),
+        };
+        world.boot();
+        world
+    }
+
+    /// Starts every core from what is durable, as `ternd` does after a crash.
+    fn boot(&mut self) {
+        self.shards = (0..self.options.cores)
+            .map(|core| {
+                let high_water = self.store.id_high_water(core as u16).unwrap_or(0);
+                Shard::new(
+                    core,
+                    self.options.cores,
+                    Arc::clone(&self.config),
+                    self.store.clone(),
+                    high_water,
+                    Arc::clone(&self.metrics),
+                )
+            })
+            .collect();
+        for core in 0..self.options.cores {
+            let now = self.now_ms;
+            let shard = &mut self.shards[core];
+            shard
+                .recover_fanouts(now)
+                .expect("memory reads do not fail");
+            shard
+                .recover_push_jobs(now)
+                .expect("memory reads do not fail");
+        }
+    }
+
+    fn conn_id(&mut self) -> ConnId {
+        self.next_conn += 1;
+        self.next_conn
+    }
+
+    fn violation(&mut self, what: String) {
+        self.violations.push(what);
+    }
+
+    // ------------------------------------------------------------------ setup
+
+    /// Registers every user with one or two devices, and gives each pair of users a direct
+    /// conversation and every three users a group.
+    fn setup(&mut self) {
+        for index in 0..self.options.users {
+            let name = format!("user{index}");
+            self.users.push(User {
+                name: name.clone(),
+                user_id: 0,
+                conversations: Vec::new(),
+                groups: Vec::new(),
+            });
+            let device = self.devices.len();
+            self.devices.push(Device {
+                user: index,
+                ..Device::default()
+            });
+            let core = name_owner(&name, self.options.cores);
+            let conn = self.conn_id();
+            self.registering.insert((core, conn), device);
+            let user = UserRecord {
+                username: name.clone(),
+                created_at: 0,
+                password_salt: [0; 16],
+                password_iterations: 1,
+                password_hash: [0; 32],
+                hide_last_seen: false,
+            };
+            let mail = Mail::CreateUser {
+                origin: ConnRef { core, conn },
+                user: Box::new(user),
+                device_name: "phone".into(),
+            };
+            self.shards[core].handle_mail(self.now_ms, mail);
+        }
+        self.settle();
+        // A second device for every other user, by login.
+        for index in (0..self.options.users).step_by(2) {
+            let device = self.devices.len();
+            self.devices.push(Device {
+                user: index,
+                ..Device::default()
+            });
+            self.authenticate(device, true);
+        }
+        self.settle();
+        for a in 0..self.options.users {
+            for b in a + 1..self.options.users {
+                let peer = self.users[b].user_id;
+                self.request(self.first_device(a), OpenDirect { user_id: peer }.into());
+            }
+        }
+        for first in (0..self.options.users.saturating_sub(2)).step_by(3) {
+            let members = (first + 1..first + 3)
+                .map(|u| self.users[u].user_id)
+                .collect();
+            let create = CreateGroup {
+                name: format!("group{first}"),
+                members,
+            };
+            self.request(self.first_device(first), create.into());
+        }
+        self.settle();
+        for index in 0..self.options.users {
+            let user_id = self.users[index].user_id;
+            let mut conversations = Vec::new();
+            let mut after = 0;
+            loop {
+                let page = self
+                    .store
+                    .user_conversations(user_id, after, RANGE_READ_MAX)
+                    .expect("memory reads do not fail");
+                let Some(&last) = page.last() else { break };
+                conversations.extend(page);
+                after = last;
+            }
+            let groups = conversations
+                .iter()
+                .copied()
+                .filter(|c| {
+                    self.store
+                        .conversation(*c)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|r| r.kind == ConversationKind::Group as u8)
+                })
+                .collect();
+            self.users[index].conversations = conversations;
+            self.users[index].groups = groups;
+        }
+    }
+
+    fn first_device(&self, user: usize) -> usize {
+        self.devices
+            .iter()
+            .position(|d| d.user == user)
+            .expect("every user has a device")
+    }
+
+    /// Runs without faults until nothing is in flight.
+    fn settle(&mut self) {
+        for _ in 0..100_000 {
+            if !self.step_quietly() {
+                return;
+            }
+        }
+        self.violation("the world did not settle".into());
+    }
+
+    /// One step of delivery with no faults and no device actions; false when nothing was left.
+    fn step_quietly(&mut self) -> bool {
+        for core in 0..self.options.cores {
+            self.end_turn(core);
+        }
+        let mut moved = false;
+        for core in 0..self.options.cores {
+            if !self.commits[core].is_empty() {
+                self.commit(core, false);
+                moved = true;
+            }
+        }
+        let links: Vec<(usize, usize)> = self
+            .links
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(k, _)| *k)
+            .collect();
+        for link in links {
+            self.deliver_mail(link);
+            moved = true;
+        }
+        moved
+    }
+
+    // ------------------------------------------------------------------ devices
+
+    /// Opens a connection for a device and authenticates it: a new device (login) or a resume.
+    fn authenticate(&mut self, device: usize, new_device: bool) {
+        let user = self.devices[device].user;
+        let user_id = self.users[user].user_id;
+        let core = owner(user_id, self.options.cores);
+        let conn = self.conn_id();
+        let request_id = self.next_request(device);
+        let d = &mut self.devices[device];
+        d.conn = Some((core, conn));
+        d.authenticated = false;
+        d.syncing = false;
+        d.live = false;
+        d.asked.clear();
+        d.asked.insert(request_id, Asked::Auth);
+        let auth = if new_device {
+            let token = [device as u8 + 1; 32];
+            d.token = token;
+            AdoptAuth::NewDevice {
+                user_id,
+                username: self.users[user].name.clone(),
+                device_name: format!("device{device}"),
+                token,
+                token_hash: token_hash(&token),
+            }
+        } else {
+            AdoptAuth::Resume {
+                user_id,
+                device_id: d.device_id,
+                token_hash: token_hash(&d.token),
+            }
+        };
+        self.shards[core].adopt(self.now_ms, conn, request_id, auth);
+    }
+
+    fn next_request(&mut self, device: usize) -> u32 {
+        let d = &mut self.devices[device];
+        d.next_request += 1;
+        d.next_request
+    }
+
+    /// Sends a request on a device's connection, if it has an authenticated one.
+    fn request(&mut self, device: usize, body: Body) {
+        let Some((core, conn)) = self.devices[device].conn else {
+            return;
+        };
+        if !self.devices[device].authenticated {
+            return;
+        }
+        let request_id = self.next_request(device);
+        let asked = match &body {
+            Body::Send(send) => Asked::Send {
+                conversation_id: send.conversation_id,
+                cmid: send.client_msg_id,
+            },
+            Body::Sync(_) => Asked::Sync,
+            _ => Asked::Other,
+        };
+        self.devices[device].asked.insert(request_id, asked);
+        self.shards[core].handle_request(self.now_ms, conn, request_id, body);
+    }
+
+    fn disconnect(&mut self, device: usize) {
+        if let Some((core, conn)) = self.devices[device].conn.take() {
+            self.shards[core].connection_closed(self.now_ms, conn);
+        }
+        let d = &mut self.devices[device];
+        d.authenticated = false;
+        d.syncing = false;
+        d.live = false;
+        d.asked.clear();
+    }
+
+    /// An `Ack` is a notification: it has request id 0 and no reply.
+    fn ack(&mut self, device: usize) {
+        let (Some((core, conn)), true) = (
+            self.devices[device].conn,
+            self.devices[device].authenticated,
+        ) else {
+            return;
+        };
+        let up_to = self.devices[device].cursor;
+        self.shards[core].handle_request(self.now_ms, conn, 0, Ack { up_to }.into());
+    }
+
+    fn sync(&mut self, device: usize) {
+        if self.devices[device].syncing {
+            return;
+        }
+        let since = self.devices[device].cursor;
+        self.request(device, Sync { since, limit: 7 }.into());
+        self.devices[device].syncing = self.devices[device].authenticated;
+    }
+
+    /// A device does something an app would.
+    fn act(&mut self, device: usize) {
+        let connected = self.devices[device].conn.is_some();
+        if !connected {
+            self.authenticate(device, false);
+            self.stats.reconnects += 1;
+            return;
+        }
+        if !self.devices[device].authenticated {
+            return;
+        }
+        match self.rng.below(10) {
+            0..=3 => self.send_new(device),
+            4 => self.retry_outbox(device),
+            5 => self.sync(device),
+            6 => self.ack(device),
+            7 => self.mark_read(device),
+            8 => self.disconnect(device),
+            _ if self.rng.chance(300) => self.rename_group(device),
+            _ => self.retry_outbox(device),
+        }
+    }
+
+    fn send_new(&mut self, device: usize) {
+        let user = self.devices[device].user;
+        let conversations = &self.users[user].conversations;
+        if conversations.is_empty() {
+            return;
+        }
+        let conversation_id = conversations[self.rng.below(conversations.len())];
+        self.next_cmid += 1;
+        let mut cmid = [0u8; 16];
+        cmid[..8].copy_from_slice(&self.next_cmid.to_be_bytes());
+        self.devices[device].outbox.push((conversation_id, cmid));
+        self.stats.sends += 1;
+        self.send(device, conversation_id, cmid);
+    }
+
+    fn send(&mut self, device: usize, conversation_id: u64, cmid: [u8; 16]) {
+        let body = format!(
+            "m{}",
+            u64::from_be_bytes(cmid[..8].try_into().unwrap_or([0; 8]))
+        );
+        let send = Send {
+            conversation_id,
+            client_msg_id: cmid,
+            body,
+            attachments: Vec::new(),
+        };
+        self.request(device, send.into());
+    }
+
+    /// Sends the oldest unacknowledged message again, under its idempotency key.
+    fn retry_outbox(&mut self, device: usize) {
+        let Some(&(conversation_id, cmid)) = self.devices[device].outbox.first() else {
+            return;
+        };
+        let waiting = self.devices[device]
+            .asked
+            .values()
+            .any(|a| matches!(a, Asked::Send { cmid: c, .. } if *c == cmid));
+        if !waiting {
+            self.send(device, conversation_id, cmid);
+        }
+    }
+
+    /// A group change: every member's log gets it, in the group's order.
+    fn rename_group(&mut self, device: usize) {
+        let groups = &self.users[self.devices[device].user].groups;
+        if groups.is_empty() {
+            return;
+        }
+        let conversation_id = groups[self.rng.below(groups.len())];
+        let name = format!("renamed{}", self.rng.below(1000));
+        self.stats.group_changes += 1;
+        self.request(
+            device,
+            RenameGroup {
+                conversation_id,
+                name,
+            }
+            .into(),
+        );
+    }
+
+    fn mark_read(&mut self, device: usize) {
+        let mut seen: Vec<(u64, u64)> = self.devices[device].messages.iter().copied().collect();
+        seen.sort_unstable();
+        let Some(&(conversation_id, _)) = seen.get(self.rng.below(seen.len().max(1))) else {
+            return;
+        };
+        let up_to_seq = seen
+            .iter()
+            .filter(|(c, _)| *c == conversation_id)
+            .map(|(_, s)| *s)
+            .max()
+            .unwrap_or(0);
+        self.request(
+            device,
+            MarkRead {
+                conversation_id,
+                up_to_seq,
+            }
+            .into(),
+        );
+    }
+
+    /// A frame reaches the device that owns `(core, conn)`.
+    fn on_frame(&mut self, core: usize, conn: ConnId, frame: Frame) {
+        let Some(device) = self
+            .devices
+            .iter()
+            .position(|d| d.conn == Some((core, conn)))
+        else {
+            return;
+        };
+        if frame.request_id == 0 {
+            if let Body::UpdateEvent(event) = frame.body {
+                if !self.devices[device].live {
+                    let what = format!("device {device}: a live event before its sync finished");
+                    self.violation(what);
+                }
+                self.on_update(device, event.update);
+            }
+            return;
+        }
+        let Some(asked) = self.devices[device].asked.remove(&frame.request_id) else {
+            let what = format!("device {device}: a reply to no request: {:?}", frame.body);
+            self.violation(what);
+            return;
+        };
+        match (asked, frame.body) {
+            (_, Body::Authenticated(auth)) => {
+                let d = &mut self.devices[device];
+                d.authenticated = true;
+                d.device_id = auth.device_id;
+                self.users[d.user].user_id = auth.user_id;
+                self.sync(device);
+            }
+            (Asked::Sync, Body::SyncPage(page)) => {
+                self.devices[device].syncing = false;
+                for update in page.updates {
+                    self.on_update(device, update);
+                }
+                if page.has_more {
+                    self.sync(device);
+                } else {
+                    self.devices[device].live = true;
+                }
+            }
+            (
+                Asked::Send {
+                    conversation_id,
+                    cmid,
+                },
+                Body::Sent(sent),
+            ) => self.on_sent(device, conversation_id, cmid, &sent),
+            (Asked::Sync, Body::Error(_)) => self.devices[device].syncing = false,
+            // Not authenticated after all: the device connects again later.
+            (Asked::Auth, Body::Error(_)) => self.disconnect(device),
+            (_, Body::Error(error)) if error.code == ErrorCode::INTERNAL => {}
+            (_, Body::Error(error)) if self.devices[device].conn.is_none() => {
+                let _ = error;
+            }
+            (_, Body::Error(error))
+                if !matches!(error.code, ErrorCode::NOT_FOUND | ErrorCode::RATE_LIMITED) =>
+            {
+                let what = format!("device {device}: unexpected error {error:?}");
+                self.violation(what);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_sent(
+        &mut self,
+        device: usize,
+        conversation_id: u64,
+        cmid: [u8; 16],
+        sent: &frames::Sent,
+    ) {
+        if sent.conversation_id != conversation_id || sent.client_msg_id != cmid {
+            self.violation(format!("device {device}: Sent for another send: {sent:?}"));
+        }
+        let stored = (sent.conversation_id, sent.seq);
+        match self.acknowledged.insert(cmid, stored) {
+            Some(earlier) if earlier != stored => self.violation(format!(
+                "send {cmid:?} acknowledged as {earlier:?} and then {stored:?}"
+            )),
+            Some(_) => {}
+            None => self.stats.acknowledged += 1,
+        }
+        self.devices[device].outbox.retain(|(_, c)| *c != cmid);
+    }
+
+    /// An update reaches a device. Updates are delivered at least once (spec §17.3): one at or
+    /// below the cursor is a repeat the device ignores; one past the cursor + 1 is a gap, which the
+    /// server never makes.
+    fn on_update(&mut self, device: usize, update: Update) {
+        let d = &mut self.devices[device];
+        if update.user_seq <= d.cursor {
+            self.stats.repeats += 1;
+            return;
+        }
+        if update.user_seq != d.cursor + 1 {
+            let what = format!(
+                "device {device}: update {} after {} (a gap)",
+                update.user_seq, d.cursor
+            );
+            self.violations.push(what);
+            return;
+        }
+        d.cursor = update.user_seq;
+        match update.kind {
+            UpdateKind::Message(message)
+                if !d.messages.insert((message.conversation_id, message.seq)) =>
+            {
+                let what = format!(
+                    "device {device}: message {}/{} shown twice",
+                    message.conversation_id, message.seq
+                );
+                self.violations.push(what);
+            }
+            UpdateKind::Receipt(receipt) => {
+                let key = (receipt.conversation_id, receipt.user_id, receipt.kind as u8);
+                let before = d.watermarks.insert(key, receipt.up_to_seq).unwrap_or(0);
+                if receipt.up_to_seq < before {
+                    let what = format!(
+                        "device {device}: watermark {key:?} went back from {before} to {}",
+                        receipt.up_to_seq
+                    );
+                    self.violations.push(what);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // ------------------------------------------------------------------ the server side
+
+    /// A core ends its turn: frames go to devices, mail onto links, the batch to its committer.
+    fn end_turn(&mut self, core: usize) {
+        let turn = self.shards[core].end_turn();
+        for (to, mail) in turn.mail {
+            self.links.entry((core, to)).or_default().push_back(mail);
+        }
+        if let Some(commit) = turn.commit {
+            self.commits[core].push_back(commit);
+        }
+        for output in turn.outputs {
+            match output {
+                Output::Frame { conn, frame } => self.on_frame(core, conn, frame),
+                Output::Close { conn, .. } => {
+                    if let Some(device) = self
+                        .devices
+                        .iter()
+                        .position(|d| d.conn == Some((core, conn)))
+                    {
+                        self.disconnect(device);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The committer of `core` answers its oldest batch.
+    fn commit(&mut self, core: usize, faults: bool) {
+        let Some(mut commit) = self.commits[core].pop_front() else {
+            return;
+        };
+        let result = if self.failed_epoch[core].is_some_and(|e| commit.epoch <= e) {
+            Err(StoreError::Io("an earlier batch failed".into()))
+        } else {
+            if faults && self.rng.chance(self.options.commit_failures_per_mille) {
+                self.faults.fail_next_writes(1);
+            }
+            commit.batch.sort();
+            let result = self.store.backend().write(&commit.batch, false);
+            self.stats.commits += 1;
+            if result.is_err() {
+                self.stats.failed_commits += 1;
+                self.failed_epoch[core] = Some(commit.epoch);
+            }
+            result
+        };
+        self.shards[core].handle_committed(commit.id, result);
+    }
+
+    fn deliver_mail(&mut self, link: (usize, usize)) {
+        let Some(mail) = self.links.get_mut(&link).and_then(VecDeque::pop_front) else {
+            return;
+        };
+        let (_, to) = link;
+        match mail {
+            Mail::UserCreated { origin, result } => {
+                let Some(device) = self.registering.remove(&(origin.core, origin.conn)) else {
+                    return;
+                };
+                match result {
+                    Ok((user_id, _, _)) => {
+                        let user = self.devices[device].user;
+                        self.users[user].user_id = user_id;
+                        self.authenticate(device, true);
+                    }
+                    Err(code) => self.violation(format!("registration refused: {code:?}")),
+                }
+            }
+            mail => self.shards[to].handle_mail(self.now_ms, mail),
+        }
+    }
+
+    /// Everything not durable is lost; every core starts again from the store.
+    fn crash(&mut self) {
+        self.stats.crashes += 1;
+        self.links.clear();
+        for queue in &mut self.commits {
+            queue.clear();
+        }
+        self.failed_epoch = vec![None; self.options.cores];
+        for device in &mut self.devices {
+            device.conn = None;
+            device.authenticated = false;
+            device.syncing = false;
+            device.live = false;
+            device.asked.clear();
+        }
+        self.boot();
+    }
+
+    fn tick(&mut self, ms: u64) {
+        self.now_ms += ms;
+        for shard in &mut self.shards {
+            shard.tick(self.now_ms);
+        }
+    }
+
+    // ------------------------------------------------------------------ the run
+
+    /// One random step.
+    fn step(&mut self) {
+        let cores = self.options.cores;
+        match self.rng.below(100) {
+            0..=19 => {
+                let core = self.rng.below(cores);
+                self.commit(core, true);
+            }
+            20..=44 => {
+                let links: Vec<(usize, usize)> = self
+                    .links
+                    .iter()
+                    .filter(|(_, q)| !q.is_empty())
+                    .map(|(k, _)| *k)
+                    .collect();
+                if !links.is_empty() {
+                    let link = links[self.rng.below(links.len())];
+                    self.deliver_mail(link);
+                }
+            }
+            45..=64 => {
+                let core = self.rng.below(cores);
+                self.end_turn(core);
+            }
+            65..=89 => {
+                let device = self.rng.below(self.devices.len());
+                self.act(device);
+            }
+            _ => {
+                let ms = 1 + self.rng.below(TICK_MS as usize * 2) as u64;
+                self.tick(ms);
+            }
+        }
+        if self.rng.next() % 100_000 < self.options.crashes_per_100k {
+            self.crash();
+        }
+        if self.rng.next() % 100_000 < self.options.disk_full_per_100k {
+            let full = self.stats.disk_full.is_multiple_of(2);
+            self.faults.set_no_space(full);
+            self.stats.disk_full += 1;
+        }
+    }
+
+    /// The faults stop; every device reconnects, sends what its outbox holds and catches up.
+    fn quiesce(&mut self) {
+        self.faults.set_no_space(false);
+        for _ in 0..200 {
+            for device in 0..self.devices.len() {
+                if self.devices[device].conn.is_none() {
+                    self.authenticate(device, false);
+                }
+                self.retry_outbox(device);
+                self.sync(device);
+            }
+            self.settle();
+            // Past the longest fan-out back-off, so every retry has fired.
+            self.tick(TICK_MS * 20);
+            self.settle();
+            let done = self.devices.iter().all(|d| {
+                d.outbox.is_empty() && d.authenticated && d.asked.is_empty() && !d.syncing
+            });
+            if done && self.shards.iter().all(Shard::idle) && !self.links_busy() {
+                // One more sync round: each device catches up to its head.
+                for device in 0..self.devices.len() {
+                    self.sync(device);
+                }
+                self.settle();
+                return;
+            }
+        }
+        self.violation("devices never caught up after the faults stopped".into());
+    }
+
+    fn links_busy(&self) -> bool {
+        self.links.values().any(|q| !q.is_empty())
+    }
+
+    /// Runs the whole scenario and returns the violations found.
+    pub(crate) fn run(&mut self) -> Vec<String> {
+        self.setup();
+        for _ in 0..self.options.steps {
+            self.step();
+        }
+        self.quiesce();
+        self.check();
+        std::mem::take(&mut self.violations)
+    }
+
+    // ------------------------------------------------------------------ invariants
+
+    fn log(&self, user_id: u64) -> Vec<(u64, UpdateRecord)> {
+        let mut log = Vec::new();
+        let mut since = 0;
+        loop {
+            let page = self
+                .store
+                .updates_after(user_id, since, RANGE_READ_MAX)
+                .expect("memory reads do not fail");
+            let Some(&(last, _)) = page.last() else { break };
+            log.extend(page);
+            since = last;
+        }
+        log
+    }
+
+    /// The delivery invariants, over what is durable and what each device saw.
+    fn check(&mut self) {
+        let mut messages_in: HashMap<u64, Vec<u64>> = HashMap::new();
+        for user in 0..self.users.len() {
+            let user_id = self.users[user].user_id;
+            let log = self.log(user_id);
+            for (i, (user_seq, _)) in log.iter().enumerate() {
+                if *user_seq != i as u64 + 1 {
+                    self.violation(format!("user {user_id}: user_seq {user_seq} at {i}"));
+                    break;
+                }
+            }
+            let mut seen = HashSet::new();
+            for (_, record) in &log {
+                if let UpdateRecord::Message {
+                    conversation_id,
+                    seq,
+                    ..
+                } = *record
+                {
+                    if !seen.insert((conversation_id, seq)) {
+                        let what = format!("user {user_id}: {conversation_id}/{seq} logged twice");
+                        self.violation(what);
+                    }
+                }
+            }
+            for device in self.devices.iter().filter(|d| d.user == user) {
+                if device.cursor != log.len() as u64 {
+                    let what = format!(
+                        "a device of user {user_id} is at {} of {}",
+                        device.cursor,
+                        log.len()
+                    );
+                    self.violations.push(what);
+                }
+                if device.messages != seen {
+                    self.violations
+                        .push(format!("a device of user {user_id} missed messages"));
+                }
+            }
+            for (conversation_id, seq) in seen {
+                messages_in.entry(conversation_id).or_default().push(seq);
+            }
+        }
+        let conversations: HashSet<u64> = self
+            .users
+            .iter()
+            .flat_map(|u| u.conversations.iter().copied())
+            .collect();
+        for conversation_id in conversations {
+            let last = self
+                .store
+                .last_seq(conversation_id)
+                .expect("memory reads do not fail");
+            let record = self
+                .store
+                .conversation(conversation_id)
+                .expect("memory reads do not fail");
+            if record.is_none() {
+                self.violation(format!("conversation {conversation_id} is missing"));
+                continue;
+            }
+            for seq in 1..=last {
+                let message = self.store.message(conversation_id, seq);
+                if !matches!(message, Ok(Some(_))) {
+                    self.violation(format!("{conversation_id}/{seq}: a gap in seq"));
+                }
+            }
+        }
+        // Every acknowledged message is durable and in each member's log, once.
+        let mut acknowledged: Vec<(u64, u64)> = self.acknowledged.values().copied().collect();
+        acknowledged.sort_unstable();
+        for (conversation_id, seq) in acknowledged {
+            let Ok(Some(record)) = self.store.conversation(conversation_id) else {
+                continue;
+            };
+            for member in &record.members {
+                let log = self.log(member.user_id);
+                let copies = log
+                    .iter()
+                    .filter(|(_, r)| {
+                        matches!(*r, UpdateRecord::Message { conversation_id: c, seq: s, .. }
+                            if c == conversation_id && s == seq)
+                    })
+                    .count();
+                if copies != 1 {
+                    let what = format!(
+                        "acknowledged {conversation_id}/{seq} is {copies} times in the log of {}",
+                        member.user_id
+                    );
+                    self.violation(what);
+                }
+            }
+        }
+        // Watermarks are never behind what devices were told.
+        for device in 0..self.devices.len() {
+            let marks: Vec<((u64, u64, u8), u64)> = self.devices[device]
+                .watermarks
+                .iter()
+                .map(|(k, v)| (*k, *v))
+                .collect();
+            for ((conversation_id, user_id, kind), up_to) in marks {
+                let stored = self
+                    .store
+                    .receipt(conversation_id, user_id)
+                    .expect("memory reads do not fail");
+                let mark = if kind == ReceiptKind::Read as u8 {
+                    stored.read_seq
+                } else {
+                    stored.delivered_seq
+                };
+                if mark < up_to {
+                    let what = format!(
+                        "watermark {conversation_id}/{user_id}/{kind} stored {mark}, shown {up_to}"
+                    );
+                    self.violation(what);
+                }
+            }
+        }
+    }
+}
+
+/// Runs one seed and panics with its violations, naming the seed to replay.
+pub(crate) fn run_seed(seed: u64, options: Options) -> Stats {
+    let mut world = World::new(seed, options);
+    let violations = world.run();
+    assert!(
+        violations.is_empty(),
+        "seed {seed} broke {} invariants (replay: TERN_SIM_SEED={seed}):\n{}",
+        violations.len(),
+        violations
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    world.stats
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seeds() -> std::ops::RangeInclusive<u64> {
+        if let Some(seed) = std::env::var("TERN_SIM_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
+            return seed..=seed;
+        }
+        let count = std::env::var("TERN_SIM_SEEDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(200);
+        1..=count
+    }
+
+    // Proves the delivery invariants hold across hundreds of seeded runs with commit failures,
+    // full disks, crashes and reordered mail, and that the runs really met those faults.
+    #[test]
+    fn delivery_invariants_hold_under_faults() {
+        let mut total = Stats::default();
+        for seed in seeds() {
+            let stats = run_seed(seed, Options::default());
+            total.commits += stats.commits;
+            total.sends += stats.sends;
+            total.repeats += stats.repeats;
+            total.group_changes += stats.group_changes;
+            total.failed_commits += stats.failed_commits;
+            total.crashes += stats.crashes;
+            total.disk_full += stats.disk_full;
+            total.acknowledged += stats.acknowledged;
+            total.reconnects += stats.reconnects;
+        }
+        println!("{total:?}");
+        if seeds().count() >= 50 {
+            assert!(total.failed_commits > 0, "{total:?}");
+            assert!(total.crashes > 0, "{total:?}");
+            assert!(total.disk_full > 0, "{total:?}");
+            assert!(total.acknowledged > 1000, "{total:?}");
+            assert!(total.group_changes > 0, "{total:?}");
+        }
+    }
+
+    // Proves a seed replays exactly: two runs of one seed do the same things.
+    #[test]
+    fn a_seed_replays_the_same_run() {
+        let a = run_seed(7, Options::default());
+        let b = run_seed(7, Options::default());
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    }
+}
