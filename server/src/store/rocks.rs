@@ -5,9 +5,10 @@
 //! idempotency records.
 //!
 //! A full disk: a write that fails for want of space puts RocksDB into a stopped state in which
-//! every later write fails too. RocksDB's own recovery (its `SstFileManager` watches the free
-//! space) resumes writing once there is room again, so the committers simply keep offering
-//! batches and report each failure; see [`StoreError::NoSpace`].
+//! every later write fails too. RocksDB's own recovery resumes writing once there is room again:
+//! its `SstFileManager` looks every 5 seconds and resumes once the free space reaches the largest
+//! memtable (64 MiB), so that the first flush fits. The committers simply keep offering batches and
+//! report each failure ([`StoreError::NoSpace`]); `server/tests/disk_full.rs` fills a real tmpfs.
 
 use std::path::Path;
 use std::sync::Arc;
