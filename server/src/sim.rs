@@ -892,7 +892,8 @@ impl World {
             let done = self.devices.iter().all(|d| {
                 d.outbox.is_empty() && d.authenticated && d.asked.is_empty() && !d.syncing
             });
-            if done && self.shards.iter().all(Shard::idle) && !self.links_busy() {
+            let fanned_out = self.shards.iter().all(|s| s.fanouts_pending() == 0);
+            if done && fanned_out && self.shards.iter().all(Shard::idle) && !self.links_busy() {
                 // One more sync round: each device catches up to its head.
                 for device in 0..self.devices.len() {
                     self.sync(device);

@@ -2,14 +2,30 @@
 //!
 //! 1. `Send` arrives at the sender's core S, which forwards it to the conversation's core C.
 //! 2. C checks membership and the idempotency key, assigns `seq` (gapless) and a message id, and
-//!    puts the message, its idempotency record and a fan-out marker into its batch.
+//!    puts the message and its idempotency record into its batch (plus, when the conversation's
+//!    fan-out was finished, a row saying it may not be: see "Fan-out progress" below).
 //! 3. After C's commit, S acknowledges `Sent` (durable) and every member's core M gets `Deliver`.
 //! 4. M appends the message to the member's update log unless its per-(user, conversation)
 //!    watermark shows it is there already, commits, pushes it to live devices and confirms to C.
-//! 5. When every member confirmed, C deletes the fan-out marker. At start, each core re-delivers
-//!    the messages whose marker survived a crash; the watermarks make that idempotent.
-//! 6. While the server runs, C re-delivers to the members that have not confirmed within
+//! 5. While the server runs, C re-delivers to the members that have not confirmed within
 //!    [`FANOUT_RETRY_MS`] (a member's commit failed, say), doubling the wait each time.
+//!
+//! # Fan-out progress, without writes per message
+//!
+//! A one-to-one message costs four writes: the message, its idempotency record, and one entry in
+//! each member's log. What recovery needs besides is kept in memory and written once per
+//! [`CHECKPOINT_MS`] by [`Shard::checkpoint`], not per message:
+//!
+//! - C keeps a row in `fanout` for each conversation whose fan-out may be unfinished, holding the
+//!   seq up to which every member confirmed. The row is written with the first message after the
+//!   fan-out was finished, moved forward by checkpoints, and deleted by the checkpoint that finds
+//!   nothing pending. At start C re-delivers every message above each row, in order.
+//! - M's fan-out watermarks (per member and conversation, the highest seq in the log) are written
+//!   by checkpoints, with the `user_seq` they cover. A watermark M does not hold in memory is read
+//!   back as the stored one raised by the log entries after that `user_seq`.
+//! - A sender's own read watermark, moved by each message they send, is written by checkpoints
+//!   too; after a crash it may lag by up to a checkpoint (their unread count then shows their own
+//!   newest messages until they next read). Moves that announce a receipt are written with it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -43,6 +59,9 @@ const PAGE_BYTES_MAX: usize = FRAME_BYTES_MAX as usize - 4096;
 /// Updates an `Ack` scans for delivered receipts before it stops (the rest get none).
 const ACK_SCAN_UPDATES_MAX: usize = 10 * RANGE_READ_MAX;
 
+/// How often a core writes its fan-out progress and watermarks ([`Shard::checkpoint`]).
+pub(crate) const CHECKPOINT_MS: u64 = 1000;
+
 /// How long a conversation's core waits for a member's confirmation before it delivers again.
 pub(crate) const FANOUT_RETRY_MS: u64 = 1000;
 /// The longest wait between two deliveries of one message to one member.
@@ -75,6 +94,19 @@ pub(crate) struct ChatState {
     fanouts: BTreeMap<(u64, u64), Fanout>,
     /// Fan-outs of messages in the batch being built, forgotten if it fails.
     new_fanouts: Vec<(u64, u64)>,
+    /// Conversations with a `fanout` row, and the seq it says is done (`u64::MAX`: unknown after a
+    /// failed commit; the next checkpoint writes it).
+    open: HashMap<u64, u64>,
+    /// Read watermarks moved by the owner's own messages, written by the next checkpoint.
+    lazy_receipts: HashSet<(u64, u64)>,
+    /// Fan-out watermarks a checkpoint put in the batch being built: dirty again if it fails.
+    marks_written: Vec<(u64, u64)>,
+    /// Users whose dirty watermarks are every one that moved since their durable checkpoint.
+    /// Others (after a start or a failed commit) have their log read back from that checkpoint's
+    /// `user_seq` before the next one, so it never covers a watermark it did not write.
+    tracked: HashSet<u64>,
+    /// When the last checkpoint ran.
+    last_checkpoint_ms: u64,
     /// Fan-out watermarks of users this core owns: the highest seq in their log, by conversation.
     marks: HashMap<(u64, u64), u64>,
     /// Watermarks of users this core owns.
@@ -155,28 +187,66 @@ impl ChatState {
     }
 
     /// Drops a sixteenth of each cache that outgrew its bound: gradually, so no turn stalls
-    /// reloading everything. Only called when the watermarks are written.
+    /// reloading everything. Watermarks not yet written stay.
     pub(crate) fn trim(&mut self) {
-        evict_share(&mut self.convs, CACHED_CONVERSATIONS_MAX);
-        evict_share(&mut self.marks, CACHED_WATERMARKS_MAX);
-        evict_share(&mut self.receipts, CACHED_WATERMARKS_MAX);
+        evict_share(&mut self.convs, CACHED_CONVERSATIONS_MAX, |_| false);
+        let dirty = &self.dirty_marks;
+        evict_share(&mut self.marks, CACHED_WATERMARKS_MAX, |k| {
+            dirty.contains(k)
+        });
+        let (dirty, lazy) = (&self.dirty_receipts, &self.lazy_receipts);
+        evict_share(&mut self.receipts, CACHED_WATERMARKS_MAX, |k| {
+            dirty.contains(k) || lazy.contains(k)
+        });
     }
 
-    /// The pending batch was lost: drop every cache so it reloads from the store.
+    /// The pending batch was lost: drop every cache so it reloads from the store. Fan-outs still
+    /// pending are kept; their conversations' rows are written again by the next checkpoint.
     pub(crate) fn forget(&mut self) {
+        let open = self
+            .fanouts
+            .keys()
+            .map(|(conversation_id, _)| (*conversation_id, u64::MAX))
+            .collect();
+        // Which fan-out watermarks moved since the last durable checkpoint must survive: the
+        // next checkpoint writes them (read back from the log) with the `user_seq` they cover.
         *self = ChatState {
             fanouts: std::mem::take(&mut self.fanouts),
+            dirty_marks: std::mem::take(&mut self.dirty_marks),
+            open,
+            last_checkpoint_ms: self.last_checkpoint_ms,
             ..ChatState::default()
         };
     }
+
+    /// The fan-out watermarks a checkpoint wrote since the last call: they belong to the batch
+    /// being sealed.
+    pub(crate) fn take_marks_written(&mut self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut self.marks_written)
+    }
+
+    /// A batch failed that held a checkpoint's fan-out watermarks: they are dirty again.
+    pub(crate) fn unwrite_marks(&mut self, keys: Vec<(u64, u64)>) {
+        self.dirty_marks.extend(keys);
+    }
 }
 
-/// Removes a sixteenth of the bound's worth of entries from a map that outgrew it.
-pub(crate) fn evict_share<K: Copy + Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>, max: usize) {
+/// Removes a sixteenth of the bound's worth of entries from a map that outgrew it, but none that
+/// `keep` says to keep.
+pub(crate) fn evict_share<K: Copy + Eq + std::hash::Hash, V>(
+    map: &mut HashMap<K, V>,
+    max: usize,
+    keep: impl Fn(&K) -> bool,
+) {
     if map.len() <= max {
         return;
     }
-    let doomed: Vec<K> = map.keys().copied().take(max / 16 + 1).collect();
+    let doomed: Vec<K> = map
+        .keys()
+        .copied()
+        .filter(|k| !keep(k))
+        .take(max / 16 + 1)
+        .collect();
     for key in doomed {
         map.remove(&key);
     }
@@ -360,7 +430,6 @@ impl Shard {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.batch
             .put_idempotency(user_id, device_id, &message.client_msg_id, &record)?;
-        self.batch.put_fanout_pending(conversation_id, seq);
         self.chat.pending_sends.insert(key, record);
         let client_msg_id = message.client_msg_id;
         let sent = Sent {
@@ -388,7 +457,22 @@ impl Shard {
         );
         // The message is in the batch being built: if that fails, so does its fan-out.
         self.chat.new_fanouts.push((conversation_id, seq));
+        if !self.chat.open.contains_key(&conversation_id) {
+            let done = self.fanout_done(conversation_id, seq);
+            self.batch.put_fanout_open(conversation_id, done);
+            self.chat.open.insert(conversation_id, done);
+        }
         Ok(())
+    }
+
+    /// The seq up to which every member confirmed the conversation's fan-out (`last_seq` when
+    /// nothing is pending).
+    fn fanout_done(&self, conversation_id: u64, last_seq: u64) -> u64 {
+        self.chat
+            .fanouts
+            .range((conversation_id, 0)..=(conversation_id, u64::MAX))
+            .next()
+            .map_or(last_seq, |((_, seq), _)| seq - 1)
     }
 
     /// Sends `Deliver` to every member's core once the message is durable.
@@ -501,25 +585,47 @@ impl Shard {
         Ok(due.len())
     }
 
-    /// At start: re-delivers every message whose fan-out a crash interrupted.
+    /// At start: re-delivers, in order, every message above each conversation's `fanout` row.
+    /// Rows of the format before 0.2 (one per message) are replaced by the conversation's row.
     pub(crate) fn recover_fanouts(&mut self, now_ms: u64) -> Result<usize, StoreError> {
-        let mut after = (0u64, 0u64);
-        let mut resumed = 0;
+        let mut from: Vec<u8> = Vec::new();
+        let mut done_by_conversation: BTreeMap<u64, u64> = BTreeMap::new();
         loop {
-            let page = self.store.pending_fanouts(after, RANGE_READ_MAX)?;
-            let Some(&last) = page.last() else { break };
-            for (conversation_id, seq) in page.iter().copied() {
+            let page = self.store.open_fanouts(&from, RANGE_READ_MAX)?;
+            let Some((last, _, _)) = page.last() else {
+                break;
+            };
+            from = last.to_vec();
+            from.push(0);
+            let full = page.len() == RANGE_READ_MAX;
+            for (key, conversation_id, done) in page {
                 if self.owner(conversation_id) != self.core {
                     continue;
                 }
+                if key.len() != 8 {
+                    self.batch.delete_fanout_row(&key);
+                }
+                let entry = done_by_conversation.entry(conversation_id).or_insert(done);
+                *entry = (*entry).min(done);
+            }
+            if !full {
+                break;
+            }
+        }
+        let mut resumed = 0;
+        for (conversation_id, done) in done_by_conversation {
+            self.batch.put_fanout_open(conversation_id, done);
+            self.chat.open.insert(conversation_id, done);
+            let Some(conv) = self.conv_state(conversation_id)? else {
+                continue;
+            };
+            let members: Vec<u64> = conv.record.members.iter().map(|m| m.user_id).collect();
+            let direct = conv.record.kind == ConversationKind::Direct as u8;
+            let last_seq = conv.last_seq;
+            for seq in done + 1..=last_seq {
                 let Some(message) = self.store.message(conversation_id, seq)? else {
                     continue;
                 };
-                let Some(conv) = self.conv_state(conversation_id)? else {
-                    continue;
-                };
-                let members: Vec<u64> = conv.record.members.iter().map(|m| m.user_id).collect();
-                let direct = conv.record.kind == ConversationKind::Direct as u8;
                 self.fan_out(
                     now_ms,
                     conversation_id,
@@ -530,13 +636,142 @@ impl Shard {
                 );
                 resumed += 1;
             }
-            // Resume just after the last key read.
-            after = (last.0, last.1.saturating_add(1));
-            if last.1 == u64::MAX {
-                after = (last.0.saturating_add(1), 0);
-            }
         }
         Ok(resumed)
+    }
+
+    /// Writes what the checkpoint covers (see the module docs) into the pending batch: each open
+    /// conversation's fan-out progress, the fan-out watermarks that moved with the `user_seq` they
+    /// cover, and the read watermarks the owners' own messages moved.
+    pub(crate) fn checkpoint(&mut self, now_ms: u64) -> Result<(), StoreError> {
+        self.chat.last_checkpoint_ms = now_ms;
+        let open: Vec<(u64, u64)> = self.chat.open.iter().map(|(c, d)| (*c, *d)).collect();
+        for (conversation_id, written) in open {
+            let pending = self
+                .chat
+                .fanouts
+                .range((conversation_id, 0)..=(conversation_id, u64::MAX))
+                .next()
+                .map(|((_, seq), _)| *seq);
+            match pending {
+                None => {
+                    self.batch
+                        .delete_fanout_row(&crate::store::keys::conversation(conversation_id));
+                    self.chat.open.remove(&conversation_id);
+                }
+                Some(seq) if seq - 1 != written => {
+                    self.batch.put_fanout_open(conversation_id, seq - 1);
+                    self.chat.open.insert(conversation_id, seq - 1);
+                }
+                Some(_) => {}
+            }
+        }
+        let mut by_user: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
+        let mut dirty: Vec<(u64, u64)> = self.chat.dirty_marks.drain().collect();
+        let untracked: BTreeSet<u64> = dirty
+            .iter()
+            .map(|(user_id, _)| *user_id)
+            .filter(|user_id| !self.chat.tracked.contains(user_id))
+            .collect();
+        for user_id in untracked {
+            dirty.extend(
+                self.conversations_since_checkpoint(user_id)?
+                    .into_iter()
+                    .map(|c| (user_id, c)),
+            );
+            self.chat.tracked.insert(user_id);
+        }
+        dirty.sort_unstable();
+        dirty.dedup();
+        for (user_id, conversation_id) in dirty {
+            // Not cached after a failed commit: read back from the log.
+            let seq = self.fanout_mark(user_id, conversation_id)?;
+            self.chat.marks_written.push((user_id, conversation_id));
+            by_user
+                .entry(user_id)
+                .or_default()
+                .push((conversation_id, seq));
+        }
+        for (user_id, marks) in by_user {
+            for (conversation_id, seq) in marks {
+                self.batch.put_fanout_mark(user_id, conversation_id, seq);
+            }
+            let upto = self.user_state(user_id)?.next_seq;
+            self.batch.put_marks_upto(user_id, upto);
+        }
+        for key in std::mem::take(&mut self.chat.lazy_receipts) {
+            if let Some(receipt) = self.chat.receipts.get(&key) {
+                self.batch.put_receipt(key.0, key.1, receipt)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The conversations of the message entries in a user's log after the `user_seq` the stored
+    /// fan-out watermarks cover.
+    fn conversations_since_checkpoint(&self, user_id: u64) -> Result<BTreeSet<u64>, StoreError> {
+        let mut conversations = BTreeSet::new();
+        let mut cursor = self.store.marks_upto(user_id)?;
+        loop {
+            let rows = self.store.updates_after(user_id, cursor, RANGE_READ_MAX)?;
+            let Some(&(last, _)) = rows.last() else { break };
+            for (_, record) in &rows {
+                if let UpdateRecord::Message {
+                    conversation_id, ..
+                } = *record
+                {
+                    conversations.insert(conversation_id);
+                }
+            }
+            cursor = last;
+            if rows.len() < RANGE_READ_MAX {
+                break;
+            }
+        }
+        Ok(conversations)
+    }
+
+    /// Whether a checkpoint is due.
+    pub(crate) fn checkpoint_due(&self, now_ms: u64) -> bool {
+        now_ms >= self.chat.last_checkpoint_ms + CHECKPOINT_MS
+    }
+
+    /// Fan-outs not yet confirmed by every member (for the simulator's checks).
+    #[cfg(test)]
+    pub(crate) fn fanouts_pending(&self) -> usize {
+        self.chat.fanouts.len()
+    }
+
+    /// A member's fan-out watermark for a conversation: the highest seq of it in the log. Read
+    /// back as the checkpoint's, raised by the log entries after the `user_seq` it covers.
+    fn fanout_mark(&mut self, user_id: u64, conversation_id: u64) -> Result<u64, StoreError> {
+        if let Some(mark) = self.chat.marks.get(&(user_id, conversation_id)) {
+            return Ok(*mark);
+        }
+        let mut mark = self.store.fanout_mark(user_id, conversation_id)?;
+        let mut cursor = self.store.marks_upto(user_id)?;
+        loop {
+            let rows = self.store.updates_after(user_id, cursor, RANGE_READ_MAX)?;
+            let Some(&(last, _)) = rows.last() else { break };
+            for (_, record) in &rows {
+                if let UpdateRecord::Message {
+                    conversation_id: c,
+                    seq,
+                    ..
+                } = *record
+                {
+                    if c == conversation_id {
+                        mark = mark.max(seq);
+                    }
+                }
+            }
+            cursor = last;
+            if rows.len() < RANGE_READ_MAX {
+                break;
+            }
+        }
+        self.chat.marks.insert((user_id, conversation_id), mark);
+        Ok(mark)
     }
 
     /// On a member's core: appends the message to the member's log unless it is there already.
@@ -554,10 +789,7 @@ impl Shard {
             from_core,
             direct,
         } = deliver;
-        let mark = match self.chat.marks.get(&(user_id, conversation_id)) {
-            Some(mark) => *mark,
-            None => self.store.fanout_mark(user_id, conversation_id)?,
-        };
+        let mark = self.fanout_mark(user_id, conversation_id)?;
         if seq > mark {
             let update = UpdateRecord::Message {
                 conversation_id,
@@ -574,8 +806,15 @@ impl Shard {
                 // receipt, as from MarkRead. (In groups that would be a receipt to every member
                 // for every message; members' clients send MarkRead instead.)
                 let read_before = self.receipt(conversation_id, user_id)?.read_seq;
+                let key = (conversation_id, user_id);
+                let was_dirty = self.chat.dirty_receipts.contains(&key);
                 self.move_watermark(conversation_id, user_id, ReceiptKind::Read, seq)?;
-                if direct && read_before + 1 < seq {
+                let announces = direct && read_before + 1 < seq;
+                if !was_dirty && !announces && self.chat.dirty_receipts.remove(&key) {
+                    // Announced to nobody: the checkpoint writes it.
+                    self.chat.lazy_receipts.insert(key);
+                }
+                if announces {
                     if let Some(record) = self.store.conversation(conversation_id)? {
                         let members: Vec<u64> = record.members.iter().map(|m| m.user_id).collect();
                         self.announce_read(now_ms, conversation_id, user_id, seq, &members)?;
@@ -604,8 +843,8 @@ impl Shard {
         };
         fanout.pending.retain(|member| *member != user_id);
         if fanout.pending.is_empty() {
+            // The conversation's row moves on at the next checkpoint.
             self.chat.fanouts.remove(&key);
-            self.batch.delete_fanout_pending(conversation_id, seq);
         }
     }
 
@@ -705,14 +944,11 @@ impl Shard {
         Ok(true)
     }
 
-    /// Puts the watermarks that moved in this turn into the batch, once each.
+    /// Puts the receipt watermarks that moved in this turn into the batch, once each (fan-out
+    /// watermarks wait for the checkpoint).
     pub(crate) fn write_watermarks(&mut self) -> Result<(), StoreError> {
-        for (user_id, conversation_id) in std::mem::take(&mut self.chat.dirty_marks) {
-            if let Some(&seq) = self.chat.marks.get(&(user_id, conversation_id)) {
-                self.batch.put_fanout_mark(user_id, conversation_id, seq);
-            }
-        }
         for (conversation_id, user_id) in std::mem::take(&mut self.chat.dirty_receipts) {
+            self.chat.lazy_receipts.remove(&(conversation_id, user_id));
             if let Some(receipt) = self.chat.receipts.get(&(conversation_id, user_id)) {
                 self.batch.put_receipt(conversation_id, user_id, receipt)?;
             }

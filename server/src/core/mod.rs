@@ -92,6 +92,8 @@ struct Held {
     fanouts: Vec<(u64, u64)>,
     /// Mail whose effects the batch holds and that no other core sends again (appends to logs).
     replay: Vec<Mail>,
+    /// Fan-out watermarks a checkpoint wrote in the batch.
+    marks: Vec<(u64, u64)>,
 }
 
 /// A connection's id, unique on its core for the life of the process.
@@ -834,6 +836,7 @@ impl Shard {
                     last.fresh.extend(held.fresh);
                     last.fanouts.extend(held.fanouts);
                     last.replay.extend(held.replay);
+                    last.marks.extend(held.marks);
                 }
                 None => self.release(held, &mut turn.outputs, &mut turn.mail),
             }
@@ -901,12 +904,18 @@ impl Shard {
         }
     }
 
-    /// Periodic work: fan-outs some member has not confirmed in time are delivered again.
-    /// Call it every [`TICK_MS`] or so.
+    /// Periodic work: fan-outs some member has not confirmed in time are delivered again, and
+    /// every [`chat::CHECKPOINT_MS`] the fan-out progress and watermarks are written
+    /// ([`Shard::checkpoint`]). Call it every [`TICK_MS`] or so.
     pub(crate) fn tick(&mut self, now_ms: u64) {
         self.last_now_ms = now_ms;
         if let Err(e) = self.retry_fanouts(now_ms) {
             tracing::error!(core = self.core, error = %e, "retrying fan-outs");
+        }
+        if self.checkpoint_due(now_ms) {
+            if let Err(e) = self.checkpoint(now_ms) {
+                tracing::error!(core = self.core, error = %e, "writing a checkpoint");
+            }
         }
     }
 
@@ -924,6 +933,7 @@ impl Shard {
             fresh: self.chat.take_fresh(),
             fanouts: self.chat.take_new_fanouts(),
             replay: std::mem::take(&mut self.replay),
+            marks: self.chat.take_marks_written(),
         }
     }
 
@@ -965,8 +975,10 @@ impl Shard {
         let pending = self.take_held(0);
         let voided: Vec<Held> = self.in_flight.drain(..).chain([pending]).collect();
         let mut replay = Vec::new();
+        let mut marks = Vec::new();
         for held in voided {
             replay.extend(held.replay);
+            marks.extend(held.marks);
             self.chat.drop_fanouts(&held.fanouts);
             for output in held.outputs {
                 if let Output::Frame { conn, frame } = output {
@@ -992,6 +1004,7 @@ impl Shard {
         }
         self.users.clear();
         self.chat.forget();
+        self.chat.unwrite_marks(marks);
         self.media.forget();
         self.accounts = accounts::AccountState::default();
         // Appends to logs come from other cores once, in order, and a member's fan-out watermark

@@ -254,9 +254,14 @@ impl CoreCtx {
         }
     }
 
-    /// At the end: commits what is left and waits for the committer, within `deadline`.
+    /// At the end: writes a checkpoint, commits what is left and waits for the committer,
+    /// within `deadline`.
     fn settle(self: &Rc<Self>, deadline: Duration) {
         let started = Instant::now();
+        let now = self.now_ms();
+        if let Err(e) = self.shard.borrow_mut().checkpoint(now) {
+            tracing::error!(core = self.core, error = %e, "writing the last checkpoint");
+        }
         loop {
             let turn = self.shard.borrow_mut().end_turn();
             if let Some(commit) = turn.commit {

@@ -16,9 +16,9 @@
 //! | `direct`       | (user_lo, user_hi)                    | conversation_id (u64)                   | `user_lo`'s owner core|
 //! | `user_convs`   | (user_id, conversation_id)            | empty: the user's conversation list     | creator core          |
 //! | `messages`     | (conversation_id, seq)                | [`records::MessageRecord`]              | conversation's owner  |
-//! | `fanout`       | (conversation_id, seq)                | empty: fan-out not yet confirmed        | conversation's owner  |
+//! | `fanout`       | conversation_id                       | seq up to which every member's log holds the messages (u64): a row only while fan-out may be unfinished | conversation's owner |
 //! | `updates`      | (user_id, user_seq)                   | [`records::UpdateRecord`]               | user's owner core     |
-//! | `fanout_marks` | (user_id, conversation_id)            | highest seq in the user's log (u64)     | user's owner core     |
+//! | `fanout_marks` | (user_id, conversation_id)            | highest seq in the user's log (u64), as of the user's checkpoint; (user_id, 0): the `user_seq` that checkpoint covers | user's owner core |
 //! | `receipts`     | (conversation_id, user_id)            | [`records::ReceiptRecord`]              | user's owner core     |
 //! | `idempotency`  | (user_id, device_id, client_msg_id)   | [`records::IdempotencyRecord`]; expires by compaction filter | conversation's owner |
 //! | `presence`     | user_id                               | [`records::PresenceRecord`]             | user's owner core     |
@@ -94,6 +94,9 @@ const CF_PUSH_OUTBOX: &str = "push_outbox";
 const CF_MEDIA: &str = "media";
 const CF_MEDIA_CHUNKS: &str = "media_chunks";
 const CF_MEDIA_REFS: &str = "media_refs";
+
+/// A row of `fanout`: its key, the conversation, and the seq up to which its fan-out is done.
+pub(crate) type OpenFanout = (Box<[u8]>, u64, u64);
 
 /// A queued push job and its (due_ms, user_id) key.
 pub(crate) type DuePushJob = ((u64, u64), PushJobRecord);
@@ -471,17 +474,31 @@ impl Store {
             .unwrap_or(0))
     }
 
-    /// Every (conversation_id, seq) whose fan-out is not confirmed, ascending.
-    pub(crate) fn pending_fanouts(
+    /// The `user_seq` up to which a user's stored fan-out watermarks cover the log (0: none).
+    pub(crate) fn marks_upto(&self, user_id: u64) -> Result<u64, StoreError> {
+        self.fanout_mark(user_id, 0)
+    }
+
+    /// Conversations whose fan-out may be unfinished, at or after the key `from`, ascending, at
+    /// most `limit`: each row's key and (conversation, the seq up to which fan-out is done). A
+    /// row of the format before 0.2, keyed (conversation, seq) with no value, reads as done up to
+    /// `seq - 1`.
+    pub(crate) fn open_fanouts(
         &self,
-        after: (u64, u64),
+        from: &[u8],
         limit: usize,
-    ) -> Result<Vec<(u64, u64)>, StoreError> {
-        let from = keys::pair(after.0, after.1);
-        let rows = self.scan(CF_FANOUT, &[], &from, limit)?;
+    ) -> Result<Vec<OpenFanout>, StoreError> {
+        let rows = self.scan(CF_FANOUT, &[], from, limit)?;
         Ok(rows
-            .iter()
-            .filter_map(|(k, _)| Some((keys::pair_first(k)?, keys::pair_second(k)?)))
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let conversation_id = keys::pair_first(&k)?;
+                let done = match keys::pair_second(&k) {
+                    Some(seq) => seq.saturating_sub(1),
+                    None => keys::u64_value(&v)?,
+                };
+                Some((k, conversation_id, done))
+            })
             .collect())
     }
 
@@ -838,12 +855,23 @@ impl Batch {
         self.put_record(CF_MESSAGES, &keys::pair(conversation_id, seq), message)
     }
 
-    pub(crate) fn put_fanout_pending(&mut self, conversation_id: u64, seq: u64) {
-        self.put(CF_FANOUT, &keys::pair(conversation_id, seq), &[]);
+    /// Records that the conversation's fan-out is done up to `done` and may be unfinished after.
+    pub(crate) fn put_fanout_open(&mut self, conversation_id: u64, done: u64) {
+        self.put(
+            CF_FANOUT,
+            &keys::conversation(conversation_id),
+            &done.to_be_bytes(),
+        );
     }
 
-    pub(crate) fn delete_fanout_pending(&mut self, conversation_id: u64, seq: u64) {
-        self.delete(CF_FANOUT, &keys::pair(conversation_id, seq));
+    /// Removes a row of `fanout` by its key (the conversation's, or an older format's).
+    pub(crate) fn delete_fanout_row(&mut self, key: &[u8]) {
+        self.delete(CF_FANOUT, key);
+    }
+
+    /// Records the `user_seq` up to which the user's stored fan-out watermarks cover the log.
+    pub(crate) fn put_marks_upto(&mut self, user_id: u64, user_seq: u64) {
+        self.put_fanout_mark(user_id, 0, user_seq);
     }
 
     pub(crate) fn put_update(
@@ -934,16 +962,22 @@ mod tests {
     fn sorted_batches_keep_the_order_of_writes_to_one_key() {
         for (_dir, store) in stores() {
             let mut batch = store.batch();
-            batch.put_fanout_pending(5, 1);
-            batch.delete_fanout_pending(5, 1);
-            batch.delete_fanout_pending(3, 7);
-            batch.put_fanout_pending(3, 7);
-            batch.put_fanout_pending(1, 2);
+            batch.put_fanout_open(5, 1);
+            batch.delete_fanout_row(&keys::conversation(5));
+            batch.delete_fanout_row(&keys::conversation(3));
+            batch.put_fanout_open(3, 7);
+            batch.put_fanout_open(1, 2);
             batch.put_id_high_water(0, 10);
             batch.put_id_high_water(0, 30);
             batch.put_id_high_water(0, 20);
             store.commit(batch).unwrap();
-            assert_eq!(store.pending_fanouts((0, 0), 10).unwrap(), [(1, 2), (3, 7)]);
+            let open: Vec<(u64, u64)> = store
+                .open_fanouts(&[], 10)
+                .unwrap()
+                .into_iter()
+                .map(|(_, c, d)| (c, d))
+                .collect();
+            assert_eq!(open, [(1, 2), (3, 7)]);
             assert_eq!(store.id_high_water(0).unwrap(), 20);
 
             let mut batch = store.batch();
