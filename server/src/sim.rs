@@ -168,6 +168,8 @@ pub(crate) struct World {
     acknowledged: HashMap<[u8; 16], (u64, u64)>,
     /// Invariant violations seen during the run.
     violations: Vec<String>,
+    /// Replies to other requests, by device, for tests that look at them.
+    replies: Vec<(usize, Body)>,
     /// What happened, counted, for the report.
     pub(crate) stats: Stats,
 }
@@ -189,11 +191,16 @@ pub(crate) struct Stats {
 
 impl World {
     pub(crate) fn new(seed: u64, options: Options) -> World {
+        World::with_config(seed, options, Config::default())
+    }
+
+    /// A world whose server runs with `config` (its cores and send limits set by the options).
+    pub(crate) fn with_config(seed: u64, options: Options, config: Config) -> World {
         let config = Arc::new(Config {
             cores: options.cores,
             send_rate_per_connection: 0,
             send_rate_per_user: 0,
-            ..Config::default()
+            ..config
         });
         let memory: Arc<dyn Backend> = Arc::new(MemBackend::new());
         let faults = Arc::new(Faults::default());
@@ -221,6 +228,7 @@ impl World {
             next_cmid: 0,
             acknowledged: HashMap::new(),
             violations: Vec::new(),
+            replies: Vec::new(),
             stats: Stats::default(),
         };
         world.boot();
@@ -657,6 +665,7 @@ impl World {
             (_, Body::Error(error)) if self.devices[device].conn.is_none() => {
                 let _ = error;
             }
+            (Asked::Other, body) => self.replies.push((device, body)),
             (_, Body::Error(error))
                 if !matches!(error.code, ErrorCode::NOT_FOUND | ErrorCode::RATE_LIMITED) =>
             {
@@ -1080,6 +1089,140 @@ pub(crate) fn run_seed(seed: u64, options: Options) -> Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tern_protocol::frames::{
+        GetMedia, RegisterPushToken, UploadBegin, UploadChunk, UploadFinish,
+    };
+    use tern_protocol::types::PushPlatform;
+
+    /// A quiet world: no faults, no random steps, set up and settled.
+    fn quiet(users: usize, config: Config) -> World {
+        let options = Options {
+            cores: 2,
+            users,
+            steps: 0,
+            commit_failures_per_mille: 0,
+            crashes_per_100k: 0,
+            disk_full_per_100k: 0,
+        };
+        let mut world = World::with_config(1, options, config);
+        world.setup();
+        world.quiesce();
+        world
+    }
+
+    /// Sends a request from a device, lets the world settle, and returns the reply.
+    fn ask(world: &mut World, device: usize, body: Body) -> Body {
+        world.replies.clear();
+        world.request(device, body);
+        world.settle();
+        let (_, reply) = world.replies.pop().expect("a reply");
+        reply
+    }
+
+    // Proves, on the virtual clock, that a completed upload no message attaches is kept through
+    // its time to live and discarded by the first sweep after it: a day passes in no time.
+    #[test]
+    fn unattached_uploads_expire_on_the_virtual_clock() {
+        let config = Config::default();
+        let (ttl, sweep) = (
+            config.media_unreferenced_ttl_ms,
+            config.media_sweep_interval_ms,
+        );
+        let mut world = quiet(2, config);
+        let data = b"hello, world".to_vec();
+        let sha256: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &data)
+            .as_ref()
+            .try_into()
+            .expect("32 bytes");
+        let begin = UploadBegin {
+            size: data.len() as u64,
+            mime: "text/plain".into(),
+            sha256,
+        };
+        let Body::UploadState(info) = ask(&mut world, 0, begin.into()) else {
+            panic!("UploadBegin answers UploadState");
+        };
+        let media_id = info.media_id;
+        let chunk = UploadChunk {
+            media_id,
+            offset: 0,
+            data,
+        };
+        ask(&mut world, 0, chunk.into());
+        ask(&mut world, 0, UploadFinish { media_id }.into());
+        let exists = |world: &mut World| {
+            matches!(
+                ask(world, 0, GetMedia { media_id }.into()),
+                Body::MediaInfo(_)
+            )
+        };
+        assert!(exists(&mut world));
+        // Ticks every minute until just before the time to live: kept.
+        let step = sweep.min(ttl / 4);
+        let mut waited = 0;
+        while waited + step < ttl {
+            world.tick(step);
+            world.settle();
+            waited += step;
+        }
+        assert!(exists(&mut world), "kept within its time to live");
+        world.tick(step + sweep);
+        world.settle();
+        assert!(!exists(&mut world), "discarded after its time to live");
+    }
+
+    // Proves, on the virtual clock, that messages to a user with no device online queue one push
+    // job, due when the coalescing window ends, however many arrive within the window, and that
+    // the next window after the job is done gets a job of its own.
+    #[test]
+    fn push_jobs_coalesce_on_the_virtual_clock() {
+        let config = Config {
+            push_gateway_url: Some("http://127.0.0.1:9/_matrix/push/v1/notify".into()),
+            ..Config::default()
+        };
+        let coalesce = config.push_coalesce_ms;
+        let mut world = quiet(2, config);
+        let register = RegisterPushToken {
+            platform: PushPlatform::Fcm,
+            app_id: "chat.tern.test".into(),
+            token: "device-token".into(),
+        };
+        let bob = world.first_device(1);
+        ask(&mut world, bob, register.into());
+        for device in 0..world.devices.len() {
+            if world.devices[device].user == 1 {
+                world.disconnect(device);
+            }
+        }
+        world.settle();
+        let alice = world.first_device(0);
+        let direct = world.users[0].conversations[0];
+        let bob_id = world.users[1].user_id;
+        let started = world.now_ms;
+        for _ in 0..3 {
+            world.next_cmid += 1;
+            let mut cmid = [0u8; 16];
+            cmid[..8].copy_from_slice(&world.next_cmid.to_be_bytes());
+            world.send(alice, direct, cmid);
+            world.settle();
+            world.tick(coalesce / 4);
+        }
+        world.settle();
+        let jobs = world
+            .store
+            .due_push_jobs(u64::MAX, 100)
+            .expect("memory reads do not fail");
+        let bobs: Vec<u64> = jobs
+            .iter()
+            .filter(|((_, user), _)| *user == bob_id)
+            .map(|((due, _), _)| *due)
+            .collect();
+        assert_eq!(
+            bobs,
+            [started + coalesce],
+            "one job, due when the window ends"
+        );
+    }
 
     fn seeds() -> std::ops::RangeInclusive<u64> {
         if let Some(seed) = std::env::var("TERN_SIM_SEED")

@@ -208,6 +208,8 @@ pub(crate) struct Shard {
     epoch: u64,
     /// The time of the latest input, for work a commit result starts.
     last_now_ms: u64,
+    /// When uploads were last swept for expiry (the first sweep is one interval after start).
+    last_media_sweep_ms: u64,
     /// Frames to send now, not waiting on the batch.
     outputs: Vec<Output>,
     /// Frames to send once the batch is committed.
@@ -256,6 +258,7 @@ impl Shard {
             unanswered: 0,
             epoch: 0,
             last_now_ms: 0,
+            last_media_sweep_ms: 0,
             outputs: Vec::new(),
             after_commit: Vec::new(),
             mail_after_commit: Vec::new(),
@@ -904,13 +907,29 @@ impl Shard {
         }
     }
 
-    /// Periodic work: fan-outs some member has not confirmed in time are delivered again, and
-    /// every [`chat::CHECKPOINT_MS`] the fan-out progress and watermarks are written
+    /// Periodic work: fan-outs some member has not confirmed in time are delivered again; every
+    /// `media_sweep_interval_ms` the uploads nothing will use are discarded; and every
+    /// [`chat::CHECKPOINT_MS`] the fan-out progress and watermarks are written
     /// ([`Shard::checkpoint`]). Call it every [`TICK_MS`] or so.
     pub(crate) fn tick(&mut self, now_ms: u64) {
         self.last_now_ms = now_ms;
         if let Err(e) = self.retry_fanouts(now_ms) {
             tracing::error!(core = self.core, error = %e, "retrying fan-outs");
+        }
+        if self.last_media_sweep_ms == 0 {
+            self.last_media_sweep_ms = now_ms;
+        }
+        if now_ms >= self.last_media_sweep_ms + self.config.media_sweep_interval_ms {
+            self.last_media_sweep_ms = now_ms;
+            match self.expire_media(now_ms) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(core = self.core, uploads = n, "discarding expired uploads")
+                }
+                Err(e) => {
+                    tracing::error!(core = self.core, error = %e, "media expiry sweep failed")
+                }
+            }
         }
         if self.checkpoint_due(now_ms) {
             if let Err(e) = self.checkpoint(now_ms) {

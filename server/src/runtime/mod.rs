@@ -455,21 +455,6 @@ async fn tls_handshake(ctx: Rc<CoreCtx>, link: Link, peer: SocketAddr) {
     }
 }
 
-/// Every `media_sweep_interval_ms`, discards the uploads nothing will use.
-async fn media_sweep(ctx: Rc<CoreCtx>) {
-    let interval = Duration::from_millis(ctx.config.media_sweep_interval_ms);
-    while !ctx.stopping() {
-        tokio::time::sleep(interval.min(Duration::from_secs(3600))).await;
-        let now = ctx.now_ms();
-        match ctx.shard.borrow_mut().expire_media(now) {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(core = ctx.core, uploads = n, "discarding expired uploads"),
-            Err(e) => tracing::error!(core = ctx.core, error = %e, "media expiry sweep failed"),
-        }
-        ctx.kick();
-    }
-}
-
 async fn core_main(
     ctx: Rc<CoreCtx>,
     listeners: CoreListeners,
@@ -491,7 +476,6 @@ async fn core_main(
         tracing::error!(core = ctx.core, error = %e, "cannot scan queued push jobs");
     }
     ctx.kick();
-    tokio::task::spawn_local(media_sweep(Rc::clone(&ctx)));
     if let Some(listener) = listeners.tcp {
         tokio::task::spawn_local(accept_loop(Rc::clone(&ctx), listener, None));
     }
