@@ -769,7 +769,7 @@ impl World {
 
     /// The committer of `core` answers its oldest batch.
     fn commit(&mut self, core: usize, faults: bool) {
-        let Some(mut commit) = self.commits[core].pop_front() else {
+        let Some(commit) = self.commits[core].pop_front() else {
             return;
         };
         let result = if self.failed_epoch[core].is_some_and(|e| commit.epoch <= e) {
@@ -778,7 +778,6 @@ impl World {
             if faults && self.rng.chance(self.options.commit_failures_per_mille) {
                 self.faults.fail_next_writes(1);
             }
-            commit.batch.sort();
             let result = self.store.backend().write(&commit.batch, false);
             self.stats.commits += 1;
             if result.is_err() {

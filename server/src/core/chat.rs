@@ -123,7 +123,7 @@ pub(crate) struct ChatState {
 /// A message's fan-out that not every member confirmed yet.
 #[derive(Debug)]
 struct Fanout {
-    /// The members whose logs may not hold it yet.
+    /// The members whose logs may not hold it yet, in ascending order.
     pending: Vec<u64>,
     /// When to deliver to them again.
     due_ms: u64,
@@ -485,8 +485,10 @@ impl Shard {
         members: &[u64],
         direct: bool,
     ) {
+        let mut pending = members.to_vec();
+        pending.sort_unstable();
         let fanout = Fanout {
-            pending: members.to_vec(),
+            pending,
             due_ms: now_ms + FANOUT_RETRY_MS,
             backoff_ms: FANOUT_RETRY_MS,
             resend: None,
@@ -841,7 +843,9 @@ impl Shard {
         let Some(fanout) = self.chat.fanouts.get_mut(&key) else {
             return;
         };
-        fanout.pending.retain(|member| *member != user_id);
+        if let Ok(at) = fanout.pending.binary_search(&user_id) {
+            fanout.pending.remove(at);
+        }
         if fanout.pending.is_empty() {
             // The conversation's row moves on at the next checkpoint.
             self.chat.fanouts.remove(&key);

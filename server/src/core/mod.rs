@@ -68,7 +68,8 @@ pub(crate) struct Commit {
     pub(crate) id: u64,
     /// Batches of an older epoch than the last failure are void: the committer refuses them.
     pub(crate) epoch: u64,
-    pub(crate) batch: Batch,
+    /// Sorted, and shared with the core's overlay until it is durable.
+    pub(crate) batch: Arc<Batch>,
 }
 
 /// What a loop turn produced: frames and mail to send now, and perhaps a batch to commit.
@@ -852,9 +853,11 @@ impl Shard {
         self.last_batch += 1;
         self.unanswered += 1;
         let id = self.last_batch;
-        let batch = std::mem::replace(&mut self.batch, self.store.batch());
+        let mut batch = std::mem::replace(&mut self.batch, self.store.batch());
+        batch.sort();
+        let batch = Arc::new(batch);
         if let Some(overlay) = self.store.overlay() {
-            overlay.stage(id, &batch);
+            overlay.stage(id, Arc::clone(&batch));
         }
         // What the batch holds is readable through the overlay now, so the bookkeeping of
         // not-yet-staged writes starts over, and caches may drop what they hold.

@@ -53,11 +53,10 @@ impl Committer {
             .name(format!("ternd-commit-{core}"))
             .spawn(move || {
                 let mut failed_epoch = None;
-                for mut commit in rx {
+                for commit in rx {
                     let result = if failed_epoch.is_some_and(|e| commit.epoch <= e) {
                         Err(StoreError::Io("an earlier batch failed".into()))
                     } else {
-                        commit.batch.sort();
                         let writes = commit.batch.len();
                         let started = Instant::now();
                         let result = backend.write(&commit.batch, fsync);

@@ -623,6 +623,7 @@ impl Store {
             ops: Vec::new(),
             bytes: Vec::new(),
             ranged: false,
+            sorted: false,
         }
     }
 }
@@ -642,6 +643,8 @@ pub(crate) struct Batch {
     /// Whether a range delete is among `ops`: then they are written in the order made, as a range
     /// delete does not commute with writes to keys inside its range.
     ranged: bool,
+    /// Whether `ops` are sorted by column family and key ([`Batch::sort`]).
+    sorted: bool,
 }
 
 /// One write of a [`Batch`]: its key is `bytes[at..at + key_len]`, and its value (the range end of
@@ -674,6 +677,7 @@ impl Batch {
     }
 
     fn push(&mut self, cf: &'static str, kind: OpKind, key: &[u8], value: &[u8]) {
+        self.sorted = false;
         let at = self.bytes.len();
         self.bytes.extend_from_slice(key);
         self.bytes.extend_from_slice(value);
@@ -711,12 +715,63 @@ impl Batch {
     /// Sorts the writes by column family and key, unless a range delete keeps them in the order
     /// made. Writes to one key keep their order (the sort is stable), so the outcome is the same.
     pub(crate) fn sort(&mut self) {
-        if self.ranged {
+        if self.ranged || self.sorted {
             return;
         }
         let mut ops = std::mem::take(&mut self.ops);
         ops.sort_by(|a, b| a.cf.cmp(b.cf).then_with(|| self.key(a).cmp(self.key(b))));
         self.ops = ops;
+        self.sorted = true;
+    }
+
+    /// The last write this batch makes to `key` of `cf`: `Some(Some(value))` a put, `Some(None)` a
+    /// delete (or a range delete over it), `None` none. A binary search once sorted.
+    pub(crate) fn lookup(&self, cf: &'static str, key: &[u8]) -> Option<Option<&[u8]>> {
+        if self.sorted {
+            let after = self
+                .ops
+                .partition_point(|op| (op.cf, self.key(op)) <= (cf, key));
+            let op = self.ops[..after].last()?;
+            if op.cf != cf || self.key(op) != key {
+                return None;
+            }
+            return Some((op.kind == OpKind::Put).then(|| self.value(op)));
+        }
+        self.ops.iter().rev().find_map(|op| {
+            if op.cf != cf {
+                return None;
+            }
+            match op.kind {
+                OpKind::Put if self.key(op) == key => Some(Some(self.value(op))),
+                OpKind::Delete if self.key(op) == key => Some(None),
+                OpKind::DeleteRange if self.key(op) <= key && key < self.value(op) => Some(None),
+                _ => None,
+            }
+        })
+    }
+
+    /// The writes to `cf` that touch keys at or after `from`, in the order made (sorted batches:
+    /// from the first such key on).
+    pub(crate) fn ops_from<'a>(
+        &'a self,
+        cf: &'static str,
+        from: &'a [u8],
+    ) -> impl Iterator<Item = (OpKind, &'a [u8], &'a [u8])> + 'a {
+        let start = if self.sorted {
+            self.ops
+                .partition_point(|op| (op.cf, self.key(op)) < (cf, from))
+        } else {
+            0
+        };
+        self.ops[start..]
+            .iter()
+            .take_while(move |op| !self.sorted || op.cf == cf)
+            .filter(move |op| {
+                op.cf == cf
+                    && (self.key(op) >= from
+                        || (op.kind == OpKind::DeleteRange && self.value(op) > from))
+            })
+            .map(|op| (op.kind, self.key(op), self.value(op)))
     }
 
     /// The writes in order: column family, kind, key, and value (a range delete's end).
@@ -947,7 +1002,8 @@ mod tests {
         let staged = Store::in_memory().for_core();
         let mut batch = staged.batch();
         batch.put_user_conversation(u64::MAX, 1);
-        staged.overlay().unwrap().stage(1, &batch);
+        batch.sort();
+        staged.overlay().unwrap().stage(1, Arc::new(batch));
         vec![
             (Some(dir), rocks),
             (None, Store::in_memory()),
@@ -1153,7 +1209,9 @@ mod tests {
         staged.put_update(1, 11, &update(11)).unwrap();
         staged.delete_session(&[1; 32]);
         staged.put_session(&[2; 32], 1, 2);
-        overlay.stage(1, &staged);
+        staged.sort();
+        let staged = Arc::new(staged);
+        overlay.stage(1, Arc::clone(&staged));
 
         assert_eq!(
             seqs(&core.updates_after(1, 0, 100).unwrap()),
@@ -1167,7 +1225,6 @@ mod tests {
         assert_eq!(shared.session(&[1; 32]).unwrap(), Some((1, 1)));
 
         // Committed by the committer, then settled: the backend answers alone, the same way.
-        staged.sort();
         shared.backend().write(&staged, false).unwrap();
         overlay.settle(1);
         assert!(overlay.is_empty());
@@ -1180,7 +1237,8 @@ mod tests {
         // A batch that failed: discarded, as if never made.
         let mut doomed = shared.batch();
         doomed.put_update(1, 12, &update(12)).unwrap();
-        overlay.stage(2, &doomed);
+        doomed.sort();
+        overlay.stage(2, Arc::new(doomed));
         assert_eq!(core.last_user_seq(1).unwrap(), 12);
         overlay.discard();
         assert_eq!(core.last_user_seq(1).unwrap(), 11);
@@ -1199,7 +1257,8 @@ mod tests {
         let mut staged = shared.batch();
         staged.delete_media(8);
         staged.put_media_chunk(8, 0, b"xyz");
-        core.overlay().unwrap().stage(1, &staged);
+        staged.sort();
+        core.overlay().unwrap().stage(1, Arc::new(staged));
         let mut out = Vec::new();
         core.read_media(8, 0, 6, &mut out).unwrap();
         assert_eq!(out, b"xyz");
