@@ -8,17 +8,52 @@
 //!   owner core, and runs each core's loop turns. `runtime/tls.rs` puts rustls (sans-IO) between a
 //!   socket and the codec, so TLS works the same on both engines and migrates with the socket.
 //! - `core/`: per-core chat logic ([`core`]'s `Shard`): accounts, the message path, sync, history
-//!   and receipts. Sans-IO: frames, mail and the time come in as values; frames and mail go out.
-//! - `store/`: the RocksDB schema (column families, key encodings, rkyv records) and group commit.
+//!   and receipts. Sans-IO: frames, mail, commit results and the time come in as values; frames,
+//!   mail and sealed batches of writes go out. It holds no socket, thread, clock or database handle
+//!   of its own: storage is a `Store` over the `store::backend::Backend` seam.
+//! - `store/`: the schema (column families, key encodings, rkyv records), write batches, the
+//!   RocksDB backend, in-memory and fault-injecting backends, and the overlay through which a core
+//!   reads the batches it handed to its committer before they are durable.
+//! - `runtime/committer.rs`: one committer thread per core, which writes the core's batches in
+//!   order and hands back each result.
+//! - `sim` (tests only): the deterministic simulator of the core.
 //! - `ids`: time-ordered 64-bit ids.
 //!
 //! # Data flow of a message
 //!
 //! A device's `Send` reaches its user's owner core, which forwards it to the conversation's owner
-//! core. That core assigns the next `seq`, puts the message in its write batch and, once the batch
-//! is committed, acknowledges `Sent` and sends the message to every member's owner core, which
-//! appends it to the member's update log and pushes it to the member's live devices. `core/chat.rs`
-//! tells the whole story, crash recovery included.
+//! core. That core assigns the next `seq` and puts the message and its idempotency record in its
+//! write batch. At the end of the loop turn the batch is sealed and handed to the core's committer;
+//! the core keeps serving meanwhile. Once the committer says the batch is durable, the core
+//! releases what waited on it: `Sent` goes back to the sender's core, and the message goes to every
+//! member's owner core, which appends it to the member's update log (one write) and, once that is
+//! durable in turn, pushes it to the member's live devices and confirms. `core/chat.rs` tells the
+//! whole story, crash recovery and the checkpoints included; `core/mod.rs` the commit protocol.
+//!
+//! # Design notes of core v2, and why
+//!
+//! - **The commit is off the core thread.** A core seals one batch per loop turn and hands it to
+//!   its committer thread; at most two are in flight, past which the pending batch grows (a larger
+//!   group commit). With `--fsync` no core thread waits for an fsync. A committer per core rather
+//!   than a shared one keeps each core's batches in order without coordination; RocksDB's own
+//!   write group still merges concurrent writers. We kept one RocksDB instance: a WAL per core
+//!   would also split the column families' memtables and compaction, for a gain we did not measure.
+//! - **A core reads its own writes while they are in flight** through an overlay of the sealed
+//!   batches (sorted; a binary search per batch), but clients are only ever shown what is durable:
+//!   `Sync` and `History` read the committed view, and a user's `head` moves only when the batch
+//!   holding an entry is durable.
+//! - **A failed commit voids its batch and every later one** (they were built on it): waiting
+//!   replies become `INTERNAL`, requests from other cores are answered the same way, caches reload
+//!   from what is durable, appends to logs that came as mail are made again in their order, and
+//!   void deliveries go out again ahead of the conversation's later messages, because a member's
+//!   fan-out watermark (the highest seq of a conversation in the log) is what makes a delivery
+//!   idempotent. Fan-outs not confirmed in time are delivered again while the server runs.
+//! - **Four writes per one-to-one message.** Fan-out progress, fan-out watermarks and a sender's
+//!   own read watermark are written by a checkpoint once a second and rebuilt at start from the
+//!   checkpoint and the log after it (`core/chat.rs`).
+//! - **The simulator is the main test of this logic** (`sim.rs`): the same core code, all shards
+//!   in one thread, faults on a seeded schedule; it found the ordering and checkpoint bugs that the
+//!   real-socket tests had not, and each is fixed.
 
 //! # Choices beyond the design notes, and why
 //!
