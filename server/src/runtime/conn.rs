@@ -353,6 +353,8 @@ impl Reader {
                 // Idle: hold no buffer while waiting.
                 *inbox = BytesMut::new();
             }
+            // Other cores are not taking this core's mail: read nothing more until they do.
+            self.ctx.wait_for_mailboxes().await;
             let since_rx = self.handle.last_rx.get().elapsed();
             let wait = idle.saturating_sub(since_rx);
             let read = tokio::time::timeout(wait, link.read(inbox, &self.ctx.buffers)).await;

@@ -60,6 +60,10 @@ struct Shared {
     stopping: AtomicBool,
 }
 
+/// Pieces of mail a core holds for full mailboxes before its connections stop reading: what they
+/// would ask of other cores waits in the kernel's socket buffers instead of this core's memory.
+const UNDELIVERED_MAIL_MAX: usize = 1 << 16;
+
 /// How often loops check for a shutdown while they wait.
 const SHUTDOWN_TICK: Duration = Duration::from_millis(50);
 
@@ -85,6 +89,10 @@ pub(crate) struct CoreCtx {
     mailboxes: Mailboxes,
     /// Batches a full mailbox handed back, retried next turn.
     undelivered: RefCell<Vec<(usize, Vec<Mail>)>>,
+    /// Pieces of mail in `undelivered`.
+    undelivered_mail: Cell<usize>,
+    /// Told when `undelivered` shrank below half its bound, for readers held back by it.
+    drained: Notify,
     user_created: RefCell<HashMap<ConnId, oneshot::Sender<UserCreated>>>,
     turn: Notify,
     rng: SystemRandom,
@@ -133,8 +141,27 @@ impl CoreCtx {
     /// Sends mail to a core now.
     pub(crate) fn send_mail(&self, core: usize, mail: Mail) {
         if let Err(batch) = self.mailboxes.send(core, vec![mail]) {
+            self.undelivered_mail
+                .set(self.undelivered_mail.get() + batch.len());
             self.undelivered.borrow_mut().push((core, batch));
             self.kick();
+        }
+    }
+
+    /// Whether the mail held for full mailboxes is at its bound: connections then stop reading
+    /// until it drains ([`CoreCtx::wait_for_mailboxes`]).
+    pub(crate) fn mail_backlogged(&self) -> bool {
+        self.undelivered_mail.get() >= UNDELIVERED_MAIL_MAX
+    }
+
+    /// Waits while the mail held for full mailboxes is at its bound.
+    pub(crate) async fn wait_for_mailboxes(&self) {
+        loop {
+            let drained = self.drained.notified();
+            if !self.mail_backlogged() || self.stopping() {
+                return;
+            }
+            drained.await;
         }
     }
 
@@ -225,6 +252,12 @@ impl CoreCtx {
             } else if let Err(batch) = self.mailboxes.send(core, batch) {
                 undelivered.push((core, batch));
             }
+        }
+        let held: usize = undelivered.iter().map(|(_, b)| b.len()).sum();
+        let was_backlogged = self.mail_backlogged();
+        self.undelivered_mail.set(held);
+        if was_backlogged && held < UNDELIVERED_MAIL_MAX / 2 {
+            self.drained.notify_waiters();
         }
     }
 
@@ -770,6 +803,8 @@ fn run_core(parts: CoreParts, listeners: CoreListeners, inbox: Inbox) {
         next_conn: Cell::new(0),
         mailboxes: parts.mailboxes,
         undelivered: RefCell::new(Vec::new()),
+        undelivered_mail: Cell::new(0),
+        drained: Notify::new(),
         user_created: RefCell::new(HashMap::new()),
         turn: Notify::new(),
         rng: SystemRandom::new(),
