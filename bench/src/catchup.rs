@@ -92,6 +92,7 @@ async fn pump(
                 in_flight += 1;
             }
             c.stream.write_all(&buf).await?;
+            c.stream.flush().await?;
             buf.clear();
         }
         let frame = tokio::time::timeout(RPC_TIMEOUT, c.read_frame())

@@ -13,9 +13,10 @@ use tern_protocol::frames::{Authenticated, Hello, Login, Register, Resume, Sync,
 use tern_protocol::limits::PROTOCOL_VERSION;
 use tern_protocol::{Body, Frame, FrameDecoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Notify;
+
+use crate::transport::{Stream, WriteHalf};
 
 /// How long a setup request may wait for its reply.
 pub(crate) const RPC_TIMEOUT: Duration = Duration::from_secs(60);
@@ -83,7 +84,7 @@ impl Outbox {
 }
 
 /// Writes whatever the outbox holds, batching everything queued since the last write.
-pub(crate) async fn writer(out: Arc<Outbox>, mut w: OwnedWriteHalf) {
+pub(crate) async fn writer(out: Arc<Outbox>, mut w: WriteHalf) {
     let mut local = BytesMut::new();
     loop {
         out.notify.notified().await;
@@ -95,7 +96,7 @@ pub(crate) async fn writer(out: Arc<Outbox>, mut w: OwnedWriteHalf) {
                 }
                 std::mem::swap(&mut *buf, &mut local);
             }
-            if w.write_all(&local).await.is_err() {
+            if w.write_all(&local).await.is_err() || w.flush().await.is_err() {
                 out.closed.store(true, Ordering::Relaxed);
                 return;
             }
@@ -134,8 +135,8 @@ fn other(msg: String) -> io::Error {
 /// A connection in its setup phase: requests are answered one at a time.
 #[derive(Debug)]
 pub(crate) struct SetupConn {
-    /// The socket.
-    pub(crate) stream: TcpStream,
+    /// The connection, TCP or WebSocket.
+    pub(crate) stream: Stream,
     /// Bytes read and not yet decoded.
     pub(crate) rbuf: BytesMut,
     next_request: u32,
@@ -143,12 +144,26 @@ pub(crate) struct SetupConn {
 }
 
 impl SetupConn {
-    /// Connects and says `Hello`; returns the connection and the server's `Welcome`.
+    /// Connects over TCP and says `Hello`; returns the connection and the server's `Welcome`.
     pub(crate) async fn open(
         addr: SocketAddr,
         source: Option<IpAddr>,
     ) -> io::Result<(SetupConn, tern_protocol::frames::Welcome)> {
-        let stream = connect(addr, source).await?;
+        SetupConn::open_on(addr, source, false).await
+    }
+
+    /// As [`SetupConn::open`], over WebSocket when `websocket` (`addr` is then the WebSocket
+    /// listener's).
+    pub(crate) async fn open_on(
+        addr: SocketAddr,
+        source: Option<IpAddr>,
+        websocket: bool,
+    ) -> io::Result<(SetupConn, tern_protocol::frames::Welcome)> {
+        let tcp = connect(addr, source).await?;
+        let stream = match websocket {
+            true => Stream::websocket(tcp, addr).await?,
+            false => Stream::tcp(tcp),
+        };
         let mut conn = SetupConn {
             stream,
             rbuf: BytesMut::with_capacity(512),
@@ -181,6 +196,7 @@ impl SetupConn {
             .to_bytes()
             .map_err(|e| other(e.to_string()))?;
         self.stream.write_all(&bytes).await?;
+        self.stream.flush().await?;
         Ok(id)
     }
 

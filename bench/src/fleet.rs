@@ -18,11 +18,11 @@ use serde::Serialize;
 use tern_protocol::frames::{Ack, CreateGroup, OpenDirect, Send};
 use tern_protocol::{Body, ErrorCode, Frame, FrameDecoder, UpdateKind};
 use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
 
 use crate::conn::{writer, Outbox, SetupConn};
 use crate::stats::{now_ns, per_sec, Latency, SharedHistogram};
 use crate::target::{round_ms, scrape_metrics, CpuSample};
+use crate::transport::ReadHalf;
 
 /// CPU time used so far and the server's metrics, at one instant.
 type Resources = (CpuSample, Option<BTreeMap<String, f64>>);
@@ -120,6 +120,8 @@ pub(crate) struct FleetOptions {
     pub(crate) ack_every: u64,
     /// Parallel setup connections.
     pub(crate) setup_concurrency: usize,
+    /// Connect over WebSocket (to the WebSocket listener's address) instead of TCP.
+    pub(crate) websocket: bool,
     /// Username prefix, unique per run.
     pub(crate) prefix: String,
 }
@@ -238,7 +240,7 @@ impl Member {
     }
 }
 
-async fn reader(m: Arc<Member>, sh: Arc<Shared>, mut r: OwnedReadHalf, mut rbuf: BytesMut) {
+async fn reader(m: Arc<Member>, sh: Arc<Shared>, mut r: ReadHalf, mut rbuf: BytesMut) {
     let decoder = FrameDecoder::new();
     let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (u64::from(m.idx) << 17 | 1);
     let mut max_seq = 0u64;
@@ -367,11 +369,12 @@ impl Fleet {
             Arc::new(Mutex::new((0..n).map(|_| None).collect()));
         {
             let (conns, accounts, prefix) = (conns.clone(), accounts.clone(), o.prefix.clone());
+            let websocket = o.websocket;
             for_each_concurrent(n, o.setup_concurrency, move |i| {
                 let (conns, accounts) = (conns.clone(), accounts.clone());
                 let username = format!("{prefix}{i}");
                 async move {
-                    let (mut c, _) = SetupConn::open(addr, None).await?;
+                    let (mut c, _) = SetupConn::open_on(addr, None, websocket).await?;
                     let auth = c.register(&username).await?;
                     let token = auth.token.unwrap_or_default();
                     put_slot(&conns, i, c);

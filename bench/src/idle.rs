@@ -16,7 +16,6 @@ use serde::Serialize;
 use tern_protocol::frames::Ping;
 use tern_protocol::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::conn::SetupConn;
@@ -24,11 +23,14 @@ use crate::fleet::for_each_concurrent;
 use crate::stats::now_ns;
 use crate::storm::{register_users, source};
 use crate::target::{rss_bytes, slab_bytes, tcp_sockstat};
+use crate::transport::Stream;
 use crate::RunArgs;
 
 /// W4's report.
 #[derive(Debug, Default, Serialize)]
 pub(crate) struct W4Report {
+    /// The transport: `tcp` or `ws`.
+    pub(crate) transport: &'static str,
     /// Whether W4 ran on a ternd started for it alone.
     pub(crate) fresh_server: bool,
     /// Connections asked for.
@@ -90,7 +92,8 @@ impl W4Report {
     pub(crate) fn summary(&self) -> String {
         let kib = |b: Option<f64>| b.map_or("-".into(), |b| format!("{:.2} KiB", b / 1024.0));
         format!(
-            "W4 idle: {} of {} connections ({} per user, {} source addresses) opened in {:.1} s; ternd RSS per connection {}; kernel TCP buffer memory per connection {}, kernel slab per connection (both ends) {}; {} closed during a {:.0} s hold",
+            "W4 idle ({}): {} of {} connections ({} per user, {} source addresses) opened in {:.1} s; ternd RSS per connection {}; kernel TCP buffer memory per connection {}, kernel slab per connection (both ends) {}; {} closed during a {:.0} s hold",
+            self.transport,
             self.established,
             self.connections,
             self.per_user,
@@ -106,7 +109,7 @@ impl W4Report {
 }
 
 async fn idle(
-    mut stream: TcpStream,
+    mut stream: Stream,
     ping_every: Duration,
     mut stop: watch::Receiver<bool>,
     closed: Arc<AtomicU64>,
@@ -130,6 +133,7 @@ async fn idle(
                     }
                 }
                 let _ = stream.write_all(&ping).await;
+                let _ = stream.flush().await;
             }
             _ = stop.changed() => return,
         }
@@ -142,6 +146,7 @@ pub(crate) async fn run(
     addr: SocketAddr,
     pid: Option<u32>,
     prefix: &str,
+    websocket: Option<SocketAddr>,
 ) -> io::Result<W4Report> {
     // Each connection costs a descriptor here and one in ternd (which inherits this limit when
     // started here). ternd keeps 1,024 for itself and splits the rest evenly between its cores,
@@ -164,6 +169,7 @@ pub(crate) async fn run(
         Arc::new(register_users(addr, &format!("{prefix}i"), users, args.setup_concurrency).await?);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut r = W4Report {
+        transport: if websocket.is_some() { "ws" } else { "tcp" },
         requested: args.idle,
         note,
         connections: n,
@@ -213,7 +219,8 @@ pub(crate) async fn run(
                     let account = accounts
                         .get(i / per_user)
                         .ok_or_else(|| io::Error::other("no account"))?;
-                    let (mut c, welcome) = SetupConn::open(addr, source(i, sources)).await?;
+                    let (to, ws) = websocket.map_or((addr, false), |ws| (ws, true));
+                    let (mut c, welcome) = SetupConn::open_on(to, source(i, sources), ws).await?;
                     c.resume(account.token).await?;
                     c.sync_all(0).await?;
                     let every = u64::from(welcome.limits.heartbeat_interval_ms).max(1000);

@@ -16,6 +16,7 @@ mod report;
 mod stats;
 mod storm;
 mod target;
+mod transport;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -62,6 +63,12 @@ pub(crate) struct RunArgs {
     /// The metrics address of the ternd at `--addr`, for its counters in the report.
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
+    /// The WebSocket address of the ternd at `--addr`, for W1 and W4 over WebSocket.
+    #[arg(long)]
+    ws_addr: Option<SocketAddr>,
+    /// Skip W1 and W4 over WebSocket.
+    #[arg(long)]
+    no_ws: bool,
     /// The ternd binary to start [default: `ternd` next to this executable].
     #[arg(long)]
     ternd: Option<PathBuf>,
@@ -200,6 +207,7 @@ impl RunArgs {
             body_bytes: self.body_bytes,
             ack_every: self.ack_every,
             setup_concurrency: self.setup_concurrency,
+            websocket: false,
             prefix: prefix.into(),
         }
     }
@@ -304,6 +312,7 @@ async fn run(args: RunArgs) -> std::io::Result<()> {
     let mut report = Report::new(Environment::probe(&engine, args.fsync));
     let prefix = format!("b{}x", report.environment.started_unix % 1_000_000_000);
     let mut server = None;
+    let mut ws_addr = args.ws_addr;
     let addr = match args.addr {
         Some(a) => a,
         None => {
@@ -329,6 +338,7 @@ async fn run(args: RunArgs) -> std::io::Result<()> {
             );
             let a = s.addr;
             report.metrics = s.metrics.map(|m| m.to_string());
+            ws_addr = s.ws;
             server = Some(s);
             a
         }
@@ -390,7 +400,29 @@ async fn run(args: RunArgs) -> std::io::Result<()> {
                         .await,
                 );
             }
-            report.w1 = Some(W1Report::new(&args, closed, open));
+            let mut w1 = W1Report::new(&args, closed, open);
+            if let (Some(ws), false) = (ws_addr, args.no_ws) {
+                say(&args, "W1 one-to-one over WebSocket, closed loop");
+                let mut options = args.fleet_options(&format!("{prefix}w"));
+                options.websocket = true;
+                options.group_sizes.clear();
+                let mut ws_fleet = Fleet::setup(ws, &options).await?;
+                ws_fleet.server_pid = fleet.server_pid;
+                ws_fleet.server_metrics = fleet.server_metrics;
+                let r = ws_fleet
+                    .closed_loop(
+                        "W1 closed (ws)",
+                        Mode::Direct,
+                        args.window,
+                        duration,
+                        drain,
+                        progress,
+                    )
+                    .await;
+                ws_fleet.shutdown().await;
+                w1.set_ws(r);
+            }
+            report.w1 = Some(w1);
         }
         if args.wants("w2") {
             let mut groups = Vec::new();
@@ -426,6 +458,7 @@ async fn run(args: RunArgs) -> std::io::Result<()> {
         report.w5 = Some(catchup::run(&args, addr, &prefix).await?);
     }
     if args.wants("w4") {
+        let server_was_started = server.is_some();
         say(&args, &format!("W4 {} idle connections", args.idle));
         // On a ternd of its own when started here, so memory freed by the earlier workloads
         // cannot hide what the connections cost.
@@ -443,8 +476,36 @@ async fn run(args: RunArgs) -> std::io::Result<()> {
         let (w4_addr, w4_pid) = fresh
             .as_ref()
             .map_or((addr, pid), |s| (s.addr, Some(s.pid())));
-        let mut w4 = idle::run(&args, w4_addr, w4_pid, &prefix).await?;
+        let mut w4 = idle::run(&args, w4_addr, w4_pid, &prefix, None).await?;
         w4.fresh_server = fresh.is_some();
+        let w4_ws_addr = fresh.as_ref().map_or(ws_addr, |s| s.ws);
+        drop(fresh);
+        if let (Some(_), false) = (w4_ws_addr, args.no_ws) {
+            say(
+                &args,
+                &format!("W4 {} idle connections over WebSocket", args.idle),
+            );
+            // A fresh ternd again, so both transports start from the same memory.
+            let again = match server_was_started {
+                true => Some(Spawned::ternd(
+                    &find_ternd(args.ternd.as_deref())?,
+                    &args.ternd_flags(args.password_iterations),
+                )?),
+                false => None,
+            };
+            let (addr, pid, ws) = again
+                .as_ref()
+                .map_or((addr, pid, w4_ws_addr), |s| (s.addr, Some(s.pid()), s.ws));
+            let mut ws_report = idle::run(&args, addr, pid, &format!("{prefix}v"), ws).await?;
+            ws_report.fresh_server = again.is_some();
+            if let (Some(a), Some(b)) = (
+                w4.rss_per_connection_bytes,
+                ws_report.rss_per_connection_bytes,
+            ) {
+                report.w4_ws_extra_bytes_per_connection = Some((b - a).round());
+            }
+            report.w4_ws = Some(ws_report);
+        }
         report.w4 = Some(w4);
     }
     if let Some(mut s) = server.take() {

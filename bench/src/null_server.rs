@@ -169,7 +169,7 @@ pub(crate) async fn serve(listen: SocketAddr) -> std::io::Result<()> {
 async fn connection(state: Arc<State>, stream: TcpStream) {
     let (mut r, w) = stream.into_split();
     let out = Outbox::new(1);
-    tokio::spawn(writer(out.clone(), w));
+    tokio::spawn(writer(out.clone(), crate::transport::WriteHalf::Tcp(w)));
     let me = Arc::new(Live {
         out: out.clone(),
         live: AtomicBool::new(false),

@@ -32,6 +32,11 @@ pub(crate) struct Report {
     pub(crate) w3: Option<W3Report>,
     /// Idle connections.
     pub(crate) w4: Option<W4Report>,
+    /// Idle connections over WebSocket, on a fresh ternd of their own.
+    pub(crate) w4_ws: Option<W4Report>,
+    /// ternd's RSS per idle WebSocket connection minus per idle TCP connection (target: at most
+    /// 1,024 bytes).
+    pub(crate) w4_ws_extra_bytes_per_connection: Option<f64>,
     /// Catch-up.
     pub(crate) w5: Option<W5Report>,
     /// Every workload that ran completed and lost nothing.
@@ -57,6 +62,10 @@ pub(crate) struct W1Report {
     pub(crate) null_closed: Option<PhaseResult>,
     /// ternd's closed-loop delivered rate over the null server's.
     pub(crate) ratio_to_null: Option<f64>,
+    /// The same closed loop over WebSocket (its own users).
+    pub(crate) ws_closed: Option<PhaseResult>,
+    /// The WebSocket closed loop's delivered rate over TCP's (target: at least 0.8).
+    pub(crate) ws_ratio_to_tcp: Option<f64>,
     /// Every phase completed.
     pub(crate) completed: bool,
     /// Deliveries equal sends in every phase.
@@ -82,9 +91,19 @@ impl W1Report {
             open,
             null_closed: None,
             ratio_to_null: None,
+            ws_closed: None,
+            ws_ratio_to_tcp: None,
             completed,
             delivered_equals_sent,
         }
+    }
+
+    /// Adds the closed loop over WebSocket.
+    pub(crate) fn set_ws(&mut self, ws: PhaseResult) {
+        self.ws_ratio_to_tcp = ratio(ws.delivered_per_s, self.closed.delivered_per_s);
+        self.completed &= ws.complete;
+        self.delivered_equals_sent &= ws.lost == 0 && ws.delivered == ws.sent;
+        self.ws_closed = Some(ws);
     }
 
     /// Adds the null server's closed loop.
@@ -151,6 +170,8 @@ impl Report {
             w2: None,
             w3: None,
             w4: None,
+            w4_ws: None,
+            w4_ws_extra_bytes_per_connection: None,
             w5: None,
             all_complete: false,
         }
@@ -169,7 +190,8 @@ impl Report {
                 .all(|g| g.completed && g.delivered_equals_sent)
         });
         let w3 = self.w3.as_ref().is_none_or(|w| w.completed);
-        let w4 = self.w4.as_ref().is_none_or(|w| w.completed);
+        let w4 = self.w4.as_ref().is_none_or(|w| w.completed)
+            && self.w4_ws.as_ref().is_none_or(|w| w.completed);
         let w5 = self
             .w5
             .as_ref()
@@ -230,6 +252,9 @@ impl Report {
         };
         if let Some(w1) = &self.w1 {
             row(&w1.closed);
+            if let Some(ws) = &w1.ws_closed {
+                row(ws);
+            }
             w1.open.iter().for_each(&mut row);
             if let Some(n) = &w1.null_closed {
                 row(n);
@@ -250,6 +275,12 @@ impl Report {
                     "W1 ternd / null server (closed loop, delivered/s): {r:.3}"
                 );
             }
+            if let Some(r) = w1.ws_ratio_to_tcp {
+                let _ = writeln!(
+                    t,
+                    "W1 WebSocket / TCP (closed loop, delivered/s): {r:.3} (target at least 0.8)"
+                );
+            }
         }
         if let Some(w2) = &self.w2 {
             for g in &w2.groups {
@@ -263,6 +294,15 @@ impl Report {
         }
         if let Some(w4) = &self.w4 {
             let _ = writeln!(t, "{}", w4.summary());
+        }
+        if let Some(w4) = &self.w4_ws {
+            let _ = writeln!(t, "{}", w4.summary());
+        }
+        if let Some(extra) = self.w4_ws_extra_bytes_per_connection {
+            let _ = writeln!(
+                t,
+                "W4 WebSocket − TCP, ternd RSS per idle connection: {extra:.0} bytes (target at most 1024)"
+            );
         }
         if let Some(w5) = &self.w5 {
             let _ = writeln!(t, "{}", w5.summary());

@@ -17,6 +17,8 @@ pub(crate) struct Spawned {
     pub(crate) addr: SocketAddr,
     /// The metrics address, when the server has one.
     pub(crate) metrics: Option<SocketAddr>,
+    /// The WebSocket address, when the server has one.
+    pub(crate) ws: Option<SocketAddr>,
     _data: Option<tempfile::TempDir>,
 }
 
@@ -52,6 +54,7 @@ impl Spawned {
         Ok(Spawned {
             addr,
             metrics: field("metrics="),
+            ws: field("ws="),
             child,
             _data: data,
         })
@@ -62,6 +65,7 @@ impl Spawned {
         let data = tempfile::Builder::new().prefix("tern-bench-").tempdir()?;
         let mut cmd = Command::new(path);
         cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args(["--ws-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data.path())
             .args(flags)

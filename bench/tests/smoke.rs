@@ -73,7 +73,8 @@ fn check_phase(p: &Value) {
 }
 
 // Proves every workload runs to completion against ternd and the null server, and that every
-// message sent was delivered: W1 and W2 to every recipient, W5 to the device that catches up.
+// message sent was delivered: W1 (over TCP and WebSocket) and W2 to every recipient, W5 to the
+// device that catches up; W4 holds its idle connections over TCP and over WebSocket.
 #[test]
 fn every_workload_completes_and_loses_nothing() {
     let r = run_smoke(&[]);
@@ -91,6 +92,8 @@ fn every_workload_completes_and_loses_nothing() {
     open.iter().for_each(check_phase);
     check_phase(&w1["null_closed"]);
     assert!(w1["ratio_to_null"].as_f64().unwrap() > 0.0);
+    check_phase(&w1["ws_closed"]);
+    assert!(w1["ws_ratio_to_tcp"].as_f64().unwrap() > 0.0);
     assert!(b(w1, "/delivered_equals_sent"));
 
     let groups = r["w2"]["groups"].as_array().unwrap();
@@ -111,6 +114,10 @@ fn every_workload_completes_and_loses_nothing() {
     assert!(b(w4, "/completed"), "{w4:#}");
     assert_eq!(u(w4, "/established"), 200);
     assert!(w4["rss_per_connection_bytes"].is_number(), "{w4:#}");
+    let w4_ws = &r["w4_ws"];
+    assert!(b(w4_ws, "/completed"), "{w4_ws:#}");
+    assert_eq!(u(w4_ws, "/established"), 200);
+    assert!(r["w4_ws_extra_bytes_per_connection"].is_number(), "{r:#}");
 
     let w5 = &r["w5"];
     assert!(b(w5, "/completed"), "{w5:#}");

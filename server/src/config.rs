@@ -47,6 +47,19 @@ pub struct Cli {
     /// (`--tls-cert` and `--tls-key`) or `--tls-self-signed`.
     #[arg(long)]
     pub tls_listen: Option<SocketAddr>,
+    /// Address for WebSocket clients (browsers) [default: 127.0.0.1:7402]; `wss://` when TLS is
+    /// configured, `ws://` otherwise.
+    #[arg(long)]
+    pub ws_listen: Option<SocketAddr>,
+    /// Origins whose pages may open a WebSocket, comma-separated: `scheme://host[:port]`, port `*`
+    /// for any, or `*` for all. Requests without `Origin` (non-browser clients) are always allowed
+    /// [default: http and https on localhost, 127.0.0.1 and [::1], any port].
+    #[arg(long, value_delimiter = ',')]
+    pub ws_allowed_origins: Option<Vec<String>>,
+    /// A started frame, the first Hello and a WebSocket upgrade must each arrive whole within
+    /// this long, in ms [default: 30000].
+    #[arg(long)]
+    pub frame_timeout_ms: Option<u64>,
     /// The server's certificate chain, PEM (leaf first).
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -158,6 +171,9 @@ pub struct Cli {
 struct FileConfig {
     listen: Option<SocketAddr>,
     tls_listen: Option<SocketAddr>,
+    ws_listen: Option<SocketAddr>,
+    ws_allowed_origins: Option<Vec<String>>,
+    frame_timeout_ms: Option<u64>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_self_signed: Option<bool>,
@@ -198,6 +214,12 @@ pub struct Config {
     pub listen: SocketAddr,
     /// TLS listen address.
     pub tls_listen: SocketAddr,
+    /// WebSocket listen address (`wss://` with TLS).
+    pub ws_listen: SocketAddr,
+    /// Origins allowed to open a WebSocket.
+    pub ws_allowed_origins: Vec<String>,
+    /// Bound on a started frame, the first `Hello` and a WebSocket upgrade.
+    pub frame_timeout_ms: u64,
     /// Certificate chain file (PEM); TLS is served with this and `tls_key`.
     pub tls_cert: Option<PathBuf>,
     /// Private key file (PEM).
@@ -271,6 +293,11 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
             tls_listen: SocketAddr::from(([127, 0, 0, 1], 7401)),
+            ws_listen: SocketAddr::from(([127, 0, 0, 1], 7402)),
+            ws_allowed_origins: crate::runtime::ws::ALLOWED_ORIGINS_DEFAULT
+                .map(String::from)
+                .to_vec(),
+            frame_timeout_ms: 30_000,
             tls_cert: None,
             tls_key: None,
             tls_self_signed: false,
@@ -348,6 +375,9 @@ macro_rules! layer_settings {
             $source,
             listen,
             tls_listen,
+            ws_listen,
+            ws_allowed_origins,
+            frame_timeout_ms,
             tls_handshake_timeout_ms,
             data_dir,
             cores,
@@ -435,6 +465,12 @@ impl Config {
         }
         if self.tls_handshake_timeout_ms == 0 {
             return invalid("tls_handshake_timeout_ms must be above 0".into());
+        }
+        if self.frame_timeout_ms == 0 {
+            return invalid("frame_timeout_ms must be above 0".into());
+        }
+        for entry in &self.ws_allowed_origins {
+            crate::runtime::ws::check_origin_entry(entry).map_err(ConfigError::Invalid)?;
         }
         if self.cores == 0 || self.cores > crate::ids::CORES_MAX {
             return invalid(format!("cores must be 1..={}", crate::ids::CORES_MAX));

@@ -43,14 +43,12 @@ fn main() -> ExitCode {
         }
     };
     // One machine-readable line on stdout, for scripts and tests that start ternd on port 0.
-    // `tcp=off` with --tls-only; no `tls=` field without TLS.
+    // `tcp=off` with --tls-only; no `tls=` field without TLS; `ws=` last (wss:// with TLS).
     let tcp = server.tcp_addr.map_or("off".to_owned(), |a| a.to_string());
+    let (metrics, ws) = (server.metrics_addr, server.ws_addr);
     match server.tls_addr {
-        Some(tls) => println!(
-            "listening tcp={tcp} tls={tls} metrics={}",
-            server.metrics_addr
-        ),
-        None => println!("listening tcp={tcp} metrics={}", server.metrics_addr),
+        Some(tls) => println!("listening tcp={tcp} tls={tls} metrics={metrics} ws={ws}"),
+        None => println!("listening tcp={tcp} metrics={metrics} ws={ws}"),
     }
     if let Err(e) = wait_for_signal() {
         tracing::error!(error = %e, "cannot wait for signals; shutting down");

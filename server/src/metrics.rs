@@ -27,10 +27,44 @@ const REQUEST_BYTES_MAX: usize = 8 * 1024;
 /// How long the endpoint waits for a request's bytes.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The transports a connection may come in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Transport {
+    Tcp = 0,
+    Tls = 1,
+    Ws = 2,
+    Wss = 3,
+}
+
+impl Transport {
+    /// Every transport, in index order.
+    pub(crate) const ALL: [Transport; 4] = [
+        Transport::Tcp,
+        Transport::Tls,
+        Transport::Ws,
+        Transport::Wss,
+    ];
+
+    /// The `transport` label.
+    pub(crate) fn label(self) -> &'static str {
+        ["tcp", "tls", "ws", "wss"][self as usize]
+    }
+}
+
+/// Counters kept per transport (see [`Transport`]).
+pub(crate) type PerTransport = [AtomicU64; Transport::ALL.len()];
+
 /// One core's counters.
 #[derive(Debug, Default)]
 pub(crate) struct CoreMetrics {
     pub(crate) connections: AtomicU64,
+    /// Open connections by transport.
+    pub(crate) transport_connections: PerTransport,
+    /// Connections ready to speak the protocol by transport: accepted (TCP), past the TLS
+    /// handshake, past the WebSocket upgrade.
+    pub(crate) transport_handshakes: PerTransport,
+    /// Connections that failed or timed out before that, by transport.
+    pub(crate) transport_handshake_failures: PerTransport,
     pub(crate) tls_handshakes: AtomicU64,
     pub(crate) tls_handshake_failures: AtomicU64,
     pub(crate) frames_in: AtomicU64,
@@ -141,6 +175,45 @@ impl Metrics {
             "gauge",
             "Open connections.",
             &|m| load(&m.connections),
+        );
+        let per_transport =
+            |out: &mut String,
+             name: &str,
+             kind: &str,
+             help: &str,
+             get: &dyn Fn(&CoreMetrics) -> &PerTransport| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                for (core, m) in self.cores.iter().enumerate() {
+                    for t in Transport::ALL {
+                        let value = get(m)[t as usize].load(Ordering::Relaxed);
+                        let label = t.label();
+                        let _ = writeln!(
+                            out,
+                            "{name}{{core=\"{core}\",transport=\"{label}\"}} {value}"
+                        );
+                    }
+                }
+            };
+        per_transport(
+            &mut out,
+            "tern_transport_connections",
+            "gauge",
+            "Open connections by transport (tcp, tls, ws, wss).",
+            &|m| &m.transport_connections,
+        );
+        per_transport(
+            &mut out,
+            "tern_transport_handshakes_total",
+            "counter",
+            "Connections ready for Hello by transport: accepted, past TLS, past the WebSocket upgrade.",
+            &|m| &m.transport_handshakes,
+        );
+        per_transport(
+            &mut out,
+            "tern_transport_handshake_failures_total",
+            "counter",
+            "Connections closed before they were ready for Hello, by transport.",
+            &|m| &m.transport_handshake_failures,
         );
         per_core(
             &mut out,

@@ -293,7 +293,12 @@ async fn pem_files_and_tls_only(engine: &'static str) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_ternd"))
         .args(["--data-dir", dir.path().to_str().unwrap()])
         .args(["--listen", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0"])
-        .args(["--metrics-listen", "127.0.0.1:0"])
+        .args([
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--ws-listen",
+            "127.0.0.1:0",
+        ])
         .args([
             "--tls-cert",
             cert.to_str().unwrap(),

@@ -34,7 +34,7 @@ fail() {
 mkfifo "$work/out"
 RUST_LOG=warn "$ternd" --data-dir "$work/data" --cores 2 --io-engine "$engine" \
     --listen 127.0.0.1:0 --tls-listen 127.0.0.1:0 --tls-self-signed \
-    --metrics-listen 127.0.0.1:0 --password-iterations 1000 >"$work/out" 2>"$work/ternd.log" &
+    --metrics-listen 127.0.0.1:0 --ws-listen 127.0.0.1:0 --password-iterations 1000 >"$work/out" 2>"$work/ternd.log" &
 pid=$!
 read -r -t 30 line <"$work/out" || fail "ternd printed no listening line"
 tls=$(tr ' ' '\n' <<<"$line" | sed -n 's/^tls=//p')

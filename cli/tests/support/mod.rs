@@ -54,7 +54,12 @@ impl Ternd {
         let mut child = Command::new(ternd_path())
             .args(["--listen", "127.0.0.1:0", "--cores", "2"])
             .args(["--password-iterations", "1000"])
-            .args(["--metrics-listen", "127.0.0.1:0"])
+            .args([
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--ws-listen",
+                "127.0.0.1:0",
+            ])
             .arg("--data-dir")
             .arg(data.path())
             .args(extra)

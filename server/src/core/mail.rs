@@ -160,6 +160,8 @@ pub(crate) struct Adoption {
     pub(crate) socket: std::net::TcpStream,
     /// The TLS session, for a connection that came in on the TLS listener.
     pub(crate) tls: Option<Box<rustls::ServerConnection>>,
+    /// The WebSocket state, for a connection that came in on the WebSocket listener.
+    pub(crate) ws: Option<Box<crate::runtime::ws::WsState>>,
     pub(crate) buffered: BytesMut,
     pub(crate) request_id: u32,
     pub(crate) auth: AdoptAuth,

@@ -5,6 +5,11 @@
 //! the core that accepted it and the reader handles `Hello`, `Ping` and the three ways to
 //! authenticate itself; once a user is known, the socket and any bytes already read move to the
 //! user's owner core, which finishes the authentication and serves the session from then on.
+//!
+//! Time limits (spec §2.7): the idle time-out runs from the last complete frame, so bytes trickled
+//! into a frame do not keep a connection alive; a frame once started must complete within the
+//! frame time-out, and `Hello` must arrive within it from the start. Whatever comes first closes
+//! the connection with `HEARTBEAT_TIMEOUT`.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -161,6 +166,7 @@ impl Outbound {
 /// What the runtime keeps per connection.
 pub(crate) struct ConnHandle {
     pub(crate) outbound: Rc<Outbound>,
+    /// When the last complete frame arrived.
     pub(crate) last_rx: Cell<Instant>,
     /// Requests handed to the shard whose replies have not been queued yet.
     pub(crate) in_flight: Cell<u32>,
@@ -233,8 +239,10 @@ pub(crate) async fn run(ctx: Rc<CoreCtx>, link: Link, start: Start) {
         in_flight: Cell::new(0),
     });
     ctx.conns.borrow_mut().insert(conn, Rc::clone(&handle));
-    let connections = &ctx.metrics.core(ctx.core).connections;
-    connections.fetch_add(1, Ordering::Relaxed);
+    let transport = link.transport() as usize;
+    let metrics = ctx.metrics.core(ctx.core);
+    metrics.connections.fetch_add(1, Ordering::Relaxed);
+    metrics.transport_connections[transport].fetch_add(1, Ordering::Relaxed);
     tokio::task::spawn_local(writer(Rc::clone(&link), Rc::clone(&outbound)));
 
     let mut peer_addr = None;
@@ -265,10 +273,9 @@ pub(crate) async fn run(ctx: Rc<CoreCtx>, link: Link, start: Start) {
     let end = reader.run(&link, &mut inbox, &mut phase).await;
 
     ctx.conns.borrow_mut().remove(&conn);
-    ctx.metrics
-        .core(ctx.core)
-        .connections
-        .fetch_sub(1, Ordering::Relaxed);
+    let metrics = ctx.metrics.core(ctx.core);
+    metrics.connections.fetch_sub(1, Ordering::Relaxed);
+    metrics.transport_connections[transport].fetch_sub(1, Ordering::Relaxed);
     ctx.shard.borrow_mut().connection_closed(ctx.now_ms(), conn);
     ctx.kick();
     match end {
@@ -290,10 +297,11 @@ pub(crate) async fn run(ctx: Rc<CoreCtx>, link: Link, start: Start) {
                 return;
             };
             match link.into_parts() {
-                Ok((socket, tls)) => {
+                Ok((socket, tls, ws)) => {
                     let adoption = Adoption {
                         socket,
                         tls: tls.map(Box::new),
+                        ws,
                         buffered: inbox,
                         request_id,
                         auth,
@@ -325,13 +333,20 @@ impl Reader {
     async fn run(&mut self, link: &Link, inbox: &mut BytesMut, phase: &mut Phase) -> End {
         let decoder = FrameDecoder::new();
         let idle = Duration::from_millis(u64::from(self.ctx.config.idle_timeout_ms));
+        let frame_limit = Duration::from_millis(self.ctx.config.frame_timeout_ms);
+        let hello_by = Instant::now() + frame_limit;
+        // When the frame partly in `inbox` started arriving.
+        let mut frame_started: Option<Instant> = None;
         loop {
+            let mut decoded = false;
             loop {
                 if self.outbound.closing.get() {
                     return End::Closed;
                 }
                 match decoder.decode(inbox) {
                     Ok(Some(frame)) => {
+                        decoded = true;
+                        self.handle.last_rx.set(Instant::now());
                         self.ctx
                             .metrics
                             .core(self.ctx.core)
@@ -352,26 +367,44 @@ impl Reader {
             if inbox.is_empty() {
                 // Idle: hold no buffer while waiting.
                 *inbox = BytesMut::new();
+                frame_started = None;
+            } else if decoded || frame_started.is_none() {
+                frame_started = Some(Instant::now());
             }
             // Other cores are not taking this core's mail: read nothing more until they do.
             self.ctx.wait_for_mailboxes().await;
-            let since_rx = self.handle.last_rx.get().elapsed();
-            let wait = idle.saturating_sub(since_rx);
+            let mut deadline = (
+                self.handle.last_rx.get() + idle,
+                "no frame within the idle time-out",
+            );
+            let mut tighten = |at: Instant, why: &'static str| {
+                if at < deadline.0 {
+                    deadline = (at, why);
+                }
+            };
+            if *phase == Phase::NeedHello {
+                tighten(hello_by, "no Hello within the frame time-out");
+            }
+            if let Some(started) = frame_started {
+                tighten(
+                    started + frame_limit,
+                    "a frame did not complete within the frame time-out",
+                );
+            }
+            let (deadline, why) = deadline;
+            let wait = deadline.saturating_duration_since(Instant::now());
             let read = tokio::time::timeout(wait, link.read(inbox, &self.ctx.buffers)).await;
             if link.wants_write() {
                 self.outbound.wake.notify_one();
             }
             match read {
-                Err(_) if self.handle.last_rx.get().elapsed() >= idle => {
-                    self.outbound.close_with(
-                        ErrorCode::HEARTBEAT_TIMEOUT,
-                        "no frame within the idle time-out",
-                    );
+                Err(_) if Instant::now() >= deadline => {
+                    self.outbound.close_with(ErrorCode::HEARTBEAT_TIMEOUT, why);
                     return End::Closed;
                 }
                 Err(_) => continue,
                 Ok(Ok(0)) | Ok(Err(_)) => return End::Closed,
-                Ok(Ok(_)) => self.handle.last_rx.set(Instant::now()),
+                Ok(Ok(_)) => {}
             }
         }
     }

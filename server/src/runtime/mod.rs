@@ -4,8 +4,9 @@
 //!
 //! `ternd` starts one thread per core, pinned to its CPU. Each thread runs a tokio-uring runtime
 //! or, where io_uring is unavailable or `--io-engine epoll` says so, a tokio current-thread runtime
-//! with a `LocalSet`. On it run: an accept loop on the core's own `SO_REUSEPORT` listener; one task
-//! per connection ([`conn`]); and the core's driver, which each loop turn drains the mailbox, lets
+//! with a `LocalSet`. On it run: an accept loop on each of the core's own `SO_REUSEPORT` listeners
+//! (TCP, TLS, WebSocket); one task per connection ([`conn`]), which first runs the TLS handshake
+//! and the WebSocket upgrade ([`ws`]) where its listener has them; and the core's driver, which each loop turn drains the mailbox, lets
 //! the shard commit its batch (group commit), then sends the released frames and mail.
 
 pub(crate) mod blocking;
@@ -15,6 +16,7 @@ pub(crate) mod guard;
 pub(crate) mod mailbox;
 pub(crate) mod socket;
 pub(crate) mod tls;
+pub(crate) mod ws;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -33,7 +35,7 @@ use tokio::sync::{oneshot, Notify};
 use crate::config::{Config, IoEngine};
 use crate::core::mail::Mail;
 use crate::core::{ConnId, Output, Shard, TICK_MS};
-use crate::metrics::{Metrics, MetricsServer};
+use crate::metrics::{Metrics, MetricsServer, Transport};
 use crate::store::records::UserRecord;
 use crate::store::Store;
 use blocking::BlockingPool;
@@ -83,7 +85,8 @@ pub(crate) struct CoreCtx {
     pub(crate) buffers: socket::BufferPool,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) logins: Arc<guard::LoginGuard>,
-    /// TLS handshakes under way; they count against the connection limit too.
+    /// TLS handshakes and WebSocket upgrades under way; they count against the connection limit
+    /// too.
     handshakes: Cell<usize>,
     next_conn: Cell<ConnId>,
     mailboxes: Mailboxes,
@@ -181,6 +184,10 @@ impl CoreCtx {
                         let link = match adoption.tls {
                             Some(tls) => Link::tls(socket, *tls),
                             None => Link::plain(socket),
+                        };
+                        let link = match adoption.ws {
+                            Some(ws) => link.with_ws(ws),
+                            None => link,
                         };
                         let start = Start::Adopted {
                             buffered: adoption.buffered,
@@ -376,8 +383,28 @@ async fn driver(ctx: Rc<CoreCtx>, inbox: Inbox) {
     }
 }
 
-/// Accepts connections on one listener: plain TCP, or TLS when `tls` is given.
-async fn accept_loop(ctx: Rc<CoreCtx>, listener: TcpListener, tls: Option<Arc<ServerConfig>>) {
+/// What a listener serves.
+#[derive(Clone)]
+struct Serves {
+    /// TLS first, with this configuration.
+    tls: Option<Arc<ServerConfig>>,
+    /// A WebSocket upgrade (after TLS, if any).
+    ws: bool,
+}
+
+impl Serves {
+    fn transport(&self) -> Transport {
+        match (self.tls.is_some(), self.ws) {
+            (false, false) => Transport::Tcp,
+            (true, false) => Transport::Tls,
+            (false, true) => Transport::Ws,
+            (true, true) => Transport::Wss,
+        }
+    }
+}
+
+/// Accepts connections on one listener.
+async fn accept_loop(ctx: Rc<CoreCtx>, listener: TcpListener, serves: Serves) {
     let listener = match listener
         .set_nonblocking(true)
         .and_then(|()| tokio::net::TcpListener::from_std(listener))
@@ -416,74 +443,151 @@ async fn accept_loop(ctx: Rc<CoreCtx>, listener: TcpListener, tls: Option<Arc<Se
             }
         };
         if ctx.conns.borrow().len() + ctx.handshakes.get() >= ctx.config.connections_per_core_max {
-            // Best effort: a small frame fits in an empty socket buffer, so one write suffices.
+            refuse_at_limit(&stream, &serves);
+            continue;
+        }
+        let socket = stream.into_std().and_then(|s| Socket::new(s, ctx.uring));
+        match socket {
+            Ok(socket) => {
+                tokio::task::spawn_local(serve(Rc::clone(&ctx), socket, peer, serves.clone()));
+            }
+            Err(e) => tracing::warn!(core = ctx.core, error = %e, "cannot set up a connection"),
+        }
+    }
+}
+
+/// Tells a client the server is at its connection limit, best effort: a small answer fits in an
+/// empty socket buffer, so one write suffices. A TLS client just sees the close.
+fn refuse_at_limit(stream: &tokio::net::TcpStream, serves: &Serves) {
+    let bytes = match serves.transport() {
+        Transport::Tcp => {
             let error = ErrorFrame {
                 code: tern_protocol::ErrorCode::UNAVAILABLE,
                 retry_after_ms: 1_000,
                 message: "the server is at its connection limit".into(),
             };
-            if let Ok(bytes) = tern_protocol::Frame::event(error).to_bytes() {
-                let _ = stream.try_write(&bytes);
-            }
-            continue;
+            tern_protocol::Frame::event(error)
+                .to_bytes()
+                .ok()
+                .map(Vec::from)
         }
-        let socket = stream.into_std().and_then(|s| Socket::new(s, ctx.uring));
-        let socket = match socket {
-            Ok(socket) => socket,
-            Err(e) => {
-                tracing::warn!(core = ctx.core, error = %e, "cannot set up a connection");
-                continue;
-            }
-        };
-        match &tls {
-            None => {
-                let start = Start::Accepted {
-                    peer: peer.ip(),
-                    buffered: BytesMut::new(),
-                };
-                tokio::task::spawn_local(conn::run(Rc::clone(&ctx), Link::plain(socket), start));
-            }
-            Some(config) => match ServerConnection::new(Arc::clone(config)) {
-                Ok(session) => {
-                    let link = Link::tls(socket, session);
-                    tokio::task::spawn_local(tls_handshake(Rc::clone(&ctx), link, peer));
-                }
-                Err(e) => tracing::warn!(core = ctx.core, error = %e, "cannot start a TLS session"),
-            },
-        }
+        Transport::Ws => Some(ws::http_response(
+            503,
+            "Service Unavailable",
+            "the server is at its connection limit",
+            "Retry-After: 1\r\n",
+        )),
+        Transport::Tls | Transport::Wss => None,
+    };
+    if let Some(bytes) = bytes {
+        let _ = stream.try_write(&bytes);
     }
 }
 
-/// Runs a TLS handshake within the configured time, then serves the connection.
-async fn tls_handshake(ctx: Rc<CoreCtx>, link: Link, peer: SocketAddr) {
-    let limit = Duration::from_millis(ctx.config.tls_handshake_timeout_ms);
-    let mut buffered = BytesMut::new();
+/// Readies an accepted connection (the TLS handshake and the WebSocket upgrade its listener asks
+/// for, each within its time limit), then serves it.
+async fn serve(ctx: Rc<CoreCtx>, socket: Socket, peer: SocketAddr, serves: Serves) {
+    let transport = serves.transport();
+    let link = match &serves.tls {
+        None => Link::plain(socket),
+        Some(config) => match ServerConnection::new(Arc::clone(config)) {
+            Ok(session) => Link::tls(socket, session),
+            Err(e) => {
+                tracing::warn!(core = ctx.core, error = %e, "cannot start a TLS session");
+                return;
+            }
+        },
+    };
     ctx.handshakes.set(ctx.handshakes.get() + 1);
-    let done = tokio::time::timeout(limit, link.handshake(&mut buffered, &ctx.buffers)).await;
+    let ready = ready(&ctx, link, &serves).await;
     ctx.handshakes.set(ctx.handshakes.get() - 1);
     let metrics = ctx.metrics.core(ctx.core);
-    match done {
-        Ok(Ok(())) => {
-            metrics.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+    match ready {
+        Ok((link, buffered)) => {
+            metrics.transport_handshakes[transport as usize].fetch_add(1, Ordering::Relaxed);
+            if serves.tls.is_some() {
+                metrics.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+            }
             let start = Start::Accepted {
                 peer: peer.ip(),
                 buffered,
             };
             conn::run(ctx, link, start).await;
         }
-        Ok(Err(e)) => {
-            metrics
-                .tls_handshake_failures
+        Err((link, why)) => {
+            metrics.transport_handshake_failures[transport as usize]
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            tracing::debug!(%peer, transport = transport.label(), why, "connection not readied");
             link.shutdown().await;
         }
-        Err(_) => {
-            metrics
+    }
+}
+
+/// Why a connection was not readied, with its link to close.
+type NotReady = (Link, String);
+
+/// Runs the TLS handshake and the WebSocket upgrade `serves` asks for. Returns the link and the
+/// frame bytes that arrived with them.
+async fn ready(ctx: &CoreCtx, link: Link, serves: &Serves) -> Result<(Link, BytesMut), NotReady> {
+    let mut buffered = BytesMut::new();
+    if serves.tls.is_some() {
+        let limit = Duration::from_millis(ctx.config.tls_handshake_timeout_ms);
+        let done = tokio::time::timeout(limit, link.handshake(&mut buffered, &ctx.buffers)).await;
+        let failed = match done {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("TLS handshake failed: {e}")),
+            Err(_) => Some("TLS handshake timed out".to_owned()),
+        };
+        if let Some(why) = failed {
+            ctx.metrics
+                .core(ctx.core)
                 .tls_handshake_failures
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%peer, "TLS handshake timed out");
-            link.shutdown().await;
+            return Err((link, why));
+        }
+    }
+    if !serves.ws {
+        return Ok((link, buffered));
+    }
+    let limit = Duration::from_millis(ctx.config.frame_timeout_ms);
+    let upgraded = tokio::time::timeout(limit, ws_upgrade(ctx, &link, &mut buffered)).await;
+    let rest = match upgraded {
+        Ok(Ok(rest)) => rest,
+        Ok(Err(why)) => return Err((link, why)),
+        Err(_) => return Err((link, "WebSocket upgrade timed out".to_owned())),
+    };
+    let link = link.with_ws(Box::default());
+    let mut inbox = BytesMut::new();
+    match link.ws_decode(&rest, &mut inbox) {
+        Ok(()) => Ok((link, inbox)),
+        Err(e) => Err((link, format!("WebSocket frames after the upgrade: {e}"))),
+    }
+}
+
+/// Reads the WebSocket upgrade request (after `request`, the bytes already read) and answers it.
+/// Returns the bytes that followed the request.
+async fn ws_upgrade(
+    ctx: &CoreCtx,
+    link: &Link,
+    request: &mut BytesMut,
+) -> Result<BytesMut, String> {
+    loop {
+        match ws::upgrade(request, &ctx.config.ws_allowed_origins) {
+            ws::Upgrade::Incomplete => match link.read_plaintext(request, &ctx.buffers).await {
+                Ok(0) => return Err("closed during the WebSocket upgrade".to_owned()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("reading the WebSocket upgrade: {e}")),
+            },
+            ws::Upgrade::Refuse { response, status } => {
+                let _ = link.write_plaintext(response).await;
+                return Err(format!("WebSocket upgrade refused with {status}"));
+            }
+            ws::Upgrade::Accept { response, consumed } => {
+                link.write_plaintext(response)
+                    .await
+                    .map_err(|e| format!("answering the WebSocket upgrade: {e}"))?;
+                return Ok(request.split_off(consumed));
+            }
         }
     }
 }
@@ -510,10 +614,22 @@ async fn core_main(
     }
     ctx.kick();
     if let Some(listener) = listeners.tcp {
-        tokio::task::spawn_local(accept_loop(Rc::clone(&ctx), listener, None));
+        let serves = Serves {
+            tls: None,
+            ws: false,
+        };
+        tokio::task::spawn_local(accept_loop(Rc::clone(&ctx), listener, serves));
     }
     if let Some((listener, config)) = listeners.tls {
-        tokio::task::spawn_local(accept_loop(Rc::clone(&ctx), listener, Some(config)));
+        let serves = Serves {
+            tls: Some(config),
+            ws: false,
+        };
+        tokio::task::spawn_local(accept_loop(Rc::clone(&ctx), listener, serves));
+    }
+    if let Some((listener, tls)) = listeners.ws {
+        let serves = Serves { tls, ws: true };
+        tokio::task::spawn_local(accept_loop(Rc::clone(&ctx), listener, serves));
     }
     // Serving from here on: health says so, and the server's start waits for every core.
     ctx.metrics
@@ -528,6 +644,8 @@ async fn core_main(
 struct CoreListeners {
     tcp: Option<TcpListener>,
     tls: Option<(TcpListener, Arc<ServerConfig>)>,
+    /// WebSocket, inside TLS when a configuration is given.
+    ws: Option<(TcpListener, Option<Arc<ServerConfig>>)>,
 }
 
 /// A running server.
@@ -536,6 +654,8 @@ pub struct Server {
     pub tcp_addr: Option<SocketAddr>,
     /// The address TLS clients connect to, when TLS is configured.
     pub tls_addr: Option<SocketAddr>,
+    /// The address WebSocket clients connect to (`wss://` when TLS is configured).
+    pub ws_addr: SocketAddr,
     /// The address of the metrics and health endpoint.
     pub metrics_addr: SocketAddr,
     shared: Arc<Shared>,
@@ -623,6 +743,8 @@ impl Server {
             Some(_) => bind_per_core(config.tls_listen, config.cores)?,
             None => Vec::new(),
         };
+        let mut ws = bind_per_core(config.ws_listen, config.cores)?;
+        let ws_addr = ws[0].local_addr()?;
         let tcp_addr = tcp.first().map(TcpListener::local_addr).transpose()?;
         let tls_addr = tls.first().map(TcpListener::local_addr).transpose()?;
         let mut listeners = Vec::with_capacity(config.cores);
@@ -630,6 +752,7 @@ impl Server {
             listeners.push(CoreListeners {
                 tcp: tcp.pop(),
                 tls: tls.pop().zip(tls_config.clone()),
+                ws: ws.pop().map(|l| (l, tls_config.clone())),
             });
         }
         let (mailboxes, inboxes) = Mailboxes::new(config.cores);
@@ -689,6 +812,7 @@ impl Server {
         tracing::info!(
             tcp = show(tcp_addr),
             tls = show(tls_addr),
+            ws = %ws_addr,
             cores = config.cores,
             engine,
             fsync = config.fsync,
@@ -703,6 +827,7 @@ impl Server {
         Ok(Server {
             tcp_addr,
             tls_addr,
+            ws_addr,
             metrics_addr,
             shared,
             mailboxes,

@@ -18,6 +18,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ServerConfig, ServerConnection};
 
 use super::socket::{BufferPool, Socket};
+use super::ws::{Flow, WsState};
 use crate::config::Config;
 
 /// Plaintext taken out of rustls per read call.
@@ -123,17 +124,49 @@ fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
     file.sync_all()
 }
 
-/// A socket, with TLS or without: what a connection reads frames from and writes frames to.
+/// A socket, with TLS or without, with WebSocket or without: what a connection reads frames from
+/// and writes frames to. The layers are sans-IO values stacked on the socket: TLS records
+/// outermost, then WebSocket messages, then frames.
 pub(crate) struct Link {
     socket: Socket,
     /// Boxed: a rustls session is over a kilobyte, which plain connections should not carry.
     tls: Option<Box<RefCell<ServerConnection>>>,
+    /// The WebSocket codec, once the upgrade is done.
+    ws: Option<Box<RefCell<WsState>>>,
 }
+
+/// The parts of a link, to hand to another core.
+pub(crate) type LinkParts = (
+    std::net::TcpStream,
+    Option<ServerConnection>,
+    Option<Box<WsState>>,
+);
 
 impl Link {
     /// A plain TCP link.
     pub(crate) fn plain(socket: Socket) -> Link {
-        Link { socket, tls: None }
+        Link {
+            socket,
+            tls: None,
+            ws: None,
+        }
+    }
+
+    /// The same link carrying WebSocket messages from now on.
+    pub(crate) fn with_ws(mut self, ws: Box<WsState>) -> Link {
+        self.ws = Some(Box::new(RefCell::new(*ws)));
+        self
+    }
+
+    /// Which transport the link is.
+    pub(crate) fn transport(&self) -> crate::metrics::Transport {
+        use crate::metrics::Transport;
+        match (self.tls.is_some(), self.ws.is_some()) {
+            (false, false) => Transport::Tcp,
+            (true, false) => Transport::Tls,
+            (false, true) => Transport::Ws,
+            (true, true) => Transport::Wss,
+        }
     }
 
     /// A link with the TLS state of an established (or starting) session.
@@ -143,6 +176,7 @@ impl Link {
         Link {
             socket,
             tls: Some(Box::new(RefCell::new(tls))),
+            ws: None,
         }
     }
 
@@ -165,7 +199,7 @@ impl Link {
             if !tls.borrow().is_handshaking() {
                 return Ok(());
             }
-            match self.read(inbox, pool).await {
+            match self.read_plaintext(inbox, pool).await {
                 Ok(0) if tls.borrow().is_handshaking() => {
                     return Err(io::ErrorKind::UnexpectedEof.into())
                 }
@@ -182,9 +216,50 @@ impl Link {
         }
     }
 
-    /// Waits for data, then appends the plaintext that arrived to `inbox`. Returns the bytes read
-    /// from the socket; 0 means the peer closed (or sent TLS `close_notify`).
+    /// Waits for data, then appends the frame bytes that arrived to `inbox`. Returns the bytes
+    /// read from the socket; 0 means the peer closed (or sent TLS `close_notify` or a WebSocket
+    /// Close). A WebSocket violation is an `InvalidData` error, its Close frame queued.
     pub(crate) async fn read(&self, inbox: &mut BytesMut, pool: &BufferPool) -> io::Result<usize> {
+        let Some(ws) = &self.ws else {
+            return self.read_plaintext(inbox, pool).await;
+        };
+        let mut plaintext = BytesMut::new();
+        let n = self.read_plaintext(&mut plaintext, pool).await?;
+        if n == 0 {
+            return Ok(0);
+        }
+        match ws.borrow_mut().decode(&plaintext, inbox) {
+            Ok(Flow::Open) => Ok(n),
+            Ok(Flow::PeerClosed) => Ok(0),
+            Err(closing) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                closing.to_string(),
+            )),
+        }
+    }
+
+    /// Feeds bytes that arrived with the WebSocket upgrade request to the WebSocket codec.
+    pub(crate) fn ws_decode(&self, raw: &[u8], inbox: &mut BytesMut) -> io::Result<()> {
+        let Some(ws) = &self.ws else {
+            inbox.extend_from_slice(raw);
+            return Ok(());
+        };
+        match ws.borrow_mut().decode(raw, inbox) {
+            Ok(Flow::Open) => Ok(()),
+            Ok(Flow::PeerClosed) => Err(io::ErrorKind::UnexpectedEof.into()),
+            Err(closing) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                closing.to_string(),
+            )),
+        }
+    }
+
+    /// Waits for data, then appends the plaintext that arrived (below WebSocket) to `inbox`.
+    pub(crate) async fn read_plaintext(
+        &self,
+        inbox: &mut BytesMut,
+        pool: &BufferPool,
+    ) -> io::Result<usize> {
         let Some(tls) = &self.tls else {
             return self.socket.read(inbox, pool).await;
         };
@@ -217,15 +292,30 @@ impl Link {
         Ok(if closed { 0 } else { n })
     }
 
-    /// Whether TLS records (a handshake message, an alert) wait to be written.
+    /// Whether TLS records (a handshake message, an alert) or WebSocket control frames (a Pong, a
+    /// Close) wait to be written.
     pub(crate) fn wants_write(&self) -> bool {
         self.tls
             .as_ref()
             .is_some_and(|tls| tls.borrow().wants_write())
+            || self.ws.as_ref().is_some_and(|ws| ws.borrow().wants_write())
     }
 
-    /// Writes all of `plaintext` (which may be empty, to flush pending TLS records).
-    pub(crate) async fn write_all(&self, plaintext: Vec<u8>) -> io::Result<()> {
+    /// Writes all of `frames` (which may be empty, to flush pending TLS records and WebSocket
+    /// control frames), as WebSocket messages on a WebSocket link.
+    pub(crate) async fn write_all(&self, frames: Vec<u8>) -> io::Result<()> {
+        let plaintext = match &self.ws {
+            Some(ws) => ws.borrow_mut().encode(&frames),
+            None => frames,
+        };
+        self.write_plaintext(plaintext).await
+    }
+
+    /// Writes all of `plaintext` below WebSocket: the upgrade's HTTP response, or WebSocket bytes.
+    pub(crate) async fn write_plaintext(&self, plaintext: Vec<u8>) -> io::Result<()> {
+        if plaintext.is_empty() && !self.wants_write() {
+            return Ok(());
+        }
         let Some(tls) = &self.tls else {
             return self.socket.write_all(plaintext).await;
         };
@@ -240,8 +330,19 @@ impl Link {
         self.socket.write_all(records).await
     }
 
-    /// Ends the session: TLS `close_notify` (best effort), then a shutdown in both directions.
+    /// Ends the session: a WebSocket Close (code 1000 unless another is queued) and TLS
+    /// `close_notify` (best effort), then a shutdown in both directions.
     pub(crate) async fn shutdown(&self) {
+        if let Some(ws) = &self.ws {
+            let close = {
+                let mut ws = ws.borrow_mut();
+                ws.queue_close(super::ws::close::NORMAL, "");
+                ws.encode(&[])
+            };
+            if !close.is_empty() {
+                let _ = self.write_plaintext(close).await;
+            }
+        }
         if let Some(tls) = &self.tls {
             let records = {
                 let mut tls = tls.borrow_mut();
@@ -257,11 +358,13 @@ impl Link {
         self.socket.shutdown();
     }
 
-    /// Splits the link into a std socket and its TLS state, to hand both to another core.
-    pub(crate) fn into_parts(self) -> io::Result<(std::net::TcpStream, Option<ServerConnection>)> {
+    /// Splits the link into a std socket, its TLS state and its WebSocket state, to hand them to
+    /// another core.
+    pub(crate) fn into_parts(self) -> io::Result<LinkParts> {
         Ok((
             self.socket.into_std()?,
             self.tls.map(|tls| tls.into_inner()),
+            self.ws.map(|ws| Box::new(ws.into_inner())),
         ))
     }
 }

@@ -51,6 +51,8 @@ pub struct Ternd {
     pub addr: SocketAddr,
     /// The TLS address, when TLS is on.
     pub tls_addr: Option<SocketAddr>,
+    /// The WebSocket address (`wss://` when TLS is on).
+    pub ws_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     pub engine: &'static str,
     pub data_dir: PathBuf,
@@ -103,6 +105,8 @@ impl Ternd {
                 "1000",
                 "--metrics-listen",
                 "127.0.0.1:0",
+                "--ws-listen",
+                "127.0.0.1:0",
             ])
             .arg("--data-dir")
             .arg(data_dir)
@@ -125,10 +129,12 @@ impl Ternd {
         assert!(line.contains("tcp="), "{line:?}");
         let addr = field("tcp=").unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
         let metrics_addr = field("metrics=").unwrap_or_else(unexpected);
+        let ws_addr = field("ws=").unwrap_or_else(unexpected);
         Ternd {
             child,
             addr,
             tls_addr: field("tls="),
+            ws_addr,
             metrics_addr,
             engine,
             data_dir: data_dir.to_owned(),
