@@ -1,10 +1,10 @@
 //! Mail: the messages cores send each other through their mailboxes.
 //!
 //! This enum is the seam between cores: everything one core asks of another is a variant here, a
-//! plain value with no references into the sender's state. Running across several machines later
+//! plain value with no references into the sender's state, and no socket: a connection moving to
+//! its user's core travels beside the mail, in the runtime's envelope (`runtime::mailbox::Letter`). Running across several machines later
 //! means carrying these over a broker instead of an in-process queue.
 
-use bytes::BytesMut;
 use tern_protocol::frames::Sent;
 use tern_protocol::ErrorCode;
 
@@ -54,8 +54,6 @@ pub(crate) enum Mail {
         origin: ConnRef,
         result: Result<(u64, String, String), ErrorCode>,
     },
-    /// A connection moves to the core that owns its user.
-    Adopt(Box<Adoption>),
     /// To the conversation's owner core: store a message.
     Send {
         origin: ConnRef,
@@ -153,20 +151,6 @@ pub(crate) enum Mail {
     },
 }
 
-/// A connection handed to another core: the socket, the bytes read past the auth request, and
-/// what the new core must do before it answers.
-#[derive(Debug)]
-pub(crate) struct Adoption {
-    pub(crate) socket: std::net::TcpStream,
-    /// The TLS session, for a connection that came in on the TLS listener.
-    pub(crate) tls: Option<Box<rustls::ServerConnection>>,
-    /// The WebSocket state, for a connection that came in on the WebSocket listener.
-    pub(crate) ws: Option<Box<crate::runtime::ws::WsState>>,
-    pub(crate) buffered: BytesMut,
-    pub(crate) request_id: u32,
-    pub(crate) auth: AdoptAuth,
-}
-
 /// A change to a group, carried out by the group's owner core.
 #[derive(Debug)]
 pub(crate) enum GroupChange {
@@ -235,8 +219,7 @@ pub(crate) fn refusal(mail: Mail, code: ErrorCode) -> Option<Mail> {
         }),
         // Presence is not stored: the answer stands.
         mail @ Mail::PresenceNow { .. } => Some(mail),
-        Mail::Adopt(_)
-        | Mail::Deliver { .. }
+        Mail::Deliver { .. }
         | Mail::Delivered { .. }
         | Mail::Append { .. }
         | Mail::Unsubscribe { .. }

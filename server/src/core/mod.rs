@@ -800,7 +800,7 @@ impl Shard {
                     Ok(())
                 }
             },
-            Mail::UserCreated { .. } | Mail::Adopt(_) => {
+            Mail::UserCreated { .. } => {
                 debug_assert!(false, "the runtime handles connection mail");
                 Ok(())
             }

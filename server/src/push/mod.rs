@@ -318,7 +318,7 @@ impl Worker {
     /// Sends mail to the user's owner core, waiting briefly while its mailbox is full.
     fn mail(&self, user_id: u64, mail: Mail) {
         let core = crate::core::owner(user_id, self.config.cores);
-        let mut batch = vec![mail];
+        let mut batch = vec![mail.into()];
         for _ in 0..100 {
             match self.mailboxes.send(core, batch) {
                 Ok(()) => return,

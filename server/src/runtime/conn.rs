@@ -23,10 +23,11 @@ use tern_protocol::limits::{PROTOCOL_VERSION, REQUESTS_IN_FLIGHT_MAX};
 use tern_protocol::types::ServerLimits;
 use tern_protocol::{Body, ErrorCode, Frame, FrameDecoder, FrameError};
 
+use super::mailbox::{Adoption, Letter};
 use super::tls::Link;
 use super::CoreCtx;
 use crate::core::accounts::{self, token_hash, validate_password, validate_username};
-use crate::core::mail::{AdoptAuth, Adoption, ConnRef, Mail};
+use crate::core::mail::{AdoptAuth, ConnRef, Mail};
 use crate::core::{name_owner, ConnId};
 use crate::metrics::Metrics;
 use crate::store::records::UserRecord;
@@ -306,7 +307,7 @@ pub(crate) async fn run(ctx: Rc<CoreCtx>, link: Link, start: Start) {
                         request_id,
                         auth,
                     };
-                    ctx.send_mail(core, Mail::Adopt(Box::new(adoption)));
+                    ctx.send_mail(core, Letter::Adopt(Box::new(adoption)));
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot hand a connection over; dropping it"),
             }

@@ -8,19 +8,49 @@ use std::sync::Arc;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use tokio::sync::Notify;
 
-use crate::core::mail::Mail;
+use bytes::BytesMut;
+
+use crate::core::mail::{AdoptAuth, Mail};
+
+/// What travels between cores: the core's mail, or a connection moving to its user's core. The
+/// socket and its TLS and WebSocket state never enter the core: the runtime routes them itself.
+#[derive(Debug)]
+pub(crate) enum Letter {
+    Mail(Mail),
+    Adopt(Box<Adoption>),
+}
+
+impl From<Mail> for Letter {
+    fn from(mail: Mail) -> Letter {
+        Letter::Mail(mail)
+    }
+}
+
+/// A connection handed to another core: the socket, the bytes read past the auth request, and
+/// what the new core must do before it answers.
+#[derive(Debug)]
+pub(crate) struct Adoption {
+    pub(crate) socket: std::net::TcpStream,
+    /// The TLS session, for a connection that came in on the TLS listener.
+    pub(crate) tls: Option<Box<rustls::ServerConnection>>,
+    /// The WebSocket state, for a connection that came in on the WebSocket listener.
+    pub(crate) ws: Option<Box<super::ws::WsState>>,
+    pub(crate) buffered: BytesMut,
+    pub(crate) request_id: u32,
+    pub(crate) auth: AdoptAuth,
+}
 
 /// Batches a mailbox holds before senders must wait a turn.
 pub(crate) const MAILBOX_BATCHES_MAX: usize = 4096;
 
 /// One core's receiving end.
 pub(crate) struct Inbox {
-    pub(crate) rx: Receiver<Vec<Mail>>,
+    pub(crate) rx: Receiver<Vec<Letter>>,
     pub(crate) wake: Arc<Notify>,
 }
 
 /// One core's sending end: its queue and its wake-up.
-type Outlet = (Sender<Vec<Mail>>, Arc<Notify>);
+type Outlet = (Sender<Vec<Letter>>, Arc<Notify>);
 
 /// Every core's sending end, shared by all cores.
 #[derive(Clone)]
@@ -48,7 +78,7 @@ impl Mailboxes {
     }
 
     /// Sends one batch to a core and wakes it. A full mailbox hands the batch back.
-    pub(crate) fn send(&self, core: usize, batch: Vec<Mail>) -> Result<(), Vec<Mail>> {
+    pub(crate) fn send(&self, core: usize, batch: Vec<Letter>) -> Result<(), Vec<Letter>> {
         let Some((tx, wake)) = self.senders.get(core) else {
             return Err(batch);
         };

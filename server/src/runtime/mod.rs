@@ -41,7 +41,7 @@ use crate::store::Store;
 use blocking::BlockingPool;
 use committer::Committer;
 use conn::{ConnHandle, Start};
-use mailbox::{Inbox, Mailboxes};
+use mailbox::{Inbox, Letter, Mailboxes};
 use socket::Socket;
 use tern_protocol::frames::Error as ErrorFrame;
 use tls::Link;
@@ -91,7 +91,7 @@ pub(crate) struct CoreCtx {
     next_conn: Cell<ConnId>,
     mailboxes: Mailboxes,
     /// Batches a full mailbox handed back, retried next turn.
-    undelivered: RefCell<Vec<(usize, Vec<Mail>)>>,
+    undelivered: RefCell<Vec<(usize, Vec<Letter>)>>,
     /// Pieces of mail in `undelivered`.
     undelivered_mail: Cell<usize>,
     /// Told when `undelivered` shrank below half its bound, for readers held back by it.
@@ -142,8 +142,8 @@ impl CoreCtx {
     }
 
     /// Sends mail to a core now.
-    pub(crate) fn send_mail(&self, core: usize, mail: Mail) {
-        if let Err(batch) = self.mailboxes.send(core, vec![mail]) {
+    pub(crate) fn send_mail(&self, core: usize, mail: impl Into<Letter>) {
+        if let Err(batch) = self.mailboxes.send(core, vec![mail.into()]) {
             self.undelivered_mail
                 .set(self.undelivered_mail.get() + batch.len());
             self.undelivered.borrow_mut().push((core, batch));
@@ -175,30 +175,15 @@ impl CoreCtx {
         rx
     }
 
-    fn route(self: &Rc<Self>, mail: Mail) {
-        match mail {
-            Mail::Adopt(adoption) => {
-                let adoption = *adoption;
-                match Socket::new(adoption.socket, self.uring) {
-                    Ok(socket) => {
-                        let link = match adoption.tls {
-                            Some(tls) => Link::tls(socket, *tls),
-                            None => Link::plain(socket),
-                        };
-                        let link = match adoption.ws {
-                            Some(ws) => link.with_ws(ws),
-                            None => link,
-                        };
-                        let start = Start::Adopted {
-                            buffered: adoption.buffered,
-                            request_id: adoption.request_id,
-                            auth: adoption.auth,
-                        };
-                        tokio::task::spawn_local(conn::run(Rc::clone(self), link, start));
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot adopt a connection"),
-                }
+    fn route(self: &Rc<Self>, letter: Letter) {
+        let mail = match letter {
+            Letter::Mail(mail) => mail,
+            Letter::Adopt(adoption) => {
+                self.adopt(*adoption);
+                return;
             }
+        };
+        match mail {
             Mail::UserCreated { origin, result, .. } => {
                 if let Some(tx) = self.user_created.borrow_mut().remove(&origin.conn) {
                     let _ = tx.send(result);
@@ -209,6 +194,31 @@ impl CoreCtx {
                 self.shard.borrow_mut().handle_mail(now, mail);
             }
         }
+    }
+
+    /// Runs a connection another core handed over.
+    fn adopt(self: &Rc<Self>, adoption: mailbox::Adoption) {
+        let socket = match Socket::new(adoption.socket, self.uring) {
+            Ok(socket) => socket,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot adopt a connection");
+                return;
+            }
+        };
+        let link = match adoption.tls {
+            Some(tls) => Link::tls(socket, *tls),
+            None => Link::plain(socket),
+        };
+        let link = match adoption.ws {
+            Some(ws) => link.with_ws(ws),
+            None => link,
+        };
+        let start = Start::Adopted {
+            buffered: adoption.buffered,
+            request_id: adoption.request_id,
+            auth: adoption.auth,
+        };
+        tokio::task::spawn_local(conn::run(Rc::clone(self), link, start));
     }
 
     fn dispatch(&self, outputs: Vec<Output>) {
@@ -239,9 +249,9 @@ impl CoreCtx {
     }
 
     fn post(&self, mail: Vec<(usize, Mail)>) {
-        let mut by_core: Vec<Vec<Mail>> = (0..self.cores).map(|_| Vec::new()).collect();
+        let mut by_core: Vec<Vec<Letter>> = (0..self.cores).map(|_| Vec::new()).collect();
         for (core, m) in mail {
-            by_core[core].push(m);
+            by_core[core].push(Letter::Mail(m));
         }
         let mut undelivered = self.undelivered.borrow_mut();
         for (core, batch) in std::mem::take(&mut *undelivered) {
@@ -273,8 +283,8 @@ impl CoreCtx {
     fn turn(self: &Rc<Self>, inbox: &Inbox) {
         self.take_answers();
         while let Ok(batch) = inbox.rx.try_recv() {
-            for mail in batch {
-                self.route(mail);
+            for letter in batch {
+                self.route(letter);
             }
         }
         let turn = self.shard.borrow_mut().end_turn();
