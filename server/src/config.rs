@@ -561,6 +561,43 @@ mod tests {
         assert!(matches!(Config::resolve(cli), Err(ConfigError::Invalid(_))));
     }
 
+    // Proves the WebSocket settings: the listener and the frame time-out have defaults, the
+    // allow-list takes a comma-separated list (from flags or the file), and an origin without a
+    // scheme or with a path is refused, as is a frame time-out of 0.
+    #[test]
+    fn websocket_settings() {
+        let config = Config::resolve(Cli::parse_from(["ternd"])).unwrap();
+        assert_eq!(config.ws_listen.port(), 7402);
+        assert_eq!(config.frame_timeout_ms, 30_000);
+        assert!(config
+            .ws_allowed_origins
+            .contains(&"http://localhost:*".to_owned()));
+        let cli = Cli::parse_from([
+            "ternd",
+            "--ws-allowed-origins",
+            "https://chat.example.com,http://localhost:*",
+        ]);
+        let config = Config::resolve(cli).unwrap();
+        assert_eq!(config.ws_allowed_origins.len(), 2);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ternd.toml");
+        std::fs::write(
+            &path,
+            "ws_allowed_origins = [\"*\"]\nframe_timeout_ms = 5000\n",
+        )
+        .unwrap();
+        let cli = Cli::parse_from(["ternd", "--config", path.to_str().unwrap()]);
+        let config = Config::resolve(cli).unwrap();
+        assert_eq!(config.ws_allowed_origins, vec!["*".to_owned()]);
+        assert_eq!(config.frame_timeout_ms, 5_000);
+        for bad in ["chat.example.com", "https://chat.example.com/app"] {
+            let cli = Cli::parse_from(["ternd", "--ws-allowed-origins", bad]);
+            assert!(matches!(Config::resolve(cli), Err(ConfigError::Invalid(_))));
+        }
+        let cli = Cli::parse_from(["ternd", "--frame-timeout-ms", "0"]);
+        assert!(matches!(Config::resolve(cli), Err(ConfigError::Invalid(_))));
+    }
+
     // Proves TLS settings go together: TLS-only needs a certificate, a certificate needs its key
     // (refused by the flag parser), and the file's certificate gives way to the flags' dev mode.
     #[test]

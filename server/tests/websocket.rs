@@ -427,17 +427,14 @@ async fn oversized_message_is_closed_1009(engine: &'static str) {
     let mut client = ws_connect(&server).await;
     let big = vec![0u8; (1 << 20) + 1];
     let _ = client.ws.send(Message::Binary(big.into())).await;
-    let closed = tokio::time::timeout(EVENT_WAIT, async {
-        loop {
-            match client.ws.next().await {
-                Some(Ok(Message::Close(close))) => return close.map(|c| c.code),
-                Some(Ok(other)) => panic!("unexpected {other:?}"),
-                Some(Err(_)) | None => return None,
-            }
-        }
-    })
-    .await
-    .expect("closed within the wait");
+    let next = tokio::time::timeout(EVENT_WAIT, client.ws.next())
+        .await
+        .expect("closed within the wait");
+    let closed = match next {
+        Some(Ok(Message::Close(close))) => close.map(|c| c.code),
+        Some(Ok(other)) => panic!("unexpected {other:?}"),
+        Some(Err(_)) | None => None,
+    };
     assert!(matches!(closed, None | Some(CloseCode::Size)), "{closed:?}");
 }
 

@@ -210,7 +210,7 @@ impl CoreCtx {
             None => Link::plain(socket),
         };
         let link = match adoption.ws {
-            Some(ws) => link.with_ws(ws),
+            Some(ws) => link.with_ws(*ws),
             None => link,
         };
         let start = Start::Adopted {
@@ -566,7 +566,7 @@ async fn ready(ctx: &CoreCtx, link: Link, serves: &Serves) -> Result<(Link, Byte
         Ok(Err(why)) => return Err((link, why)),
         Err(_) => return Err((link, "WebSocket upgrade timed out".to_owned())),
     };
-    let link = link.with_ws(Box::default());
+    let link = link.with_ws(ws::WsState::new());
     let mut inbox = BytesMut::new();
     match link.ws_decode(&rest, &mut inbox) {
         Ok(()) => Ok((link, inbox)),

@@ -153,8 +153,8 @@ impl Link {
     }
 
     /// The same link carrying WebSocket messages from now on.
-    pub(crate) fn with_ws(mut self, ws: Box<WsState>) -> Link {
-        self.ws = Some(Box::new(RefCell::new(*ws)));
+    pub(crate) fn with_ws(mut self, ws: WsState) -> Link {
+        self.ws = Some(Box::new(RefCell::new(ws)));
         self
     }
 
