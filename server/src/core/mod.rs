@@ -37,7 +37,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use tern_protocol::frames::{self, Error as ErrorFrame};
-use tern_protocol::{Body, ErrorCode, Frame};
+use tern_protocol::{Body, ErrorCode, Frame, Update};
 
 use crate::config::Config;
 use crate::ids::IdGen;
@@ -1044,6 +1044,7 @@ impl Shard {
         fresh: &HashMap<(u64, u64), Arc<MessageRecord>>,
         outputs: &mut Vec<Output>,
     ) {
+        let mut messages: HashMap<(u64, u64), tern_protocol::UpdateKind> = HashMap::default();
         for (user_id, user_seq, record) in pushes {
             if let Some(state) = self.users.get_mut(&user_id) {
                 state.head = state.head.max(user_seq);
@@ -1059,8 +1060,33 @@ impl Shard {
             if live.is_empty() {
                 continue;
             }
-            match self.materialize_record(user_seq, &record, fresh) {
-                Ok(Some((update, _))) => {
+            // A message goes to many members: its wire form (attachments looked up in the store)
+            // is made once per batch, and each member's copy differs only in `user_seq`.
+            let materialized = match &record {
+                UpdateRecord::Message {
+                    conversation_id,
+                    seq,
+                    ..
+                } => match messages.get(&(*conversation_id, *seq)) {
+                    Some(kind) => Ok(Some(Update {
+                        user_seq,
+                        kind: kind.clone(),
+                    })),
+                    None => self
+                        .materialize_record(user_seq, &record, fresh)
+                        .map(|made| {
+                            made.map(|(update, _)| {
+                                messages.insert((*conversation_id, *seq), update.kind.clone());
+                                update
+                            })
+                        }),
+                },
+                _ => self
+                    .materialize_record(user_seq, &record, fresh)
+                    .map(|made| made.map(|(update, _)| update)),
+            };
+            match materialized {
+                Ok(Some(update)) => {
                     self.metrics
                         .core(self.core)
                         .delivered_live
