@@ -75,6 +75,11 @@ pub(crate) struct CoreMetrics {
     pub(crate) commit_writes: AtomicU64,
     pub(crate) commit_micros: AtomicU64,
     pub(crate) commit_buckets: [AtomicU64; COMMIT_LATENCY_BUCKETS_US.len()],
+    /// Loop turns of the core thread, their total time and their durations' histogram: how long
+    /// the core was busy at a stretch (a store read that goes to disk shows up here).
+    pub(crate) turns: AtomicU64,
+    pub(crate) turn_micros: AtomicU64,
+    pub(crate) turn_buckets: [AtomicU64; COMMIT_LATENCY_BUCKETS_US.len()],
     pub(crate) batch_buckets: [AtomicU64; COMMIT_BATCH_BUCKETS.len()],
     /// Updates handed to devices as live events.
     pub(crate) delivered_live: AtomicU64,
@@ -94,6 +99,15 @@ impl CoreMetrics {
     pub(crate) fn error(&self, code: ErrorCode) {
         let slot = (code.0 as usize).min(ERROR_CODES_COUNTED - 1);
         self.errors[slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a loop turn of the core thread that took `micros`.
+    pub(crate) fn turn(&self, micros: u64) {
+        self.turns.fetch_add(1, Ordering::Relaxed);
+        self.turn_micros.fetch_add(micros, Ordering::Relaxed);
+        if let Some(i) = COMMIT_LATENCY_BUCKETS_US.iter().position(|b| micros <= *b) {
+            self.turn_buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Counts a group commit of `writes` writes that took `micros`.
@@ -303,6 +317,32 @@ impl Metrics {
                 load(&m.commit_micros)
             );
             let _ = writeln!(out, "{name}_count{{core=\"{core}\"}} {}", load(&m.commits));
+        }
+        let name = "tern_core_turn_microseconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Loop turns of a core thread: how long it was busy at a stretch.\n# TYPE {name} histogram"
+        );
+        for (core, m) in self.cores.iter().enumerate() {
+            let mut cumulative = 0;
+            for (bound, bucket) in COMMIT_LATENCY_BUCKETS_US.iter().zip(&m.turn_buckets) {
+                cumulative += load(bucket);
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{core=\"{core}\",le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{core=\"{core}\",le=\"+Inf\"}} {}",
+                load(&m.turns)
+            );
+            let _ = writeln!(
+                out,
+                "{name}_sum{{core=\"{core}\"}} {}",
+                load(&m.turn_micros)
+            );
+            let _ = writeln!(out, "{name}_count{{core=\"{core}\"}} {}", load(&m.turns));
         }
         let name = "tern_commit_batch_writes";
         let _ = writeln!(

@@ -281,6 +281,7 @@ impl CoreCtx {
     /// One loop turn: commit answers and mail in, the batch to the committer, frames and mail
     /// out.
     fn turn(self: &Rc<Self>, inbox: &Inbox) {
+        let started = Instant::now();
         self.take_answers();
         while let Ok(batch) = inbox.rx.try_recv() {
             for letter in batch {
@@ -293,6 +294,9 @@ impl CoreCtx {
         }
         self.dispatch(turn.outputs);
         self.post(turn.mail);
+        self.metrics
+            .core(self.core)
+            .turn(started.elapsed().as_micros() as u64);
     }
 
     /// Hands the committer's answers to the shard.
