@@ -1421,7 +1421,7 @@ impl Shard {
             return Ok(());
         };
         let last_seq = self.store.last_seq(conversation_id)?;
-        let read_seq = self.store.receipt(conversation_id, user_id)?.read_seq;
+        let read_seq = self.receipt(conversation_id, user_id)?.read_seq;
         let conversation = ConversationInfo {
             conversation_id,
             kind: ConversationKind::from_u8(record.kind).unwrap_or_default(),
@@ -1467,7 +1467,7 @@ impl Shard {
                 continue;
             };
             let last_seq = self.store.last_seq(conversation_id)?;
-            let read_seq = self.store.receipt(conversation_id, user_id)?.read_seq;
+            let read_seq = self.receipt(conversation_id, user_id)?.read_seq;
             let last_message = match last_seq {
                 0 => None,
                 seq => self.store.message(conversation_id, seq)?,
