@@ -172,6 +172,7 @@ fn every_update() -> Vec<Update> {
                 ts: T0 + 10_000,
                 name: "Climbing crew 🧗".to_owned(),
                 members: group_members(),
+                encrypted: false,
             }),
         ),
         update(
@@ -215,10 +216,10 @@ fn every_update() -> Vec<Update> {
     ]
 }
 
-/// An update of kind 8, which version 1 does not define: a reader keeps it as bytes.
+/// An update of kind 256, which version 1 does not define: a reader keeps it as bytes.
 fn unknown_update() -> UpdateKind {
     UpdateKind::Unknown(UnknownUpdate {
-        kind: 8,
+        kind: 0x0100,
         body: vec![
             0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x13, 0x8a, 0x01, 0x02, 0x03,
         ],
@@ -889,7 +890,7 @@ fn valid_vectors(v: &mut Vectors) -> Result<()> {
     )?;
     v.valid(
         "sync_page",
-        "SyncPage with one update of every kind 1-7 and one unknown kind (8), more to come",
+        "SyncPage with one update of every kind 1-7 and one unknown kind (256), more to come",
         Frame::new(
             12,
             frames::SyncPage {
@@ -1014,7 +1015,13 @@ fn valid_vectors(v: &mut Vectors) -> Result<()> {
     v.valid(
         "open_direct",
         "OpenDirect with bob",
-        Frame::new(20, frames::OpenDirect { user_id: BOB }),
+        Frame::new(
+            20,
+            frames::OpenDirect {
+                user_id: BOB,
+                encrypted: false,
+            },
+        ),
     )?;
     v.valid(
         "get_conversation",
@@ -1042,6 +1049,7 @@ fn valid_vectors(v: &mut Vectors) -> Result<()> {
                     unread: 2,
                     members: group_members(),
                 },
+                encrypted: false,
             },
         ),
     )?;
@@ -1096,6 +1104,7 @@ fn valid_vectors(v: &mut Vectors) -> Result<()> {
             frames::CreateGroup {
                 name: "Climbing crew 🧗".to_owned(),
                 members: vec![BOB, CAROL],
+                encrypted: false,
             },
         ),
     )?;
@@ -1318,6 +1327,8 @@ fn valid_vectors(v: &mut Vectors) -> Result<()> {
         ),
     )?;
 
+    e2e_vectors(v)?;
+
     // Forward compatibility: bytes after the last known field are a newer version's fields.
     let mut bytes = frame_bytes(
         frame_type::Ping,
@@ -1354,6 +1365,348 @@ fn valid_vectors(v: &mut Vectors) -> Result<()> {
     Ok(())
 }
 
+/// A fixed stand-in for a 32-byte public key: `fill` then its index.
+fn key32(fill: u8) -> [u8; 32] {
+    core::array::from_fn(|i| fill ^ i as u8)
+}
+
+/// A fixed stand-in for a signature (the server checks real ones; the codec carries 64 bytes).
+fn sig(fill: u8) -> tern_protocol::e2e::Signature {
+    tern_protocol::e2e::Signature(core::array::from_fn(|i| fill ^ i as u8))
+}
+
+fn signed_key(key_id: u64, fill: u8) -> tern_protocol::e2e::SignedKey {
+    tern_protocol::e2e::SignedKey {
+        key_id,
+        key: key32(fill),
+        signature: sig(fill.wrapping_add(1)),
+    }
+}
+
+fn alice_device_keys() -> tern_protocol::e2e::DeviceKeys {
+    tern_protocol::e2e::DeviceKeys {
+        device_id: 1,
+        curve25519: key32(0xc0),
+        ed25519: key32(0xed),
+        signature: sig(0x51),
+    }
+}
+
+fn to_device_message(seq: u64) -> tern_protocol::e2e::ToDeviceMessage {
+    tern_protocol::e2e::ToDeviceMessage {
+        seq,
+        sender: BOB,
+        sender_device: 2,
+        ts: T0 + 60_000,
+        payload: vec![0x01, 0xb0, 0xb0, 0x00, 0x2a],
+    }
+}
+
+/// The frames of end-to-end encryption (§19), and the appended `encrypted` flags.
+fn e2e_vectors(v: &mut Vectors) -> Result<()> {
+    use tern_protocol::e2e::*;
+    v.valid(
+        "publish_keys",
+        "PublishKeys: identity keys, two one-time keys and a fallback key",
+        Frame::new(
+            60,
+            frames::PublishKeys {
+                identity: Some(alice_device_keys()),
+                one_time_keys: vec![signed_key(1, 0x10), signed_key(2, 0x20)],
+                fallback_key: Some(signed_key(3, 0x30)),
+            },
+        ),
+    )?;
+    v.valid(
+        "publish_keys_empty",
+        "PublishKeys with nothing: asks for the counts",
+        Frame::new(61, frames::PublishKeys::default()),
+    )?;
+    v.valid(
+        "keys_published",
+        "KeysPublished: 2 one-time keys left, the fallback key unused",
+        Frame::new(
+            60,
+            frames::KeysPublished {
+                one_time_keys_left: 2,
+                fallback_key_used: false,
+            },
+        ),
+    )?;
+    v.valid(
+        "get_device_keys",
+        "GetDeviceKeys of alice and bob",
+        Frame::new(
+            62,
+            frames::GetDeviceKeys {
+                user_ids: vec![ALICE, BOB],
+            },
+        ),
+    )?;
+    v.valid(
+        "device_keys_list",
+        "DeviceKeysList: alice with one device, bob with none published",
+        Frame::new(
+            62,
+            frames::DeviceKeysList {
+                users: vec![
+                    UserDeviceKeys {
+                        user_id: ALICE,
+                        devices: vec![alice_device_keys()],
+                    },
+                    UserDeviceKeys {
+                        user_id: BOB,
+                        devices: vec![],
+                    },
+                ],
+            },
+        ),
+    )?;
+    v.valid(
+        "claim_keys",
+        "ClaimKeys for two devices of bob",
+        Frame::new(
+            63,
+            frames::ClaimKeys {
+                devices: vec![
+                    DeviceAddress {
+                        user_id: BOB,
+                        device_id: 1,
+                    },
+                    DeviceAddress {
+                        user_id: BOB,
+                        device_id: 2,
+                    },
+                ],
+            },
+        ),
+    )?;
+    v.valid(
+        "claimed_keys",
+        "ClaimedKeys: a one-time key of one device, the fallback key of the other",
+        Frame::new(
+            63,
+            frames::ClaimedKeys {
+                keys: vec![
+                    ClaimedKey {
+                        user_id: BOB,
+                        device_id: 1,
+                        key: signed_key(7, 0x70),
+                        fallback: false,
+                    },
+                    ClaimedKey {
+                        user_id: BOB,
+                        device_id: 2,
+                        key: signed_key(9, 0x90),
+                        fallback: true,
+                    },
+                ],
+            },
+        ),
+    )?;
+    v.valid(
+        "key_count_event",
+        "KeyCountEvent: 49 one-time keys left",
+        Frame::event(frames::KeyCountEvent {
+            one_time_keys_left: 49,
+            fallback_key_used: false,
+        }),
+    )?;
+    v.valid(
+        "send_to_device",
+        "SendToDevice: one payload for a device of bob",
+        Frame::new(
+            64,
+            frames::SendToDevice {
+                messages: vec![ToDeviceOut {
+                    to: DeviceAddress {
+                        user_id: BOB,
+                        device_id: 1,
+                    },
+                    payload: vec![0x01, 0xa1, 0x1c, 0xe0],
+                }],
+            },
+        ),
+    )?;
+    v.valid(
+        "to_device_sent",
+        "ToDeviceSent: queued for every recipient but one revoked device",
+        Frame::new(
+            64,
+            frames::ToDeviceSent {
+                undelivered: vec![DeviceAddress {
+                    user_id: BOB,
+                    device_id: 3,
+                }],
+            },
+        ),
+    )?;
+    v.valid(
+        "to_device_sync",
+        "ToDeviceSync: messages up to 4 processed, at most 100 more",
+        Frame::new(
+            65,
+            frames::ToDeviceSync {
+                since: 4,
+                limit: 100,
+            },
+        ),
+    )?;
+    v.valid(
+        "to_device_page",
+        "ToDevicePage: one message, no more, 48 one-time keys left",
+        Frame::new(
+            65,
+            frames::ToDevicePage {
+                messages: vec![to_device_message(5)],
+                has_more: false,
+                one_time_keys_left: 48,
+                fallback_key_used: false,
+            },
+        ),
+    )?;
+    v.valid(
+        "to_device_ack",
+        "ToDeviceAck up to 5 (a notification)",
+        Frame::new(66, frames::ToDeviceAck { up_to: 5 }),
+    )?;
+    v.valid(
+        "to_device_event",
+        "ToDeviceEvent: a payload from a device of bob",
+        Frame::event(frames::ToDeviceEvent {
+            message: to_device_message(6),
+        }),
+    )?;
+    let entry = BackupEntry {
+        entry_id: key32(0x5e),
+        data: vec![0x01, 0x00, 0xff],
+    };
+    v.valid(
+        "put_backup",
+        "PutBackup: one entry",
+        Frame::new(
+            67,
+            frames::PutBackup {
+                entries: vec![entry.clone()],
+            },
+        ),
+    )?;
+    v.valid(
+        "get_backup",
+        "GetBackup from the start, at most 256 entries",
+        Frame::new(
+            68,
+            frames::GetBackup {
+                after: [0; 32],
+                limit: 256,
+            },
+        ),
+    )?;
+    v.valid(
+        "backup_page",
+        "BackupPage: one entry, the last",
+        Frame::new(
+            68,
+            frames::BackupPage {
+                entries: vec![entry],
+                has_more: false,
+            },
+        ),
+    )?;
+    v.valid(
+        "delete_backup",
+        "DeleteBackup",
+        Frame::new(69, frames::DeleteBackup {}),
+    )?;
+    v.valid(
+        "open_direct_encrypted",
+        "OpenDirect with bob, encrypted: the appended flag is one byte 01",
+        Frame::new(
+            70,
+            frames::OpenDirect {
+                user_id: BOB,
+                encrypted: true,
+            },
+        ),
+    )?;
+    v.valid(
+        "create_group_encrypted",
+        "CreateGroup, encrypted",
+        Frame::new(
+            71,
+            frames::CreateGroup {
+                name: "Secret santa".to_owned(),
+                members: vec![BOB],
+                encrypted: true,
+            },
+        ),
+    )?;
+    v.valid(
+        "conversation_encrypted",
+        "Conversation: an encrypted direct conversation",
+        Frame::new(
+            70,
+            frames::Conversation {
+                conversation: ConversationInfo {
+                    conversation_id: DIRECT_AB,
+                    kind: ConversationKind::Direct,
+                    name: String::new(),
+                    created_at: T0,
+                    last_seq: 0,
+                    read_seq: 0,
+                    unread: 0,
+                    members: vec![member(ALICE, Role::Member), member(BOB, Role::Member)],
+                },
+                encrypted: true,
+            },
+        ),
+    )?;
+    v.valid(
+        "update_event_group_created_encrypted",
+        "UpdateEvent: an encrypted group was created (GroupCreated with the appended flag)",
+        Frame::event(frames::UpdateEvent {
+            update: update(
+                1300,
+                UpdateKind::GroupCreated(GroupCreated {
+                    conversation_id: GROUP,
+                    actor: ALICE,
+                    ts: T0 + 70_000,
+                    name: "Secret santa".to_owned(),
+                    members: vec![member(ALICE, Role::Owner), member(BOB, Role::Member)],
+                    encrypted: true,
+                }),
+            ),
+        }),
+    )?;
+    v.valid(
+        "update_event_device_list_changed",
+        "UpdateEvent carrying a DeviceListChanged update (kind 8): bob's devices changed",
+        Frame::event(frames::UpdateEvent {
+            update: update(
+                1301,
+                UpdateKind::DeviceListChanged(DeviceListChanged {
+                    user_id: BOB,
+                    ts: T0 + 80_000,
+                }),
+            ),
+        }),
+    )?;
+    v.valid(
+        "send_encrypted_body",
+        "Send to an encrypted conversation: the body is megolm.v1: and base64",
+        Frame::new(
+            72,
+            frames::Send {
+                conversation_id: DIRECT_AB,
+                client_msg_id: client_msg_id(),
+                body: "megolm.v1:AQIDBA==".to_owned(),
+                attachments: vec![],
+            },
+        ),
+    )?;
+    Ok(())
+}
+
 fn variant_name(kind: &UpdateKind) -> &'static str {
     match kind {
         UpdateKind::Message(_) => "Message",
@@ -1363,6 +1716,7 @@ fn variant_name(kind: &UpdateKind) -> &'static str {
         UpdateKind::MemberRemoved(_) => "MemberRemoved",
         UpdateKind::GroupRenamed(_) => "GroupRenamed",
         UpdateKind::RoleChanged(_) => "RoleChanged",
+        UpdateKind::DeviceListChanged(_) => "DeviceListChanged",
         _ => "Unknown",
     }
 }
@@ -1734,6 +2088,42 @@ fn invalid_vectors(v: &mut Vectors) -> Result<()> {
         E::InvalidEnum {
             field: "kind",
             value: 3,
+        },
+    )?;
+
+    // End-to-end encryption: the appended flag is a bool like any other, and payloads have a limit.
+    v.invalid(
+        "open_direct_encrypted_flag_2",
+        "OpenDirect whose appended encrypted flag is 02",
+        frame_bytes(
+            frame_type::OpenDirect,
+            70,
+            &B::default().u64(BOB).u8(2).done(),
+        ),
+        Some(70),
+        E::InvalidBool {
+            field: "encrypted",
+            value: 2,
+        },
+    )?;
+    v.invalid(
+        "send_to_device_payload_too_long",
+        "SendToDevice whose payload declares 65,537 bytes (the limit is 65,536), holding none",
+        frame_bytes(
+            frame_type::SendToDevice,
+            64,
+            &B::default()
+                .u32(1)
+                .u64(BOB)
+                .u32(1)
+                .u32(TO_DEVICE_PAYLOAD_BYTES_MAX + 1)
+                .done(),
+        ),
+        Some(64),
+        E::TooLong {
+            field: "payload",
+            len: TO_DEVICE_PAYLOAD_BYTES_MAX + 1,
+            max: TO_DEVICE_PAYLOAD_BYTES_MAX,
         },
     )?;
 

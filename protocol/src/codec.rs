@@ -132,6 +132,15 @@ impl<'a> Reader<'a> {
         Ok(items)
     }
 
+    /// Reads a flag appended to a version-1 body: `false` when the body ends before it, so a
+    /// writer that leaves it out (it writes it only when true) reads back the same.
+    pub fn tail_flag(&mut self, field: &'static str) -> Result<bool, DecodeError> {
+        if self.rest.is_empty() {
+            return Ok(false);
+        }
+        bool::decode(self, field)
+    }
+
     /// Reads an option: a tag byte (0 absent, 1 present) and, when present, the value.
     pub fn opt<T: Wire>(&mut self, field: &'static str) -> Result<Option<T>, DecodeError> {
         match u8::decode(self, field)? {
@@ -250,6 +259,15 @@ impl<'a> Writer<'a> {
         items.iter().try_for_each(|item| item.encode(self))
     }
 
+    /// Writes a flag appended to a version-1 body: the byte `01` when true, nothing when false
+    /// (so the frames of conversations without the feature stay byte for byte the same).
+    pub fn tail_flag(&mut self, _field: &'static str, value: &bool) -> Result<(), EncodeError> {
+        if *value {
+            self.buf.put_u8(1);
+        }
+        Ok(())
+    }
+
     /// Writes an option.
     pub fn opt<T: Wire>(
         &mut self,
@@ -311,6 +329,11 @@ impl<const N: usize> Wire for [u8; N] {
     fn decode(r: &mut Reader<'_>, field: &'static str) -> Result<Self, DecodeError> {
         r.array(field)
     }
+}
+
+/// Whether a flag is false, for serde's `skip_serializing_if` on appended flags.
+pub fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 /// Defines a struct whose wire encoding is its fields in order, each with its primitive and limit.

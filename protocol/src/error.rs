@@ -100,6 +100,8 @@ error_codes! {
     UNAVAILABLE = 24, closes: true;
     /// The server failed (storage error, bug). The request may be retried; sends are idempotent.
     INTERNAL = 25, closes: false;
+    /// `Send` to an encrypted conversation with a body that is not an encrypted body.
+    ENCRYPTION_REQUIRED = 26, closes: false;
 }
 
 impl fmt::Debug for ErrorCode {

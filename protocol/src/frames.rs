@@ -6,6 +6,7 @@
 //! `Ack` and `Typing`, are notifications: they get no reply unless they fail.
 
 use crate::codec::{Reader, Wire, Writer};
+use crate::e2e::*;
 use crate::error::{DecodeError, EncodeError, ErrorCode};
 use crate::limits::*;
 use crate::types::*;
@@ -336,6 +337,10 @@ wire_struct! {
     pub struct OpenDirect {
         /// The other user (not the caller).
         pub user_id: UserId => wire,
+        /// Create it encrypted end to end, if it does not exist yet (§19.7). Appended to the version-1
+        /// body: written only when true, read as false from a body that ends before it.
+        #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "crate::codec::is_false"))]
+        pub encrypted: bool => tail_flag,
     }
 }
 
@@ -352,6 +357,10 @@ wire_struct! {
     pub struct Conversation {
         /// Its state.
         pub conversation: ConversationInfo => wire,
+        /// Whether the conversation is encrypted end to end (§19.7). Appended to the version-1
+        /// body: written only when true, read as false from a body that ends before it.
+        #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "crate::codec::is_false"))]
+        pub encrypted: bool => tail_flag,
     }
 }
 
@@ -382,6 +391,10 @@ wire_struct! {
         pub name: String => str(GROUP_NAME_BYTES_MAX),
         /// The other initial members (the caller is added as owner).
         pub members: Vec<UserId> => list(GROUP_MEMBERS_MAX),
+        /// Create the group encrypted end to end (§19.7). Appended to the version-1
+        /// body: written only when true, read as false from a body that ends before it.
+        #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "crate::codec::is_false"))]
+        pub encrypted: bool => tail_flag,
     }
 }
 
@@ -603,6 +616,162 @@ wire_struct! {
     }
 }
 
+// ---------------------------------------------------------------- end-to-end encryption (§19)
+
+wire_struct! {
+    /// Publishes the calling device's identity, one-time and fallback keys; empty, asks the counts.
+    pub struct PublishKeys {
+        /// The identity keys: required with the first keys, then optional (and unchanged).
+        pub identity: Option<DeviceKeys> => opt,
+        /// One-time keys to add.
+        pub one_time_keys: Vec<SignedKey> => list(ONE_TIME_KEYS_PER_DEVICE_MAX),
+        /// A new fallback key.
+        pub fallback_key: Option<SignedKey> => opt,
+    }
+}
+
+wire_struct! {
+    /// The calling device's keys in the directory.
+    pub struct KeysPublished {
+        /// One-time keys not yet claimed.
+        pub one_time_keys_left: u32 => wire,
+        /// Whether the fallback key was handed out since it was published (or there is none).
+        pub fallback_key_used: bool => wire,
+    }
+}
+
+wire_struct! {
+    /// Lists users' devices and identity keys.
+    pub struct GetDeviceKeys {
+        /// The users.
+        pub user_ids: Vec<UserId> => list(KEY_QUERY_USERS_MAX),
+    }
+}
+
+wire_struct! {
+    /// The devices of the users of a `GetDeviceKeys` that exist, in the order asked.
+    pub struct DeviceKeysList {
+        /// One entry per user.
+        pub users: Vec<UserDeviceKeys> => list(KEY_QUERY_USERS_MAX),
+    }
+}
+
+wire_struct! {
+    /// Takes one key of each device: a one-time key, or the fallback key when none is left.
+    pub struct ClaimKeys {
+        /// The devices.
+        pub devices: Vec<DeviceAddress> => list(KEY_CLAIMS_MAX),
+    }
+}
+
+wire_struct! {
+    /// The keys claimed, one per device that had one.
+    pub struct ClaimedKeys {
+        /// The keys.
+        pub keys: Vec<ClaimedKey> => list(KEY_CLAIMS_MAX),
+    }
+}
+
+wire_struct! {
+    /// A claim took one of this device's keys.
+    pub struct KeyCountEvent {
+        /// One-time keys not yet claimed.
+        pub one_time_keys_left: u32 => wire,
+        /// Whether the fallback key was handed out since it was published (or there is none).
+        pub fallback_key_used: bool => wire,
+    }
+}
+
+wire_struct! {
+    /// Queues payloads for devices.
+    pub struct SendToDevice {
+        /// The messages.
+        pub messages: Vec<ToDeviceOut> => list(TO_DEVICE_MESSAGES_PER_REQUEST_MAX),
+    }
+}
+
+wire_struct! {
+    /// Every message of a `SendToDevice` is queued and durable, except for these recipients.
+    pub struct ToDeviceSent {
+        /// Recipients for which nothing was queued: unknown, revoked, or with a full queue.
+        pub undelivered: Vec<DeviceAddress> => list(TO_DEVICE_MESSAGES_PER_REQUEST_MAX),
+    }
+}
+
+wire_struct! {
+    /// Acknowledges to-device messages up to `since` and asks for those after it.
+    pub struct ToDeviceSync {
+        /// The highest to-device `seq` processed (0 for none).
+        pub since: u64 => wire,
+        /// Most messages wanted; 0 means the maximum.
+        pub limit: u32 => wire,
+    }
+}
+
+wire_struct! {
+    /// A page of the device's to-device messages; with `has_more == false` the connection
+    /// receives new ones as `ToDeviceEvent`s.
+    pub struct ToDevicePage {
+        /// The messages after `since`, ascending.
+        pub messages: Vec<ToDeviceMessage> => list(TO_DEVICE_PAGE_MESSAGES_MAX),
+        /// Whether more follow.
+        pub has_more: bool => wire,
+        /// One-time keys of the device not yet claimed.
+        pub one_time_keys_left: u32 => wire,
+        /// Whether its fallback key was handed out since it was published (or there is none).
+        pub fallback_key_used: bool => wire,
+    }
+}
+
+wire_struct! {
+    /// The device processed its to-device messages up to `up_to`: delete them. A notification.
+    pub struct ToDeviceAck {
+        /// The highest to-device `seq` processed.
+        pub up_to: u64 => wire,
+    }
+}
+
+wire_struct! {
+    /// A new to-device message for this device.
+    pub struct ToDeviceEvent {
+        /// The message.
+        pub message: ToDeviceMessage => wire,
+    }
+}
+
+wire_struct! {
+    /// Stores encrypted backup entries, replacing those with the same ids.
+    pub struct PutBackup {
+        /// The entries.
+        pub entries: Vec<BackupEntry> => list(BACKUP_ENTRIES_PER_REQUEST_MAX),
+    }
+}
+
+wire_struct! {
+    /// Pages through the caller's backup entries in ascending id.
+    pub struct GetBackup {
+        /// Only entries with an id above this (all zero for the first page).
+        pub after: [u8; 32] => wire,
+        /// Most entries wanted; 0 means the maximum.
+        pub limit: u32 => wire,
+    }
+}
+
+wire_struct! {
+    /// A page of backup entries.
+    pub struct BackupPage {
+        /// The entries.
+        pub entries: Vec<BackupEntry> => list(BACKUP_ENTRIES_PER_REQUEST_MAX),
+        /// Whether more follow: ask again with `after` = the last id here.
+        pub has_more: bool => wire,
+    }
+}
+
+wire_struct! {
+    /// Deletes every backup entry of the caller's.
+    pub struct DeleteBackup {}
+}
+
 // ---------------------------------------------------------------- the table
 
 /// Which way a frame type travels, from its number's range.
@@ -760,6 +929,24 @@ frames! {
     GetMedia = 0x0064,
     /// Request: download a byte range.
     Download = 0x0065,
+    /// Request: publish this device's keys.
+    PublishKeys = 0x0070,
+    /// Request: users' device keys.
+    GetDeviceKeys = 0x0071,
+    /// Request: claim one key per device.
+    ClaimKeys = 0x0072,
+    /// Request: queue to-device messages.
+    SendToDevice = 0x0073,
+    /// Request: fetch (and acknowledge) to-device messages.
+    ToDeviceSync = 0x0074,
+    /// Notification: acknowledge to-device messages.
+    ToDeviceAck = 0x0075,
+    /// Request: store key backup entries.
+    PutBackup = 0x0076,
+    /// Request: page through the key backup.
+    GetBackup = 0x0077,
+    /// Request: delete the key backup.
+    DeleteBackup = 0x0078,
     /// Reply: a request failed, or (request id 0) the connection did.
     Error = 0x4000,
     /// Reply: success with nothing to say.
@@ -794,6 +981,18 @@ frames! {
     MediaInfo = 0x4061,
     /// Reply to `Download`.
     MediaData = 0x4062,
+    /// Reply to `PublishKeys`.
+    KeysPublished = 0x4070,
+    /// Reply to `GetDeviceKeys`.
+    DeviceKeysList = 0x4071,
+    /// Reply to `ClaimKeys`.
+    ClaimedKeys = 0x4072,
+    /// Reply to `SendToDevice`.
+    ToDeviceSent = 0x4073,
+    /// Reply to `ToDeviceSync`.
+    ToDevicePage = 0x4074,
+    /// Reply to `GetBackup`.
+    BackupPage = 0x4075,
     /// Event: the server is going away.
     GoAway = 0x8000,
     /// Event: a live update.
@@ -802,6 +1001,10 @@ frames! {
     PresenceEvent = 0x8002,
     /// Event: typing.
     TypingEvent = 0x8003,
+    /// Event: a to-device message.
+    ToDeviceEvent = 0x8004,
+    /// Event: a claim took one of this device's keys.
+    KeyCountEvent = 0x8005,
 }
 
 impl Body {
@@ -812,7 +1015,7 @@ impl Body {
 
     /// Whether this request is a notification: answered only when it fails.
     pub fn is_notification(&self) -> bool {
-        matches!(self, Body::Ack(_) | Body::Typing(_))
+        matches!(self, Body::Ack(_) | Body::Typing(_) | Body::ToDeviceAck(_))
     }
 
     /// Whether a client may send this before the session is authenticated.

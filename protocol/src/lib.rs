@@ -12,6 +12,8 @@
 //! - [`types`]: structures used inside frames (messages, members, conversations, presence).
 //! - [`update`]: entries of a user's update log, as `Sync` pages and `UpdateEvent`s carry them.
 //! - [`frames`]: one struct per frame type and [`Body`], the enum of them.
+//! - [`e2e`]: end-to-end encryption: key directory structures, to-device messages, and the
+//!   payload formats clients exchange (Megolm and Olm envelopes, room keys, encrypted files).
 //! - [`frame`]: the envelope ([`Frame`]), [`Frame::encode`] and [`FrameDecoder`].
 //! - [`error`]: decode and encode errors, and the wire [`ErrorCode`]s they map to.
 //!
@@ -37,6 +39,7 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod e2e;
 pub mod error;
 pub mod frame;
 pub mod frames;

@@ -90,3 +90,68 @@ const _: () = assert!(FRAME_HEADER_BYTES + 8 + 8 + 4 + MEDIA_CHUNK_BYTES_MAX <= 
 // A full group fits in a `Conversation` reply (9 bytes a member) with room to spare.
 const _: () = assert!(FRAME_HEADER_BYTES + 1024 + GROUP_MEMBERS_MAX * 9 <= FRAME_BYTES_MAX);
 const _: () = assert!(FRAME_HEADER_AFTER_LENGTH_BYTES == 2 + 4);
+
+// ---------------------------------------------------------------- end-to-end encryption (§19)
+
+/// One-time keys a device may hold in the key directory, and send in one `PublishKeys`.
+pub const ONE_TIME_KEYS_PER_DEVICE_MAX: u32 = 100;
+/// Users named in one `GetDeviceKeys`, and so in its `DeviceKeysList` reply.
+pub const KEY_QUERY_USERS_MAX: u32 = 64;
+/// Devices named in one `ClaimKeys`, and keys in its `ClaimedKeys` reply.
+pub const KEY_CLAIMS_MAX: u32 = 256;
+/// Messages in one `SendToDevice`, and recipients in its `ToDeviceSent` reply.
+pub const TO_DEVICE_MESSAGES_PER_REQUEST_MAX: u32 = 256;
+/// Bytes of one to-device payload.
+pub const TO_DEVICE_PAYLOAD_BYTES_MAX: u32 = 65_536;
+/// Messages in one `ToDevicePage`.
+pub const TO_DEVICE_PAGE_MESSAGES_MAX: u32 = 100;
+/// Entries in one `PutBackup` or `BackupPage`.
+pub const BACKUP_ENTRIES_PER_REQUEST_MAX: u32 = 256;
+/// Bytes of one backup entry's data.
+pub const BACKUP_ENTRY_BYTES_MAX: u32 = 2048;
+/// Bytes of the text inside an encrypted message (RoomContent), so the encrypted body fits.
+pub const ENCRYPTED_TEXT_BYTES_MAX: u32 = 60_000;
+/// Bytes of a Megolm message inside a Megolm envelope.
+pub const MEGOLM_CIPHERTEXT_BYTES_MAX: u32 = 74_000;
+/// Bytes of an Olm message inside an Olm envelope.
+pub const OLM_CIPHERTEXT_BYTES_MAX: u32 = 65_000;
+/// Bytes of the kind-specific body of a to-device content.
+pub const TO_DEVICE_CONTENT_BYTES_MAX: u32 = 64_000;
+/// Bytes of an exported or shared Megolm session key.
+pub const SESSION_KEY_BYTES_MAX: u32 = 512;
+/// Sessions in one `ForwardedRoomKeys`.
+pub const FORWARDED_KEYS_MAX: u32 = 200;
+/// Bytes of the ciphertext inside a backup entry.
+pub const BACKUP_CIPHERTEXT_BYTES_MAX: u32 = 2000;
+
+/// The largest `DeviceKeysList`: users, each with an id, a count and every device's 132 bytes.
+pub const DEVICE_KEYS_LIST_BYTES_MAX: u32 =
+    4 + KEY_QUERY_USERS_MAX * (8 + 4 + DEVICES_PER_USER_MAX * (4 + 32 + 32 + 64));
+/// The largest Megolm envelope: version, session id, length prefix, ciphertext.
+pub const MEGOLM_ENVELOPE_BYTES_MAX: u32 = 1 + 32 + 4 + MEGOLM_CIPHERTEXT_BYTES_MAX;
+/// The largest RoomContent: version, conversation, text, and 16 attachments at their limits.
+pub const ROOM_CONTENT_BYTES_MAX: u32 = 1
+    + 8
+    + 4
+    + ENCRYPTED_TEXT_BYTES_MAX
+    + 4
+    + ATTACHMENTS_PER_MESSAGE_MAX * (8 + 8 + 4 + MIME_BYTES_MAX + 4 + 255 + 32 + 12 + 32);
+
+// Every key list reply fits in a frame.
+const _: () = assert!(FRAME_HEADER_BYTES + DEVICE_KEYS_LIST_BYTES_MAX <= FRAME_BYTES_MAX);
+const _: () = assert!(FRAME_HEADER_BYTES + 4 + KEY_CLAIMS_MAX * 117 <= FRAME_BYTES_MAX);
+// A full backup page fits in a frame (a to-device page is bounded by the frame size as well).
+const _: () = assert!(
+    FRAME_HEADER_BYTES + 8 + BACKUP_ENTRIES_PER_REQUEST_MAX * (32 + 4 + BACKUP_ENTRY_BYTES_MAX)
+        <= FRAME_BYTES_MAX
+);
+// One largest payload fits in a to-device message, and each layer fits in the one around it.
+const _: () = assert!(FRAME_HEADER_BYTES + 64 + TO_DEVICE_PAYLOAD_BYTES_MAX <= FRAME_BYTES_MAX);
+const _: () = assert!(1 + 32 + 1 + 4 + OLM_CIPHERTEXT_BYTES_MAX <= TO_DEVICE_PAYLOAD_BYTES_MAX);
+const _: () =
+    assert!(4 + FORWARDED_KEYS_MAX * (8 + 8 + 4 + 32 + 4 + 165) <= TO_DEVICE_CONTENT_BYTES_MAX);
+const _: () = assert!(1 + 12 + 4 + BACKUP_CIPHERTEXT_BYTES_MAX <= BACKUP_ENTRY_BYTES_MAX);
+// A largest RoomContent, Megolm-encrypted (padding, index, MAC and signature add under 256
+// bytes), fits in an envelope, and the envelope in base64 behind its prefix fits in a body.
+const _: () = assert!(ROOM_CONTENT_BYTES_MAX + 256 <= MEGOLM_CIPHERTEXT_BYTES_MAX);
+const _: () = assert!(10 + MEGOLM_ENVELOPE_BYTES_MAX.div_ceil(3) * 4 <= BODY_CHARS_MAX);

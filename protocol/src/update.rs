@@ -51,6 +51,10 @@ wire_struct! {
         pub name: String => str(GROUP_NAME_BYTES_MAX),
         /// Its members, the creator included, with their roles.
         pub members: Vec<Member> => list(GROUP_MEMBERS_MAX),
+        /// Whether the group is encrypted end to end (§19.7). Appended to the version-1 body:
+        /// written only when true, read as false from a body that ends before it.
+        #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "crate::codec::is_false"))]
+        pub encrypted: bool => tail_flag,
     }
 }
 
@@ -110,6 +114,17 @@ wire_struct! {
         pub user_id: UserId => wire,
         /// The new role.
         pub role: Role => wire,
+    }
+}
+
+wire_struct! {
+    /// A user's devices changed: one published its identity keys for the first time, or was
+    /// revoked. Fetch their keys again (§19.5).
+    pub struct DeviceListChanged {
+        /// Whose devices changed.
+        pub user_id: UserId => wire,
+        /// When.
+        pub ts: TimestampMs => wire,
     }
 }
 
@@ -195,6 +210,8 @@ update_kinds! {
     GroupRenamed = 6,
     /// A member's role changed.
     RoleChanged = 7,
+    /// A user's devices changed (§19.5).
+    DeviceListChanged = 8,
 }
 
 impl Default for UpdateKind {
