@@ -321,7 +321,11 @@ impl World {
         for a in 0..self.options.users {
             for b in a + 1..self.options.users {
                 let peer = self.users[b].user_id;
-                self.request(self.first_device(a), OpenDirect { user_id: peer }.into());
+                let open = OpenDirect {
+                    user_id: peer,
+                    encrypted: false,
+                };
+                self.request(self.first_device(a), open.into());
             }
         }
         for first in (0..self.options.users.saturating_sub(2)).step_by(3) {
@@ -331,6 +335,7 @@ impl World {
             let create = CreateGroup {
                 name: format!("group{first}"),
                 members,
+                encrypted: false,
             };
             self.request(self.first_device(first), create.into());
         }

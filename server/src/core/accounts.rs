@@ -339,6 +339,7 @@ impl Shard {
         }
         device.revoked = true;
         self.batch.put_device(user_id, device_id, &device)?;
+        self.keys_device_revoked(user_id, device_id)?;
         self.batch.delete_session(&device.token_hash);
         let conns: Vec<ConnId> = self
             .online

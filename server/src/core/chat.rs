@@ -313,6 +313,9 @@ impl Shard {
             );
             return Ok(());
         }
+        if self.refuse_plaintext(conn, request_id, user_id, &send)? {
+            return Ok(());
+        }
         if !send.attachments.is_empty() && !self.claim_attachments(user_id, &send.attachments)? {
             self.reply_error(
                 conn,
@@ -1013,10 +1016,18 @@ impl Shard {
                     64,
                 )
             }
-            ref group => (
-                super::groups::wire_group_update(group),
-                64 + 9 * group_members_len(group),
+            UpdateRecord::DeviceListChanged { user_id, ts } => (
+                UpdateKind::DeviceListChanged(tern_protocol::update::DeviceListChanged {
+                    user_id,
+                    ts,
+                }),
+                32,
             ),
+            ref group => {
+                let mut kind = super::groups::wire_group_update(group);
+                self.complete_update(&mut kind)?;
+                (kind, 64 + 9 * group_members_len(group))
+            }
         };
         Ok(Some((Update { user_seq, kind }, bytes)))
     }
@@ -1350,6 +1361,7 @@ impl Shard {
                 request_id,
                 user_id,
                 peer,
+                encrypted: open.encrypted,
             },
         );
         Ok(())
@@ -1363,6 +1375,7 @@ impl Shard {
         request_id: u32,
         user_id: u64,
         peer: u64,
+        encrypted: bool,
     ) -> Result<(), StoreError> {
         let (lo, hi) = (user_id.min(peer), user_id.max(peer));
         let existing = match self.chat.pending_direct.get(&(lo, hi)) {
@@ -1393,6 +1406,9 @@ impl Shard {
                 self.batch.put_direct(lo, hi, id);
                 self.batch.put_user_conversation(lo, id);
                 self.batch.put_user_conversation(hi, id);
+                if encrypted {
+                    self.batch.put_conversation_encrypted(id);
+                }
                 self.chat.pending_direct.insert((lo, hi), id);
                 id
             }
@@ -1439,7 +1455,15 @@ impl Shard {
                 })
                 .collect(),
         };
-        self.reply(conn, request_id, Conversation { conversation });
+        let encrypted = self.conversation_encrypted(conversation_id)?;
+        self.reply(
+            conn,
+            request_id,
+            Conversation {
+                conversation,
+                encrypted,
+            },
+        );
         Ok(())
     }
 

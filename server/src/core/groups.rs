@@ -53,6 +53,8 @@ pub(crate) fn wire_group_update(record: &UpdateRecord) -> UpdateKind {
             ts,
             name,
             members: wire_members(&members),
+            // Filled in from the store by the caller (`Shard::complete_update`).
+            encrypted: false,
         }),
         UpdateRecord::MembersAdded {
             conversation_id,
@@ -103,8 +105,10 @@ pub(crate) fn wire_group_update(record: &UpdateRecord) -> UpdateKind {
                 role,
             })
         }
-        UpdateRecord::Message { .. } | UpdateRecord::Receipt { .. } => {
-            unreachable!("messages and receipts are materialised by chat.rs")
+        UpdateRecord::Message { .. }
+        | UpdateRecord::Receipt { .. }
+        | UpdateRecord::DeviceListChanged { .. } => {
+            unreachable!("messages, receipts and device list changes are materialised by chat.rs")
         }
     }
 }
@@ -170,6 +174,9 @@ impl Shard {
             members,
         };
         self.batch.put_conversation(conversation_id, &record)?;
+        if create.encrypted {
+            self.batch.put_conversation_encrypted(conversation_id);
+        }
         for member in &record.members {
             self.batch
                 .put_user_conversation(member.user_id, conversation_id);
@@ -192,7 +199,15 @@ impl Shard {
             unread: 0,
             members: wire_members(&record.members),
         };
-        self.reply_after_commit(conn, request_id, Conversation { conversation });
+        let encrypted = create.encrypted;
+        self.reply_after_commit(
+            conn,
+            request_id,
+            Conversation {
+                conversation,
+                encrypted,
+            },
+        );
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 //! its user's core travels beside the mail, in the runtime's envelope (`runtime::mailbox::Letter`). Running across several machines later
 //! means carrying these over a broker instead of an in-process queue.
 
+use tern_protocol::e2e::{ClaimedKey, DeviceAddress, ToDeviceOut};
 use tern_protocol::frames::Sent;
 use tern_protocol::ErrorCode;
 
@@ -142,12 +143,46 @@ pub(crate) enum Mail {
         request_id: u32,
         user_id: u64,
         peer: u64,
+        /// Create it encrypted end to end (if it does not exist yet).
+        encrypted: bool,
     },
     /// Back to the origin: the direct conversation's id (or `Err`).
     DirectOpened {
         origin: ConnRef,
         request_id: u32,
         result: Result<u64, ErrorCode>,
+    },
+    /// To the owner core of the recipients: queue to-device messages (part `gather` of a
+    /// `SendToDevice`).
+    ToDevice {
+        origin: ConnRef,
+        request_id: u32,
+        gather: u64,
+        sender: u64,
+        sender_device: u32,
+        messages: Vec<ToDeviceOut>,
+    },
+    /// Back to the origin: the part is queued and durable, but for these recipients (or `Err`).
+    ToDeviceQueued {
+        origin: ConnRef,
+        request_id: u32,
+        gather: u64,
+        result: Result<Vec<DeviceAddress>, ErrorCode>,
+    },
+    /// To the owner core of the devices' users: claim one key of each (part `gather` of a
+    /// `ClaimKeys`).
+    ClaimKeys {
+        origin: ConnRef,
+        request_id: u32,
+        gather: u64,
+        devices: Vec<DeviceAddress>,
+    },
+    /// Back to the origin: the keys, removed durably (or `Err`).
+    KeysClaimed {
+        origin: ConnRef,
+        request_id: u32,
+        gather: u64,
+        result: Result<Vec<ClaimedKey>, ErrorCode>,
     },
 }
 
@@ -191,6 +226,40 @@ pub(crate) fn refusal(mail: Mail, code: ErrorCode) -> Option<Mail> {
         } => Some(Mail::DirectOpened {
             origin,
             request_id,
+            result: Err(code),
+        }),
+        Mail::ToDevice {
+            origin,
+            request_id,
+            gather,
+            ..
+        }
+        | Mail::ToDeviceQueued {
+            origin,
+            request_id,
+            gather,
+            ..
+        } => Some(Mail::ToDeviceQueued {
+            origin,
+            request_id,
+            gather,
+            result: Err(code),
+        }),
+        Mail::ClaimKeys {
+            origin,
+            request_id,
+            gather,
+            ..
+        }
+        | Mail::KeysClaimed {
+            origin,
+            request_id,
+            gather,
+            ..
+        } => Some(Mail::KeysClaimed {
+            origin,
+            request_id,
+            gather,
             result: Err(code),
         }),
         Mail::Reply {

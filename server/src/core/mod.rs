@@ -27,6 +27,7 @@
 pub(crate) mod accounts;
 pub(crate) mod chat;
 pub(crate) mod groups;
+pub(crate) mod keys;
 pub(crate) mod limits;
 pub(crate) mod mail;
 pub(crate) mod media;
@@ -95,6 +96,8 @@ struct Held {
     replay: Vec<Mail>,
     /// Fan-out watermarks a checkpoint wrote in the batch.
     marks: Vec<(u64, u64)>,
+    /// To-device messages queued in the batch, pushed to live devices once it is durable.
+    to_device: Vec<(u64, u32, tern_protocol::e2e::ToDeviceMessage)>,
 }
 
 /// A connection's id, unique on its core for the life of the process.
@@ -231,6 +234,7 @@ pub(crate) struct Shard {
     pub(crate) presence: presence::PresenceState,
     pub(crate) push: push::PushState,
     pub(crate) media: media::MediaState,
+    pub(crate) keys: keys::KeysState,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -274,6 +278,7 @@ impl Shard {
             presence: presence::PresenceState::default(),
             push: push::PushState::default(),
             media: media::MediaState::default(),
+            keys: keys::KeysState::default(),
             metrics,
         }
     }
@@ -630,6 +635,17 @@ impl Shard {
                 m.conversation_id,
                 GroupChange::SetRole(m.user_id, m.role),
             ),
+            body @ (Body::PublishKeys(_)
+            | Body::GetDeviceKeys(_)
+            | Body::ClaimKeys(_)
+            | Body::SendToDevice(_)
+            | Body::ToDeviceSync(_)
+            | Body::ToDeviceAck(_)
+            | Body::PutBackup(_)
+            | Body::GetBackup(_)
+            | Body::DeleteBackup(_)) => {
+                self.handle_keys_request(now_ms, conn, request_id, user_id, device_id, body)
+            }
             other => {
                 let message = format!("{} is not available in this server version", other.name());
                 self.reply_error(conn, request_id, ErrorCode::UNKNOWN_TYPE, message);
@@ -772,7 +788,8 @@ impl Shard {
                 request_id,
                 user_id,
                 peer,
-            } => self.handle_mail_open_direct(now_ms, origin, request_id, user_id, peer),
+                encrypted,
+            } => self.handle_mail_open_direct(now_ms, origin, request_id, user_id, peer, encrypted),
             Mail::DirectOpened {
                 origin,
                 request_id,
@@ -800,6 +817,10 @@ impl Shard {
                     Ok(())
                 }
             },
+            mail @ (Mail::ToDevice { .. }
+            | Mail::ToDeviceQueued { .. }
+            | Mail::ClaimKeys { .. }
+            | Mail::KeysClaimed { .. }) => self.handle_keys_mail(now_ms, mail),
             Mail::UserCreated { .. } => {
                 debug_assert!(false, "the runtime handles connection mail");
                 Ok(())
@@ -841,6 +862,7 @@ impl Shard {
                     last.fanouts.extend(held.fanouts);
                     last.replay.extend(held.replay);
                     last.marks.extend(held.marks);
+                    last.to_device.extend(held.to_device);
                 }
                 None => self.release(held, &mut turn.outputs, &mut turn.mail),
             }
@@ -956,6 +978,7 @@ impl Shard {
             fanouts: self.chat.take_new_fanouts(),
             replay: std::mem::take(&mut self.replay),
             marks: self.chat.take_marks_written(),
+            to_device: self.keys.take_fresh(),
         }
     }
 
@@ -963,6 +986,7 @@ impl Shard {
         outputs.extend(held.outputs);
         mail.extend(held.mail);
         self.release_pushes(held.pushes, &held.fresh, outputs);
+        self.release_to_device(held.to_device, outputs);
     }
 
     /// Drops caches that outgrew their bound, a share at a time. Called when the batch is staged,
@@ -983,6 +1007,7 @@ impl Shard {
         }
         self.chat.trim();
         self.media.trim();
+        self.keys.trim();
     }
 
     /// A failed commit: every batch in flight and the pending one are void. Replies that waited
@@ -1028,6 +1053,7 @@ impl Shard {
         self.chat.forget();
         self.chat.unwrite_marks(marks);
         self.media.forget();
+        self.keys.forget();
         self.accounts = accounts::AccountState::default();
         // Appends to logs come from other cores once, in order, and a member's fan-out watermark
         // must never pass a message its log lacks: so the void ones are made again, in the order

@@ -273,7 +273,12 @@ impl Worker {
         if !room_name.is_empty() {
             notification["room_name"] = json!(room_name);
         }
-        if self.config.push_include_preview {
+        // Never a word of an encrypted conversation, whatever the setting (spec §19.7).
+        let encrypted = self.store.conversation_encrypted(conversation_id)?;
+        if encrypted {
+            notification["type"] = json!("m.room.encrypted");
+        }
+        if self.config.push_include_preview && !encrypted {
             let preview: String = message.body.chars().take(200).collect();
             notification["content"] = json!({ "msgtype": "m.text", "body": preview });
         }

@@ -26,6 +26,11 @@
 //! | `media`        | media_id                              | [`records::MediaRecord`]                | uploader's owner core |
 //! | `media_chunks` | (media_id, offset)                    | the chunk's bytes, in blob files        | uploader's owner core |
 //! | `media_refs`   | (media_id, conversation_id)           | empty: a message there attaches it      | conversation's owner  |
+//! | `encrypted_convs` | conversation_id                    | empty: the conversation is encrypted end to end; never removed | creator core |
+//! | `device_keys`  | (user_id, device_id)                  | [`records::DeviceKeysRecord`]: identity and fallback key | user's owner core |
+//! | `one_time_keys`| (user_id, device_id, key_id u64)      | the key (32 bytes) then its signature (64 bytes) | user's owner core |
+//! | `to_device`    | (user_id, device_id, seq u64)         | [`records::ToDeviceRecord`]; seq 0: the last seq assigned (u64), kept when the queue empties | recipient's owner core |
+//! | `key_backup`   | (user_id, entry_id 32 bytes)          | the client's encrypted entry, opaque     | user's owner core     |
 //!
 //! Every record has one writing core, so no two cores ever race on a key: that is what lets each
 //! core commit its own write batch without locks. A conversation's `last_seq` is the key of its
@@ -38,6 +43,7 @@
 //! commit also syncs the log, so it survives power loss.
 
 pub(crate) mod backend;
+pub(crate) mod e2e;
 pub(crate) mod keys;
 pub(crate) mod overlay;
 pub(crate) mod records;
@@ -73,6 +79,11 @@ pub(crate) const COLUMN_FAMILIES: &[&str] = &[
     CF_MEDIA,
     CF_MEDIA_CHUNKS,
     CF_MEDIA_REFS,
+    CF_ENCRYPTED_CONVS,
+    CF_DEVICE_KEYS,
+    CF_ONE_TIME_KEYS,
+    CF_TO_DEVICE,
+    CF_KEY_BACKUP,
 ];
 
 const CF_META: &str = "meta";
@@ -94,6 +105,11 @@ const CF_PUSH_OUTBOX: &str = "push_outbox";
 const CF_MEDIA: &str = "media";
 const CF_MEDIA_CHUNKS: &str = "media_chunks";
 const CF_MEDIA_REFS: &str = "media_refs";
+const CF_ENCRYPTED_CONVS: &str = "encrypted_convs";
+const CF_DEVICE_KEYS: &str = "device_keys";
+const CF_ONE_TIME_KEYS: &str = "one_time_keys";
+const CF_TO_DEVICE: &str = "to_device";
+const CF_KEY_BACKUP: &str = "key_backup";
 
 /// A row of `fanout`: its key, the conversation, and the seq up to which its fan-out is done.
 pub(crate) type OpenFanout = (Box<[u8]>, u64, u64);

@@ -158,6 +158,39 @@ pub(crate) enum UpdateRecord {
         user_id: u64,
         role: u8,
     },
+    /// A user's devices changed (a device published its identity keys, or was revoked). Added
+    /// last and smaller than the largest variant, so the archived enum keeps its size and every
+    /// record written before it reads the same.
+    DeviceListChanged { user_id: u64, ts: u64 },
+}
+
+/// A device's published identity keys and fallback key; key (user_id, device_id) in
+/// `device_keys`. Its one-time keys are rows of `one_time_keys`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DeviceKeysRecord {
+    pub(crate) curve25519: [u8; 32],
+    pub(crate) ed25519: [u8; 32],
+    pub(crate) signature: [u8; 64],
+    pub(crate) fallback: Option<SignedKeyRecord>,
+    /// Whether a claim handed the fallback key out since it was published.
+    pub(crate) fallback_used: bool,
+}
+
+/// A signed one-time or fallback key.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SignedKeyRecord {
+    pub(crate) key_id: u64,
+    pub(crate) key: [u8; 32],
+    pub(crate) signature: [u8; 64],
+}
+
+/// A queued to-device message; key (user_id, device_id, seq) in `to_device`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ToDeviceRecord {
+    pub(crate) sender: u64,
+    pub(crate) sender_device: u32,
+    pub(crate) ts: u64,
+    pub(crate) payload: Vec<u8>,
 }
 
 /// An upload; key media_id. Its bytes are in `media_chunks`, keyed by (media_id, offset).
