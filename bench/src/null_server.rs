@@ -303,6 +303,7 @@ fn handle(state: &State, me: &Arc<Live>, user: &mut Option<(u64, Arc<User>)>, fr
             state.conv(cid).map(|c| {
                 Conversation {
                     conversation: info(cid, &c),
+                    encrypted: false,
                 }
                 .into()
             })
@@ -319,6 +320,7 @@ fn handle(state: &State, me: &Arc<Live>, user: &mut Option<(u64, Arc<User>)>, fr
             Some(
                 Conversation {
                     conversation: info(cid, &c),
+                    encrypted: false,
                 }
                 .into(),
             )

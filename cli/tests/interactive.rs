@@ -243,6 +243,7 @@ async fn page_up_loads_older_history() {
         .request(frames::CreateGroup {
             name: "archive".to_owned(),
             members: vec![],
+            encrypted: false,
         })
         .await
         .unwrap();

@@ -121,8 +121,29 @@ impl Client {
 
     /// Finds or creates the direct conversation with another user.
     pub async fn open_direct(&self, user_id: UserId) -> Result<ConversationInfo, ClientError> {
-        let reply = self.request(frames::OpenDirect { user_id }).await?;
+        let reply = self
+            .request(frames::OpenDirect {
+                user_id,
+                encrypted: false,
+            })
+            .await?;
         expect_reply!(reply, Conversation).map(|reply| reply.conversation)
+    }
+
+    /// Finds the direct conversation with another user, creating it encrypted end to end if there
+    /// is none; the flag says whether the one returned is encrypted (one created earlier without
+    /// encryption stays so).
+    pub async fn open_direct_encrypted(
+        &self,
+        user_id: UserId,
+    ) -> Result<(ConversationInfo, bool), ClientError> {
+        let reply = self
+            .request(frames::OpenDirect {
+                user_id,
+                encrypted: true,
+            })
+            .await?;
+        expect_reply!(reply, Conversation).map(|reply| (reply.conversation, reply.encrypted))
     }
 
     /// One conversation the user is in.
@@ -254,7 +275,30 @@ impl Client {
         members: Vec<UserId>,
     ) -> Result<ConversationInfo, ClientError> {
         let name = name.to_owned();
-        let reply = self.request(frames::CreateGroup { name, members }).await?;
+        let reply = self
+            .request(frames::CreateGroup {
+                name,
+                members,
+                encrypted: false,
+            })
+            .await?;
+        expect_reply!(reply, Conversation).map(|c| c.conversation)
+    }
+
+    /// Creates a group encrypted end to end, with the caller as owner.
+    pub async fn create_encrypted_group(
+        &self,
+        name: &str,
+        members: Vec<UserId>,
+    ) -> Result<ConversationInfo, ClientError> {
+        let name = name.to_owned();
+        let reply = self
+            .request(frames::CreateGroup {
+                name,
+                members,
+                encrypted: true,
+            })
+            .await?;
         expect_reply!(reply, Conversation).map(|c| c.conversation)
     }
 

@@ -530,6 +530,7 @@ fn slash_commands() {
                 user_id: ME,
                 role: Role::Owner,
             }],
+            encrypted: false,
         }),
     );
     app.open = Some(GROUP);
