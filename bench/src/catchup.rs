@@ -136,10 +136,12 @@ pub(crate) async fn run(args: &RunArgs, addr: SocketAddr, prefix: &str) -> io::R
         tasks.push(tokio::spawn(async move {
             let (mut c, _) = SetupConn::open(addr, None).await?;
             c.resume(token).await?;
-            let reply = c.rpc(OpenDirect {
-                user_id: peer,
-                encrypted: false,
-            }).await?;
+            let reply = c
+                .rpc(OpenDirect {
+                    user_id: peer,
+                    encrypted: false,
+                })
+                .await?;
             let Body::Conversation(conv) = reply else {
                 return Err(io::Error::other(format!("OpenDirect: {reply:?}")));
             };

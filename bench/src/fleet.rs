@@ -413,10 +413,12 @@ impl Fleet {
                     let mut c = take_slot(&conns, i)?;
                     for k in 1..=peers.min(n.saturating_sub(1)) {
                         let j = (i + k) % n;
-                        let reply = c.rpc(OpenDirect {
-                            user_id: ids[j],
-                            encrypted: false,
-                        }).await?;
+                        let reply = c
+                            .rpc(OpenDirect {
+                                user_id: ids[j],
+                                encrypted: false,
+                            })
+                            .await?;
                         let Body::Conversation(conv) = reply else {
                             return Err(io::Error::other(format!("OpenDirect: {reply:?}")));
                         };

@@ -27,6 +27,7 @@ async fn create_group(client: &Client, name: &str, members: Vec<u64>) -> Convers
         .request(CreateGroup {
             name: name.into(),
             members,
+            encrypted: false,
         })
         .await
         .expect("create group")
@@ -114,6 +115,7 @@ async fn non_member_is_refused(engine: &'static str) {
         .request(CreateGroup {
             name: "big".into(),
             members: too_many,
+            encrypted: false,
         })
         .await;
     assert_eq!(

@@ -173,7 +173,12 @@ async fn tls_sessions_migrate_and_chat(engine: &'static str) {
     }
     for n in 0..6 {
         let to = users[(n + 1) % 6];
-        let reply = clients[n].request(frames::OpenDirect { user_id: to }).await;
+        let reply = clients[n]
+            .request(frames::OpenDirect {
+                user_id: to,
+                encrypted: false,
+            })
+            .await;
         let Body::Conversation(conv) = reply else {
             panic!("open direct: {reply:?}");
         };

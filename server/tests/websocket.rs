@@ -192,7 +192,12 @@ async fn send_to<S: AsyncRead + AsyncWrite + Unpin>(
     body: &str,
     tag: u64,
 ) {
-    let reply = client.request(frames::OpenDirect { user_id: to }).await;
+    let reply = client
+        .request(frames::OpenDirect {
+            user_id: to,
+            encrypted: false,
+        })
+        .await;
     let Body::Conversation(conv) = reply else {
         panic!("open direct: {reply:?}");
     };

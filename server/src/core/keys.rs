@@ -22,8 +22,7 @@ use std::collections::BTreeMap;
 use ring::signature::{UnparsedPublicKey, ED25519};
 use tern_protocol::e2e::{
     identity_signed_bytes, is_encrypted_body, key_signed_bytes, BackupEntry, ClaimedKey,
-    DeviceAddress, DeviceKeys, Signature, SignedKey, ToDeviceMessage, ToDeviceOut,
-    UserDeviceKeys,
+    DeviceAddress, DeviceKeys, Signature, SignedKey, ToDeviceMessage, ToDeviceOut, UserDeviceKeys,
 };
 use tern_protocol::frames::{
     BackupPage, ClaimedKeys, DeviceKeysList, KeyCountEvent, KeysPublished, Ok as OkFrame,
@@ -95,8 +94,13 @@ struct Gather {
 
 #[derive(Debug)]
 enum GatherKind {
-    ToDevice { undelivered: Vec<DeviceAddress> },
-    Claim { order: Vec<DeviceAddress>, keys: Vec<ClaimedKey> },
+    ToDevice {
+        undelivered: Vec<DeviceAddress>,
+    },
+    Claim {
+        order: Vec<DeviceAddress>,
+        keys: Vec<ClaimedKey>,
+    },
 }
 
 /// End-to-end encryption's bookkeeping on one core.
@@ -139,7 +143,8 @@ impl KeysState {
             // Heads of queues with messages not yet durable must stay: keep those.
             let pending: HashSet<(u64, u32)> =
                 self.fresh.iter().map(|(u, d, _)| (*u, *d)).collect();
-            self.queues.retain(|k, q| pending.contains(k) || q.head != q.last);
+            self.queues
+                .retain(|k, q| pending.contains(k) || q.head != q.last);
         }
         if self.backup_counts.len() > CACHED_KEY_DEVICES_MAX {
             self.backup_counts.clear();
@@ -190,7 +195,9 @@ impl Shard {
             }
             Body::SendToDevice(s) => {
                 match self.take_token(now_ms, conn, user_id, Action::Send) {
-                    Ok(()) => self.start_to_device(conn, request_id, user_id, device_id, s.messages),
+                    Ok(()) => {
+                        self.start_to_device(conn, request_id, user_id, device_id, s.messages)
+                    }
                     Err(retry_after_ms) => self.reply_rate_limited(
                         conn,
                         request_id,
@@ -232,8 +239,7 @@ impl Shard {
                 sender_device,
                 messages,
             } => {
-                let undelivered =
-                    self.queue_to_device(now_ms, sender, sender_device, messages)?;
+                let undelivered = self.queue_to_device(now_ms, sender, sender_device, messages)?;
                 self.mail_after_commit(
                     origin.core,
                     Mail::ToDeviceQueued {
@@ -323,7 +329,11 @@ impl Shard {
         let first_identity = record.is_none() && publish.identity.is_some();
         if let Some(identity) = &publish.identity {
             if identity.device_id != device_id {
-                return refuse(self, ErrorCode::INVALID_ARGUMENT, "identity of another device");
+                return refuse(
+                    self,
+                    ErrorCode::INVALID_ARGUMENT,
+                    "identity of another device",
+                );
             }
             let message = identity_signed_bytes(user_id, identity);
             if !verify(&identity.ed25519, &message, &identity.signature) {
@@ -348,19 +358,33 @@ impl Shard {
         let Some(mut record) = record else {
             if publish.one_time_keys.is_empty() && publish.fallback_key.is_none() {
                 let (left, used) = state.counts();
-                self.reply(conn, request_id, KeysPublished {
-                    one_time_keys_left: left,
-                    fallback_key_used: used,
-                });
+                self.reply(
+                    conn,
+                    request_id,
+                    KeysPublished {
+                        one_time_keys_left: left,
+                        fallback_key_used: used,
+                    },
+                );
                 return Ok(());
             }
-            return refuse(self, ErrorCode::INVALID_ARGUMENT, "publish identity keys first");
+            return refuse(
+                self,
+                ErrorCode::INVALID_ARGUMENT,
+                "publish identity keys first",
+            );
         };
         let all_signed = publish
             .one_time_keys
             .iter()
             .chain(publish.fallback_key.as_ref())
-            .all(|k| verify(&record.ed25519, &key_signed_bytes(user_id, device_id, k), &k.signature));
+            .all(|k| {
+                verify(
+                    &record.ed25519,
+                    &key_signed_bytes(user_id, device_id, k),
+                    &k.signature,
+                )
+            });
         if !all_signed {
             return refuse(self, ErrorCode::INVALID_ARGUMENT, "bad key signature");
         }
@@ -399,10 +423,14 @@ impl Shard {
         if first_identity {
             self.device_list_changed(now_ms, user_id)?;
         }
-        self.reply_after_commit(conn, request_id, KeysPublished {
-            one_time_keys_left: left,
-            fallback_key_used: used,
-        });
+        self.reply_after_commit(
+            conn,
+            request_id,
+            KeysPublished {
+                one_time_keys_left: left,
+                fallback_key_used: used,
+            },
+        );
         Ok(())
     }
 
@@ -436,7 +464,13 @@ impl Shard {
     }
 
     /// A new gather for a request of `conn`.
-    fn new_gather(&mut self, conn: ConnId, request_id: u32, waiting: usize, kind: GatherKind) -> u64 {
+    fn new_gather(
+        &mut self,
+        conn: ConnId,
+        request_id: u32,
+        waiting: usize,
+        kind: GatherKind,
+    ) -> u64 {
         self.keys.next_gather += 1;
         let id = self.keys.next_gather;
         self.keys.gathers.insert(
@@ -453,11 +487,7 @@ impl Shard {
     }
 
     /// One part of a gather is back: `merge` adds it (or fails it); the last part answers.
-    fn gathered(
-        &mut self,
-        id: u64,
-        merge: impl FnOnce(&mut GatherKind) -> Result<(), ErrorCode>,
-    ) {
+    fn gathered(&mut self, id: u64, merge: impl FnOnce(&mut GatherKind) -> Result<(), ErrorCode>) {
         let Some(gather) = self.keys.gathers.get_mut(&id) else {
             return;
         };
@@ -472,7 +502,12 @@ impl Shard {
             return;
         };
         if let Some(code) = gather.failed {
-            self.reply_error(gather.conn, gather.request_id, code, "storage error; try again");
+            self.reply_error(
+                gather.conn,
+                gather.request_id,
+                code,
+                "storage error; try again",
+            );
             return;
         }
         match gather.kind {
@@ -502,7 +537,10 @@ impl Shard {
             .collect();
         let mut parts: BTreeMap<usize, Vec<DeviceAddress>> = BTreeMap::new();
         for d in &order {
-            parts.entry(self.owner(d.user_id)).or_default().push(d.clone());
+            parts
+                .entry(self.owner(d.user_id))
+                .or_default()
+                .push(d.clone());
         }
         if parts.is_empty() {
             self.reply(conn, request_id, ClaimedKeys { keys: Vec::new() });
@@ -574,7 +612,8 @@ impl Shard {
                     self.batch.put_device_keys(user_id, device_id, &record)?;
                 }
             } else {
-                self.batch.delete_one_time_key(user_id, device_id, key.key_id);
+                self.batch
+                    .delete_one_time_key(user_id, device_id, key.key_id);
             }
             claimed.push(ClaimedKey {
                 user_id,
@@ -772,7 +811,11 @@ impl Shard {
         self.acknowledge_to_device(user_id, device_id, since)?;
         let queue = self.queue(user_id, device_id)?;
         let max = TO_DEVICE_PAGE_MESSAGES_MAX as usize;
-        let limit = if limit == 0 { max } else { (limit as usize).min(max) };
+        let limit = if limit == 0 {
+            max
+        } else {
+            (limit as usize).min(max)
+        };
         let rows = if since >= queue.head {
             Vec::new()
         } else {
@@ -842,7 +885,12 @@ impl Shard {
         }
         // Entries written in this turn and not yet staged count again: an overestimate, never less.
         if count + fresh.len() > BACKUP_ENTRIES_PER_USER_MAX {
-            self.reply_error(conn, request_id, ErrorCode::LIMIT_EXCEEDED, "backup is full");
+            self.reply_error(
+                conn,
+                request_id,
+                ErrorCode::LIMIT_EXCEEDED,
+                "backup is full",
+            );
             return Ok(());
         }
         for e in &entries {
@@ -862,7 +910,11 @@ impl Shard {
         limit: u32,
     ) -> Result<(), StoreError> {
         let max = BACKUP_ENTRIES_PER_REQUEST_MAX as usize;
-        let limit = if limit == 0 { max } else { (limit as usize).min(max) };
+        let limit = if limit == 0 {
+            max
+        } else {
+            (limit as usize).min(max)
+        };
         // One more than asked says whether more follow.
         let mut rows = self.committed.backup_entries(user_id, after, limit + 1)?;
         let has_more = rows.len() > limit;
@@ -930,9 +982,14 @@ impl Shard {
         user_id: u64,
         device_id: u32,
     ) -> Result<(), StoreError> {
-        let had_keys = self.device_key_state(user_id, device_id)?.identity.is_some();
+        let had_keys = self
+            .device_key_state(user_id, device_id)?
+            .identity
+            .is_some();
         self.batch.delete_device_e2e(user_id, device_id);
-        self.keys.devices.insert((user_id, device_id), DeviceKeyState::default());
+        self.keys
+            .devices
+            .insert((user_id, device_id), DeviceKeyState::default());
         self.keys.queues.remove(&(user_id, device_id));
         if had_keys {
             self.device_list_changed(self.last_now_ms, user_id)?;
@@ -990,7 +1047,10 @@ impl Shard {
     }
 
     /// Whether a conversation is encrypted, for the frames that say so.
-    pub(crate) fn conversation_encrypted(&mut self, conversation_id: u64) -> Result<bool, StoreError> {
+    pub(crate) fn conversation_encrypted(
+        &mut self,
+        conversation_id: u64,
+    ) -> Result<bool, StoreError> {
         Ok(self.encrypted_flag(conversation_id)?.unwrap_or(false))
     }
 

@@ -76,16 +76,25 @@ impl Store {
             .map(|(k, v)| {
                 let corrupt = || StoreError::Corrupt("one-time key".into());
                 let id = device_item_n(&k).ok_or_else(corrupt)?;
-                let key: [u8; 32] = v.get(..32).and_then(|b| b.try_into().ok()).ok_or_else(corrupt)?;
-                let signature: [u8; 64] =
-                    v.get(32..96).and_then(|b| b.try_into().ok()).ok_or_else(corrupt)?;
+                let key: [u8; 32] = v
+                    .get(..32)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(corrupt)?;
+                let signature: [u8; 64] = v
+                    .get(32..96)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(corrupt)?;
                 Ok((id, key, signature))
             })
             .collect()
     }
 
     /// The last to-device seq assigned to a device (0: none ever).
-    pub(crate) fn to_device_last_seq(&self, user_id: u64, device_id: u32) -> Result<u64, StoreError> {
+    pub(crate) fn to_device_last_seq(
+        &self,
+        user_id: u64,
+        device_id: u32,
+    ) -> Result<u64, StoreError> {
         Ok(self
             .get(CF_TO_DEVICE, &device_item(user_id, device_id, 0))?
             .and_then(|v| keys::u64_value(&v))
@@ -99,7 +108,12 @@ impl Store {
         device_id: u32,
     ) -> Result<Option<u64>, StoreError> {
         let prefix = keys::device(user_id, device_id);
-        let rows = self.scan(CF_TO_DEVICE, &prefix, &device_item(user_id, device_id, 1), 1)?;
+        let rows = self.scan(
+            CF_TO_DEVICE,
+            &prefix,
+            &device_item(user_id, device_id, 1),
+            1,
+        )?;
         Ok(rows.first().and_then(|(k, _)| device_item_n(k)))
     }
 
@@ -178,7 +192,11 @@ impl Store {
 impl Batch {
     /// Marks a conversation encrypted, for good.
     pub(crate) fn put_conversation_encrypted(&mut self, conversation_id: u64) {
-        self.put(CF_ENCRYPTED_CONVS, &keys::conversation(conversation_id), &[]);
+        self.put(
+            CF_ENCRYPTED_CONVS,
+            &keys::conversation(conversation_id),
+            &[],
+        );
     }
 
     pub(crate) fn put_device_keys(
@@ -201,7 +219,11 @@ impl Batch {
         let mut value = [0u8; 96];
         value[..32].copy_from_slice(key);
         value[32..].copy_from_slice(signature);
-        self.put(CF_ONE_TIME_KEYS, &device_item(user_id, device_id, key_id), &value);
+        self.put(
+            CF_ONE_TIME_KEYS,
+            &device_item(user_id, device_id, key_id),
+            &value,
+        );
     }
 
     pub(crate) fn delete_one_time_key(&mut self, user_id: u64, device_id: u32, key_id: u64) {
