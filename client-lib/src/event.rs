@@ -24,6 +24,10 @@ pub enum Event {
     Typing(TypingEvent),
     /// The server is going away: finish what is in flight and reconnect after the delay it names.
     GoAway(GoAway),
+    /// A to-device message for this device (`ToDeviceEvent`), once `ToDeviceSync` has caught up.
+    ToDevice(tern_protocol::e2e::ToDeviceMessage),
+    /// A claim took one of this device's keys (`KeyCountEvent`): top the one-time keys up.
+    KeyCount(frames::KeyCountEvent),
     /// An `Error` that answers no waiting request: a connection-level error (request id 0, often
     /// followed by the server closing the connection), a notification (`Ack`, `Typing`) that
     /// failed, or the late failure of a request that had already timed out.
@@ -41,6 +45,8 @@ impl Event {
             Body::PresenceEvent(event) => Some(Event::Presence(event.presence)),
             Body::TypingEvent(event) => Some(Event::Typing(event)),
             Body::GoAway(go_away) => Some(Event::GoAway(go_away)),
+            Body::ToDeviceEvent(event) => Some(Event::ToDevice(event.message)),
+            Body::KeyCountEvent(event) => Some(Event::KeyCount(event)),
             Body::Error(error) => Some(Event::Error(error)),
             _ => None,
         }

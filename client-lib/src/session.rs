@@ -885,6 +885,9 @@ impl Driver {
             // The connection closes after a connection-level error; next_event ends and the
             // driver reconnects.
             Event::Error(_) => return Ok(()),
+            // Only a connection that asked with `ToDeviceSync` gets these, and the session never
+            // does: the crypto machine reads its device's queue on a client of its own.
+            Event::ToDevice(_) | Event::KeyCount(_) => return Ok(()),
         };
         self.events.send(forward).await.map_err(|_| Stop::Fatal)
     }
