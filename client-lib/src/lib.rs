@@ -26,6 +26,8 @@
 //! - `requests.rs`: the typed helpers on [`Client`] (`register`, `send`, `sync`, `create_group`,
 //!   `upload`, ...).
 //! - `connection.rs`: the table of waiting requests, the handshake, the reader and writer tasks.
+//! - `crypto.rs`: [`Crypto`], end-to-end encryption (Olm and Megolm from vodozemac): keys,
+//!   room keys, encrypted messages and attachments, history on new devices, the key backup.
 //! - `tls.rs`: [`TlsOptions`] and the rustls connector (ring provider, TLS 1.3 and 1.2).
 //! - `event.rs`, `options.rs`, `error.rs`: [`Event`], [`ConnectOptions`], [`ClientError`].
 //!
@@ -74,6 +76,7 @@
 
 mod client;
 mod connection;
+pub mod crypto;
 mod error;
 mod event;
 mod options;
@@ -85,6 +88,7 @@ mod storage;
 mod tls;
 
 pub use client::Client;
+pub use crypto::{Crypto, CryptoError};
 pub use error::ClientError;
 pub use event::Event;
 pub use options::{ConnectOptions, EVENT_BUFFER_DEFAULT_EVENTS, REQUEST_TIMEOUT_DEFAULT_MS};

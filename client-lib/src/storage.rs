@@ -51,6 +51,11 @@ pub struct StoredState {
     pub cursor: u64,
     /// Unconfirmed sends, oldest first.
     pub outbox: Vec<PendingSend>,
+    /// The device's end-to-end encryption state ([`Crypto`](crate::Crypto)): its Olm account,
+    /// Olm and Megolm sessions and the devices it knows, serialised. It holds private keys: the
+    /// storage must be as private as the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crypto: Option<String>,
 }
 
 /// Why storage failed.
@@ -87,6 +92,18 @@ pub trait Storage: Send + Sync + 'static {
     fn push_outbox(&self, send: &PendingSend) -> Result<(), StorageError>;
     /// Removes a send from the outbox (confirmed, or refused for good).
     fn remove_outbox(&self, client_msg_id: &ClientMsgId) -> Result<(), StorageError>;
+    /// Replaces the end-to-end encryption state. A storage that keeps no such state (the default)
+    /// refuses, and [`Crypto`](crate::Crypto) cannot be used with it.
+    fn save_crypto(&self, crypto: &str) -> Result<(), StorageError> {
+        let _ = crypto;
+        Err(StorageError::new(
+            "crypto state",
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this storage keeps no crypto state",
+            ),
+        ))
+    }
 }
 
 /// State kept in memory only: gone when the process ends.
@@ -135,6 +152,11 @@ impl Storage for MemoryStorage {
 
     fn remove_outbox(&self, client_msg_id: &ClientMsgId) -> Result<(), StorageError> {
         self.update(|state| state.outbox.retain(|s| &s.client_msg_id != client_msg_id));
+        Ok(())
+    }
+
+    fn save_crypto(&self, crypto: &str) -> Result<(), StorageError> {
+        self.update(|state| state.crypto = Some(crypto.to_owned()));
         Ok(())
     }
 }
@@ -230,6 +252,10 @@ impl Storage for FileStorage {
 
     fn remove_outbox(&self, client_msg_id: &ClientMsgId) -> Result<(), StorageError> {
         self.update(|state| state.outbox.retain(|s| &s.client_msg_id != client_msg_id))
+    }
+
+    fn save_crypto(&self, crypto: &str) -> Result<(), StorageError> {
+        self.update(|state| state.crypto = Some(crypto.to_owned()))
     }
 }
 
