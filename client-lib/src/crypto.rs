@@ -184,6 +184,26 @@ pub fn safety_number(a: (UserId, &[[u8; 32]]), b: (UserId, &[[u8; 32]])) -> Stri
         .join(" ")
 }
 
+/// The encrypted body that carries a Megolm envelope (§19.9.1).
+pub fn encode_body(envelope: &MegolmEnvelope) -> Result<String, CryptoError> {
+    let bytes = to_bytes(envelope).map_err(|_| CryptoError::Malformed("message"))?;
+    Ok(format!(
+        "{ENCRYPTED_BODY_PREFIX}{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    ))
+}
+
+/// The Megolm envelope of an encrypted body.
+pub fn decode_body(body: &str) -> Result<MegolmEnvelope, CryptoError> {
+    let encoded = body
+        .strip_prefix(ENCRYPTED_BODY_PREFIX)
+        .ok_or(CryptoError::NotEncrypted)?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|_| CryptoError::NotEncrypted)?;
+    from_bytes(&bytes, "envelope").map_err(|_| CryptoError::Malformed("envelope"))
+}
+
 fn random<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];
     // The system's randomness failing is no state a chat app can go on from.
@@ -571,18 +591,14 @@ impl Crypto {
         let session_id = b64_32(&out.session.session_id())?;
         let ciphertext = out.session.encrypt(&plaintext).to_bytes();
         out.messages += 1;
-        let envelope = MegolmEnvelope {
+        let body = encode_body(&MegolmEnvelope {
             version: PAYLOAD_VERSION,
             session_id,
             ciphertext,
-        };
-        let bytes = to_bytes(&envelope).map_err(|_| CryptoError::Malformed("message"))?;
+        })?;
         // The ratchet moved: stored before the message can leave.
         self.save(&m).await?;
-        Ok(format!(
-            "{ENCRYPTED_BODY_PREFIX}{}",
-            base64::engine::general_purpose::STANDARD.encode(bytes)
-        ))
+        Ok(body)
     }
 
     /// Encrypts and sends a message (see [`Crypto::encrypt`]); its attachments' media ids go in
@@ -691,15 +707,7 @@ impl Crypto {
 
     /// Opens an encrypted message.
     pub async fn decrypt(&self, message: &Message) -> Result<Decrypted, CryptoError> {
-        let encoded = message
-            .body
-            .strip_prefix(ENCRYPTED_BODY_PREFIX)
-            .ok_or(CryptoError::NotEncrypted)?;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(encoded)
-            .map_err(|_| CryptoError::NotEncrypted)?;
-        let envelope: MegolmEnvelope =
-            from_bytes(&bytes, "envelope").map_err(|_| CryptoError::Malformed("envelope"))?;
+        let envelope = decode_body(&message.body)?;
         let megolm = MegolmMessage::from_bytes(&envelope.ciphertext)
             .map_err(|e| CryptoError::Decryption(e.to_string()))?;
         let mut m = self.machine.lock().await;

@@ -108,14 +108,20 @@ async fn send_to(client: &Client, to: &[(u64, u32)], payload: &[u8]) -> Vec<Devi
             payload: payload.to_vec(),
         })
         .collect();
-    match call(client, frames::SendToDevice { messages }).await.unwrap() {
+    match call(client, frames::SendToDevice { messages })
+        .await
+        .unwrap()
+    {
         Body::ToDeviceSent(s) => s.undelivered,
         other => panic!("unexpected reply {other:?}"),
     }
 }
 
 async fn to_device_sync(client: &Client, since: u64) -> frames::ToDevicePage {
-    match call(client, frames::ToDeviceSync { since, limit: 0 }).await.unwrap() {
+    match call(client, frames::ToDeviceSync { since, limit: 0 })
+        .await
+        .unwrap()
+    {
         Body::ToDevicePage(p) => p,
         other => panic!("unexpected reply {other:?}"),
     }
@@ -138,7 +144,10 @@ async fn key_directory(engine: &'static str) {
     };
     let mut forged = with_keys.clone();
     forged.one_time_keys[0].signature.0[0] ^= 1;
-    assert_eq!(publish(&alice, forged).await, Err(ErrorCode::INVALID_ARGUMENT));
+    assert_eq!(
+        publish(&alice, forged).await,
+        Err(ErrorCode::INVALID_ARGUMENT)
+    );
     let keys_first = PublishKeys {
         identity: None,
         one_time_keys: vec![signer.key(5)],
@@ -222,10 +231,15 @@ async fn to_device_queues(engine: &'static str) {
     assert!(!page.has_more);
     assert_eq!(page.messages.len(), 1);
     let first = &page.messages[0];
-    assert_eq!((first.seq, first.sender, first.sender_device), (1, b.user_id, b.device_id));
+    assert_eq!(
+        (first.seq, first.sender, first.sender_device),
+        (1, b.user_id, b.device_id)
+    );
     assert_eq!(first.payload, b"one");
 
-    assert!(send_to(&bob, &[(a.user_id, a.device_id)], b"two").await.is_empty());
+    assert!(send_to(&bob, &[(a.user_id, a.device_id)], b"two")
+        .await
+        .is_empty());
     let event = alice
         .wait_for_event(|e| matches!(e, Event::ToDevice(_)), EVENT_WAIT)
         .await
@@ -234,7 +248,10 @@ async fn to_device_queues(engine: &'static str) {
         unreachable!()
     };
     assert_eq!((live.seq, live.payload.as_slice()), (2, &b"two"[..]));
-    alice.notify(frames::ToDeviceAck { up_to: 2 }).await.unwrap();
+    alice
+        .notify(frames::ToDeviceAck { up_to: 2 })
+        .await
+        .unwrap();
 
     // A fresh connection of the same device: nothing is left, and the next message is seq 3.
     let again = server.client().await;
@@ -249,7 +266,9 @@ async fn to_device_queues(engine: &'static str) {
         assert!(std::time::Instant::now() < deadline, "the ack never landed");
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    assert!(send_to(&bob, &[(a.user_id, a.device_id)], b"three").await.is_empty());
+    assert!(send_to(&bob, &[(a.user_id, a.device_id)], b"three")
+        .await
+        .is_empty());
     let page = to_device_sync(&again, 2).await;
     assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [3]);
 
@@ -275,7 +294,9 @@ async fn to_device_queues(engine: &'static str) {
     }
     assert_eq!(send_to(&bob, &target, b"full").await.len(), 1);
     assert_eq!(
-        call(&bob, frames::SendToDevice { messages: vec![] }).await.err(),
+        call(&bob, frames::SendToDevice { messages: vec![] })
+            .await
+            .err(),
         Some(ErrorCode::INVALID_ARGUMENT)
     );
 }
@@ -396,15 +417,24 @@ async fn device_list_changes(engine: &'static str) {
         assert!(std::time::Instant::now() < deadline, "bob never heard");
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    assert_eq!(device_list_changes_of(&sync_all(&alice, 0).await, a.user_id), 1);
+    assert_eq!(
+        device_list_changes_of(&sync_all(&alice, 0).await, a.user_id),
+        1
+    );
 
     alice.revoke_device(p.device_id).await.unwrap();
     let deadline = std::time::Instant::now() + EVENT_WAIT;
     while device_list_changes_of(&sync_all(&bob, 0).await, a.user_id) < 2 {
-        assert!(std::time::Instant::now() < deadline, "bob never heard of the revocation");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bob never heard of the revocation"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    assert_eq!(device_list_changes_of(&sync_all(&carol, 0).await, a.user_id), 0);
+    assert_eq!(
+        device_list_changes_of(&sync_all(&carol, 0).await, a.user_id),
+        0
+    );
     let listed = match call(
         &carol,
         frames::GetDeviceKeys {
@@ -422,7 +452,10 @@ async fn device_list_changes(engine: &'static str) {
 }
 
 async fn get(client: &Client, after: [u8; 32], limit: u32) -> frames::BackupPage {
-    match call(client, frames::GetBackup { after, limit }).await.unwrap() {
+    match call(client, frames::GetBackup { after, limit })
+        .await
+        .unwrap()
+    {
         Body::BackupPage(p) => p,
         other => panic!("unexpected reply {other:?}"),
     }
@@ -439,9 +472,12 @@ async fn key_backup(engine: &'static str) {
         data: data.to_vec(),
     };
     let put = |entries: Vec<BackupEntry>| frames::PutBackup { entries };
-    call(&alice, put(vec![entry(3, b"c"), entry(1, b"a"), entry(2, b"b")]))
-        .await
-        .unwrap();
+    call(
+        &alice,
+        put(vec![entry(3, b"c"), entry(1, b"a"), entry(2, b"b")]),
+    )
+    .await
+    .unwrap();
     call(&alice, put(vec![entry(2, b"B")])).await.unwrap();
     assert_eq!(
         call(&alice, put(vec![entry(0, b"zero")])).await.err(),
