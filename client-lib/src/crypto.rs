@@ -439,7 +439,7 @@ impl Crypto {
         let identity = m.identity();
         let counts = client
             .request(frames::PublishKeys {
-                identity: Some(identity),
+                identity: Some(Box::new(identity)),
                 ..frames::PublishKeys::default()
             })
             .await?;
@@ -461,7 +461,7 @@ impl Crypto {
                 .request(frames::PublishKeys {
                     identity: None,
                     one_time_keys,
-                    fallback_key,
+                    fallback_key: fallback_key.map(Box::new),
                 })
                 .await?;
             if !matches!(reply, Body::KeysPublished(_)) {

@@ -1411,9 +1411,9 @@ fn e2e_vectors(v: &mut Vectors) -> Result<()> {
         Frame::new(
             60,
             frames::PublishKeys {
-                identity: Some(alice_device_keys()),
+                identity: Some(Box::new(alice_device_keys())),
                 one_time_keys: vec![signed_key(1, 0x10), signed_key(2, 0x20)],
-                fallback_key: Some(signed_key(3, 0x30)),
+                fallback_key: Some(Box::new(signed_key(3, 0x30))),
             },
         ),
     )?;

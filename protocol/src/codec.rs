@@ -321,6 +321,17 @@ impl Wire for bool {
     }
 }
 
+/// A boxed value is encoded as the value: boxes only keep large, rare fields (a device's keys in
+/// `PublishKeys`) from making every frame value as large as they are.
+impl<T: Wire> Wire for Box<T> {
+    fn encode(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
+        T::encode(self, w)
+    }
+    fn decode(r: &mut Reader<'_>, field: &'static str) -> Result<Self, DecodeError> {
+        T::decode(r, field).map(Box::new)
+    }
+}
+
 impl<const N: usize> Wire for [u8; N] {
     fn encode(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
         w.raw(self);

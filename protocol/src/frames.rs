@@ -622,11 +622,11 @@ wire_struct! {
     /// Publishes the calling device's identity, one-time and fallback keys; empty, asks the counts.
     pub struct PublishKeys {
         /// The identity keys: required with the first keys, then optional (and unchanged).
-        pub identity: Option<DeviceKeys> => opt,
+        pub identity: Option<Box<DeviceKeys>> => opt,
         /// One-time keys to add.
         pub one_time_keys: Vec<SignedKey> => list(ONE_TIME_KEYS_PER_DEVICE_MAX),
         /// A new fallback key.
-        pub fallback_key: Option<SignedKey> => opt,
+        pub fallback_key: Option<Box<SignedKey>> => opt,
     }
 }
 

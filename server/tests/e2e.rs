@@ -138,9 +138,9 @@ async fn key_directory(engine: &'static str) {
     let signer = Signer::new(a.user_id, a.device_id);
 
     let with_keys = PublishKeys {
-        identity: Some(signer.identity(1)),
+        identity: Some(Box::new(signer.identity(1))),
         one_time_keys: vec![signer.key(3), signer.key(1), signer.key(2)],
-        fallback_key: Some(signer.key(99)),
+        fallback_key: Some(Box::new(signer.key(99))),
     };
     let mut forged = with_keys.clone();
     forged.one_time_keys[0].signature.0[0] ^= 1;
@@ -159,7 +159,7 @@ async fn key_directory(engine: &'static str) {
     );
     assert_eq!(publish(&alice, with_keys).await, Ok((3, false)));
     let changed = PublishKeys {
-        identity: Some(signer.identity(2)),
+        identity: Some(Box::new(signer.identity(2))),
         ..PublishKeys::default()
     };
     assert_eq!(publish(&alice, changed).await, Err(ErrorCode::CONFLICT));
@@ -401,7 +401,7 @@ async fn device_list_changes(engine: &'static str) {
     let (phone, p) = server.login("alice", "phone").await;
     let signer = Signer::new(a.user_id, p.device_id);
     let keys = PublishKeys {
-        identity: Some(signer.identity(9)),
+        identity: Some(Box::new(signer.identity(9))),
         ..PublishKeys::default()
     };
     publish(&phone, keys.clone()).await.unwrap();

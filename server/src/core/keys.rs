@@ -377,7 +377,7 @@ impl Shard {
         let all_signed = publish
             .one_time_keys
             .iter()
-            .chain(publish.fallback_key.as_ref())
+            .chain(publish.fallback_key.as_deref())
             .all(|k| {
                 verify(
                     &record.ed25519,

@@ -6,6 +6,9 @@ use super::records::{decode, DeviceKeysRecord, ToDeviceRecord};
 use super::{keys, Batch, Store, StoreError, RANGE_READ_MAX};
 use super::{CF_DEVICE_KEYS, CF_ENCRYPTED_CONVS, CF_KEY_BACKUP, CF_ONE_TIME_KEYS, CF_TO_DEVICE};
 
+/// A backup entry: its id and its data.
+pub(crate) type BackupRow = ([u8; 32], Vec<u8>);
+
 /// A one-time key row: the key and its signature.
 pub(crate) type OneTimeKeyRow = (u64, [u8; 32], [u8; 64]);
 
@@ -143,7 +146,7 @@ impl Store {
         user_id: u64,
         after: &[u8; 32],
         limit: usize,
-    ) -> Result<Vec<([u8; 32], Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<BackupRow>, StoreError> {
         let prefix = keys::user(user_id);
         let mut from = backup_key(user_id, after).to_vec();
         from.push(0);
