@@ -62,6 +62,10 @@ pub(crate) enum Command {
         /// Send to this group (or any conversation) by id instead of a user.
         #[arg(long, value_name = "ID")]
         group: Option<ConversationId>,
+        /// Create the direct conversation encrypted end to end if it does not exist yet.
+        /// (Messages to an encrypted conversation are always encrypted.)
+        #[arg(long)]
+        encrypted: bool,
         /// USER TEXT, or TEXT alone with --group.
         #[arg(required = true, num_args = 1..=2, value_name = "USER TEXT")]
         args: Vec<String>,
@@ -119,6 +123,12 @@ pub(crate) enum Command {
     /// Print updates (messages, receipts, group changes) since the last `sync`, and acknowledge
     /// them, which tells senders their messages were delivered.
     Sync,
+    /// Show the fingerprints of a user's devices and of yours, and your safety number with them:
+    /// compare it with theirs (in person, or on a call) to know no one is in between.
+    Verify {
+        /// The other user.
+        user: String,
+    },
 }
 
 /// The group subcommands.
@@ -131,6 +141,9 @@ pub(crate) enum GroupCommand {
         /// The other members, by username, comma-separated.
         #[arg(long, value_delimiter = ',', value_name = "USERS")]
         members: Vec<String>,
+        /// Encrypt the group end to end (for good).
+        #[arg(long)]
+        encrypted: bool,
     },
     /// Add members to a group.
     Add {

@@ -19,6 +19,8 @@ use crate::config::{self, Config, Session, SERVER_DEFAULT};
 use crate::error::CliError;
 use crate::format;
 use crate::net::{self, Credentials, Net};
+use std::sync::Arc;
+use tern_client::{Crypto, FileStorage};
 
 /// Most sync pages one `tern sync` reads.
 const SYNC_PAGES_MAX: usize = 1_000;
@@ -127,6 +129,18 @@ impl Context {
         Ok((net, session))
     }
 
+    /// This device's end-to-end encryption machine: its state in a file beside the config file,
+    /// its keys published and topped up, and the keys other devices sent it taken in.
+    async fn crypto(&self, net: &Net, session: &Session) -> Result<Crypto, CliError> {
+        let name = format!("e2e-{}-{}.json", session.user_id, session.device_id);
+        let path = self.config_path.with_file_name(name);
+        let storage = FileStorage::open(&path).map_err(|e| CliError::Crypto(e.to_string()))?;
+        let crypto = Crypto::load_or_create(session.user_id, session.device_id, Arc::new(storage))?;
+        crypto.publish_keys(net.client()).await?;
+        crypto.receive_to_device(net.client()).await?;
+        Ok(crypto)
+    }
+
     /// A user's display name: the remembered username, else `#ID`.
     fn name(&self, user_id: UserId) -> String {
         self.config
@@ -197,7 +211,11 @@ pub(crate) async fn run(command: Command, ctx: &mut Context) -> Result<Report, C
         Command::Logout => logout(ctx).await,
         Command::Devices => devices(ctx).await,
         Command::Revoke { device_id } => revoke(ctx, device_id).await,
-        Command::Send { group, args } => {
+        Command::Send {
+            group,
+            encrypted,
+            args,
+        } => {
             let (user, text) = match (group, args.as_slice()) {
                 (Some(_), [text]) => (None, text.clone()),
                 (None, [user, text]) => (Some(user.clone()), text.clone()),
@@ -212,7 +230,12 @@ pub(crate) async fn run(command: Command, ctx: &mut Context) -> Result<Report, C
                     ))
                 }
             };
-            send(ctx, user.as_deref(), group, &text, None, None).await
+            let to = Destination {
+                user: user.as_deref(),
+                group,
+                encrypted,
+            };
+            send(ctx, to, &text, None, None).await
         }
         Command::History {
             target,
@@ -241,11 +264,26 @@ pub(crate) async fn run(command: Command, ctx: &mut Context) -> Result<Report, C
                     .unwrap_or_default()
             });
             let mime = mime.unwrap_or_else(|| net::guess_mime(&file));
-            send(ctx, to.as_deref(), group, &text, Some(&file), Some(&mime)).await
+            let to = Destination {
+                user: to.as_deref(),
+                group,
+                encrypted: false,
+            };
+            send(ctx, to, &text, Some(&file), Some(&mime)).await
         }
         Command::Download { media_id, out } => download(ctx, media_id, &out).await,
         Command::Sync => sync(ctx).await,
+        Command::Verify { user } => verify(ctx, &user).await,
     }
+}
+
+/// Where `send` and `upload` send to.
+#[derive(Debug, Clone, Copy)]
+struct Destination<'a> {
+    user: Option<&'a str>,
+    group: Option<ConversationId>,
+    /// Create the direct conversation encrypted if it is new.
+    encrypted: bool,
 }
 
 async fn authenticate(
@@ -381,8 +419,7 @@ async fn revoke(ctx: &mut Context, device_id: u32) -> Result<Report, CliError> {
 
 async fn send(
     ctx: &mut Context,
-    user: Option<&str>,
-    group: Option<ConversationId>,
+    to: Destination<'_>,
     text: &str,
     file: Option<&Path>,
     mime: Option<&str>,
@@ -394,8 +431,17 @@ async fn send(
             source,
         })?;
     }
-    let (net, _) = ctx.resume().await?;
-    let conversation_id = ctx.conversation_id(&net, user, group).await?;
+    let (net, session) = ctx.resume().await?;
+    let conversation_id = match (to.user, to.group, to.encrypted) {
+        (Some(username), None, true) => {
+            let user_id = ctx.user_id(&net, username).await?;
+            net.open_direct_encrypted(user_id).await?.conversation_id
+        }
+        _ => ctx.conversation_id(&net, to.user, to.group).await?,
+    };
+    if net.is_encrypted(conversation_id).await? {
+        return send_encrypted(ctx, &net, &session, conversation_id, text, file, mime).await;
+    }
     let mut attachments = Vec::new();
     let mut media = Value::Null;
     if let Some(path) = file {
@@ -429,19 +475,169 @@ async fn send(
     ))
 }
 
+/// `send` to an encrypted conversation: the text and the file are encrypted on this device.
+async fn send_encrypted(
+    ctx: &mut Context,
+    net: &Net,
+    session: &Session,
+    conversation_id: ConversationId,
+    text: &str,
+    file: Option<&Path>,
+    mime: Option<&str>,
+) -> Result<Report, CliError> {
+    let crypto = ctx.crypto(net, session).await?;
+    let mut attachments = Vec::new();
+    let mut media = Value::Null;
+    if let Some(path) = file {
+        let data = std::fs::read(path).map_err(|source| CliError::File {
+            path: path.to_owned(),
+            source,
+        })?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mime = mime.unwrap_or("application/octet-stream");
+        let file = crypto
+            .encrypt_attachment(net.client(), &data, mime, &name)
+            .await?;
+        media = json!({ "media_id": file.media_id, "size": file.size, "mime": file.mime });
+        attachments.push(file);
+    }
+    let client_msg_id = net::random_bytes::<16>()?;
+    let sent = crypto
+        .send(
+            net.client(),
+            conversation_id,
+            client_msg_id,
+            text,
+            attachments,
+        )
+        .await?;
+    net.close().await;
+    Ok(Report::new(
+        format!(
+            "sent encrypted to conversation {} as message {} (seq {})",
+            sent.conversation_id, sent.message_id, sent.seq
+        ),
+        json!({
+            "conversation_id": sent.conversation_id,
+            "seq": sent.seq,
+            "message_id": sent.message_id,
+            "ts": sent.ts,
+            "encrypted": true,
+            "media": media,
+        }),
+    ))
+}
+
+/// Replaces the bodies of encrypted messages by their text, or by why it cannot be read; returns
+/// which messages were encrypted.
+async fn open_messages(
+    ctx: &mut Context,
+    net: &Net,
+    session: &Session,
+    messages: &mut [Message],
+) -> Result<Vec<bool>, CliError> {
+    let encrypted: Vec<bool> = messages
+        .iter()
+        .map(|m| tern_protocol::e2e::is_encrypted_body(&m.body))
+        .collect();
+    if !encrypted.contains(&true) {
+        return Ok(encrypted);
+    }
+    let crypto = ctx.crypto(net, session).await?;
+    for (message, &sealed) in messages.iter_mut().zip(&encrypted) {
+        if !sealed {
+            continue;
+        }
+        message.body = match crypto.decrypt(message).await {
+            Ok(opened) => {
+                let files: Vec<String> = opened
+                    .attachments
+                    .iter()
+                    .map(|f| format!("{} ({}, {} bytes)", f.name, f.mime, f.size))
+                    .collect();
+                if files.is_empty() {
+                    opened.text
+                } else {
+                    format!("{} [encrypted files: {}]", opened.text, files.join(", "))
+                }
+            }
+            Err(e) => format!("[cannot decrypt: {e}]"),
+        };
+    }
+    Ok(encrypted)
+}
+
+async fn verify(ctx: &mut Context, username: &str) -> Result<Report, CliError> {
+    let (net, session) = ctx.resume().await?;
+    let other = ctx.user_id(&net, username).await?;
+    let crypto = ctx.crypto(&net, &session).await?;
+    let devices = crypto
+        .devices(net.client(), &[session.user_id, other])
+        .await?;
+    let changed = crypto.take_device_changes().await;
+    let number = crypto.safety_number(net.client(), other).await?;
+    net.close().await;
+    let mut lines = Vec::new();
+    let mut json_devices = Vec::new();
+    for device in &devices {
+        let whose = if device.user_id == session.user_id {
+            "you".to_owned()
+        } else {
+            username.to_owned()
+        };
+        let this = if device.user_id == session.user_id && device.device_id == session.device_id {
+            "  (this one)"
+        } else {
+            ""
+        };
+        lines.push(format!(
+            "{whose:>12} device {:>3}: {}{this}",
+            device.device_id,
+            device.fingerprint()
+        ));
+        json_devices.push(json!({
+            "user_id": device.user_id,
+            "device_id": device.device_id,
+            "fingerprint": device.fingerprint(),
+        }));
+    }
+    if devices.iter().all(|d| d.user_id != other) {
+        lines.push(format!("{username} has no device with encryption keys yet"));
+    }
+    if changed.contains(&other) {
+        lines.push(format!(
+            "warning: {username}'s devices changed since you last looked: verify again"
+        ));
+    }
+    lines.push(format!("safety number: {number}"));
+    Ok(Report::new(
+        lines.join("\n"),
+        json!({
+            "user_id": other,
+            "devices": json_devices,
+            "safety_number": number,
+            "changed": changed.contains(&other),
+        }),
+    ))
+}
+
 async fn history(
     ctx: &mut Context,
     target: &Target,
     limit: u32,
     before: u64,
 ) -> Result<Report, CliError> {
-    let (net, _) = ctx.resume().await?;
+    let (net, session) = ctx.resume().await?;
     let conversation_id = ctx
         .conversation_id(&net, target.user.as_deref(), target.group)
         .await?;
-    let page = net.history(conversation_id, before, limit).await?;
+    let mut page = net.history(conversation_id, before, limit).await?;
     ctx.learn_names(&net, page.messages.iter().map(|m| m.sender))
         .await?;
+    let encrypted = open_messages(ctx, &net, &session, &mut page.messages).await?;
     net.close().await;
     let lines: Vec<String> = page
         .messages
@@ -451,7 +647,12 @@ async fn history(
     let messages: Vec<Value> = page
         .messages
         .iter()
-        .map(|message| message_json(ctx, message))
+        .zip(&encrypted)
+        .map(|(message, &sealed)| {
+            let mut json = message_json(ctx, message);
+            json["encrypted"] = json!(sealed);
+            json
+        })
         .collect();
     Ok(Report::new(
         lines.join("\n"),
@@ -564,12 +765,20 @@ async fn groups(ctx: &mut Context) -> Result<Report, CliError> {
 async fn group(ctx: &mut Context, command: GroupCommand) -> Result<Report, CliError> {
     let (net, _) = ctx.resume().await?;
     let report = match command {
-        GroupCommand::Create { name, members } => {
+        GroupCommand::Create {
+            name,
+            members,
+            encrypted,
+        } => {
             let mut ids = Vec::new();
             for username in members.iter().filter(|m| !m.is_empty()) {
                 ids.push(ctx.user_id(&net, username).await?);
             }
-            let info = net.create_group(&name, ids).await?;
+            let info = if encrypted {
+                net.create_encrypted_group(&name, ids).await?
+            } else {
+                net.create_group(&name, ids).await?
+            };
             Report::new(
                 format!(
                     "created group {} ({}): {}",

@@ -82,6 +82,11 @@ pub(crate) enum CliError {
     #[error("{0}")]
     Interactive(String),
 
+    /// End-to-end encryption failed (a key that cannot be stored, a message that cannot be
+    /// encrypted).
+    #[error("end-to-end encryption: {0}")]
+    Crypto(String),
+
     /// A download did not match the checksum the server holds.
     #[error("media {media_id}: the downloaded bytes do not match its SHA-256")]
     Corrupt {
@@ -105,6 +110,7 @@ impl CliError {
                 EXIT_CONFIG
             }
             CliError::File { .. } => EXIT_FILE,
+            CliError::Crypto(_) => EXIT_SERVER,
         }
     }
 
@@ -140,6 +146,15 @@ impl CliError {
             source = cause.source();
         }
         text
+    }
+}
+
+impl From<tern_client::CryptoError> for CliError {
+    fn from(error: tern_client::CryptoError) -> CliError {
+        match error {
+            tern_client::CryptoError::Client(error) => CliError::Client(error),
+            other => CliError::Crypto(other.to_string()),
+        }
     }
 }
 

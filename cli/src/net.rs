@@ -174,6 +174,32 @@ impl Net {
         Ok(self.client.open_direct(user_id).await?)
     }
 
+    /// Finds the direct conversation with a user, creating it encrypted end to end if there is
+    /// none.
+    pub(crate) async fn open_direct_encrypted(
+        &self,
+        user_id: UserId,
+    ) -> Result<ConversationInfo, CliError> {
+        Ok(self.client.open_direct_encrypted(user_id).await?.0)
+    }
+
+    /// Whether a conversation is encrypted end to end.
+    pub(crate) async fn is_encrypted(
+        &self,
+        conversation_id: ConversationId,
+    ) -> Result<bool, CliError> {
+        let reply = self
+            .client
+            .request(frames::GetConversation { conversation_id })
+            .await?;
+        Ok(matches!(reply, tern_client::protocol::Body::Conversation(c) if c.encrypted))
+    }
+
+    /// The connection, for the end-to-end encryption machine.
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// One conversation with its members.
     pub(crate) async fn conversation(
         &self,
@@ -261,6 +287,15 @@ impl Net {
         members: Vec<UserId>,
     ) -> Result<ConversationInfo, CliError> {
         Ok(self.client.create_group(name, members).await?)
+    }
+
+    /// Creates a group encrypted end to end.
+    pub(crate) async fn create_encrypted_group(
+        &self,
+        name: &str,
+        members: Vec<UserId>,
+    ) -> Result<ConversationInfo, CliError> {
+        Ok(self.client.create_encrypted_group(name, members).await?)
     }
 
     /// Adds members to a group.
