@@ -19,8 +19,7 @@ use crate::config::{self, Config, Session, SERVER_DEFAULT};
 use crate::error::CliError;
 use crate::format;
 use crate::net::{self, Credentials, Net};
-use std::sync::Arc;
-use tern_client::{Crypto, FileStorage};
+use tern_client::Crypto;
 
 /// Most sync pages one `tern sync` reads.
 const SYNC_PAGES_MAX: usize = 1_000;
@@ -132,13 +131,12 @@ impl Context {
     /// This device's end-to-end encryption machine: its state in a file beside the config file,
     /// its keys published and topped up, and the keys other devices sent it taken in.
     async fn crypto(&self, net: &Net, session: &Session) -> Result<Crypto, CliError> {
-        let name = format!("e2e-{}-{}.json", session.user_id, session.device_id);
-        let path = self.config_path.with_file_name(name);
-        let storage = FileStorage::open(&path).map_err(|e| CliError::Crypto(e.to_string()))?;
-        let crypto = Crypto::load_or_create(session.user_id, session.device_id, Arc::new(storage))?;
-        crypto.publish_keys(net.client()).await?;
-        crypto.receive_to_device(net.client()).await?;
-        Ok(crypto)
+        let dir = self
+            .config_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        net::open_crypto(net, &dir, session.user_id, session.device_id).await
     }
 
     /// A user's display name: the remembered username, else `#ID`.

@@ -16,12 +16,15 @@ use std::time::Duration;
 
 use tern_client::protocol::frames::{self, Authenticated, HistoryPage, MediaInfo, Sent, UserInfo};
 use tern_client::protocol::limits::{PRESENCE_USERS_MAX, USERS_PER_REQUEST_MAX};
+use tern_client::protocol::types::Message;
 use tern_client::protocol::types::{
     ClientMsgId, ConversationId, ConversationInfo, ConversationSummary, DeviceId, DeviceInfo,
     MediaId, Presence, Role, Token, UserId,
 };
+use tern_client::protocol::UpdateKind;
 use tern_client::protocol::{ErrorCode, Update};
-use tern_client::{Client, ClientError, ConnectOptions, Event, TlsOptions};
+use tern_client::TlsOptions;
+use tern_client::{Client, ClientError, ConnectOptions, Crypto, CryptoError, Event, FileStorage};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -689,10 +692,16 @@ pub(crate) struct Worker {
 
 /// Starts the worker for a server and device name. It waits for [`Request::Start`] before it
 /// connects.
-pub(crate) fn spawn_worker(server: String, device_name: String) -> Worker {
+pub(crate) fn spawn_worker(server: String, device_name: String, crypto_dir: PathBuf) -> Worker {
     let (requests_tx, requests_rx) = mpsc::channel(ACTIONS_QUEUED_MAX);
     let (events_tx, events_rx) = mpsc::channel(NET_EVENTS_QUEUED_MAX);
-    tokio::spawn(run_worker(server, device_name, requests_rx, events_tx));
+    tokio::spawn(run_worker(
+        server,
+        device_name,
+        crypto_dir,
+        requests_rx,
+        events_tx,
+    ));
     Worker {
         requests: requests_tx,
         events: events_rx,
@@ -702,18 +711,19 @@ pub(crate) fn spawn_worker(server: String, device_name: String) -> Worker {
 async fn run_worker(
     server: String,
     device_name: String,
+    crypto_dir: PathBuf,
     mut requests: mpsc::Receiver<Request>,
     events: mpsc::Sender<NetEvent>,
 ) {
-    let net = loop {
+    let (net, crypto) = loop {
         let Some(request) = requests.recv().await else {
             return;
         };
         let Request::Start(credentials) = request else {
             continue;
         };
-        match start(&server, &credentials, &device_name, &events).await {
-            Ok(net) => break Arc::new(net),
+        match start(&server, &credentials, &device_name, &crypto_dir, &events).await {
+            Ok((net, crypto)) => break (Arc::new(net), crypto.map(Arc::new)),
             Err(error) => {
                 let refused = error.server_code().is_some();
                 let reason = error.report();
@@ -721,7 +731,11 @@ async fn run_worker(
             }
         }
     };
-    let pump = tokio::spawn(pump_events(Arc::clone(&net), events.clone()));
+    let pump = tokio::spawn(pump_events(
+        Arc::clone(&net),
+        events.clone(),
+        crypto.clone(),
+    ));
     let heartbeat = tokio::spawn(heartbeat(Arc::clone(&net)));
     // Requests whose order matters (messages to one conversation, read marks, typing) go through
     // one task, one after the other; transfers and page loads run on their own so a large upload
@@ -730,9 +744,10 @@ async fn run_worker(
     let ordered = {
         let net = Arc::clone(&net);
         let events = events.clone();
+        let crypto = crypto.clone();
         tokio::spawn(async move {
             while let Some(request) = ordered_rx.recv().await {
-                handle_reporting(&net, request, &events).await;
+                handle_reporting(&net, crypto.as_deref(), request, &events).await;
             }
         })
     };
@@ -740,7 +755,10 @@ async fn run_worker(
         if request.is_slow() {
             let net = Arc::clone(&net);
             let events = events.clone();
-            tokio::spawn(async move { handle_reporting(&net, request, &events).await });
+            let crypto = crypto.clone();
+            tokio::spawn(async move {
+                handle_reporting(&net, crypto.as_deref(), request, &events).await
+            });
         } else if ordered_tx.send(request).await.is_err() {
             break;
         }
@@ -767,9 +785,77 @@ async fn heartbeat(net: Arc<Net>) {
 }
 
 /// Carries out a request, reporting a failure as an error line.
-async fn handle_reporting(net: &Net, request: Request, events: &mpsc::Sender<NetEvent>) {
-    if let Err(error) = handle(net, request, events).await {
+async fn handle_reporting(
+    net: &Net,
+    crypto: Option<&Crypto>,
+    request: Request,
+    events: &mpsc::Sender<NetEvent>,
+) {
+    if let Err(error) = handle(net, crypto, request, events).await {
         let _ = events.send(NetEvent::Error(error.to_string())).await;
+    }
+}
+
+/// Where a device keeps its end-to-end encryption state: beside the config file.
+pub(crate) fn crypto_path(config_dir: &Path, user_id: UserId, device_id: DeviceId) -> PathBuf {
+    config_dir.join(format!("e2e-{user_id}-{device_id}.json"))
+}
+
+/// The device's end-to-end encryption: loaded, its keys published, the keys sent to it taken
+/// in (which also turns on live to-device messages for the connection).
+pub(crate) async fn open_crypto(
+    net: &Net,
+    config_dir: &Path,
+    user_id: UserId,
+    device_id: DeviceId,
+) -> Result<Crypto, CliError> {
+    let path = crypto_path(config_dir, user_id, device_id);
+    let storage = FileStorage::open(&path).map_err(|e| CliError::Crypto(e.to_string()))?;
+    let crypto = Crypto::load_or_create(user_id, device_id, Arc::new(storage))?;
+    crypto.publish_keys(net.client()).await?;
+    crypto.receive_to_device(net.client()).await?;
+    Ok(crypto)
+}
+
+/// Replaces an encrypted message's body by its text, marked with a lock, or by why it cannot be
+/// read. A key may still be on its way: the device's queue is read once more before giving up.
+async fn open_message(net: &Net, crypto: Option<&Crypto>, message: &mut Message) {
+    if !tern_client::protocol::e2e::is_encrypted_body(&message.body) {
+        return;
+    }
+    let Some(crypto) = crypto else {
+        message.body = "🔒 [encrypted: this device has no keys]".to_owned();
+        return;
+    };
+    let mut opened = crypto.decrypt(message).await;
+    if matches!(opened, Err(CryptoError::UnknownSession))
+        && crypto.receive_to_device(net.client()).await.is_ok()
+    {
+        opened = crypto.decrypt(message).await;
+    }
+    message.body = match opened {
+        Ok(opened) => {
+            let files: Vec<String> = opened
+                .attachments
+                .iter()
+                .map(|f| format!("{} ({} bytes)", f.name, f.size))
+                .collect();
+            if files.is_empty() {
+                format!("🔒 {}", opened.text)
+            } else {
+                format!("🔒 {} [files: {}]", opened.text, files.join(", "))
+            }
+        }
+        Err(e) => format!("🔒 [cannot decrypt: {e}]"),
+    };
+}
+
+/// Opens the encrypted messages among updates.
+async fn open_updates(net: &Net, crypto: Option<&Crypto>, updates: &mut [Update]) {
+    for update in updates {
+        if let UpdateKind::Message(message) = &mut update.kind {
+            open_message(net, crypto, message).await;
+        }
     }
 }
 
@@ -778,25 +864,42 @@ async fn start(
     server: &str,
     credentials: &Credentials,
     device_name: &str,
+    crypto_dir: &Path,
     events: &mpsc::Sender<NetEvent>,
-) -> Result<Net, CliError> {
+) -> Result<(Net, Option<Crypto>), CliError> {
     let net = Net::connect(server).await?;
     let auth = net.authenticate(credentials, device_name).await?;
+    let (user_id, device_id) = (auth.user_id, auth.device_id);
     let _ = events.send(NetEvent::Authenticated(auth)).await;
-    let conversations = net.conversations().await?;
+    let crypto = match open_crypto(&net, crypto_dir, user_id, device_id).await {
+        Ok(crypto) => Some(crypto),
+        Err(error) => {
+            let notice = format!("end-to-end encryption is off: {}", error.report());
+            let _ = events.send(NetEvent::Notice(notice)).await;
+            None
+        }
+    };
+    let mut conversations = net.conversations().await?;
+    for summary in &mut conversations {
+        if let Some(message) = summary.last_message.as_mut() {
+            open_message(&net, crypto.as_ref(), message).await;
+        }
+    }
     let _ = events.send(NetEvent::Conversations(conversations)).await;
-    catch_up(&net, 0, events).await?;
-    Ok(net)
+    catch_up(&net, crypto.as_ref(), 0, events).await?;
+    Ok((net, crypto))
 }
 
 /// Reads the update log from `since` until the connection is live, reporting each page.
 async fn catch_up(
     net: &Net,
+    crypto: Option<&Crypto>,
     mut since: u64,
     events: &mpsc::Sender<NetEvent>,
 ) -> Result<(), CliError> {
     for _ in 0..SYNC_PAGES_MAX {
-        let page = net.sync_page(since).await?;
+        let mut page = net.sync_page(since).await?;
+        open_updates(net, crypto, &mut page.updates).await;
         if let Some(last) = page.updates.last() {
             since = last.user_seq;
         }
@@ -815,7 +918,8 @@ async fn catch_up(
     // the messages shown, and receipts older than the head are not replayed.
     let head = net.sync_page(u64::MAX).await?.head;
     let _ = events.send(NetEvent::SkippedTo(head)).await;
-    let page = net.sync_page(head).await?;
+    let mut page = net.sync_page(head).await?;
+    open_updates(net, crypto, &mut page.updates).await;
     let _ = events
         .send(NetEvent::Updates {
             updates: page.updates,
@@ -825,14 +929,48 @@ async fn catch_up(
     net.ack(head).await
 }
 
-/// Forwards the server's events to the UI.
-async fn pump_events(net: Arc<Net>, events: mpsc::Sender<NetEvent>) {
+/// Forwards the server's events to the UI, opening encrypted messages, taking room keys in, and
+/// warning when a peer's devices change.
+async fn pump_events(net: Arc<Net>, events: mpsc::Sender<NetEvent>, crypto: Option<Arc<Crypto>>) {
     while let Some(event) = net.next_event().await {
+        if let Some(crypto) = crypto.as_deref() {
+            match crypto.handle_event(net.client(), &event).await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(error) => {
+                    let text = format!("end-to-end encryption: {error}");
+                    if events.send(NetEvent::Error(text)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
         let report = match event {
-            Event::Update(update) => NetEvent::Updates {
-                updates: vec![update],
-                live: true,
-            },
+            Event::Update(mut update) => {
+                if let (Some(crypto), UpdateKind::DeviceListChanged(_)) =
+                    (crypto.as_deref(), &update.kind)
+                {
+                    let _ = crypto.handle_update(net.client(), &update).await;
+                    for changed in crypto.take_device_changes().await {
+                        let name = match net.users(&[changed]).await {
+                            Ok(users) => users
+                                .first()
+                                .map_or_else(|| format!("#{changed}"), |u| u.username.clone()),
+                            Err(_) => format!("#{changed}"),
+                        };
+                        let warning = format!(
+                            "⚠ {name}'s devices changed: check them with `tern verify {name}`"
+                        );
+                        let _ = events.send(NetEvent::Notice(warning)).await;
+                    }
+                }
+                open_updates(&net, crypto.as_deref(), std::slice::from_mut(&mut update)).await;
+                NetEvent::Updates {
+                    updates: vec![update],
+                    live: true,
+                }
+            }
             Event::Presence(presence) => NetEvent::Presence(vec![presence]),
             Event::Typing(typing) => NetEvent::Typing(typing),
             Event::GoAway(go_away) => {
@@ -855,6 +993,7 @@ async fn pump_events(net: Arc<Net>, events: mpsc::Sender<NetEvent>) {
 /// Carries out one request of the UI.
 async fn handle(
     net: &Net,
+    crypto: Option<&Crypto>,
     request: Request,
     events: &mpsc::Sender<NetEvent>,
 ) -> Result<(), CliError> {
@@ -864,6 +1003,7 @@ async fn handle(
             let user = net.lookup_user(&username).await?;
             let info = net.open_direct(user.user_id).await?;
             let _ = events.send(NetEvent::User(user)).await;
+            tell_if_encrypted(net, info.conversation_id, events).await?;
             NetEvent::Conversation { info, open: true }
         }
         Request::LoadConversation(conversation_id) => {
@@ -871,18 +1011,29 @@ async fn handle(
             let _ = events
                 .send(NetEvent::Conversation { info, open: false })
                 .await;
-            NetEvent::History(net.history(conversation_id, 0, 0).await?)
+            tell_if_encrypted(net, conversation_id, events).await?;
+            let mut page = net.history(conversation_id, 0, 0).await?;
+            for message in &mut page.messages {
+                open_message(net, crypto, message).await;
+            }
+            NetEvent::History(page)
         }
         Request::History {
             conversation_id,
             before,
-        } => NetEvent::History(net.history(conversation_id, before, 0).await?),
+        } => {
+            let mut page = net.history(conversation_id, before, 0).await?;
+            for message in &mut page.messages {
+                open_message(net, crypto, message).await;
+            }
+            NetEvent::History(page)
+        }
         Request::Send {
             conversation_id,
             client_msg_id,
             body,
             file,
-        } => match send_with_file(net, conversation_id, client_msg_id, &body, file).await {
+        } => match send_with_file(net, crypto, conversation_id, client_msg_id, &body, file).await {
             Ok(sent) => NetEvent::Sent(sent),
             Err(error) => NetEvent::SendFailed {
                 client_msg_id,
@@ -908,7 +1059,7 @@ async fn handle(
             return Ok(());
         }
         Request::Resync(since) => {
-            catch_up(net, since, events).await?;
+            catch_up(net, crypto, since, events).await?;
             return Ok(());
         }
         Request::SubscribePresence(users) => {
@@ -967,13 +1118,58 @@ async fn handle(
     Ok(())
 }
 
+/// Tells the person that a conversation is end-to-end encrypted.
+async fn tell_if_encrypted(
+    net: &Net,
+    conversation_id: ConversationId,
+    events: &mpsc::Sender<NetEvent>,
+) -> Result<(), CliError> {
+    if net.is_encrypted(conversation_id).await? {
+        let notice = "🔒 this conversation is end-to-end encrypted".to_owned();
+        let _ = events.send(NetEvent::Notice(notice)).await;
+    }
+    Ok(())
+}
+
 async fn send_with_file(
     net: &Net,
+    crypto: Option<&Crypto>,
     conversation_id: ConversationId,
     client_msg_id: ClientMsgId,
     body: &str,
     file: Option<PathBuf>,
 ) -> Result<Sent, CliError> {
+    if net.is_encrypted(conversation_id).await? {
+        let crypto = crypto.ok_or_else(|| {
+            CliError::Crypto("this conversation is encrypted and this device has no keys".into())
+        })?;
+        let mut attachments = Vec::new();
+        if let Some(path) = file {
+            let data = tokio::fs::read(&path)
+                .await
+                .map_err(|source| CliError::File {
+                    path: path.clone(),
+                    source,
+                })?;
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let file = crypto
+                .encrypt_attachment(net.client(), &data, &guess_mime(&path), &name)
+                .await?;
+            attachments.push(file);
+        }
+        return Ok(crypto
+            .send(
+                net.client(),
+                conversation_id,
+                client_msg_id,
+                body,
+                attachments,
+            )
+            .await?);
+    }
     let mut attachments = Vec::new();
     if let Some(path) = file {
         let info = net.upload(&path, &guess_mime(&path)).await?;

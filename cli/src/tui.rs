@@ -43,7 +43,12 @@ pub(crate) async fn run(ctx: &mut Context) -> Result<(), CliError> {
         .map(|(name, id)| (*id, name.clone()))
         .collect();
     let mut app = App::new(net::random_bytes::<8>()?, names);
-    let mut worker = net::spawn_worker(server.clone(), ctx.device_name(None));
+    let crypto_dir = ctx
+        .config_path
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let mut worker = net::spawn_worker(server.clone(), ctx.device_name(None), crypto_dir);
     let mut requests = Vec::new();
     if let Some(session) = &ctx.config.session {
         requests = app.resume(Credentials::Resume(session.token(&ctx.config_path)?));
