@@ -887,7 +887,24 @@ async fn sync(ctx: &mut Context) -> Result<Report, CliError> {
     let mut lines = Vec::new();
     let mut updates = Vec::new();
     for _ in 0..SYNC_PAGES_MAX {
-        let page = net.sync_page(cursor).await?;
+        let mut page = net.sync_page(cursor).await?;
+        let mut messages: Vec<Message> = page
+            .updates
+            .iter()
+            .filter_map(|u| match &u.kind {
+                UpdateKind::Message(m) => Some(m.clone()),
+                _ => None,
+            })
+            .collect();
+        open_messages(ctx, &net, &session, &mut messages).await?;
+        let mut opened = messages.into_iter();
+        for update in &mut page.updates {
+            if let UpdateKind::Message(m) = &mut update.kind {
+                if let Some(open) = opened.next() {
+                    *m = open;
+                }
+            }
+        }
         if page.head < cursor {
             // The stored cursor runs ahead of the log (a restored server): start from its head.
             cursor = page.head;

@@ -58,6 +58,13 @@ fn encrypted_chat_from_scripts() {
             .all(|m| m["encrypted"] == true));
     }
 
+    let synced = bob.json(&["sync"]).to_string();
+    assert!(
+        synced.contains("secret hello"),
+        "sync shows the text: {synced}"
+    );
+    assert!(!synced.contains("megolm.v1:"), "{synced}");
+
     let group = alice.json(&[
         "group",
         "create",

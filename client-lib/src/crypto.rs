@@ -737,9 +737,13 @@ impl Crypto {
         })
     }
 
-    /// Reads the device's to-device queue to its end (which makes the connection to-device
-    /// live), takes in the keys it carries, and acknowledges them once stored. Returns how many
-    /// messages it read.
+    /// Reads the device's to-device queue to its end, takes in the keys it carries, and
+    /// acknowledges them once stored. Returns how many messages it read.
+    ///
+    /// This makes the connection to-device live: from then on the server sends each new
+    /// to-device message as an [`Event::ToDevice`], which the app passes to
+    /// [`Crypto::handle_event`] (and must read, like every event, or the connection stalls once
+    /// its event buffer is full).
     pub async fn receive_to_device(&self, client: &Client) -> Result<usize, CryptoError> {
         let mut m = self.machine.lock().await;
         let mut read = 0;
