@@ -24,7 +24,8 @@ on_both_engines!(
     to_device_queues,
     encrypted_conversations,
     device_list_changes,
-    key_backup
+    key_backup,
+    keys_and_queues_survive_kill9
 );
 
 /// A device's signing key, as a client would hold it.
@@ -492,4 +493,63 @@ async fn key_backup(engine: &'static str) {
     assert!(get(&bob, [0; 32], 0).await.entries.is_empty());
     call(&alice, frames::DeleteBackup {}).await.unwrap();
     assert!(get(&alice, [0; 32], 0).await.entries.is_empty());
+}
+
+// Proves what the directory and the queues acknowledged survives `kill -9`: a claimed one-time key
+// is never handed out again, a queued to-device message is delivered after the restart, and an
+// acknowledged one stays gone while numbering goes on from where it was.
+async fn keys_and_queues_survive_kill9(engine: &'static str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Ternd::start_in(engine, dir.path(), &[]);
+    let (alice, a) = server.register("alice").await;
+    let (bob, b) = server.register("bob").await;
+    let signer = Signer::new(a.user_id, a.device_id);
+    let keys = PublishKeys {
+        identity: Some(Box::new(signer.identity(1))),
+        one_time_keys: vec![signer.key(1), signer.key(2)],
+        fallback_key: None,
+    };
+    publish(&alice, keys).await.unwrap();
+    let first = claim(&bob, &[(a.user_id, a.device_id)]).await;
+    assert_eq!(first[0].key.key_id, 1);
+    assert!(send_to(&bob, &[(a.user_id, a.device_id)], b"one")
+        .await
+        .is_empty());
+    let page = to_device_sync(&alice, 0).await;
+    assert_eq!(page.messages.len(), 1);
+    alice
+        .notify(frames::ToDeviceAck { up_to: 1 })
+        .await
+        .unwrap();
+    assert!(send_to(&bob, &[(a.user_id, a.device_id)], b"two")
+        .await
+        .is_empty());
+    // The ack is a notification: wait until a fresh page no longer holds seq 1.
+    let deadline = std::time::Instant::now() + EVENT_WAIT;
+    while to_device_sync(&alice, 0).await.messages[0].seq == 1 {
+        assert!(std::time::Instant::now() < deadline, "the ack never landed");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    drop((alice, bob));
+    server.kill9();
+
+    let server = Ternd::start_in(engine, dir.path(), &[]);
+    let alice = server.client().await;
+    alice.resume(a.token.unwrap()).await.unwrap();
+    let bob = server.client().await;
+    bob.resume(b.token.unwrap()).await.unwrap();
+    let second = claim(&bob, &[(a.user_id, a.device_id)]).await;
+    assert_eq!(
+        second[0].key.key_id, 2,
+        "key 1 was handed out before the crash"
+    );
+    let page = to_device_sync(&alice, 0).await;
+    let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, [2]);
+    assert_eq!(page.messages[0].payload, b"two");
+    assert!(send_to(&bob, &[(a.user_id, a.device_id)], b"three")
+        .await
+        .is_empty());
+    let page = to_device_sync(&alice, 2).await;
+    assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [3]);
 }
