@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use common::*;
 use tern_client::crypto::{decode_body, encode_body, Decrypted};
-use tern_client::{Client, Crypto, CryptoError, MemoryStorage};
+use tern_client::{Client, Crypto, CryptoError, FileStorage, MemoryStorage};
 use tern_protocol::e2e::{DeviceAddress, MegolmEnvelope};
 use tern_protocol::frames;
 use tern_protocol::types::{ConversationId, Message};
@@ -26,7 +26,8 @@ on_both_engines!(
     revoked_device_reads_nothing_after,
     new_device_reads_old_history,
     one_time_keys_run_out_to_the_fallback,
-    tampered_ciphertext_fails_clearly
+    tampered_ciphertext_fails_clearly,
+    crypto_state_survives_a_restart_of_the_app
 );
 
 /// One device: its connection and its crypto machine.
@@ -414,4 +415,54 @@ async fn tampered_ciphertext_fails_clearly(engine: &'static str) {
         .unwrap();
     assert_eq!(plain, b"attached");
     assert_eq!(b1.crypto.decrypt(&original).await.unwrap().text, "genuine");
+}
+
+// Proves a device's crypto state kept in a file comes back whole when the app starts again: it
+// reads what it read before, reads what arrived meanwhile, and sends on its old sessions.
+async fn crypto_state_survives_a_restart_of_the_app(engine: &'static str) {
+    let server = Ternd::start(engine);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bob.json");
+    let a1 = Device::register(&server, "alice").await;
+    let (bob, b) = server.register("bob").await;
+    let open = |path: &Path| {
+        let storage = Arc::new(FileStorage::open(path).unwrap());
+        Crypto::load_or_create(b.user_id, b.device_id, storage).unwrap()
+    };
+    let crypto = open(&path);
+    crypto.publish_keys(&bob).await.unwrap();
+    let fingerprint = crypto.own_device().await.fingerprint();
+    let b1 = Device {
+        client: bob,
+        crypto,
+        user_id: b.user_id,
+        device_id: b.device_id,
+    };
+    let (direct, _) = a1.client.open_direct_encrypted(b.user_id).await.unwrap();
+    let direct = direct.conversation_id;
+    a1.send(direct, 1, "before the restart").await;
+    b1.send(direct, 1, "bob answers").await;
+    assert_eq!(
+        b1.read(direct).await,
+        strings(&["before the restart", "bob answers"])
+    );
+    a1.send(direct, 2, "while bob is away").await;
+    let Device { client, .. } = b1;
+
+    let again = Device {
+        crypto: open(&path),
+        client,
+        user_id: b.user_id,
+        device_id: b.device_id,
+    };
+    assert_eq!(again.crypto.own_device().await.fingerprint(), fingerprint);
+    again.send(direct, 2, "bob is back").await;
+    let all = strings(&[
+        "before the restart",
+        "bob answers",
+        "while bob is away",
+        "bob is back",
+    ]);
+    assert_eq!(again.read(direct).await, all);
+    assert_eq!(a1.read(direct).await, all);
 }
