@@ -149,6 +149,41 @@ async def test_group_of_three(people):
     assert renamed.kind.name == "the three" and renamed.kind.actor == ids[1]
 
 
+# Proves the conversation list, presence and typing helpers: the list shows the direct chat with
+# its peer and newest message, a follower sees the other user online and then offline once their
+# session stops, and a typing notice reaches the other member.
+@async_test
+async def test_conversations_presence_and_typing(people):
+    alice = await people.register("alice")
+    bob = await people.register("bob")
+    conversation = await direct(alice, bob)
+    await alice.send(conversation, "newest")
+
+    page = await bob.list_conversations(0, 0)
+    [summary] = page.conversations
+    assert summary.conversation_id == conversation and not page.has_more
+    assert summary.peer == alice.account().user_id
+    assert summary.last_message is not None and summary.last_message.body == "newest"
+
+    [now] = await bob.subscribe_presence([alice.account().user_id])
+    assert now.user_id == alice.account().user_id and now.online
+
+    await alice.typing(conversation, True)
+    typing = await next_matching(bob, lambda e: isinstance(e, tern.SessionEvent.TYPING))
+    assert (typing.conversation_id, typing.user_id, typing.active) == (
+        conversation,
+        alice.account().user_id,
+        True,
+    )
+
+    await alice.stop()
+    offline = await next_matching(
+        bob,
+        lambda e: isinstance(e, tern.SessionEvent.PRESENCE_CHANGED) and not e.presence.online,
+    )
+    assert offline.presence.user_id == alice.account().user_id
+
+
 class Recorder(tern.TransferProgress):
     """Keeps every progress report."""
 
@@ -169,9 +204,9 @@ def check_progress(reports, total: int) -> None:
 
 # Proves a media round trip: an upload in several chunks reports its progress, the media rides
 # on a message, and the other member downloads the same bytes, with progress, through both the
-# plain callback interface and the asyncio helper.
+# plain callback interface and the asyncio helper; the file variants round-trip too.
 @async_test
-async def test_media_round_trip_with_progress(people):
+async def test_media_round_trip_with_progress(people, tmp_path):
     alice = await people.register("alice")
     bob = await people.register("bob")
     conversation = await direct(alice, bob)
@@ -192,6 +227,15 @@ async def test_media_round_trip_with_progress(people):
     downloaded = await bob.download(info.media_id, on_loop)
     assert downloaded == data
     check_progress(reports, len(data))
+
+    # The file variants: from a file and back into one.
+    source = tmp_path / "photo.bin"
+    source.write_bytes(data[:1000])
+    from_file = await alice.upload_file(str(source), "image/jpeg", None)
+    assert (from_file.size, from_file.mime) == (1000, "image/jpeg")
+    target = tmp_path / "copy.bin"
+    await alice.download_file(from_file.media_id, str(target), None)
+    assert target.read_bytes() == data[:1000]
 
 
 # Proves errors arrive typed: a wrong password is ClientError.Server with BAD_CREDENTIALS, a

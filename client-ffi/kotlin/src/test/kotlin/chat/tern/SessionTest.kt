@@ -229,6 +229,36 @@ class SessionTest {
         assertEquals(ids[1], renamed.actor)
     }
 
+    // Proves the conversation list, presence and typing helpers: the list shows the direct chat
+    // with its peer and newest message, a follower sees the other user online and then offline
+    // once their session stops, and a typing notice reaches the other member.
+    @Test
+    fun conversationsPresenceAndTyping() = test {
+        val alice = register("alice")
+        val bob = register("bob")
+        val conversation = direct(alice, bob)
+        alice.send(conversation, "newest")
+
+        val page = bob.listConversations(0uL, 0u)
+        val summary = page.conversations.single()
+        assertEquals(conversation, summary.conversationId)
+        assertFalse(page.hasMore)
+        assertEquals(alice.account().userId, summary.peer)
+        assertEquals("newest", summary.lastMessage?.body)
+
+        val now = bob.subscribePresence(listOf(alice.account().userId)).single()
+        assertEquals(alice.account().userId, now.userId)
+        assertTrue(now.online)
+
+        alice.typing(conversation, true)
+        val typing = bob.next { it is SessionEvent.Typing } as SessionEvent.Typing
+        assertEquals(Triple(conversation, alice.account().userId, true), Triple(typing.conversationId, typing.userId, typing.active))
+
+        alice.stop()
+        val offline = bob.next { (it as? SessionEvent.PresenceChanged)?.presence?.online == false }
+        assertEquals(alice.account().userId, (offline as SessionEvent.PresenceChanged).presence.userId)
+    }
+
     /** Keeps every progress report (called on a thread of the library). */
     private class Recorder : TransferProgress {
         val reports = java.util.Collections.synchronizedList(mutableListOf<Pair<ULong, ULong>>())
@@ -247,7 +277,8 @@ class SessionTest {
     }
 
     // Proves a media round trip: an upload in several chunks reports its progress, the media
-    // rides on a message, and the other member downloads the same bytes, with progress.
+    // rides on a message, and the other member downloads the same bytes, with progress; the file
+    // variants round-trip too.
     @Test
     fun mediaRoundTripWithProgress() = test {
         val alice = register("alice")
@@ -271,6 +302,14 @@ class SessionTest {
         val downloaded = bob.download(info.mediaId, progress { done, all -> reports += done to all })
         assertArrayEquals(data, downloaded)
         checkProgress(reports.toList(), total)
+
+        // The file variants: from a file and back into one.
+        val source = dir.resolve("photo.bin").toFile().apply { writeBytes(data.copyOf(1000)) }
+        val fromFile = alice.uploadFile(source.path, "image/jpeg", null)
+        assertEquals(1000uL to "image/jpeg", fromFile.size to fromFile.mime)
+        val target = dir.resolve("copy.bin").toFile()
+        alice.downloadFile(fromFile.mediaId, target.path, null)
+        assertArrayEquals(data.copyOf(1000), target.readBytes())
     }
 
     // Proves errors arrive typed: a wrong password is ClientException.Server with
