@@ -44,7 +44,7 @@ generate() { # language, out-dir
     --language "$1" --no-format --out-dir "$2" >/dev/null)
 }
 
-echo "ffi: the Swift sources are current"
+echo "ffi: checking that the Swift sources are current"
 swift_out="$(mktemp -d)"
 trap 'rm -rf "$swift_out"' EXIT
 generate swift "$swift_out"
@@ -54,7 +54,7 @@ cp "$swift_out/TernFFI.modulemap" client-ffi/swift/Headers/module.modulemap
 if ! git diff --exit-code --stat -- client-ffi/swift \
   || [ -n "$(git status --porcelain --untracked-files=all -- client-ffi/swift)" ]; then
   echo "ffi: the checked-in Swift bindings differ from what the generator makes now;" >&2
-  echo "ffi: run .ci/ffi.sh and commit client-ffi/swift" >&2
+  echo "ffi: they are regenerated in place now: commit client-ffi/swift" >&2
   exit 1
 fi
 
