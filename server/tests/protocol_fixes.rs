@@ -1,6 +1,6 @@
 //! Integration tests of places where `ternd` once disagreed with the spec: pages cut short by the
-//! frame size and the login lockout threshold. Each runs against a real `ternd` process on both
-//! I/O engines.
+//! frame size, the login lockout threshold and `OpenDirect` with user id 0. Each runs against a
+//! real `ternd` process on both I/O engines.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -17,6 +17,7 @@ use tern_protocol::ErrorCode;
 on_both_engines!(
     conversations_cut_by_frame_size_report_has_more,
     fifth_failed_login_locks,
+    open_direct_with_user_zero_is_invalid,
 );
 
 /// The first lockout of a username (`ternd`'s LOGIN_LOCKOUT_BASE_MS).
@@ -165,4 +166,23 @@ async fn login_when_unlocked(server: &Ternd) {
             Err(e) => panic!("the right password after the lockout: {e:?}"),
         }
     }
+}
+
+// Proves `OpenDirect` with user id 0 is `INVALID_ARGUMENT` (§11.1): 0 is never an id. An id no
+// user has is still `NOT_FOUND`, and the caller's own id `INVALID_ARGUMENT`.
+async fn open_direct_with_user_zero_is_invalid(engine: &'static str) {
+    let server = Ternd::start(engine);
+    let (alice, auth) = server.register("alice").await;
+    assert_eq!(
+        server_code(alice.open_direct(0).await),
+        ErrorCode::INVALID_ARGUMENT
+    );
+    assert_eq!(
+        server_code(alice.open_direct(auth.user_id).await),
+        ErrorCode::INVALID_ARGUMENT
+    );
+    assert_eq!(
+        server_code(alice.open_direct(auth.user_id ^ 0x5555).await),
+        ErrorCode::NOT_FOUND
+    );
 }

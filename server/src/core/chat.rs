@@ -1325,7 +1325,8 @@ impl Shard {
         open: OpenDirect,
     ) -> Result<(), StoreError> {
         let peer = open.user_id;
-        if peer == user_id {
+        // 0 is never a user's id (§5): asking for it is a malformed request, not a missing user.
+        if peer == user_id || peer == 0 {
             self.reply_error(
                 conn,
                 request_id,
