@@ -1,6 +1,7 @@
 //! Integration tests of places where `ternd` once disagreed with the spec: pages cut short by the
-//! frame size, the login lockout threshold and `OpenDirect` with user id 0. Each runs against a
-//! real `ternd` process on both I/O engines.
+//! frame size, the login lockout threshold and `OpenDirect` with user id 0; and that usernames are
+//! compared without folding case, as the spec says. Each runs against a real `ternd` process on
+//! both I/O engines.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -18,6 +19,7 @@ on_both_engines!(
     conversations_cut_by_frame_size_report_has_more,
     fifth_failed_login_locks,
     open_direct_with_user_zero_is_invalid,
+    usernames_are_not_case_folded,
 );
 
 /// The first lockout of a username (`ternd`'s LOGIN_LOCKOUT_BASE_MS).
@@ -185,4 +187,26 @@ async fn open_direct_with_user_zero_is_invalid(engine: &'static str) {
         server_code(alice.open_direct(auth.user_id ^ 0x5555).await),
         ErrorCode::NOT_FOUND
     );
+}
+
+// Proves what §9.1 says: the server never folds case. `Login` and `LookupUser` with an uppercase
+// letter find no user, and `Register` refuses one.
+async fn usernames_are_not_case_folded(engine: &'static str) {
+    let server = Ternd::start(engine);
+    let (alice, _) = server.register("alice").await;
+    assert_eq!(
+        server_code(alice.lookup_user("Alice").await),
+        ErrorCode::NOT_FOUND
+    );
+    assert_eq!(alice.lookup_user("alice").await.unwrap().username, "alice");
+    let client = server.client().await;
+    assert_eq!(
+        server_code(client.login("Alice", "password123", "x").await),
+        ErrorCode::BAD_CREDENTIALS
+    );
+    assert_eq!(
+        server_code(client.register("Bob", "password123", "x").await),
+        ErrorCode::INVALID_ARGUMENT
+    );
+    client.login("alice", "password123", "x").await.unwrap();
 }
