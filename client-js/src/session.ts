@@ -367,6 +367,14 @@ export class Session {
     return this.outbox.length;
   }
 
+  /**
+   * The queued messages themselves, oldest first (copies): what an app shows as "sending" after a
+   * reload. Each leaves with a `sent` or `sendFailed` event carrying its `clientMsgId`.
+   */
+  pendingMessages(): PendingSend[] {
+    return this.outbox.map((s) => ({ ...s, clientMsgId: s.clientMsgId.slice(), attachments: [...s.attachments] }));
+  }
+
   /** Finds the direct conversation with a user, creating it if there is none. */
   async openDirect(userId: bigint): Promise<ConversationInfo> {
     const reply = await this.retrying(() => this.call({ type: "OpenDirect", userId }, "Conversation"));

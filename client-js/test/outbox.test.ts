@@ -91,6 +91,7 @@ describe("outbox", () => {
     await server.restart();
     const reloaded = await start(sessionOptions(server, { kind: "resume" }, new FileStorage(file)));
     assert.equal(reloaded.pendingOutbox(), 1);
+    assert.deepEqual(reloaded.pendingMessages().map((p) => p.body), ["queued, then the page reloaded"]);
     const sent = await nextEvent(reloaded, "sent");
     assert.equal(sent.seq, 2n);
     await waitUntil(() => reloaded.pendingOutbox() === 0, "the outbox is empty");
