@@ -1,0 +1,135 @@
+// The left pane: who is signed in, the connection's state, and the conversation list with each
+// conversation's last message, unread count and typing indicator.
+
+import type { ChatConversation } from "../model";
+import { listTime, nameList } from "../format";
+import type { ChatStore } from "../store";
+import type { Dialog } from "./ChatScreen";
+import { Avatar, Ticks, useNow, useStore } from "./bits";
+import { ChatIcon, LogoutIcon, UsersIcon } from "./icons";
+
+export function ConnectionBanner(props: { store: ChatStore }) {
+  const s = props.store;
+  const waiting = s.outboxPending > 0 || s.pending.length > 0;
+  if (s.connection === "online" && !waiting) return null;
+  const count = Math.max(s.outboxPending, s.pending.length);
+  const text =
+    s.connection === "online"
+      ? `Sending ${count} message${count === 1 ? "" : "s"}…`
+      : s.connection === "connecting"
+        ? "Connecting…"
+        : "Offline. Messages will be sent when the connection is back.";
+  return (
+    <div class={`banner banner-${s.connection}`} data-testid="connection" data-state={s.connection} role="status">
+      <span>{text}</span>
+      {s.connection !== "online" && count > 0 ? (
+        <span class="banner-count" data-testid="outbox-pending">
+          {count} waiting
+        </span>
+      ) : null}
+    </div>
+  );
+}
+
+function preview(store: ChatStore, c: ChatConversation): { text: string; mine: boolean } {
+  const m = c.lastMessage;
+  if (!m) return { text: c.kind === "group" ? "Group created" : "No messages yet", mine: false };
+  const mine = m.sender === store.me;
+  let body = m.text.replace(/\s+/g, " ").trim();
+  if (m.attachments.length > 0) {
+    const label = m.attachments.every((a) => a.mime.startsWith("image/")) ? "📷 Photo" : "📎 File";
+    body = body ? `${label} · ${body}` : label;
+  }
+  if (c.kind === "group" && !mine) {
+    const who = store.nameOf(m.sender);
+    if (who) body = `${who}: ${body}`;
+  }
+  return { text: body, mine };
+}
+
+function Row(props: { c: ChatConversation; active: boolean; now: number; onOpen: (id: bigint) => void }) {
+  const store = useStore();
+  const { c } = props;
+  const title = store.titleOf(c);
+  const typists = store.typistsIn(c.id);
+  const online = c.kind === "direct" && (store.presence.get(c.peer)?.online ?? false);
+  const p = preview(store, c);
+  const last = c.lastMessage;
+  return (
+    <li>
+      <button
+        class={props.active ? "conv active" : "conv"}
+        onClick={() => props.onOpen(c.id)}
+        data-testid="conversation"
+        data-title={title}
+        data-unread={c.unread}
+      >
+        <Avatar name={title} online={online} group={c.kind === "group"} />
+        <span class="conv-body">
+          <span class="conv-top">
+            <span class="conv-title">{title || "…"}</span>
+            {last ? <span class={c.unread > 0 ? "conv-time unread" : "conv-time"}>{listTime(last.tsMs, props.now)}</span> : null}
+          </span>
+          <span class="conv-bottom">
+            {typists.length > 0 ? (
+              <span class="conv-preview typing" data-testid="conversation-typing">
+                {c.kind === "group" ? `${nameList(typists.map((u) => store.nameOf(u)))} typing…` : "typing…"}
+              </span>
+            ) : (
+              <span class="conv-preview">
+                {p.mine && last ? <Ticks tick={store.tickOf(last)} /> : null}
+                <span class="conv-preview-text">{p.text}</span>
+              </span>
+            )}
+            {c.unread > 0 ? (
+              <span class="badge" data-testid="unread-badge">
+                {c.unread > 999 ? "999+" : c.unread}
+              </span>
+            ) : null}
+          </span>
+        </span>
+      </button>
+    </li>
+  );
+}
+
+export function Sidebar(props: { onOpen: (id: bigint) => void; onNew: (d: Dialog) => void; onLogout: () => void }) {
+  const store = useStore();
+  const now = useNow();
+  const list = store.sortedConversations();
+  return (
+    <aside class="sidebar" aria-label="Conversations">
+      <header class="sidebar-head">
+        <Avatar name={store.username} size={36} />
+        <span class="me" data-testid="me">
+          {store.username}
+        </span>
+        <span class="grow" />
+        <button class="icon-button" title="New chat" aria-label="New chat" onClick={() => props.onNew("direct")} data-testid="new-chat">
+          <ChatIcon />
+        </button>
+        <button class="icon-button" title="New group" aria-label="New group" onClick={() => props.onNew("group")} data-testid="new-group">
+          <UsersIcon />
+        </button>
+        <button class="icon-button" title="Sign out" aria-label="Sign out" onClick={props.onLogout} data-testid="logout">
+          <LogoutIcon />
+        </button>
+      </header>
+      <ConnectionBanner store={store} />
+      <ul class="conv-list" data-testid="conversation-list">
+        {list.map((c) => (
+          <Row key={c.id.toString()} c={c} active={store.activeId === c.id} now={now} onOpen={props.onOpen} />
+        ))}
+      </ul>
+      {store.listLoaded && list.length === 0 ? (
+        <div class="list-empty">
+          <p>No conversations yet.</p>
+          <button class="primary" onClick={() => props.onNew("direct")}>
+            Start a chat
+          </button>
+        </div>
+      ) : null}
+      {!store.listLoaded ? <div class="list-empty muted">Loading conversations…</div> : null}
+    </aside>
+  );
+}
