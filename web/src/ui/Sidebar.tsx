@@ -20,7 +20,13 @@ export function ConnectionBanner(props: { store: ChatStore }) {
         ? "Connecting…"
         : "Offline. Messages will be sent when the connection is back.";
   return (
-    <div class={`banner banner-${s.connection}`} data-testid="connection" data-state={s.connection} role="status">
+    <div
+      class={`banner banner-${s.connection}`}
+      data-testid="connection"
+      data-state={s.connection}
+      data-outbox={s.outboxPending}
+      role="status"
+    >
       <span>{text}</span>
       {s.connection !== "online" && count > 0 ? (
         <span class="banner-count" data-testid="outbox-pending">
