@@ -10,6 +10,7 @@ import { Composer } from "./Composer";
 import { GroupInfo } from "./GroupInfo";
 import { BackIcon, InfoIcon } from "./icons";
 import { MessageList } from "./MessageList";
+import { ConnectionBanner } from "./Sidebar";
 
 function subtitle(store: ChatStore, c: ChatConversation, now: number): { text: string; typing: boolean } {
   const typists = store.typistsIn(c.id);
@@ -79,6 +80,7 @@ export function ConversationPane(props: { conversation: ChatConversation; onBack
           </button>
         ) : null}
       </header>
+      <ConnectionBanner store={store} testid="pane-connection" />
       <div class="pane-body">
         <div class="thread">
           <MessageList conversation={c} />

@@ -8,27 +8,22 @@ import type { Dialog } from "./ChatScreen";
 import { Avatar, Ticks, useNow, useStore } from "./bits";
 import { ChatIcon, LogoutIcon, UsersIcon } from "./icons";
 
-export function ConnectionBanner(props: { store: ChatStore }) {
+/** Says when the app is not connected, and how many messages wait to be sent. */
+export function ConnectionBanner(props: { store: ChatStore; testid: string }) {
   const s = props.store;
-  const waiting = s.outboxPending > 0 || s.pending.length > 0;
-  if (s.connection === "online" && !waiting) return null;
+  if (s.connection === "online") return null;
   const count = Math.max(s.outboxPending, s.pending.length);
-  const text =
-    s.connection === "online"
-      ? `Sending ${count} message${count === 1 ? "" : "s"}…`
-      : s.connection === "connecting"
-        ? "Connecting…"
-        : "Offline. Messages will be sent when the connection is back.";
+  const text = s.connection === "connecting" ? "Connecting…" : "Offline. Messages are sent when the connection is back.";
   return (
     <div
       class={`banner banner-${s.connection}`}
-      data-testid="connection"
+      data-testid={props.testid}
       data-state={s.connection}
       data-outbox={s.outboxPending}
       role="status"
     >
       <span>{text}</span>
-      {s.connection !== "online" && count > 0 ? (
+      {count > 0 ? (
         <span class="banner-count" data-testid="outbox-pending">
           {count} waiting
         </span>
@@ -121,7 +116,7 @@ export function Sidebar(props: { onOpen: (id: bigint) => void; onNew: (d: Dialog
           <LogoutIcon />
         </button>
       </header>
-      <ConnectionBanner store={store} />
+      <ConnectionBanner store={store} testid="connection" />
       <ul class="conv-list" data-testid="conversation-list">
         {list.map((c) => (
           <Row key={c.id.toString()} c={c} active={store.activeId === c.id} now={now} onOpen={props.onOpen} />
