@@ -114,38 +114,41 @@ export function resume(server: string): Promise<Session> {
 }
 
 /** Error codes that mean the stored session is gone for good, so the user must sign in again. */
-const SIGNED_OUT_CODES = new Set([
-  "NOT_AUTHENTICATED",
-  "INVALID_TOKEN",
-  "TOKEN_REVOKED",
-  "DEVICE_REVOKED",
-  "BAD_CREDENTIALS",
-  "NO_SESSION",
-  "UNAUTHENTICATED",
-]);
+const SIGNED_OUT_CODES = new Set(["BAD_CREDENTIALS", "DEVICE_REVOKED", "NO_SESSION"]);
 
-export function isSignedOut(e: unknown): boolean {
+function codeOf(e: unknown): string {
   const code = (e as { code?: unknown } | null)?.code;
-  return typeof code === "string" && SIGNED_OUT_CODES.has(code.toUpperCase());
+  return typeof code === "string" ? code : "";
 }
 
-/** A sentence for an error of the SDK, for the sign-in form. */
+export function isSignedOut(e: unknown): boolean {
+  return SIGNED_OUT_CODES.has(codeOf(e));
+}
+
+/** A sentence for an error of the SDK (its codes are the spec's §15.1 names, or the client's own). */
 export function describeError(e: unknown): string {
-  const code = (e as { code?: unknown } | null)?.code;
-  const msg = e instanceof Error ? e.message : String(e);
-  switch (typeof code === "string" ? code.toUpperCase() : "") {
+  switch (codeOf(e)) {
     case "BAD_CREDENTIALS":
-    case "INVALID_CREDENTIALS":
       return "Wrong username or password.";
     case "USERNAME_TAKEN":
-    case "ALREADY_EXISTS":
-    case "CONFLICT":
       return "That username is taken.";
+    case "TOO_MANY_DEVICES":
+      return "This account is signed in on too many devices. Sign out on one of them first.";
+    case "INVALID_ARGUMENT":
+      return "Usernames have 3 to 32 characters (a–z, 0–9, _ . -) and passwords at least 8.";
     case "NOT_FOUND":
-      return "No such user.";
+      return "Not found.";
+    case "FORBIDDEN":
+      return "You are not allowed to do that.";
+    case "GROUP_FULL":
+      return "The group is full.";
     case "RATE_LIMITED":
       return "Too many attempts; wait a moment and try again.";
+    case "NETWORK":
+    case "DISCONNECTED":
+    case "TIMEOUT":
+      return "Cannot reach the server. Check the address and your connection.";
     default:
-      return msg || "Something went wrong.";
+      return e instanceof Error && e.message ? e.message : "Something went wrong.";
   }
 }
