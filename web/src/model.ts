@@ -1,8 +1,9 @@
-// The app's own view of the SDK's values: one message shape for live events, history pages and a
-// conversation's last message, and one conversation shape for summaries and full infos. Keeping the
-// conversion in one file means the rest of the app never cares which SDK call a value came from.
+// The app's own view of the SDK's values: a message with its text and a time in ms, and one
+// conversation shape merged from summaries (no members), full infos (no last message) and live
+// updates. Keeping the conversion in one file means the rest of the app never cares which SDK call
+// a value came from.
 
-import type { Attachment, ConversationInfo, ConversationSummary, Message, SessionEvents } from "@tern/client";
+import type { Attachment, ConversationInfo, ConversationKind, ConversationSummary, Message, Role } from "@tern/client";
 
 /** A message as the app shows it. `seq` orders it in its conversation; it is never 0. */
 export interface ChatMessage {
@@ -16,10 +17,7 @@ export interface ChatMessage {
   attachments: Attachment[];
 }
 
-export type ConversationKind = "direct" | "group";
-
-/** What the app knows of a role; the SDK's enum value is mapped by `roleOf`. */
-export type Role = "member" | "admin" | "owner";
+export type { ConversationKind, Role };
 
 export interface ChatMember {
   userId: bigint;
@@ -46,83 +44,46 @@ export interface ChatConversation {
 
 const utf8 = new TextDecoder();
 
-type LiveMessage = SessionEvents["message"];
-
-/** The text of a message, whichever shape the SDK gave it in. */
-function textOf(m: { body: unknown; text?: unknown }): string {
-  if (typeof m.text === "string") return m.text;
-  if (typeof m.body === "string") return m.body;
-  if (m.body instanceof Uint8Array) return utf8.decode(m.body);
-  return "";
-}
-
-function tsOf(m: { ts?: unknown; sentAt?: unknown }): number {
-  const t = m.sentAt ?? m.ts;
-  if (typeof t === "bigint") return Number(t);
-  if (typeof t === "number") return t;
-  if (t instanceof Date) return t.getTime();
-  return Date.now();
-}
-
-export function fromMessage(m: Message | LiveMessage): ChatMessage {
-  const loose = m as unknown as { body: unknown; text?: unknown; ts?: unknown; sentAt?: unknown };
+export function fromMessage(m: Message): ChatMessage {
   return {
     conversationId: m.conversationId,
     seq: m.seq,
     messageId: m.messageId,
     sender: m.sender,
-    tsMs: tsOf(loose),
-    text: textOf(loose),
-    attachments: [...(m.attachments ?? [])],
+    tsMs: Number(m.sentAt),
+    text: m.text ?? utf8.decode(m.body),
+    attachments: [...m.attachments],
   };
-}
-
-/** Maps the SDK's kind, as the spec's number (1 direct, 2 group) or as a name, to the app's. */
-export function kindOf(kind: unknown): ConversationKind {
-  if (kind === 2 || kind === "group" || kind === "Group") return "group";
-  return "direct";
-}
-
-/** Maps the SDK's role, as the spec's number (1 member, 2 admin, 3 owner) or as a name. */
-export function roleOf(role: unknown): Role {
-  if (role === 3 || role === "owner" || role === "Owner") return "owner";
-  if (role === 2 || role === "admin" || role === "Admin") return "admin";
-  return "member";
-}
-
-function count(n: bigint | number): number {
-  return typeof n === "bigint" ? Number(n) : n;
 }
 
 export function fromSummary(s: ConversationSummary): ChatConversation {
   const last = s.lastMessage ? fromMessage(s.lastMessage) : null;
   return {
     id: s.conversationId,
-    kind: kindOf(s.kind),
+    kind: s.kind,
     name: s.name,
     peer: s.peer,
     members: null,
     lastSeq: s.lastSeq,
     readSeq: s.readSeq,
-    unread: count(s.unread),
+    unread: Number(s.unread),
     lastMessage: last,
     activityMs: last ? last.tsMs : 0,
   };
 }
 
 export function fromInfo(info: ConversationInfo, me: bigint): ChatConversation {
-  const members = info.members.map((m) => ({ userId: m.userId, role: roleOf(m.role) }));
-  const kind = kindOf(info.kind);
-  const peer = kind === "direct" ? (members.find((m) => m.userId !== me)?.userId ?? me) : 0n;
+  const members = info.members.map((m) => ({ userId: m.userId, role: m.role }));
+  const peer = info.kind === "direct" ? (members.find((m) => m.userId !== me)?.userId ?? me) : 0n;
   return {
     id: info.conversationId,
-    kind,
+    kind: info.kind,
     name: info.name,
     peer,
     members,
     lastSeq: info.lastSeq,
     readSeq: info.readSeq,
-    unread: count(info.unread),
+    unread: Number(info.unread),
     lastMessage: null,
     activityMs: Number(info.createdAt),
   };

@@ -25,6 +25,8 @@ export interface PendingMessage {
   text: string;
   attachments: Attachment[];
   createdAtMs: number;
+  /** Loaded from a previous page: only the SDK's outbox, not a promise, still knows of it. */
+  restored: boolean;
 }
 
 export interface Timeline {
@@ -53,6 +55,8 @@ export const HISTORY_PAGE_MESSAGES = 40;
 const TYPING_EXPIRY_MS = 10_000;
 /** While the user types, `Typing{active}` is repeated this often (spec §12.5). */
 const TYPING_REPEAT_MS = 4_000;
+/** Typing starts in one conversation are at least this far apart (ternd takes two a second). */
+const TYPING_STARTS_GAP_MS = 600;
 /** With no keystroke for this long, the app says the user stopped typing. */
 const TYPING_IDLE_MS = 5_000;
 /** Users per GetUsers or SubscribePresence request (spec: lists of at most 256). */
@@ -135,6 +139,7 @@ function pendingFromJSON(v: unknown): PendingMessage | null {
       text: String(o.text),
       attachments: atts as Attachment[],
       createdAtMs: Number(o.createdAtMs),
+      restored: true,
     };
   } catch {
     return null;
@@ -171,7 +176,11 @@ export class ChatStore {
   private readonly kept: Persisted;
   private readonly listeners = new Set<() => void>();
   private readonly unsubscribe: (() => void)[] = [];
-  private readonly typingSentAt = new Map<bigint, number>();
+  /** When a typing start was last sent, per conversation (kept across stops, to space starts). */
+  private readonly typingStartedAt = new Map<bigint, number>();
+  /** Whether a start was sent that no stop has ended yet. */
+  private typingActive = false;
+  private typingStartTimer: ReturnType<typeof setTimeout> | null = null;
   private typingStopTimer: ReturnType<typeof setTimeout> | null = null;
   private typingConversation: bigint | null = null;
   private typingSweep: ReturnType<typeof setInterval> | null = null;
@@ -199,7 +208,11 @@ export class ChatStore {
       }
     }
     this.outboxPending = session.pendingOutbox();
+    this.connection = session.state;
   }
+
+  /** Called when the server no longer accepts this device (revoked, or logged out elsewhere). */
+  onLoggedOut: (() => void) | null = null;
 
   // ---- Life cycle -------------------------------------------------------------------------
 
@@ -217,6 +230,8 @@ export class ChatStore {
         this.outboxPending = e.pending;
         this.changed();
       }),
+      s.on("sendFailed", (e) => this.onSendFailed(e)),
+      s.on("loggedOut", () => this.onLoggedOut?.()),
     );
     void this.refresh();
   }
@@ -227,6 +242,7 @@ export class ChatStore {
     for (const u of this.unsubscribe.splice(0)) u();
     if (this.typingSweep !== null) clearInterval(this.typingSweep);
     if (this.typingStopTimer !== null) clearTimeout(this.typingStopTimer);
+    if (this.typingStartTimer !== null) clearTimeout(this.typingStartTimer);
     for (const t of this.downloads.values()) if (t.url) URL.revokeObjectURL(t.url);
     this.listeners.clear();
   }
@@ -363,7 +379,7 @@ export class ChatStore {
       })
       .catch((e: unknown) => {
         const code = (e as { code?: unknown }).code;
-        if (code === "NOT_FOUND" || code === "not_found") {
+        if (code === "NOT_FOUND") {
           // No longer a member (removed, or left on another device): the conversation goes away.
           this.conversations.delete(id);
           this.timelines.delete(id);
@@ -521,6 +537,7 @@ export class ChatStore {
       text,
       attachments,
       createdAtMs: Date.now(),
+      restored: false,
     };
     this.pending.push(p);
     while (this.pending.length > PENDING_MAX) this.pending.shift();
@@ -588,25 +605,44 @@ export class ChatStore {
       this.stopTyping();
       return;
     }
-    const now = Date.now();
     if (this.typingConversation !== null && this.typingConversation !== conversationId) this.stopTyping();
-    const last = this.typingSentAt.get(conversationId) ?? 0;
-    if (this.typingConversation !== conversationId || now - last >= TYPING_REPEAT_MS) {
-      this.session.typing(conversationId, true);
-      this.typingSentAt.set(conversationId, now);
-    }
     this.typingConversation = conversationId;
+    this.startTyping(conversationId);
     if (this.typingStopTimer !== null) clearTimeout(this.typingStopTimer);
     this.typingStopTimer = setTimeout(() => this.stopTyping(), TYPING_IDLE_MS);
   }
 
+  /**
+   * Sends a start, repeated every few seconds while the user types. Starts closer together than
+   * the server takes (ternd: two a second per conversation) would be dropped, so one that comes
+   * too soon after the last (typing again right after sending) waits for its turn instead.
+   */
+  private startTyping(id: bigint): void {
+    const now = Date.now();
+    const last = this.typingStartedAt.get(id) ?? 0;
+    if (this.typingActive && now - last < TYPING_REPEAT_MS) return;
+    const wait = last + TYPING_STARTS_GAP_MS - now;
+    if (wait > 0) {
+      this.typingStartTimer ??= setTimeout(() => {
+        this.typingStartTimer = null;
+        if (this.typingConversation === id && !this.closed) this.startTyping(id);
+      }, wait);
+      return;
+    }
+    this.session.typing(id, true);
+    this.typingStartedAt.set(id, now);
+    this.typingActive = true;
+  }
+
   private stopTyping(): void {
     if (this.typingStopTimer !== null) clearTimeout(this.typingStopTimer);
+    if (this.typingStartTimer !== null) clearTimeout(this.typingStartTimer);
     this.typingStopTimer = null;
+    this.typingStartTimer = null;
     const id = this.typingConversation;
     this.typingConversation = null;
-    if (id === null) return;
-    this.typingSentAt.delete(id);
+    if (id === null || !this.typingActive) return;
+    this.typingActive = false;
     if (!this.closed) this.session.typing(id, false);
   }
 
@@ -704,6 +740,18 @@ export class ChatStore {
     if (m.sender !== this.me && this.receipts.apply(m.conversationId, m.sender, "read", m.seq)) this.saveReceipts();
   }
 
+  /**
+   * A queued message was refused for good. One sent from this page fails its own promise; one
+   * from before a reload is found by its conversation, oldest first, since its key is the SDK's.
+   */
+  private onSendFailed(e: SessionEvents["sendFailed"]): void {
+    const p = this.pending.find((x) => x.restored && x.conversationId === e.conversationId);
+    if (!p) return;
+    this.dropPending(p.localId);
+    this.listError = `Message not sent: ${errorText(e.error)}`;
+    this.changed();
+  }
+
   private onReceipt(e: SessionEvents["receipt"]): void {
     if (e.userId === this.me) {
       // The user read this conversation on another device.
@@ -777,12 +825,8 @@ export class ChatStore {
     const wasOnline = this.connection === "online";
     this.connection = e.state;
     this.connectionError = e.error === undefined ? "" : errorText(e.error);
-    if (e.state !== "online") {
-      // Presence subscriptions belong to a connection (spec §12.1): follow again on the next one.
-      this.presenceSubscribed.clear();
-    } else if (!wasOnline && this.refreshedOnce) {
-      void this.refresh();
-    }
+    // The SDK follows presence again on each new connection; the list is reloaded for unread counts.
+    if (e.state === "online" && !wasOnline && this.refreshedOnce) void this.refresh();
     this.changed();
   }
 

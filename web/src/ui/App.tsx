@@ -28,12 +28,6 @@ type Phase =
   | { kind: "resuming"; server: string; username: string; error: string; gaveUp: boolean; round: number }
   | { kind: "chat"; store: ChatStore };
 
-function startStore(session: Session): ChatStore {
-  const store = new ChatStore(session);
-  store.start();
-  return store;
-}
-
 function initialPhase(): Phase {
   const saved = savedAccount(location.search);
   if (!saved) return { kind: "auth", notice: "" };
@@ -42,6 +36,21 @@ function initialPhase(): Phase {
 
 export function App() {
   const [phase, setPhase] = useState<Phase>(initialPhase);
+
+  /** The server dropped this device: what the app kept for it goes, and the sign-in form shows. */
+  const signedOutElsewhere = (store: ChatStore) => {
+    store.stop();
+    store.forget();
+    rememberAccount(null);
+    void store.session.close().catch(() => undefined);
+    setPhase({ kind: "auth", notice: "This device was signed out. Please sign in again." });
+  };
+  const begin = (session: Session) => {
+    const store = new ChatStore(session);
+    store.onLoggedOut = () => signedOutElsewhere(store);
+    store.start();
+    setPhase({ kind: "chat", store });
+  };
 
   const resumeRound = phase.kind === "resuming" ? phase.round : -1;
   useEffect(() => {
@@ -56,7 +65,7 @@ export function App() {
           await session.close();
           return;
         }
-        setPhase({ kind: "chat", store: startStore(session) });
+        begin(session);
       } catch (e) {
         if (cancelled) return;
         if (isSignedOut(e)) {
@@ -80,8 +89,7 @@ export function App() {
 
   async function submit(server: string, creds: Credentials): Promise<string | null> {
     try {
-      const session = await signIn(server, creds);
-      setPhase({ kind: "chat", store: startStore(session) });
+      begin(await signIn(server, creds));
       return null;
     } catch (e) {
       return describeError(e);

@@ -46,6 +46,9 @@ function appUrl(): string {
 async function newPage(ctx: BrowserContext, who: string): Promise<Page> {
   const page = await ctx.newPage();
   page.on("pageerror", (e) => pageErrors.push(`${who}: ${e.message}`));
+  page.on("console", (m) => {
+    if (m.type() === "error" || m.type() === "warning") console.log(`[${who} ${m.type()}] ${m.text()}`);
+  });
   return page;
 }
 
@@ -60,6 +63,12 @@ async function register(page: Page, username: string): Promise<void> {
 
 function messages(page: Page, text: string): Locator {
   return page.getByTestId("message").filter({ hasText: text });
+}
+
+/** The message whose whole text is `text`. */
+function messageExactly(page: Page, text: string): Locator {
+  const exact = new RegExp(`^${text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}$`);
+  return page.getByTestId("message").filter({ has: page.getByTestId("message-text").filter({ hasText: exact }) });
 }
 
 function conversation(page: Page, title: string): Locator {
@@ -274,15 +283,15 @@ describe("the web app in Chromium against ternd", () => {
       await input.fill(`Packing list item ${i}`);
       await input.press("Enter");
     }
-    await messages(alice, `Packing list item ${total}`).waitFor();
+    await messageExactly(alice, `Packing list item ${total}`).waitFor();
     await waitUntil("alice's messages to be confirmed", async () => (await alice.locator('[data-pending="true"]').count()) === 0);
 
     // A fresh page for bob, so the group's history comes from the server a page at a time.
     await bob.reload();
     await bob.getByTestId("me").waitFor({ state: "attached" });
     await openConversation(bob, "Weekend trip");
-    await messages(bob, `Packing list item ${total}`).waitFor();
-    const first = bob.getByTestId("message-text").filter({ hasText: /^Packing list item 1$/ });
+    await messageExactly(bob, `Packing list item ${total}`).waitFor();
+    const first = messageExactly(bob, "Packing list item 1");
     assert.equal(await bob.getByTestId("message").filter({ hasText: "Who brings the tent?" }).count(), 0, "the first page does not reach the oldest");
     await waitUntil(
       "the oldest message after scrolling up",
