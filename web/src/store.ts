@@ -374,6 +374,7 @@ export class ChatStore {
       .getConversation(id)
       .then((info) => {
         const c = this.mergeConversation(fromInfo(info, this.me));
+        if (c.kind === "direct") void this.followPresence([c.peer]);
         this.changed();
         return c;
       })
@@ -483,6 +484,7 @@ export class ChatStore {
     this.names.set(user.userId, user.username);
     const info = await this.session.openDirect(user.userId);
     const c = this.mergeConversation(fromInfo(info, this.me));
+    void this.followPresence([c.peer]);
     this.changed();
     return c.id;
   }
@@ -664,14 +666,15 @@ export class ChatStore {
     const t: Transfer = { got: 0, total: Number(a.size), url: "", error: "" };
     this.downloads.set(a.mediaId, t);
     this.changed();
-    let lastShownMs = 0;
+    // Re-rendered once per percent, however many chunks a large file has.
+    let shownPercent = -1;
     try {
       const bytes = await this.session.download(a.mediaId, {
         onProgress: (got, total) => {
-          const now = Date.now();
           this.downloads.set(a.mediaId, { ...t, got, total });
-          if (now - lastShownMs > 50 || got === total) {
-            lastShownMs = now;
+          const percent = total > 0 ? Math.floor((got * 100) / total) : 100;
+          if (percent !== shownPercent) {
+            shownPercent = percent;
             this.changed();
           }
         },
@@ -825,8 +828,10 @@ export class ChatStore {
     const wasOnline = this.connection === "online";
     this.connection = e.state;
     this.connectionError = e.error === undefined ? "" : errorText(e.error);
-    // The SDK follows presence again on each new connection; the list is reloaded for unread counts.
-    if (e.state === "online" && !wasOnline && this.refreshedOnce) void this.refresh();
+    // Presence is only known while connected; the SDK follows it again on the next connection and
+    // reports it afresh. The list is reloaded then for its unread counts.
+    if (e.state !== "online") this.presence.clear();
+    else if (!wasOnline && this.refreshedOnce) void this.refresh();
     this.changed();
   }
 

@@ -1,7 +1,9 @@
 // The left pane: who is signed in, the connection's state, and the conversation list with each
 // conversation's last message, unread count and typing indicator.
 
+import type { Attachment } from "@tern/client";
 import type { ChatConversation } from "../model";
+import type { Tick } from "../receipts";
 import { listTime, nameList } from "../format";
 import type { ChatStore } from "../store";
 import type { Dialog } from "./ChatScreen";
@@ -32,20 +34,28 @@ export function ConnectionBanner(props: { store: ChatStore; testid: string }) {
   );
 }
 
-function preview(store: ChatStore, c: ChatConversation): { text: string; mine: boolean } {
-  const m = c.lastMessage;
-  if (!m) return { text: c.kind === "group" ? "Group created" : "No messages yet", mine: false };
-  const mine = m.sender === store.me;
-  let body = m.text.replace(/\s+/g, " ").trim();
-  if (m.attachments.length > 0) {
-    const label = m.attachments.every((a) => a.mime.startsWith("image/")) ? "📷 Photo" : "📎 File";
+function previewText(store: ChatStore, c: ChatConversation, text: string, attachments: Attachment[], sender: bigint): string {
+  let body = text.replace(/\s+/g, " ").trim();
+  if (attachments.length > 0) {
+    const label = attachments.every((a) => a.mime.startsWith("image/")) ? "📷 Photo" : "📎 File";
     body = body ? `${label} · ${body}` : label;
   }
-  if (c.kind === "group" && !mine) {
-    const who = store.nameOf(m.sender);
+  if (c.kind === "group" && sender !== store.me) {
+    const who = store.nameOf(sender);
     if (who) body = `${who}: ${body}`;
   }
-  return { text: body, mine };
+  return body;
+}
+
+/** The list's line under a conversation's title: its newest message, waiting ones first. */
+function preview(store: ChatStore, c: ChatConversation): { text: string; tick: Tick | null } {
+  const waiting = store.pendingIn(c.id);
+  const p = waiting[waiting.length - 1];
+  if (p) return { text: previewText(store, c, p.text, p.attachments, store.me), tick: "pending" };
+  const m = c.lastMessage;
+  if (!m) return { text: c.kind === "group" ? "Group created" : "No messages yet", tick: null };
+  const tick = m.sender === store.me ? store.tickOf(m) : null;
+  return { text: previewText(store, c, m.text, m.attachments, m.sender), tick };
 }
 
 function Row(props: { c: ChatConversation; active: boolean; now: number; onOpen: (id: bigint) => void }) {
@@ -78,7 +88,7 @@ function Row(props: { c: ChatConversation; active: boolean; now: number; onOpen:
               </span>
             ) : (
               <span class="conv-preview">
-                {p.mine && last ? <Ticks tick={store.tickOf(last)} /> : null}
+                {p.tick ? <Ticks tick={p.tick} /> : null}
                 <span class="conv-preview-text">{p.text}</span>
               </span>
             )}

@@ -95,6 +95,25 @@ async function tickOf(m: Locator): Promise<string | null> {
   return m.getByTestId("tick").getAttribute("data-tick");
 }
 
+/**
+ * Records every value a progress bar with this test id shows from now on, however briefly: a
+ * local transfer can finish between two polls, but not between two DOM mutations.
+ */
+async function recordProgress(page: Page, testid: string): Promise<() => Promise<number[]>> {
+  // A string, not a function: the TypeScript loader would wrap named functions in a helper that
+  // does not exist in the page.
+  const key = JSON.stringify(`progress:${testid}`);
+  const selector = JSON.stringify(`[data-testid="${testid}"]`);
+  await page.evaluate(`(() => {
+    const seen = [];
+    window[${key}] = seen;
+    new MutationObserver(() => {
+      for (const el of document.querySelectorAll(${selector})) seen.push(Number(el.getAttribute("aria-valuenow")));
+    }).observe(document.body, { subtree: true, childList: true, attributes: true });
+  })()`);
+  return () => page.evaluate(`window[${key}]`) as Promise<number[]>;
+}
+
 /** Saves a screenshot at the phone and the desktop size, putting the page back as it was. */
 async function shoot(page: Page, name: string): Promise<void> {
   const was = page.viewportSize() ?? DESKTOP;
@@ -224,9 +243,13 @@ describe("the web app in Chromium against ternd", () => {
 
   test("a file uploads with a progress bar and downloads byte for byte; an image shows inline", async () => {
     const data = randomBytes(900 * 1024);
+    const uploadProgress = await recordProgress(alice, "upload-progress");
+    const downloadProgress = await recordProgress(bob, "download-progress");
     await alice.getByTestId("file-input").setInputFiles({ name: "notes.bin", mimeType: "application/octet-stream", buffer: data });
     await alice.getByTestId("staged-item").waitFor();
     await waitUntil("the upload to finish", async () => /ready/.test((await alice.getByTestId("staged-item").textContent()) ?? ""));
+    const uploaded = await uploadProgress();
+    assert.ok(uploaded.some((v) => v > 0 && v < 100), `the upload's progress bar moved: ${uploaded.join(",")}`);
     await alice.getByTestId("send").click();
     const card = bob.getByTestId("attachment").filter({ hasText: "notes.bin" });
     await card.waitFor();
@@ -238,6 +261,8 @@ describe("the web app in Chromium against ternd", () => {
     const got = await readFile(path);
     assert.equal(got.length, data.length);
     assert.ok(got.equals(data), "the downloaded bytes are the uploaded ones");
+    const downloaded = await downloadProgress();
+    assert.ok(downloaded.some((v) => v > 0 && v < 100), `the download's progress bar moved: ${downloaded.join(",")}`);
 
     const picture = png(320, 200);
     await alice.getByTestId("composer-input").fill("The view from here");
