@@ -61,6 +61,8 @@ const TYPING_STARTS_GAP_MS = 600;
 const TYPING_IDLE_MS = 5_000;
 /** Users per GetUsers or SubscribePresence request (spec: lists of at most 256). */
 const USERS_PER_REQUEST_MAX = 256;
+/** Groups whose members are fetched with the list, newest first; others when opened. */
+const GROUPS_PREFETCHED_MAX = 50;
 /** Images up to this size are fetched as soon as they are shown. */
 export const IMAGE_AUTOLOAD_BYTES_MAX = 16 * 1024 * 1024;
 /** Local echoes kept across reloads; past it the oldest are dropped. */
@@ -283,6 +285,9 @@ export class ChatStore {
       }
       this.wantNames(people);
       void this.followPresence(people.filter((u) => u !== this.me));
+      // A group's ticks need its members, which the list does not carry: fetch the newest groups'.
+      const groups = this.sortedConversations().filter((c) => c.kind === "group" && !c.members);
+      for (const g of groups.slice(0, GROUPS_PREFETCHED_MAX)) void this.fetchConversation(g.id);
       if (this.activeId !== null) void this.openConversation(this.activeId);
     } catch (e) {
       this.listError = errorText(e);

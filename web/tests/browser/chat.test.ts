@@ -369,6 +369,13 @@ describe("the web app in Chromium against ternd", () => {
 
     ternd = await startTernd(dataDir, port);
     await alice.getByTestId("me").filter({ hasText: "alice" }).waitFor({ timeout: RECONNECT_MS_MAX });
+    // Receipts came before the reload, once: the app kept them, so the group's last message still
+    // shows read by bob.
+    await waitUntil(
+      "the group's last message to show read after the reload",
+      async () => (await tickOf(conversation(alice, "Weekend trip"))) === "read",
+      RECONNECT_MS_MAX,
+    );
     await messages(bob, text).waitFor({ timeout: RECONNECT_MS_MAX });
     await waitUntil(
       "alice's copy to be confirmed",
@@ -383,6 +390,37 @@ describe("the web app in Chromium against ternd", () => {
     assert.equal(await messages(bob, text).count(), 1);
     await waitUntil("alice's tick to show read", async () => (await tickOf(messages(alice, text))) === "read", RECONNECT_MS_MAX);
     await shoot(alice, "12-after-reload");
+  });
+
+  test("bob signs in on a second device: a wrong password is refused, the right one shows his chats", async () => {
+    const ctx = await browser.newContext({ viewport: DESKTOP });
+    const page = await newPage(ctx, "bob2");
+    await page.goto(appUrl());
+    await page.getByTestId("auth-username").fill("bob");
+    await page.getByTestId("auth-password").fill("not the password");
+    await page.getByTestId("auth-submit").click();
+    await page.getByTestId("auth-error").filter({ hasText: "Wrong username or password" }).waitFor();
+    await page.getByTestId("auth-password").fill("bob has a long password");
+    await page.getByTestId("auth-submit").click();
+    await page.getByTestId("me").filter({ hasText: "bob" }).waitFor();
+    await conversation(page, "alice").waitFor();
+    await conversation(page, "Weekend trip").waitFor();
+    await openConversation(page, "alice");
+    await messages(page, "Sent while the server was down").waitFor();
+
+    // Signing out forgets the device: a reload shows the sign-in form.
+    await page.getByTestId("logout").click();
+    await page.getByTestId("auth-form").waitFor();
+    await page.reload();
+    await page.getByTestId("auth-form").waitFor();
+    await ctx.close();
+  });
+
+  test("when bob leaves, alice sees when he was last seen", async () => {
+    await bobCtx.close();
+    await alice.getByTestId("presence").filter({ hasText: /last seen/ }).waitFor({ timeout: RECONNECT_MS_MAX });
+    assert.equal(await conversation(alice, "bob").getByTestId("online-dot").count(), 0);
+    await shoot(alice, "13-last-seen");
   });
 
   test("no page threw an uncaught error", () => {
