@@ -61,6 +61,8 @@ const TYPING_STARTS_GAP_MS = 600;
 const TYPING_IDLE_MS = 5_000;
 /** Users per GetUsers or SubscribePresence request (spec: lists of at most 256). */
 const USERS_PER_REQUEST_MAX = 256;
+/** A read receipt waits this long for more messages to cover (ms). */
+const MARK_READ_DELAY_MS = 250;
 /** Groups whose members are fetched with the list, newest first; others when opened. */
 const GROUPS_PREFETCHED_MAX = 50;
 /** Images up to this size are fetched as soon as they are shown. */
@@ -189,6 +191,7 @@ export class ChatStore {
   private readonly namesAsked = new Set<bigint>();
   private nameFlushQueued = false;
   private readonly presenceSubscribed = new Set<bigint>();
+  private readFlush: { id: bigint; upTo: bigint; timer: ReturnType<typeof setTimeout> } | null = null;
   /** Ids of messages whose `Sent` came back, so their live copies do not take another echo. */
   private readonly confirmed = new Set<bigint>();
   private readonly fetching = new Map<bigint, Promise<ChatConversation | null>>();
@@ -240,6 +243,7 @@ export class ChatStore {
 
   /** Stops listening; the session itself is closed by whoever owns it. */
   stop(): void {
+    this.flushRead();
     this.closed = true;
     for (const u of this.unsubscribe.splice(0)) u();
     if (this.typingSweep !== null) clearInterval(this.typingSweep);
@@ -476,7 +480,18 @@ export class ChatStore {
     const upTo = c.lastSeq;
     this.conversations.set(id, { ...c, readSeq: upTo, unread: 0 });
     this.changed();
-    if (upTo > 0n) this.session.markRead(id, upTo).catch(() => undefined);
+    if (upTo === 0n) return;
+    // Messages arriving in a burst are marked read with one request, for the newest of them.
+    if (this.readFlush && this.readFlush.id !== id) this.flushRead();
+    this.readFlush = { id, upTo, timer: this.readFlush?.timer ?? setTimeout(() => this.flushRead(), MARK_READ_DELAY_MS) };
+  }
+
+  private flushRead(): void {
+    const r = this.readFlush;
+    if (!r) return;
+    clearTimeout(r.timer);
+    this.readFlush = null;
+    if (!this.closed) this.session.markRead(r.id, r.upTo).catch(() => undefined);
   }
 
   setVisible(visible: boolean): void {
