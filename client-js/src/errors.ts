@@ -12,7 +12,7 @@ import { DecodeError, EncodeError, type ErrorBody, type ErrorCodeName, errorCode
 
 /** Codes of failures detected by the client rather than answered by the server. */
 export type ClientErrorCode =
-  /** The server could not be reached, or the WebSocket failed or closed. */
+  /** The server could not be reached, or no connection came within the request time-out. */
   | "NETWORK"
   /** The connection ended before the request was answered; its outcome is unknown (spec §2.4). */
   | "DISCONNECTED"

@@ -117,6 +117,10 @@ export interface SessionEvents {
   sendFailed: { clientMsgId: Uint8Array; conversationId: bigint; error: TernError };
   /** The server is going away; the session reconnects after the delay it named. */
   goAway: { reconnectAfterMs: number; message: string };
-  /** The server no longer accepts this device (revoked, or logged out elsewhere): the session stopped. */
+  /**
+   * The server no longer accepts this device (revoked, or logged out elsewhere): the session
+   * stopped and the stored session was forgotten. The outbox and the cursor stay, for a new login
+   * of the same user.
+   */
   loggedOut: { error: TernError };
 }

@@ -367,6 +367,14 @@ export class Session {
     return this.outbox.length;
   }
 
+  /**
+   * The queued messages themselves, oldest first (copies): what an app shows as "sending" after a
+   * reload. Each leaves with a `sent` or `sendFailed` event carrying its `clientMsgId`.
+   */
+  pendingMessages(): PendingSend[] {
+    return this.outbox.map((s) => ({ ...s, clientMsgId: s.clientMsgId.slice(), attachments: [...s.attachments] }));
+  }
+
   /** Finds the direct conversation with a user, creating it if there is none. */
   async openDirect(userId: bigint): Promise<ConversationInfo> {
     const reply = await this.retrying(() => this.call({ type: "OpenDirect", userId }, "Conversation"));
@@ -634,7 +642,10 @@ export class Session {
         this.setState("offline", asTernError(error));
       }
     }
-    this.loop = this.run(attempt);
+    this.loop = this.run(attempt).catch((error: unknown) => {
+      // Not expected: every step of the loop handles its own failures. Stop rather than spin.
+      this.stopEverything(asTernError(error));
+    });
   }
 
   private async run(first: Attempt | null): Promise<void> {
@@ -908,7 +919,8 @@ export class Session {
       this.storedCursor = target;
     }
     const stored = this.storedCursor;
-    if (conn !== null && !conn.closed && stored > this.ackedCursor) {
+    // After GoAway the server performs nothing more on this connection; the next one acknowledges.
+    if (conn !== null && !conn.closed && !this.goAway && stored > this.ackedCursor) {
       try {
         conn.notify({ type: "Ack", upTo: stored });
         this.ackedCursor = stored;
@@ -1094,6 +1106,10 @@ export class Session {
 
   /** Refuses at once what the server would refuse for good: an empty or too long message. */
   private checkSendable(send: PendingSend): void {
+    // 0 is never a valid id (spec §5).
+    if (send.conversationId <= 0n || send.attachments.some((id) => id <= 0n)) {
+      throw new TernError("INVALID_ARGUMENT", "0 is not a conversation or media id");
+    }
     if (send.body === "" && send.attachments.length === 0) {
       throw new TernError("INVALID_ARGUMENT", "a message needs a body or an attachment");
     }
@@ -1225,7 +1241,7 @@ export class Session {
       }
       const left = deadline - Date.now();
       if (left <= 0) {
-        throw new TernError("DISCONNECTED", `not connected to ${this.options.url}`);
+        throw new TernError("NETWORK", `not connected to ${this.options.url} within ${this.options.requestTimeoutMs} ms`);
       }
       await new Promise<void>((resolve) => {
         const wake = (): void => {
@@ -1266,7 +1282,8 @@ export class Session {
 
   private async loggedOut(error: TernError): Promise<void> {
     try {
-      await this.store(() => this.storage.clear());
+      // The outbox and the cursor stay: a new login of the same user sends and syncs on from them.
+      await this.store(() => this.storage.saveSession(null));
     } catch {
       // The token no longer works anyway; a later resume fails with BAD_CREDENTIALS.
     }

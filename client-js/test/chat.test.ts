@@ -141,4 +141,17 @@ describe("chat", () => {
     assert.deepEqual(older.messages.map((m) => m.text), texts.slice(0, 15));
     await waitUntil(() => alice.pendingOutbox() === 0, "the outbox is empty");
   });
+
+  // Proves a burst beyond the server's send limit (ternd: 100 at once, then 50 a second) is paced,
+  // not reordered or lost: every message is stored, in the order it was sent.
+  test("a burst above the send limit keeps its order", async () => {
+    const alice = await register(server, "alice");
+    const bob = await register(server, "bob");
+    const direct = await alice.openDirect(bob.userId);
+    const texts = Array.from({ length: 160 }, (_, i) => `burst ${i + 1}`);
+    const results = await Promise.all(texts.map((t) => alice.send(direct.conversationId, t)));
+    assert.deepEqual(results.map((r) => r.seq), texts.map((_, i) => BigInt(i + 1)));
+    const newest = await bob.history(direct.conversationId, { limit: 200 });
+    assert.deepEqual(newest.messages.map((m) => m.text), texts);
+  });
 });
