@@ -25,8 +25,11 @@ export interface PendingMessage {
   text: string;
   attachments: Attachment[];
   createdAtMs: number;
-  /** Loaded from a previous page: only the SDK's outbox, not a promise, still knows of it. */
-  restored: boolean;
+  /**
+   * For one from before a reload: the SDK's key of the queued send (hex), whose `sent` or
+   * `sendFailed` event ends it. Null for one sent from this page, which its promise ends.
+   */
+  clientMsgId: string | null;
 }
 
 export interface Timeline {
@@ -143,11 +146,19 @@ function pendingFromJSON(v: unknown): PendingMessage | null {
       text: String(o.text),
       attachments: atts as Attachment[],
       createdAtMs: Number(o.createdAtMs),
-      restored: true,
+      clientMsgId: null,
     };
   } catch {
     return null;
   }
+}
+
+function sameIds(a: Attachment[], ids: bigint[]): boolean {
+  return a.length === ids.length && a.every((x, i) => x.mediaId === ids[i]);
+}
+
+function hex(bytes: Uint8Array): string {
+  return Array.from(bytes, (x) => x.toString(16).padStart(2, "0")).join("");
 }
 
 function sameAttachments(a: Attachment[], b: Attachment[]): boolean {
@@ -205,15 +216,44 @@ export class ChatStore {
     this.names.set(this.me, session.username);
     this.kept = new Persisted(`tern.web.${this.me.toString()}.`);
     this.receipts = ReceiptBook.fromJSON(this.kept.read("receipts"));
+    this.pending = this.restorePending();
+    this.savePending();
+    this.outboxPending = session.pendingOutbox();
+    this.connection = session.state;
+  }
+
+  /**
+   * The echoes of messages still in the SDK's outbox after a reload. The outbox is the truth: each
+   * of its messages gets the echo kept for it (matched by conversation and text, in order), which
+   * knows its attachments' types and sizes, or a new one; kept echoes it no longer holds are gone
+   * (sent, or refused, while no page was open).
+   */
+  private restorePending(): PendingMessage[] {
+    const kept: PendingMessage[] = [];
     const saved = this.kept.read("pending");
     if (Array.isArray(saved)) {
       for (const v of saved) {
         const p = pendingFromJSON(v);
-        if (p) this.pending.push(p);
+        if (p) kept.push(p);
       }
     }
-    this.outboxPending = session.pendingOutbox();
-    this.connection = session.state;
+    const out: PendingMessage[] = [];
+    for (const q of this.session.pendingMessages()) {
+      const i = kept.findIndex((p) => p.conversationId === q.conversationId && p.text === q.body);
+      const echo = i >= 0 ? kept.splice(i, 1)[0] : null;
+      out.push({
+        localId: echo?.localId ?? newLocalId(),
+        conversationId: q.conversationId,
+        text: q.body,
+        attachments:
+          echo && sameIds(echo.attachments, q.attachments)
+            ? echo.attachments
+            : q.attachments.map((mediaId) => ({ mediaId, size: 0n, mime: "application/octet-stream" })),
+        createdAtMs: q.queuedAt,
+        clientMsgId: hex(q.clientMsgId),
+      });
+    }
+    return out;
   }
 
   /** Called when the server no longer accepts this device (revoked, or logged out elsewhere). */
@@ -235,6 +275,7 @@ export class ChatStore {
         this.outboxPending = e.pending;
         this.changed();
       }),
+      s.on("sent", (e) => this.onSent(e)),
       s.on("sendFailed", (e) => this.onSendFailed(e)),
       s.on("loggedOut", () => this.onLoggedOut?.()),
     );
@@ -559,7 +600,7 @@ export class ChatStore {
       text,
       attachments,
       createdAtMs: Date.now(),
-      restored: false,
+      clientMsgId: null,
     };
     this.pending.push(p);
     while (this.pending.length > PENDING_MAX) this.pending.shift();
@@ -608,10 +649,17 @@ export class ChatStore {
     this.kept.write("pending", this.pending.map(pendingToJSON));
   }
 
-  /** Removes the echo a message of the user's own stands for (a retry after a reload ends here). */
+  /**
+   * Removes the echo a live copy of the user's own message stands for, when it comes before the
+   * send's promise resolves. Echoes from before a reload wait for their exact `sent` event.
+   */
   private matchPending(m: ChatMessage): void {
     const i = this.pending.findIndex(
-      (p) => p.conversationId === m.conversationId && p.text === m.text && sameAttachments(p.attachments, m.attachments),
+      (p) =>
+        p.clientMsgId === null &&
+        p.conversationId === m.conversationId &&
+        p.text === m.text &&
+        sameAttachments(p.attachments, m.attachments),
     );
     if (i >= 0) this.dropPending(this.pending[i].localId);
   }
@@ -763,14 +811,30 @@ export class ChatStore {
     if (m.sender !== this.me && this.receipts.apply(m.conversationId, m.sender, "read", m.seq)) this.saveReceipts();
   }
 
-  /**
-   * A queued message was refused for good. One sent from this page fails its own promise; one
-   * from before a reload is found by its conversation, oldest first, since its key is the SDK's.
-   */
+  /** The server stored a message queued before a reload: its echo becomes the message. */
+  private onSent(e: SessionEvents["sent"]): void {
+    const id = hex(e.clientMsgId);
+    const echo = this.pending.find((p) => p.clientMsgId === id);
+    if (!echo) return;
+    this.dropPending(echo.localId);
+    this.confirmed.add(e.messageId);
+    const m: ChatMessage = {
+      conversationId: e.conversationId,
+      seq: e.seq,
+      messageId: e.messageId,
+      sender: this.me,
+      tsMs: Number(e.sentAt),
+      text: echo.text,
+      attachments: echo.attachments,
+    };
+    if (this.conversations.has(m.conversationId)) this.applyMessage(m, false);
+  }
+
+  /** A queued message from before a reload was refused for good (this page's fail their promise). */
   private onSendFailed(e: SessionEvents["sendFailed"]): void {
-    const p = this.pending.find((x) => x.restored && x.conversationId === e.conversationId);
-    if (!p) return;
-    this.dropPending(p.localId);
+    const echo = this.pending.find((p) => p.clientMsgId === hex(e.clientMsgId));
+    if (!echo) return;
+    this.dropPending(echo.localId);
     this.listError = `Message not sent: ${errorText(e.error)}`;
     this.changed();
   }
