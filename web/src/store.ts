@@ -410,6 +410,8 @@ export class ChatStore {
         }
       : next;
     if (merged.activityMs === 0) merged.activityMs = Date.now();
+    // What this page marked read wins over a count the server made before it heard of it.
+    if (merged.readSeq >= merged.lastSeq) merged.unread = 0;
     this.conversations.set(merged.id, merged);
     if (merged.members) this.wantNames(merged.members.map((m) => m.userId));
     else if (merged.kind === "direct") this.wantNames([merged.peer]);
