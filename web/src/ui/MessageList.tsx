@@ -3,12 +3,12 @@
 // older messages are put above it.
 
 import type { Attachment } from "@tern/client";
-import { useEffect, useLayoutEffect, useRef } from "preact/hooks";
+import { useEffect, useLayoutEffect, useRef, useState } from "preact/hooks";
 import { bytes, clockTime, dayLabel, fileNameFor, hueOf, isImage, sameDay } from "../format";
 import type { ChatConversation, ChatMessage } from "../model";
 import { IMAGE_AUTOLOAD_BYTES_MAX, type PendingMessage } from "../store";
 import { Progress, Spinner, Ticks, useNow, useStore } from "./bits";
-import { DownloadIcon, FileIcon } from "./icons";
+import { ChevronDownIcon, DownloadIcon, FileIcon } from "./icons";
 
 /** Within this distance of the bottom (px), the view follows new messages. */
 const STICK_PX = 80;
@@ -132,6 +132,8 @@ export function MessageList(props: { conversation: ChatConversation }) {
   const pending = store.pendingIn(c.id);
   const el = useRef<HTMLDivElement>(null);
   const stick = useRef(true);
+  /** Whether the reader scrolled up, away from the newest messages: a button leads back. */
+  const [away, setAway] = useState(false);
   /** While older messages load, the distance from the bottom to keep. */
   const keepFromBottom = useRef<number | null>(null);
 
@@ -163,6 +165,7 @@ export function MessageList(props: { conversation: ChatConversation }) {
     const box = el.current;
     if (!box) return;
     stick.current = box.scrollHeight - box.scrollTop - box.clientHeight < STICK_PX;
+    if (away === stick.current) setAway(!stick.current);
     if (box.scrollTop < LOAD_OLDER_PX) loadOlder();
   };
   const onMediaLoad = () => {
@@ -203,31 +206,49 @@ export function MessageList(props: { conversation: ChatConversation }) {
     prev = m;
   }
 
+  const toNewest = () => {
+    const box = el.current;
+    if (box) box.scrollTo({ top: box.scrollHeight, behavior: "smooth" });
+  };
+
   return (
-    <div class="messages" ref={el} onScroll={onScroll} data-testid="messages">
-      <div class="messages-inner">
-        {t?.loadingOlder ? (
-          <div class="older" data-testid="loading-older">
-            <Spinner /> Loading older messages…
-          </div>
-        ) : null}
-        {t?.loaded && !t.hasMore && items.length > 0 ? (
-          <div class="older muted" data-testid="history-start">
-            {c.kind === "group" ? "This is the start of the group." : "This is the start of your conversation."}
-          </div>
-        ) : null}
-        {!t?.loaded && !t?.error ? (
-          <div class="older">
-            <Spinner />
-          </div>
-        ) : null}
-        {t?.error ? <div class="older error">{t.error}</div> : null}
-        {t?.loaded && items.length === 0 ? (
-          <div class="no-messages">
-            <p>No messages yet. Say hello!</p>
-          </div>
-        ) : null}
-        {rows}
+    <div class="messages-frame">
+      {away ? (
+        <button
+          class="to-newest"
+          aria-label="Scroll to the newest messages"
+          title="Newest messages"
+          onClick={toNewest}
+          data-testid="to-newest"
+        >
+          <ChevronDownIcon />
+        </button>
+      ) : null}
+      <div class="messages" ref={el} onScroll={onScroll} data-testid="messages">
+        <div class="messages-inner">
+          {t?.loadingOlder ? (
+            <div class="older" data-testid="loading-older">
+              <Spinner /> Loading older messages…
+            </div>
+          ) : null}
+          {t?.loaded && !t.hasMore && items.length > 0 ? (
+            <div class="older muted" data-testid="history-start">
+              {c.kind === "group" ? "This is the start of the group." : "This is the start of your conversation."}
+            </div>
+          ) : null}
+          {!t?.loaded && !t?.error ? (
+            <div class="older">
+              <Spinner />
+            </div>
+          ) : null}
+          {t?.error ? <div class="older error">{t.error}</div> : null}
+          {t?.loaded && items.length === 0 ? (
+            <div class="no-messages">
+              <p>No messages yet. Say hello!</p>
+            </div>
+          ) : null}
+          {rows}
+        </div>
       </div>
     </div>
   );

@@ -43,6 +43,12 @@ export const BackIcon = (p: Props) => (
   </Svg>
 );
 
+export const ChevronDownIcon = (p: Props) => (
+  <Svg {...p}>
+    <path d="m6 9 6 6 6-6" />
+  </Svg>
+);
+
 export const PlusIcon = (p: Props) => (
   <Svg {...p}>
     <path d="M12 5v14M5 12h14" />

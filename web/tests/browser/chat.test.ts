@@ -339,6 +339,13 @@ describe("the web app in Chromium against ternd", () => {
     assert.equal(new Set(seqs).size, seqs.length, "no message twice");
     assert.equal(seqs.length, total + 1);
     await shoot(bob, "10-history");
+    // Scrolled up, a button leads back to the newest message.
+    await bob.getByTestId("to-newest").click();
+    await bob.getByTestId("to-newest").waitFor({ state: "detached" });
+    await waitUntil("the newest message in view", async () => {
+      const box = await messageExactly(bob, `Packing list item ${total}`).boundingBox();
+      return box !== null && box.y + box.height <= PHONE.height;
+    });
   });
 
   test("a reload keeps the session, and a message sent while the server is down is delivered once", async () => {
