@@ -427,6 +427,7 @@ export class ChatStore {
       .then((info) => {
         const c = this.mergeConversation(fromInfo(info, this.me));
         if (c.kind === "direct") void this.followPresence([c.peer]);
+        else if (c.id === this.activeId) void this.followPresence(this.othersIn(c));
         this.changed();
         return c;
       })

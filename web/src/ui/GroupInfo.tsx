@@ -58,9 +58,15 @@ export function GroupInfo(props: { conversation: ChatConversation; onClose: () =
               if (name.trim() && name.trim() !== c.name) void run(() => store.renameGroup(c.id, name));
             }}
           >
-            <input value={name} maxLength={128} onInput={(e) => setName(e.currentTarget.value)} aria-label="Group name" />
+            <input
+              value={name}
+              maxLength={128}
+              onInput={(e) => setName(e.currentTarget.value)}
+              aria-label="Group name"
+              data-testid="group-rename-input"
+            />
             {name.trim() !== c.name && name.trim() ? (
-              <button class="primary small" type="submit" disabled={busy}>
+              <button class="primary small" type="submit" disabled={busy} data-testid="group-rename">
                 Rename
               </button>
             ) : null}

@@ -148,6 +148,17 @@ export function MessageList(props: { conversation: ChatConversation }) {
     if (stick.current) box.scrollTop = box.scrollHeight;
   });
 
+  // A window resized (or a phone turned) keeps a reader at the bottom there.
+  useEffect(() => {
+    const box = el.current;
+    if (!box || typeof ResizeObserver === "undefined") return;
+    const watch = new ResizeObserver(() => {
+      if (stick.current && keepFromBottom.current === null) box.scrollTop = box.scrollHeight;
+    });
+    watch.observe(box);
+    return () => watch.disconnect();
+  }, []);
+
   const loadOlder = () => {
     const box = el.current;
     if (!box || !t || !t.hasMore || t.loadingOlder) return;

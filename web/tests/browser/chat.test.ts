@@ -348,6 +348,34 @@ describe("the web app in Chromium against ternd", () => {
     });
   });
 
+  test("the group changes: carol is added and sees it, it is renamed for everyone, carol is removed", async (t) => {
+    const ctx = await browser.newContext({ viewport: DESKTOP });
+    t.after(() => ctx.close());
+    const carol = await newPage(ctx, "carol");
+    await register(carol, "carol");
+
+    await openConversation(alice, "Weekend trip");
+    await alice.getByTestId("group-info-toggle").click();
+    await alice.getByTestId("people-input").fill("carol");
+    await alice.getByTestId("people-add").click();
+    await alice.getByTestId("members-add").click();
+    await alice.locator('[data-testid="member"][data-name="carol"]').waitFor();
+    await conversation(carol, "Weekend trip").waitFor();
+
+    await alice.getByTestId("group-rename-input").fill("Camping weekend");
+    await alice.getByTestId("group-rename").click();
+    await conversation(bob, "Camping weekend").waitFor({ state: "attached" });
+    await conversation(carol, "Camping weekend").waitFor();
+    await alice.getByTestId("conversation-title").filter({ hasText: "Camping weekend" }).waitFor();
+    await shoot(alice, "11-group-changed");
+
+    await alice.locator('[data-testid="member"][data-name="carol"]').getByTestId("member-remove").click();
+    await alice.locator('[data-testid="member"][data-name="carol"]').waitFor({ state: "detached" });
+    await conversation(carol, "Camping weekend").waitFor({ state: "detached" });
+    await alice.getByTestId("group-info-toggle").click();
+    await ctx.close();
+  });
+
   test("a reload keeps the session, and a message sent while the server is down is delivered once", async () => {
     await openConversation(alice, "bob");
     await openConversation(bob, "alice");
@@ -364,7 +392,7 @@ describe("the web app in Chromium against ternd", () => {
       "the SDK to hold the message in its outbox",
       async () => (await alice.getByTestId("connection").getAttribute("data-outbox")) === "1",
     );
-    await shoot(alice, "11-offline");
+    await shoot(alice, "12-offline");
 
     await alice.reload();
     // Still signed in after the reload, with the message still waiting.
@@ -380,7 +408,7 @@ describe("the web app in Chromium against ternd", () => {
     // shows read by bob.
     await waitUntil(
       "the group's last message to show read after the reload",
-      async () => (await tickOf(conversation(alice, "Weekend trip"))) === "read",
+      async () => (await tickOf(conversation(alice, "Camping weekend"))) === "read",
       RECONNECT_MS_MAX,
     );
     await messages(bob, text).waitFor({ timeout: RECONNECT_MS_MAX });
@@ -396,11 +424,12 @@ describe("the web app in Chromium against ternd", () => {
     await messages(bob, text).waitFor({ timeout: RECONNECT_MS_MAX });
     assert.equal(await messages(bob, text).count(), 1);
     await waitUntil("alice's tick to show read", async () => (await tickOf(messages(alice, text))) === "read", RECONNECT_MS_MAX);
-    await shoot(alice, "12-after-reload");
+    await shoot(alice, "13-after-reload");
   });
 
-  test("bob signs in on a second device: a wrong password is refused, the right one shows his chats", async () => {
+  test("bob signs in on a second device: a wrong password is refused, the right one shows his chats", async (t) => {
     const ctx = await browser.newContext({ viewport: DESKTOP });
+    t.after(() => ctx.close());
     const page = await newPage(ctx, "bob2");
     await page.goto(appUrl());
     await page.getByTestId("auth-username").fill("bob");
@@ -411,7 +440,7 @@ describe("the web app in Chromium against ternd", () => {
     await page.getByTestId("auth-submit").click();
     await page.getByTestId("me").filter({ hasText: "bob" }).waitFor();
     await conversation(page, "alice").waitFor();
-    await conversation(page, "Weekend trip").waitFor();
+    await conversation(page, "Camping weekend").waitFor();
     await openConversation(page, "alice");
     await messages(page, "Sent while the server was down").waitFor();
 
@@ -427,7 +456,7 @@ describe("the web app in Chromium against ternd", () => {
     await bobCtx.close();
     await alice.getByTestId("presence").filter({ hasText: /last seen/ }).waitFor({ timeout: RECONNECT_MS_MAX });
     assert.equal(await conversation(alice, "bob").getByTestId("online-dot").count(), 0);
-    await shoot(alice, "13-last-seen");
+    await shoot(alice, "14-last-seen");
   });
 
   test("no page threw an uncaught error", () => {
