@@ -1286,6 +1286,29 @@ impl World {
         let mut acknowledged: Vec<([u8; 16], (u64, u64))> =
             self.acknowledged.iter().map(|(k, v)| (*k, *v)).collect();
         acknowledged.sort_unstable_by_key(|(_, v)| *v);
+        // Copies of each message in each user's log, by (user, conversation, seq): every log is
+        // read once, not once per acknowledged message.
+        let mut logged: HashMap<(u64, u64, u64), usize> = HashMap::new();
+        for user in &self.users {
+            for (_, record) in self.log(user.user_id) {
+                if let UpdateRecord::Message {
+                    conversation_id,
+                    seq,
+                    ..
+                } = record
+                {
+                    *logged
+                        .entry((user.user_id, conversation_id, seq))
+                        .or_default() += 1;
+                }
+            }
+        }
+        let copies = |user_id: u64, conversation_id: u64, seq: u64| {
+            logged
+                .get(&(user_id, conversation_id, seq))
+                .copied()
+                .unwrap_or(0)
+        };
         for (cmid, (conversation_id, seq)) in acknowledged {
             let Ok(Some(record)) = self.store.conversation(conversation_id) else {
                 continue;
@@ -1300,14 +1323,7 @@ impl World {
                     continue;
                 }
                 let user_id = self.users[user].user_id;
-                let copies = self
-                    .log(user_id)
-                    .iter()
-                    .filter(|(_, r)| {
-                        matches!(*r, UpdateRecord::Message { conversation_id: c, seq: s, .. }
-                            if c == conversation_id && s == seq)
-                    })
-                    .count();
+                let copies = copies(user_id, conversation_id, seq);
                 let ok = match self.expected_copies(conversation_id, user, sent, acked) {
                     Some(n) => copies == n,
                     None => copies <= 1,
@@ -1329,14 +1345,7 @@ impl World {
                 if changed {
                     continue;
                 }
-                let log = self.log(member.user_id);
-                let copies = log
-                    .iter()
-                    .filter(|(_, r)| {
-                        matches!(*r, UpdateRecord::Message { conversation_id: c, seq: s, .. }
-                            if c == conversation_id && s == seq)
-                    })
-                    .count();
+                let copies = copies(member.user_id, conversation_id, seq);
                 if copies != 1 {
                     let what = format!(
                         "acknowledged {conversation_id}/{seq} is {copies} times in the log of {}",
