@@ -290,7 +290,9 @@ async fn unattached_uploads_expire(engine: &'static str) {
 // `tern-bench`'s W6, not here.
 async fn big_download_does_not_stall_chat(engine: &'static str) {
     let dir = tempfile::tempdir().unwrap();
-    let server = Ternd::start_in(engine, dir.path(), &["--cores", "1"]);
+    // The chat loop sends as fast as the server answers, which is above the default send rate.
+    let flags = [&["--cores", "1"][..], &NO_RATE_LIMITS[..]].concat();
+    let server = Ternd::start_in(engine, dir.path(), &flags);
     let (alice, _) = server.register("alice").await;
     let (carol, _) = server.register("carol").await;
     let (_dave, dave) = server.register("dave").await;
