@@ -11,6 +11,7 @@ mod catchup;
 mod conn;
 mod fleet;
 mod idle;
+mod media;
 mod null_server;
 mod report;
 mod stats;
@@ -88,8 +89,8 @@ pub(crate) struct RunArgs {
     /// Extra flags for the started ternd (repeat for each word).
     #[arg(long = "ternd-arg", allow_hyphen_values = true)]
     ternd_args: Vec<String>,
-    /// Workloads to run, comma-separated: w1,w2,w3,w4,w5.
-    #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3,w4,w5")]
+    /// Workloads to run, comma-separated: w1,w2,w3,w4,w5,w6.
+    #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3,w4,w5,w6")]
     workloads: Vec<String>,
     /// Skip the null-server reference.
     #[arg(long)]
@@ -180,6 +181,16 @@ pub(crate) struct RunArgs {
     /// W5: users sending them (one direct conversation each with the offline user).
     #[arg(long, default_value_t = 4)]
     catchup_senders: usize,
+
+    /// W6: size of the attachment downloaded beside the chat, MiB.
+    #[arg(long, default_value_t = 50)]
+    media_mib: u64,
+    /// W6: chat messages in each phase (alone, then beside the download).
+    #[arg(long, default_value_t = 300)]
+    media_messages: usize,
+    /// W6: pause between one message's `Sent` and the next `Send`, ms.
+    #[arg(long, default_value_t = 5)]
+    media_interval_ms: u64,
 
     /// The whole run stops, failing, after this many seconds.
     #[arg(long, default_value_t = 3600)]
@@ -456,6 +467,13 @@ async fn run(args: RunArgs) -> std::io::Result<()> {
     if args.wants("w5") {
         say(&args, &format!("W5 catch-up of {} messages", args.catchup));
         report.w5 = Some(catchup::run(&args, addr, &prefix).await?);
+    }
+    if args.wants("w6") {
+        say(
+            &args,
+            &format!("W6 chat beside a {} MiB download", args.media_mib),
+        );
+        report.w6 = Some(media::run(&args, addr, &prefix).await?);
     }
     if args.wants("w4") {
         let server_was_started = server.is_some();

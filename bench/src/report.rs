@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::catchup::W5Report;
 use crate::fleet::PhaseResult;
 use crate::idle::W4Report;
+use crate::media::W6Report;
 use crate::storm::W3Report;
 use crate::target::{load_average, round_ms, Environment};
 use crate::RunArgs;
@@ -39,6 +40,8 @@ pub(crate) struct Report {
     pub(crate) w4_ws_extra_bytes_per_connection: Option<f64>,
     /// Catch-up.
     pub(crate) w5: Option<W5Report>,
+    /// Chat beside a big download.
+    pub(crate) w6: Option<W6Report>,
     /// Every workload that ran completed and lost nothing.
     pub(crate) all_complete: bool,
 }
@@ -173,6 +176,7 @@ impl Report {
             w4_ws: None,
             w4_ws_extra_bytes_per_connection: None,
             w5: None,
+            w6: None,
             all_complete: false,
         }
     }
@@ -196,7 +200,11 @@ impl Report {
             .w5
             .as_ref()
             .is_none_or(|w| w.completed && w.delivered_equals_sent);
-        self.all_complete = w1 && w2 && w3 && w4 && w5;
+        let w6 = self
+            .w6
+            .as_ref()
+            .is_none_or(|w| w.completed && w.download_intact);
+        self.all_complete = w1 && w2 && w3 && w4 && w5 && w6;
     }
 
     /// The human-readable table.
@@ -306,6 +314,9 @@ impl Report {
         }
         if let Some(w5) = &self.w5 {
             let _ = writeln!(t, "{}", w5.summary());
+        }
+        if let Some(w6) = &self.w6 {
+            let _ = writeln!(t, "{}", w6.summary());
         }
         let _ = writeln!(
             t,

@@ -884,8 +884,7 @@ async fn download(ctx: &mut Context, media_id: u64, out: &Path) -> Result<Report
 async fn sync(ctx: &mut Context) -> Result<Report, CliError> {
     let (net, session) = ctx.resume().await?;
     let mut cursor = session.cursor;
-    let mut lines = Vec::new();
-    let mut updates = Vec::new();
+    let mut fresh = Vec::new();
     for _ in 0..SYNC_PAGES_MAX {
         let mut page = net.sync_page(cursor).await?;
         let mut messages: Vec<Message> = page
@@ -909,20 +908,24 @@ async fn sync(ctx: &mut Context) -> Result<Report, CliError> {
             // The stored cursor runs ahead of the log (a restored server): start from its head.
             cursor = page.head;
         }
-        for update in &page.updates {
+        for update in page.updates {
             if update.user_seq <= cursor {
                 continue;
             }
-            lines.push(update_line(ctx, update));
-            updates.push(update_json(ctx, update));
             cursor = update.user_seq;
+            fresh.push(update);
         }
         if !page.has_more {
             break;
         }
     }
+    // Every user an update names is shown by name, as the other commands show them.
+    ctx.learn_names(&net, fresh.iter().flat_map(update_users))
+        .await?;
     net.ack(cursor).await?;
     net.close().await;
+    let lines: Vec<String> = fresh.iter().map(|u| update_line(ctx, u)).collect();
+    let updates: Vec<Value> = fresh.iter().map(|u| update_json(ctx, u)).collect();
     if let Some(session) = ctx.config.session.as_mut() {
         session.cursor = cursor;
         ctx.dirty = true;
@@ -1023,6 +1026,24 @@ fn message_json(ctx: &Context, message: &Message) -> Value {
             "mime": a.mime,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// The users an update names: those [`update_line`] and [`update_json`] show.
+fn update_users(update: &Update) -> Vec<UserId> {
+    match &update.kind {
+        UpdateKind::Message(message) => vec![message.sender],
+        UpdateKind::Receipt(receipt) => vec![receipt.user_id],
+        UpdateKind::GroupCreated(created) => std::iter::once(created.actor)
+            .chain(created.members.iter().map(|m| m.user_id))
+            .collect(),
+        UpdateKind::MembersAdded(added) => std::iter::once(added.actor)
+            .chain(added.members.iter().copied())
+            .collect(),
+        UpdateKind::MemberRemoved(removed) => vec![removed.actor, removed.user_id],
+        UpdateKind::GroupRenamed(renamed) => vec![renamed.actor],
+        UpdateKind::RoleChanged(changed) => vec![changed.actor, changed.user_id],
+        _ => Vec::new(),
+    }
 }
 
 fn update_line(ctx: &Context, update: &Update) -> String {

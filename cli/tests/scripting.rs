@@ -455,6 +455,50 @@ fn sync_prints_updates_once_and_acknowledges() {
     }
 }
 
+// `sync` shows every user by name, as `history` and `conversations` do, also users the config file
+// did not know yet: the sender of a message, a group's creator, a receipt's reader.
+#[test]
+fn sync_shows_names() {
+    let ternd = Ternd::start();
+    let alice = User::registered(&ternd, "alice");
+    let bob = User::registered(&ternd, "bob");
+    let carol = User::registered(&ternd, "carol");
+    let alice_id = alice.json(&["whoami"])["user_id"].as_u64().unwrap();
+    let bob_id = bob.json(&["whoami"])["user_id"].as_u64().unwrap();
+    let carol_id = carol.json(&["whoami"])["user_id"].as_u64().unwrap();
+    alice.json(&["send", "bob", "are you there?"]);
+    let group = alice.json(&["group", "create", "club", "--members", "bob,carol"]);
+    let group = group["conversation_id"].to_string();
+    alice.json(&["send", "--group", &group, "hi club"]);
+
+    let text = carol.tern(&["sync"]).ok();
+    assert!(text.contains("created by alice"), "{text}");
+    assert!(text.contains("alice: hi club"), "{text}");
+    let text = bob.tern(&["sync"]).ok();
+    assert!(text.contains("alice: are you there?"), "{text}");
+    assert!(text.contains("alice: hi club"), "{text}");
+    for text in [&text, &carol.tern(&["history", "--group", &group]).ok()] {
+        assert!(!text.contains(&format!("#{alice_id}")), "{text}");
+    }
+
+    // Bob's sync acknowledged both messages; carol reads the group. Alice's config knows bob but
+    // not carol, and her sync names both (a poll, bounded: receipts come on the server's time).
+    carol.json(&["read", "--group", &group]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = String::new();
+    loop {
+        seen.push_str(&alice.tern(&["sync"]).ok());
+        seen.push('\n');
+        if seen.contains("carol read") && seen.contains("bob received") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no receipts for alice: {seen}");
+    }
+    for id in [bob_id, carol_id] {
+        assert!(!seen.contains(&format!("#{id}")), "{seen}");
+    }
+}
+
 // `tls://host:port` connects over TLS, checking the certificate against the host name and the
 // PEM file in TERN_TLS_CA; without that file the development certificate is refused (exit 3).
 #[test]

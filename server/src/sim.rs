@@ -11,13 +11,16 @@
 //!   mailboxes are, but any pair may go first, so mail is delayed and reordered across pairs);
 //! - a core ends its loop turn (so turns batch any number of requests);
 //! - a device sends a message (new, or again under the same `client_msg_id`), syncs, acks, marks
-//!   read, renames a group, or drops its connection and resumes;
+//!   read, renames a group, removes a member from a group it owns or adds one back, or drops its
+//!   connection and resumes;
 //! - the clock moves on and every core ticks (fan-out retries);
 //! - the disk fills or frees, or the whole server crashes and restarts from what is durable.
 //!
 //! Then the faults stop, the world runs until quiet, every device catches up, and [`World::check`]
 //! asserts the delivery invariants: every acknowledged message is in every member's log exactly
-//! once; `seq` and `user_seq` are gapless; no request on a live connection is left unanswered;
+//! once, and in no log of a user who was not a member when it was sent (membership is known from
+//! the changes' requests and replies: a message whose send overlaps a change of that user's
+//! membership may go either way, but never twice); `seq` and `user_seq` are gapless; no request on a live connection is left unanswered;
 //! watermarks only move forward; no device is handed an update or a message twice, or misses one.
 //!
 //! The same seed replays the same run: `TERN_SIM_SEED=N cargo test -p tern-server --lib sim::`
@@ -27,9 +30,9 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use tern_protocol::frames::{
-    self, Ack, CreateGroup, MarkRead, OpenDirect, RenameGroup, Send, Sync,
+    self, Ack, AddMembers, CreateGroup, MarkRead, OpenDirect, RemoveMember, RenameGroup, Send, Sync,
 };
-use tern_protocol::types::{ConversationKind, ReceiptKind};
+use tern_protocol::types::{ConversationKind, ReceiptKind, Role};
 use tern_protocol::{Body, ErrorCode, Frame, Update, UpdateKind};
 
 use crate::config::Config;
@@ -104,7 +107,39 @@ enum Asked {
         cmid: [u8; 16],
     },
     Sync,
+    /// A membership change, by its index in [`World::changes`].
+    Members(usize),
     Other,
+}
+
+/// A group as its owner's app knows it.
+#[derive(Debug)]
+struct Group {
+    conversation_id: u64,
+    /// The owner (a user index), who makes every membership change.
+    owner: usize,
+    /// The other users ever in it.
+    others: Vec<usize>,
+    /// Those of them removed by the last change answered `Ok`.
+    out: HashSet<usize>,
+    /// A change is under way.
+    busy: bool,
+    /// Users whose last change's outcome is unknown (its reply was lost, or an error): the next
+    /// change adds them, which settles it (adding a member is a no-op).
+    unknown: HashSet<usize>,
+}
+
+/// A membership change, with the steps it was asked and answered at.
+#[derive(Debug)]
+struct Change {
+    conversation_id: u64,
+    user: usize,
+    added: bool,
+    asked: u64,
+    /// `Some` once answered `Ok`.
+    answered: Option<u64>,
+    /// Answered with an error or never: it may or may not have happened.
+    uncertain: bool,
 }
 
 /// One device of a user, as a client library would be, with what it has seen.
@@ -166,6 +201,14 @@ pub(crate) struct World {
     next_cmid: u64,
     /// Every acknowledged send: (conversation, seq) by idempotency key.
     acknowledged: HashMap<[u8; 16], (u64, u64)>,
+    /// The step counter: when things were asked and answered.
+    clock: u64,
+    /// For each send, the step it was first asked at and the step its `Sent` came.
+    send_steps: HashMap<[u8; 16], (u64, Option<u64>)>,
+    /// Groups with their owners.
+    groups: Vec<Group>,
+    /// Membership changes asked for, in order.
+    changes: Vec<Change>,
     /// Invariant violations seen during the run.
     violations: Vec<String>,
     /// Replies to other requests, by device, for tests that look at them.
@@ -187,6 +230,9 @@ pub(crate) struct Stats {
     /// Updates a device was handed again and ignored, as the spec lets the server do.
     pub(crate) repeats: u64,
     pub(crate) group_changes: u64,
+    /// Members removed from a group and added back, answered `Ok`.
+    pub(crate) removed: u64,
+    pub(crate) added_back: u64,
 }
 
 impl World {
@@ -227,6 +273,10 @@ impl World {
             next_conn: 0,
             next_cmid: 0,
             acknowledged: HashMap::new(),
+            clock: 0,
+            send_steps: HashMap::new(),
+            groups: Vec::new(),
+            changes: Vec::new(),
             violations: Vec::new(),
             replies: Vec::new(),
             stats: Stats::default(),
@@ -367,6 +417,35 @@ impl World {
             self.users[index].conversations = conversations;
             self.users[index].groups = groups;
         }
+        for index in 0..self.options.users {
+            for &conversation_id in &self.users[index].groups {
+                let Ok(Some(record)) = self.store.conversation(conversation_id) else {
+                    continue;
+                };
+                let owner_id = self.users[index].user_id;
+                let owns = record
+                    .members
+                    .iter()
+                    .any(|m| m.user_id == owner_id && m.role == Role::Owner as u8);
+                if !owns {
+                    continue;
+                }
+                let others = record
+                    .members
+                    .iter()
+                    .filter(|m| m.user_id != owner_id)
+                    .filter_map(|m| self.users.iter().position(|u| u.user_id == m.user_id))
+                    .collect();
+                self.groups.push(Group {
+                    conversation_id,
+                    owner: index,
+                    others,
+                    out: HashSet::new(),
+                    busy: false,
+                    unknown: HashSet::new(),
+                });
+            }
+        }
     }
 
     fn first_device(&self, user: usize) -> usize {
@@ -388,6 +467,7 @@ impl World {
 
     /// One step of delivery with no faults and no device actions; false when nothing was left.
     fn step_quietly(&mut self) -> bool {
+        self.clock += 1;
         for core in 0..self.options.cores {
             self.end_turn(core);
         }
@@ -425,7 +505,8 @@ impl World {
         d.authenticated = false;
         d.syncing = false;
         d.live = false;
-        d.asked.clear();
+        self.forget_asked(device);
+        let d = &mut self.devices[device];
         d.asked.insert(request_id, Asked::Auth);
         let auth = if new_device {
             let token = [device as u8 + 1; 32];
@@ -455,13 +536,6 @@ impl World {
 
     /// Sends a request on a device's connection, if it has an authenticated one.
     fn request(&mut self, device: usize, body: Body) {
-        let Some((core, conn)) = self.devices[device].conn else {
-            return;
-        };
-        if !self.devices[device].authenticated {
-            return;
-        }
-        let request_id = self.next_request(device);
         let asked = match &body {
             Body::Send(send) => Asked::Send {
                 conversation_id: send.conversation_id,
@@ -470,8 +544,56 @@ impl World {
             Body::Sync(_) => Asked::Sync,
             _ => Asked::Other,
         };
+        self.request_as(device, body, asked);
+    }
+
+    /// As [`World::request`], remembering the request as `asked`; false when there was no
+    /// authenticated connection to send it on.
+    fn request_as(&mut self, device: usize, body: Body, asked: Asked) -> bool {
+        let Some((core, conn)) = self.devices[device].conn else {
+            return false;
+        };
+        if !self.devices[device].authenticated {
+            return false;
+        }
+        let request_id = self.next_request(device);
         self.devices[device].asked.insert(request_id, asked);
         self.shards[core].handle_request(self.now_ms, conn, request_id, body);
+        true
+    }
+
+    /// A device's outstanding requests are dropped with its connection: membership changes among
+    /// them have an unknown outcome.
+    fn forget_asked(&mut self, device: usize) {
+        let asked = std::mem::take(&mut self.devices[device].asked);
+        for asked in asked.into_values() {
+            if let Asked::Members(change) = asked {
+                self.change_unknown(change);
+            }
+        }
+    }
+
+    fn change_unknown(&mut self, change: usize) {
+        self.changes[change].uncertain = true;
+        let Change {
+            conversation_id,
+            user,
+            ..
+        } = self.changes[change];
+        if let Some(g) = self
+            .groups
+            .iter_mut()
+            .find(|g| g.conversation_id == conversation_id)
+        {
+            g.busy = false;
+            g.unknown.insert(user);
+        }
+        // Perhaps still a member: the user's app keeps the group (a send may get NOT_FOUND).
+        let u = &mut self.users[user];
+        if !u.conversations.contains(&conversation_id) {
+            u.conversations.push(conversation_id);
+            u.groups.push(conversation_id);
+        }
     }
 
     fn disconnect(&mut self, device: usize) {
@@ -482,7 +604,7 @@ impl World {
         d.authenticated = false;
         d.syncing = false;
         d.live = false;
-        d.asked.clear();
+        self.forget_asked(device);
     }
 
     /// An `Ack` is a notification: it has request id 0 and no reply.
@@ -525,6 +647,7 @@ impl World {
             7 => self.mark_read(device),
             8 => self.disconnect(device),
             _ if self.rng.chance(300) => self.rename_group(device),
+            _ if self.rng.chance(700) => self.change_members(device),
             _ => self.retry_outbox(device),
         }
     }
@@ -540,6 +663,7 @@ impl World {
         let mut cmid = [0u8; 16];
         cmid[..8].copy_from_slice(&self.next_cmid.to_be_bytes());
         self.devices[device].outbox.push((conversation_id, cmid));
+        self.send_steps.insert(cmid, (self.clock, None));
         self.stats.sends += 1;
         self.send(device, conversation_id, cmid);
     }
@@ -589,6 +713,128 @@ impl World {
             }
             .into(),
         );
+    }
+
+    /// The owner of a group removes one of its members, or adds back one it removed.
+    fn change_members(&mut self, device: usize) {
+        let user = self.devices[device].user;
+        let mine: Vec<usize> = (0..self.groups.len())
+            .filter(|&g| {
+                let g = &self.groups[g];
+                g.owner == user && !g.busy && !g.others.is_empty()
+            })
+            .collect();
+        if mine.is_empty() {
+            return;
+        }
+        let g = mine[self.rng.below(mine.len())];
+        let member = self.groups[g].others[self.rng.below(self.groups[g].others.len())];
+        let added =
+            self.groups[g].out.contains(&member) || self.groups[g].unknown.contains(&member);
+        let conversation_id = self.groups[g].conversation_id;
+        let user_id = self.users[member].user_id;
+        let body: Body = if added {
+            AddMembers {
+                conversation_id,
+                members: vec![user_id],
+            }
+            .into()
+        } else {
+            RemoveMember {
+                conversation_id,
+                user_id,
+            }
+            .into()
+        };
+        let change = self.changes.len();
+        self.changes.push(Change {
+            conversation_id,
+            user: member,
+            added,
+            asked: self.clock,
+            answered: None,
+            uncertain: false,
+        });
+        if self.request_as(device, body, Asked::Members(change)) {
+            self.groups[g].busy = true;
+            self.stats.group_changes += 1;
+        } else {
+            self.changes.pop();
+        }
+    }
+
+    /// A membership change was answered `Ok`.
+    fn on_changed(&mut self, change: usize) {
+        self.changes[change].answered = Some(self.clock);
+        match self.changes[change].added {
+            true => self.stats.added_back += 1,
+            false => self.stats.removed += 1,
+        }
+        let Change {
+            conversation_id,
+            user,
+            added,
+            ..
+        } = self.changes[change];
+        if let Some(g) = self
+            .groups
+            .iter_mut()
+            .find(|g| g.conversation_id == conversation_id)
+        {
+            g.busy = false;
+            g.unknown.remove(&user);
+            if added {
+                g.out.remove(&user);
+            } else {
+                g.out.insert(user);
+            }
+        }
+        let u = &mut self.users[user];
+        u.conversations.retain(|c| *c != conversation_id);
+        u.groups.retain(|c| *c != conversation_id);
+        if added {
+            u.conversations.push(conversation_id);
+            u.groups.push(conversation_id);
+        }
+    }
+
+    /// Whether a membership change of `user` in `conversation_id` was asked for.
+    fn membership_changed(&self, conversation_id: u64, user: usize) -> bool {
+        self.changes
+            .iter()
+            .any(|c| c.conversation_id == conversation_id && c.user == user)
+    }
+
+    /// How many times a message sent between steps `sent` and `acked` may be in the log of
+    /// `user`, whose membership of `conversation_id` changed: `Some(n)` exactly, or `None` when a
+    /// change overlaps the send or an earlier one's outcome is unknown (then zero or one).
+    ///
+    /// Changes reach the group's core in the order they were asked (one owner, whose core's mail
+    /// to the group's core is FIFO), so a change whose outcome is unknown took effect, if at all,
+    /// before the next one: a later change answered `Ok` settles the membership again.
+    fn expected_copies(
+        &self,
+        conversation_id: u64,
+        user: usize,
+        sent: u64,
+        acked: u64,
+    ) -> Option<usize> {
+        let mut member = Some(true);
+        for c in self
+            .changes
+            .iter()
+            .filter(|c| c.conversation_id == conversation_id && c.user == user)
+        {
+            if c.asked > acked {
+                break;
+            }
+            match c.answered {
+                _ if c.uncertain => member = None,
+                Some(answered) if answered < sent => member = Some(c.added),
+                _ => return None,
+            }
+        }
+        member.map(usize::from)
     }
 
     fn mark_read(&mut self, device: usize) {
@@ -663,6 +909,23 @@ impl World {
                 },
                 Body::Sent(sent),
             ) => self.on_sent(device, conversation_id, cmid, &sent),
+            (Asked::Members(change), Body::Ok(_)) => self.on_changed(change),
+            (Asked::Members(change), _) => self.change_unknown(change),
+            (
+                Asked::Send {
+                    conversation_id,
+                    cmid,
+                },
+                Body::Error(error),
+            ) if error.code == ErrorCode::NOT_FOUND => {
+                // Sent to a group the user was removed from: the app gives the message up.
+                let user = self.devices[device].user;
+                if !self.membership_changed(conversation_id, user) {
+                    let what = format!("device {device}: Send refused NOT_FOUND as a member");
+                    self.violation(what);
+                }
+                self.devices[device].outbox.retain(|(_, c)| *c != cmid);
+            }
             (Asked::Sync, Body::Error(_)) => self.devices[device].syncing = false,
             // Not authenticated after all: the device connects again later.
             (Asked::Auth, Body::Error(_)) => self.disconnect(device),
@@ -698,6 +961,9 @@ impl World {
             )),
             Some(_) => {}
             None => self.stats.acknowledged += 1,
+        }
+        if let Some((_, answered)) = self.send_steps.get_mut(&cmid) {
+            answered.get_or_insert(self.clock);
         }
         self.devices[device].outbox.retain(|(_, c)| *c != cmid);
     }
@@ -825,12 +1091,13 @@ impl World {
             queue.clear();
         }
         self.failed_epoch = vec![None; self.options.cores];
-        for device in &mut self.devices {
-            device.conn = None;
-            device.authenticated = false;
-            device.syncing = false;
-            device.live = false;
-            device.asked.clear();
+        for device in 0..self.devices.len() {
+            let d = &mut self.devices[device];
+            d.conn = None;
+            d.authenticated = false;
+            d.syncing = false;
+            d.live = false;
+            self.forget_asked(device);
         }
         self.boot();
     }
@@ -846,6 +1113,7 @@ impl World {
 
     /// One random step.
     fn step(&mut self) {
+        self.clock += 1;
         let cores = self.options.cores;
         match self.rng.below(100) {
             0..=19 => {
@@ -1020,21 +1288,69 @@ impl World {
             }
         }
         // Every acknowledged message is durable and in each member's log, once.
-        let mut acknowledged: Vec<(u64, u64)> = self.acknowledged.values().copied().collect();
-        acknowledged.sort_unstable();
-        for (conversation_id, seq) in acknowledged {
+        let mut acknowledged: Vec<([u8; 16], (u64, u64))> =
+            self.acknowledged.iter().map(|(k, v)| (*k, *v)).collect();
+        acknowledged.sort_unstable_by_key(|(_, v)| *v);
+        // Copies of each message in each user's log, by (user, conversation, seq): every log is
+        // read once, not once per acknowledged message.
+        let mut logged: HashMap<(u64, u64, u64), usize> = HashMap::new();
+        for user in &self.users {
+            for (_, record) in self.log(user.user_id) {
+                if let UpdateRecord::Message {
+                    conversation_id,
+                    seq,
+                    ..
+                } = record
+                {
+                    *logged
+                        .entry((user.user_id, conversation_id, seq))
+                        .or_default() += 1;
+                }
+            }
+        }
+        let copies = |user_id: u64, conversation_id: u64, seq: u64| {
+            logged
+                .get(&(user_id, conversation_id, seq))
+                .copied()
+                .unwrap_or(0)
+        };
+        for (cmid, (conversation_id, seq)) in acknowledged {
             let Ok(Some(record)) = self.store.conversation(conversation_id) else {
                 continue;
             };
+            let (sent, acked) = match self.send_steps.get(&cmid) {
+                Some(&(sent, Some(acked))) => (sent, acked),
+                _ => (0, u64::MAX),
+            };
+            // Users whose membership changed: as many copies as membership at the send says.
+            for user in 0..self.users.len() {
+                if !self.membership_changed(conversation_id, user) {
+                    continue;
+                }
+                let user_id = self.users[user].user_id;
+                let copies = copies(user_id, conversation_id, seq);
+                let ok = match self.expected_copies(conversation_id, user, sent, acked) {
+                    Some(n) => copies == n,
+                    None => copies <= 1,
+                };
+                if !ok {
+                    let what = format!(
+                        "acknowledged {conversation_id}/{seq} is {copies} times in the log of \
+                         {user_id}, whose membership changed"
+                    );
+                    self.violation(what);
+                }
+            }
             for member in &record.members {
-                let log = self.log(member.user_id);
-                let copies = log
+                let changed = self
+                    .users
                     .iter()
-                    .filter(|(_, r)| {
-                        matches!(*r, UpdateRecord::Message { conversation_id: c, seq: s, .. }
-                            if c == conversation_id && s == seq)
-                    })
-                    .count();
+                    .position(|u| u.user_id == member.user_id)
+                    .is_some_and(|u| self.membership_changed(conversation_id, u));
+                if changed {
+                    continue;
+                }
+                let copies = copies(member.user_id, conversation_id, seq);
                 if copies != 1 {
                     let what = format!(
                         "acknowledged {conversation_id}/{seq} is {copies} times in the log of {}",
@@ -1253,6 +1569,8 @@ mod tests {
             total.sends += stats.sends;
             total.repeats += stats.repeats;
             total.group_changes += stats.group_changes;
+            total.removed += stats.removed;
+            total.added_back += stats.added_back;
             total.failed_commits += stats.failed_commits;
             total.crashes += stats.crashes;
             total.disk_full += stats.disk_full;
@@ -1266,6 +1584,7 @@ mod tests {
             assert!(total.disk_full > 0, "{total:?}");
             assert!(total.acknowledged > 1000, "{total:?}");
             assert!(total.group_changes > 0, "{total:?}");
+            assert!(total.removed > 0 && total.added_back > 0, "{total:?}");
         }
     }
 

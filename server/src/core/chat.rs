@@ -1336,7 +1336,8 @@ impl Shard {
         open: OpenDirect,
     ) -> Result<(), StoreError> {
         let peer = open.user_id;
-        if peer == user_id {
+        // 0 is never a user's id (§5): asking for it is a malformed request, not a missing user.
+        if peer == user_id || peer == 0 {
             self.reply_error(
                 conn,
                 request_id,
@@ -1483,7 +1484,7 @@ impl Shard {
         let ids = self
             .store
             .user_conversations(user_id, list.after, limit + 1)?;
-        let has_more = ids.len() > limit;
+        let mut has_more = ids.len() > limit;
         let mut conversations = Vec::with_capacity(limit);
         let mut bytes = 0;
         for conversation_id in ids.into_iter().take(limit) {
@@ -1498,6 +1499,8 @@ impl Shard {
             };
             bytes += last_message.as_ref().map_or(128, approx_message_bytes);
             if !conversations.is_empty() && bytes > PAGE_BYTES_MAX {
+                // Cut short by the frame size: the rest follow on the next page (§11.5).
+                has_more = true;
                 break;
             }
             let kind = ConversationKind::from_u8(record.kind).unwrap_or_default();

@@ -1,19 +1,22 @@
 //! Back-off on failed logins, per username and per source address, shared by every core.
 //!
-//! Each key gets a few failures free; past them, every further failure locks the key for twice as
-//! long as the last time, from one second up to five minutes, and a login for a locked key is
+//! The failure that reaches a key's threshold locks it for one second, and every further failure
+//! locks it for twice as long as the last time, up to five minutes: with a threshold of 5, the
+//! fifth failure locks and the sixth attempt is already refused. A login for a locked key is
 //! answered `RATE_LIMITED` with the time left, without looking at the password. A success clears
-//! the username's record. Logins are rare next to messages, so one mutex serves all cores.
+//! the username's record (not the address's). Failed `Resume`s are not counted: a token is 32
+//! random bytes, nothing a client can guess. Logins are rare next to messages, so one mutex serves
+//! all cores.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
-/// Failed logins for one username before back-off starts.
-pub(crate) const LOGIN_FAILURES_FREE_PER_USER: u32 = 5;
-/// Failed logins from one address before back-off starts.
-pub(crate) const LOGIN_FAILURES_FREE_PER_ADDRESS: u32 = 20;
+/// Failed logins for one username that lock it.
+pub(crate) const LOGIN_FAILURES_PER_USER_MAX: u32 = 5;
+/// Failed logins from one address that lock it.
+pub(crate) const LOGIN_FAILURES_PER_ADDRESS_MAX: u32 = 20;
 /// The first lockout; each later one doubles.
 pub(crate) const LOGIN_LOCKOUT_BASE_MS: u64 = 1_000;
 /// The longest lockout.
@@ -46,7 +49,7 @@ impl<K: Hash + Eq + Clone> Table<K> {
         (until > now_ms).then(|| until - now_ms)
     }
 
-    fn failed(&mut self, key: K, free: u32, now_ms: u64) {
+    fn failed(&mut self, key: K, max: u32, now_ms: u64) {
         if self.entries.len() >= LOGIN_GUARD_ENTRIES_MAX {
             self.entries.retain(|_, s| s.locked_until_ms > now_ms);
             if self.entries.len() >= LOGIN_GUARD_ENTRIES_MAX {
@@ -55,8 +58,8 @@ impl<K: Hash + Eq + Clone> Table<K> {
         }
         let strikes = self.entries.entry(key).or_default();
         strikes.failures = strikes.failures.saturating_add(1);
-        if strikes.failures > free {
-            let doublings = (strikes.failures - free - 1).min(20);
+        if strikes.failures >= max {
+            let doublings = (strikes.failures - max).min(20);
             let lockout = (LOGIN_LOCKOUT_BASE_MS << doublings).min(LOGIN_LOCKOUT_MAX_MS);
             strikes.locked_until_ms = now_ms + lockout;
         }
@@ -95,11 +98,11 @@ impl LoginGuard {
         };
         tables
             .0
-            .failed(username.to_owned(), LOGIN_FAILURES_FREE_PER_USER, now_ms);
+            .failed(username.to_owned(), LOGIN_FAILURES_PER_USER_MAX, now_ms);
         if let Some(addr) = addr {
             tables
                 .1
-                .failed(addr, LOGIN_FAILURES_FREE_PER_ADDRESS, now_ms);
+                .failed(addr, LOGIN_FAILURES_PER_ADDRESS_MAX, now_ms);
         }
     }
 
@@ -115,18 +118,20 @@ impl LoginGuard {
 mod tests {
     use super::*;
 
-    // Proves the free failures, the doubling lockouts, the per-address count and the reset.
+    // Proves the threshold, the doubling lockouts, the per-address count and the reset.
     #[test]
     fn backoff_doubles_then_resets() {
         let guard = LoginGuard::default();
         let addr: Option<IpAddr> = Some([127, 0, 0, 1].into());
-        for _ in 0..LOGIN_FAILURES_FREE_PER_USER {
+        for _ in 0..LOGIN_FAILURES_PER_USER_MAX {
             assert_eq!(guard.check("alice", addr, 0), Ok(()));
             guard.failed("alice", addr, 0);
         }
-        assert_eq!(guard.check("alice", addr, 0), Ok(()));
-        guard.failed("alice", addr, 0);
-        assert_eq!(guard.check("alice", addr, 0), Err(1_000));
+        assert_eq!(
+            guard.check("alice", addr, 0),
+            Err(1_000),
+            "the fifth failure locks"
+        );
         guard.failed("alice", addr, 1_000);
         assert_eq!(guard.check("alice", addr, 1_000), Err(2_000));
         assert_eq!(
@@ -136,7 +141,7 @@ mod tests {
         );
         guard.succeeded("alice");
         assert_eq!(guard.check("alice", None, 1_000), Ok(()));
-        for _ in 0..LOGIN_FAILURES_FREE_PER_ADDRESS {
+        for _ in 0..LOGIN_FAILURES_PER_ADDRESS_MAX {
             guard.failed("carol", addr, 5_000);
         }
         assert!(
