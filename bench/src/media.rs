@@ -184,6 +184,7 @@ pub(crate) async fn run(args: &RunArgs, addr: SocketAddr, prefix: &str) -> io::R
     let conversation_id = match c
         .rpc(OpenDirect {
             user_id: peer.user_id,
+            encrypted: false,
         })
         .await?
     {
