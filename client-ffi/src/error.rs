@@ -138,6 +138,8 @@ pub enum ErrorCode {
     Unavailable,
     /// The server failed; the request may be retried.
     Internal,
+    /// A plaintext `Send` to an end-to-end encrypted conversation.
+    EncryptionRequired,
     /// A code these bindings do not know (see `code_value`).
     Unknown,
 }
@@ -145,7 +147,7 @@ pub enum ErrorCode {
 impl ErrorCode {
     /// The enum value of a wire code.
     pub(crate) fn from_wire(code: WireCode) -> ErrorCode {
-        const TABLE: [(WireCode, ErrorCode); 25] = [
+        const TABLE: [(WireCode, ErrorCode); 26] = [
             (WireCode::MALFORMED, ErrorCode::Malformed),
             (WireCode::FRAME_TOO_LARGE, ErrorCode::FrameTooLarge),
             (WireCode::FRAME_TOO_SMALL, ErrorCode::FrameTooSmall),
@@ -174,6 +176,7 @@ impl ErrorCode {
             (WireCode::DEVICE_REVOKED, ErrorCode::DeviceRevoked),
             (WireCode::UNAVAILABLE, ErrorCode::Unavailable),
             (WireCode::INTERNAL, ErrorCode::Internal),
+            (WireCode::ENCRYPTION_REQUIRED, ErrorCode::EncryptionRequired),
         ];
         TABLE
             .iter()

@@ -3803,6 +3803,10 @@ public enum ErrorCode: Equatable, Hashable {
      */
     case `internal`
     /**
+     * A plaintext `Send` to an end-to-end encrypted conversation.
+     */
+    case encryptionRequired
+    /**
      * A code these bindings do not know (see `code_value`).
      */
     case unknown
@@ -3877,7 +3881,9 @@ public struct FfiConverterTypeErrorCode: FfiConverterRustBuffer {
         
         case 25: return .`internal`
         
-        case 26: return .unknown
+        case 26: return .encryptionRequired
+        
+        case 27: return .unknown
         
         default: throw UniffiInternalError.unexpectedEnumCase
         }
@@ -3987,8 +3993,12 @@ public struct FfiConverterTypeErrorCode: FfiConverterRustBuffer {
             writeInt(&buf, Int32(25))
         
         
-        case .unknown:
+        case .encryptionRequired:
             writeInt(&buf, Int32(26))
+        
+        
+        case .unknown:
+            writeInt(&buf, Int32(27))
         
         }
     }
