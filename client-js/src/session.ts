@@ -654,7 +654,8 @@ export class Session {
    * reconnect (a `state` event with `online`), call this again from the last `seq` processed.
    */
   async toDeviceSync(since = 0n, limit = 0): Promise<ToDevicePage> {
-    return this.retrying(() => this.call({ type: "ToDeviceSync", since, limit }, "ToDevicePage"));
+    const page = await this.retrying(() => this.call({ type: "ToDeviceSync", since, limit }, "ToDevicePage"));
+    return { messages: page.messages, hasMore: page.hasMore, oneTimeKeysLeft: page.oneTimeKeysLeft, fallbackKeyUsed: page.fallbackKeyUsed };
   }
 
   /**
