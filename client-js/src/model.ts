@@ -68,9 +68,11 @@ export interface Message {
 export interface ConversationInfo extends wire.ConversationInfo {
   /**
    * Whether it is encrypted end to end (spec §19.7): then the server takes only encrypted bodies
-   * (`megolm.v1:…`) in it and refuses any other with `ENCRYPTION_REQUIRED`.
+   * (`megolm.v1:…`) in it and refuses any other with `ENCRYPTION_REQUIRED`. Always set on what the
+   * session returns; optional so that values an app builds itself need not name it (absent is
+   * false).
    */
-  encrypted: boolean;
+  encrypted?: boolean;
 }
 
 /**
