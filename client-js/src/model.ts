@@ -9,7 +9,24 @@
 import type * as wire from "./codec/index.js";
 import type { TernError } from "./errors.js";
 
-export type { ConversationKind, Member, ReceiptKind, Role, ServerLimits } from "./codec/index.js";
+export type {
+  BackupEntry,
+  BackupPage,
+  ClaimedKey,
+  ConversationKind,
+  DeviceAddress,
+  DeviceKeys,
+  KeyCounts,
+  Member,
+  ReceiptKind,
+  Role,
+  ServerLimits,
+  SignedKey,
+  ToDeviceMessage,
+  ToDeviceOut,
+  ToDevicePage,
+  UserDeviceKeys,
+} from "./codec/index.js";
 
 /** A media item attached to a message (spec §6.5). */
 export interface Attachment {
@@ -48,9 +65,20 @@ export interface Message {
 }
 
 /** Everything about one conversation, as the caller sees it (spec §6.7). */
-export type ConversationInfo = wire.ConversationInfo;
+export interface ConversationInfo extends wire.ConversationInfo {
+  /**
+   * Whether it is encrypted end to end (spec §19.7): then the server takes only encrypted bodies
+   * (`megolm.v1:…`) in it and refuses any other with `ENCRYPTION_REQUIRED`. Always set on what the
+   * session returns; optional so that values an app builds itself need not name it (absent is
+   * false).
+   */
+  encrypted?: boolean;
+}
 
-/** One line of the caller's conversation list (spec §6.8). */
+/**
+ * One line of the caller's conversation list (spec §6.8). It does not say whether the conversation
+ * is encrypted: {@link ConversationInfo} does.
+ */
 export interface ConversationSummary {
   conversationId: bigint;
   kind: wire.ConversationKind;
@@ -115,6 +143,19 @@ export interface SessionEvents {
   sent: { clientMsgId: Uint8Array; conversationId: bigint; seq: bigint; messageId: bigint; sentAt: bigint };
   /** The server refused a queued message for good; it left the outbox. */
   sendFailed: { clientMsgId: Uint8Array; conversationId: bigint; error: TernError };
+  /**
+   * A user's devices changed (spec §19.5): one published its identity keys for the first time, or
+   * one that had was revoked. Fetch their keys again with {@link Session.getDeviceKeys}.
+   */
+  deviceListChanged: { userId: bigint; ts: bigint };
+  /**
+   * A to-device message for this device (spec §19.4.4), on a connection made to-device live by a
+   * {@link Session.toDeviceSync} page with `hasMore` false. Acknowledge what was processed with
+   * {@link Session.toDeviceAck}.
+   */
+  toDevice: wire.ToDeviceMessage;
+  /** A claim took one of this device's keys (spec §19.3.4): top the one-time keys up when low. */
+  keyCount: wire.KeyCounts;
   /** The server is going away; the session reconnects after the delay it named. */
   goAway: { reconnectAfterMs: number; message: string };
   /**

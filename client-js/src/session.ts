@@ -23,10 +23,26 @@
  */
 
 import {
+  BACKUP_ENTRIES_PER_REQUEST_MAX,
+  BACKUP_ENTRY_ID_BYTES,
   BODY_CHARS_MAX,
+  type BackupEntry,
+  type BackupPage,
   type Body,
   type BodyOf,
+  type ClaimedKey,
+  type Conversation as WireConversation,
+  type DeviceAddress,
+  type DeviceKeys,
   FRAME_HEADER_BYTES,
+  KEY_CLAIMS_MAX,
+  KEY_QUERY_USERS_MAX,
+  type KeyCounts,
+  type SignedKey,
+  TO_DEVICE_MESSAGES_PER_REQUEST_MAX,
+  type ToDeviceOut,
+  type ToDevicePage,
+  type UserDeviceKeys,
   type FrameName,
   MEDIA_CHUNK_BYTES_MAX,
   PRESENCE_USERS_MAX,
@@ -186,7 +202,16 @@ export class Session {
   };
   private readonly storage: Storage;
   private readonly token: Uint8Array;
-  private readonly emitter = new Emitter<SessionEvents>(["message", "receipt", "conversation", "sent", "sendFailed", "loggedOut"]);
+  private readonly emitter = new Emitter<SessionEvents>([
+    "message",
+    "receipt",
+    "conversation",
+    "deviceListChanged",
+    "toDevice",
+    "sent",
+    "sendFailed",
+    "loggedOut",
+  ]);
   private readonly stop = new Signal();
   private loop: Promise<void> = Promise.resolve();
   private currentState: SessionState = "connecting";
@@ -320,9 +345,10 @@ export class Session {
   /**
    * Calls `fn` for every event of `type`; returns a function that unsubscribes it.
    *
-   * `message`, `receipt`, `conversation`, `sent`, `sendFailed` and `loggedOut` events that happen
-   * while their type has no listener are held (up to 10,000 of each type) and given to the first
-   * listener, right after it subscribes; the other types describe the present and are dropped.
+   * `message`, `receipt`, `conversation`, `deviceListChanged`, `toDevice`, `sent`, `sendFailed` and
+   * `loggedOut` events that happen while their type has no listener are held (up to 10,000 of each
+   * type) and given to the first listener, right after it subscribes; the other types describe the
+   * present and are dropped.
    */
   on<K extends keyof SessionEvents>(type: K, fn: (e: SessionEvents[K]) => void): () => void {
     return this.emitter.on(type, fn);
@@ -333,7 +359,8 @@ export class Session {
    * server stored it (`Sent`). While offline it waits in the outbox (which survives a reload; a
    * later session sends it and reports it with a `sent` event). Rejects with the server's error
    * when the server refuses it for good (`NOT_FOUND` for a conversation the user is not in,
-   * `LIMIT_EXCEEDED`, ...), which also removes it from the outbox, or with `CLOSED` when the session
+   * `LIMIT_EXCEEDED`, `ENCRYPTION_REQUIRED` for a body that is not an encrypted body in an
+   * encrypted conversation, ...), which also removes it from the outbox, or with `CLOSED` when the session
    * is closed first (the message stays in the outbox).
    *
    * A `Uint8Array` body must be UTF-8: protocol version 1 carries text.
@@ -375,11 +402,16 @@ export class Session {
     return this.outbox.map((s) => ({ ...s, clientMsgId: s.clientMsgId.slice(), attachments: [...s.attachments] }));
   }
 
-  /** Finds the direct conversation with a user, creating it if there is none. */
-  async openDirect(userId: bigint): Promise<ConversationInfo> {
-    const reply = await this.retrying(() => this.call({ type: "OpenDirect", userId }, "Conversation"));
+  /**
+   * Finds the direct conversation with a user, creating it if there is none. With `encrypted`, one
+   * that does not exist yet is created encrypted end to end (spec §19.7); an existing one keeps
+   * what it is, which `encrypted` of the result tells.
+   */
+  async openDirect(userId: bigint, opts: { encrypted?: boolean } = {}): Promise<ConversationInfo> {
+    const body = { type: "OpenDirect" as const, userId, encrypted: opts.encrypted === true };
+    const reply = await this.retrying(() => this.call(body, "Conversation"));
     this.knownConversations.add(reply.conversation.conversationId);
-    return reply.conversation;
+    return toConversationInfo(reply);
   }
 
   /** Finds a user by exact username (lower-cased first). Rejects with `NOT_FOUND` when none has it. */
@@ -425,7 +457,7 @@ export class Session {
   async getConversation(id: bigint): Promise<ConversationInfo> {
     const reply = await this.retrying(() => this.call({ type: "GetConversation", conversationId: id }, "Conversation"));
     this.knownConversations.add(id);
-    return reply.conversation;
+    return toConversationInfo(reply);
   }
 
   /**
@@ -504,11 +536,15 @@ export class Session {
     }
   }
 
-  /** Creates a group with the user as its owner and `memberIds` as members. */
-  async createGroup(name: string, memberIds: bigint[]): Promise<ConversationInfo> {
-    const reply = await this.call({ type: "CreateGroup", name, members: memberIds }, "Conversation");
+  /**
+   * Creates a group with the user as its owner and `memberIds` as members; with `encrypted`, the
+   * group is encrypted end to end for its whole life (spec §19.7).
+   */
+  async createGroup(name: string, memberIds: bigint[], opts: { encrypted?: boolean } = {}): Promise<ConversationInfo> {
+    const body = { type: "CreateGroup" as const, name, members: memberIds, encrypted: opts.encrypted === true };
+    const reply = await this.call(body, "Conversation");
     this.knownConversations.add(reply.conversation.conversationId);
-    return reply.conversation;
+    return toConversationInfo(reply);
   }
 
   /** Adds members to a group (admins and the owner only). */
@@ -534,6 +570,135 @@ export class Session {
   /** Changes a member's role (the owner only); `"owner"` transfers ownership. */
   async setRole(id: bigint, userId: bigint, role: "member" | "admin" | "owner"): Promise<void> {
     await this.call({ type: "SetRole", conversationId: id, userId, role }, "Ok");
+  }
+
+  // ---- End-to-end encryption: the key directory, to-device messages, the key backup (spec §19) ----
+  //
+  // These carry keys and payloads made elsewhere: signing, Olm and Megolm are the job of a
+  // cryptography library (the Rust client library does all of it with vodozemac).
+
+  /**
+   * Publishes this device's keys (spec §19.3.1) and resolves with its counts in the directory.
+   * `identity` is required with the first keys a device publishes (its `deviceId` this device's,
+   * signed over `identitySignedBytes`); each one-time and fallback key is signed over
+   * `keySignedBytes`. With nothing in it, it just asks for the counts. Rejects with
+   * `INVALID_ARGUMENT` when a signature does not verify, `CONFLICT` when the identity keys differ
+   * from those published before, `LIMIT_EXCEEDED` past 100 one-time keys.
+   */
+  async publishKeys(keys: { identity?: DeviceKeys; oneTimeKeys?: SignedKey[]; fallbackKey?: SignedKey } = {}): Promise<KeyCounts> {
+    const body = {
+      type: "PublishKeys" as const,
+      identity: keys.identity ?? null,
+      oneTimeKeys: keys.oneTimeKeys ?? [],
+      fallbackKey: keys.fallbackKey ?? null,
+    };
+    const reply = await this.retrying(() => this.call(body, "KeysPublished"));
+    return { oneTimeKeysLeft: reply.oneTimeKeysLeft, fallbackKeyUsed: reply.fallbackKeyUsed };
+  }
+
+  /**
+   * The devices and identity keys of users (spec §19.3.2), one entry per user who exists, in the
+   * order asked (repeats asked once). Check each device's signature before trusting it: the server
+   * is not trusted.
+   */
+  async getDeviceKeys(userIds: bigint[]): Promise<UserDeviceKeys[]> {
+    const unique = [...new Set(userIds)];
+    const out: UserDeviceKeys[] = [];
+    for (let i = 0; i < unique.length; i += KEY_QUERY_USERS_MAX) {
+      const body = { type: "GetDeviceKeys" as const, userIds: unique.slice(i, i + KEY_QUERY_USERS_MAX) };
+      const reply = await this.retrying(() => this.call(body, "DeviceKeysList"));
+      out.push(...reply.users);
+    }
+    return out;
+  }
+
+  /**
+   * Takes one key of each device named (spec §19.3.3): a one-time key, removed from the directory,
+   * or the device's fallback key (`fallback` true) when it has none left. Devices that are revoked,
+   * unknown or have published no key are left out. Not retried after a dropped connection, since
+   * a retry would take further keys.
+   */
+  async claimKeys(devices: DeviceAddress[]): Promise<ClaimedKey[]> {
+    const out: ClaimedKey[] = [];
+    for (let i = 0; i < devices.length; i += KEY_CLAIMS_MAX) {
+      const reply = await this.call({ type: "ClaimKeys", devices: devices.slice(i, i + KEY_CLAIMS_MAX) }, "ClaimedKeys");
+      out.push(...reply.keys);
+    }
+    return out;
+  }
+
+  /**
+   * Queues payloads for devices (spec §19.4.1), in as many requests as the frame size and the
+   * 256-message limit need, and resolves with the recipients for which nothing was queued (no such
+   * device, a revoked one, or a full queue). A retry after a dropped connection may queue a
+   * message twice, which recipients ignore.
+   */
+  async sendToDevice(messages: ToDeviceOut[]): Promise<DeviceAddress[]> {
+    if (messages.length === 0) {
+      throw new TernError("INVALID_ARGUMENT", "no to-device message to send");
+    }
+    const frameBytesMax = (await this.usableConnection()).frameBytesMax;
+    const undelivered: DeviceAddress[] = [];
+    for (const batch of toDeviceBatches(messages, frameBytesMax)) {
+      const reply = await this.retrying(() => this.call({ type: "SendToDevice", messages: batch }, "ToDeviceSent"));
+      undelivered.push(...reply.undelivered);
+    }
+    return undelivered;
+  }
+
+  /**
+   * Acknowledges this device's to-device messages up to `since` (the server deletes them) and
+   * resolves with those after it, up to `limit` (0: the server's 100), and this device's key
+   * counts (spec §19.4.2). A page with `hasMore` false makes the current connection to-device
+   * live: new messages then arrive as `toDevice` events. A new connection is not: after each
+   * reconnect (a `state` event with `online`), call this again from the last `seq` processed.
+   */
+  async toDeviceSync(since = 0n, limit = 0): Promise<ToDevicePage> {
+    const page = await this.retrying(() => this.call({ type: "ToDeviceSync", since, limit }, "ToDevicePage"));
+    return { messages: page.messages, hasMore: page.hasMore, oneTimeKeysLeft: page.oneTimeKeysLeft, fallbackKeyUsed: page.fallbackKeyUsed };
+  }
+
+  /**
+   * Says this device processed its to-device messages up to `upTo` (spec §19.4.3), so the server
+   * deletes them. A notification: dropped while offline, when the next `toDeviceSync` acknowledges.
+   */
+  toDeviceAck(upTo: bigint): void {
+    const conn = this.usableNow();
+    if (conn === null) {
+      return;
+    }
+    try {
+      conn.notify({ type: "ToDeviceAck", upTo });
+    } catch {
+      // The connection just ended: the next toDeviceSync acknowledges.
+    }
+  }
+
+  /**
+   * Stores encrypted key backup entries (spec §19.6), replacing any with the same `entryId`.
+   * Rejects with `INVALID_ARGUMENT` for an all-zero id, `LIMIT_EXCEEDED` past the server's limit.
+   */
+  async putBackup(entries: BackupEntry[]): Promise<void> {
+    for (let i = 0; i < entries.length; i += BACKUP_ENTRIES_PER_REQUEST_MAX) {
+      const batch = entries.slice(i, i + BACKUP_ENTRIES_PER_REQUEST_MAX);
+      await this.retrying(() => this.call({ type: "PutBackup", entries: batch }, "Ok"));
+    }
+  }
+
+  /**
+   * A page of the user's key backup entries in ascending `entryId` (spec §19.6): those with an id
+   * above `after` (from the start when absent), at most `limit` (0: the server's 256). When
+   * `hasMore`, ask again with `after` = the last id of this page.
+   */
+  async getBackup(opts: { after?: Uint8Array; limit?: number } = {}): Promise<BackupPage> {
+    const body = { type: "GetBackup" as const, after: opts.after ?? new Uint8Array(BACKUP_ENTRY_ID_BYTES), limit: opts.limit ?? 0 };
+    const reply = await this.retrying(() => this.call(body, "BackupPage"));
+    return { entries: reply.entries, hasMore: reply.hasMore };
+  }
+
+  /** Deletes every key backup entry of the user (spec §19.6). */
+  async deleteBackup(): Promise<void> {
+    await this.retrying(() => this.call({ type: "DeleteBackup" }, "Ok"));
   }
 
   /**
@@ -891,6 +1056,9 @@ export class Session {
       case "RoleChanged":
         this.emitter.emit("conversation", { conversationId: kind.conversationId, change: "roleChanged", actor: kind.actor, userId: kind.userId });
         return;
+      case "DeviceListChanged":
+        this.emitter.emit("deviceListChanged", { userId: kind.userId, ts: kind.ts });
+        return;
       case "Unknown":
         // A newer kind: skipped, but its user_seq counts (spec §4, rule 4).
         return;
@@ -945,6 +1113,12 @@ export class Session {
         return;
       case "TypingEvent":
         this.onTyping(body.conversationId, body.userId, body.active);
+        return;
+      case "ToDeviceEvent":
+        this.emitter.emit("toDevice", body.message);
+        return;
+      case "KeyCountEvent":
+        this.emitter.emit("keyCount", { oneTimeKeysLeft: body.oneTimeKeysLeft, fallbackKeyUsed: body.fallbackKeyUsed });
         return;
       case "GoAway": {
         // The server answers what it has read, then closes; new sends and requests wait for the
@@ -1377,6 +1551,34 @@ function toMessage(m: WireMessage): Message {
     attachments: m.attachments.map((a) => ({ mediaId: a.mediaId, size: a.size, mime: a.mime })),
     clientMsgId: m.clientMsgId,
   };
+}
+
+/** A `Conversation` reply as the app sees it: the conversation, and whether it is encrypted. */
+function toConversationInfo(reply: WireConversation): ConversationInfo {
+  return { ...reply.conversation, encrypted: reply.encrypted };
+}
+
+/**
+ * To-device messages cut into `SendToDevice` bodies of at most 256 messages and `frameBytesMax`
+ * bytes each (a frame header and a count, then per message its address, a length and the
+ * payload). A message too large for a frame of its own goes alone, for the encoder to refuse.
+ */
+function toDeviceBatches(messages: ToDeviceOut[], frameBytesMax: number): ToDeviceOut[][] {
+  const batches: ToDeviceOut[][] = [];
+  let batch: ToDeviceOut[] = [];
+  let size = FRAME_HEADER_BYTES + 4;
+  for (const message of messages) {
+    const bytes = 12 + 4 + message.payload.length;
+    if (batch.length > 0 && (batch.length === TO_DEVICE_MESSAGES_PER_REQUEST_MAX || size + bytes > frameBytesMax)) {
+      batches.push(batch);
+      batch = [];
+      size = FRAME_HEADER_BYTES + 4;
+    }
+    batch.push(message);
+    size += bytes;
+  }
+  batches.push(batch);
+  return batches;
 }
 
 function toSummary(s: WireConversationSummary): ConversationSummary {

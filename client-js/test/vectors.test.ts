@@ -61,8 +61,15 @@ function bytesOf(entry: Entry): Uint8Array {
 const ENUM_KEYS = new Set(["role", "kind", "platform"]);
 
 /**
+ * Keys of the flags appended to version-1 bodies (spec §19.7): the manifest leaves them out when
+ * false (serde's `skip_serializing_if`), as the bytes do.
+ */
+const APPENDED_FLAGS = new Set(["encrypted"]);
+
+/**
  * A decoded value in the manifest's form (serde's defaults over the Rust types): snake_case keys,
- * tagged bodies as `{"Name": {fields}}`, byte arrays as lists of numbers, every integer a bigint.
+ * tagged bodies as `{"Name": {fields}}`, byte arrays as lists of numbers, every integer a bigint,
+ * appended flags only when true.
  */
 function toManifest(value: unknown, key = ""): Json {
   if (value === null) {
@@ -92,6 +99,9 @@ function toManifest(value: unknown, key = ""): Json {
     const fields: { [k: string]: Json } = {};
     for (const [k, v] of Object.entries(type === undefined ? value : rest)) {
       const name = specFieldName(k);
+      if (APPENDED_FLAGS.has(name) && v === false) {
+        continue;
+      }
       fields[name] = toManifest(v, name);
     }
     return typeof type === "string" ? { [type]: fields } : fields;

@@ -39,6 +39,7 @@ export const ERROR_CODES = {
   DEVICE_REVOKED: 23,
   UNAVAILABLE: 24,
   INTERNAL: 25,
+  ENCRYPTION_REQUIRED: 26,
 } as const;
 
 /** The name of a wire error code, as the spec writes it. */

@@ -1,5 +1,6 @@
 /**
- * Every frame body of protocol version 1 (spec §7 to §14): its fields, its type number and its codec.
+ * Every frame body of protocol version 1 (spec §7 to §14 and §19): its fields, its type number and
+ * its codec.
  *
  * A frame body is an object tagged by `type`, the frame's name in the spec (`{ type: "Ping", nonce }`),
  * so a `switch (body.type)` narrows it. {@link FRAME_TYPES} maps each name to its number and codec.
@@ -9,6 +10,8 @@
 
 import {
   ATTACHMENTS_PER_MESSAGE_MAX,
+  BACKUP_ENTRIES_PER_REQUEST_MAX,
+  BACKUP_ENTRY_ID_BYTES,
   BODY_CHARS_MAX,
   CLIENT_MSG_ID_BYTES,
   CONVERSATIONS_PAGE_MAX,
@@ -18,8 +21,11 @@ import {
   GROUP_MEMBERS_MAX,
   GROUP_NAME_BYTES_MAX,
   HISTORY_PAGE_MESSAGES_MAX,
+  KEY_CLAIMS_MAX,
+  KEY_QUERY_USERS_MAX,
   MEDIA_CHUNK_BYTES_MAX,
   MIME_BYTES_MAX,
+  ONE_TIME_KEYS_PER_DEVICE_MAX,
   PASSWORD_BYTES_MAX,
   PRESENCE_USERS_MAX,
   PUSH_APP_ID_BYTES_MAX,
@@ -27,11 +33,45 @@ import {
   SHA256_BYTES,
   SOFTWARE_NAME_BYTES_MAX,
   SYNC_PAGE_UPDATES_MAX,
+  TO_DEVICE_MESSAGES_PER_REQUEST_MAX,
+  TO_DEVICE_PAGE_MESSAGES_MAX,
   TOKEN_BYTES,
   USERNAME_BYTES_MAX,
   USERS_PER_REQUEST_MAX,
 } from "./limits.js";
-import { type Codec, bool, bytes, fixed, list, option, str, struct, text, u16, u32, u64 } from "./primitives.js";
+import {
+  type BackupEntry,
+  type ClaimedKey,
+  type DeviceAddress,
+  type DeviceKeys,
+  type SignedKey,
+  type ToDeviceMessage,
+  type ToDeviceOut,
+  type UserDeviceKeys,
+  backupEntry,
+  claimedKey,
+  deviceAddress,
+  deviceKeys,
+  signedKey,
+  toDeviceMessage,
+  toDeviceOut,
+  userDeviceKeys,
+} from "./e2e.js";
+import {
+  type Codec,
+  bool,
+  bytes,
+  fixed,
+  list,
+  option,
+  str,
+  struct,
+  tailFlag,
+  text,
+  u16,
+  u32,
+  u64,
+} from "./primitives.js";
 import {
   type ConversationInfo,
   type ConversationSummary,
@@ -81,7 +121,7 @@ export interface Login {
 export interface Resume {
   token: Uint8Array;
 }
-/** A frame with an empty body: Ok, Logout, ListDevices, UnregisterPushToken. */
+/** A frame with an empty body: Ok, Logout, ListDevices, UnregisterPushToken, DeleteBackup. */
 export type Empty = Record<never, never>;
 /** RevokeDevice (`0x0015`, spec §9.7). */
 export interface RevokeDevice {
@@ -130,6 +170,11 @@ export interface Typing {
 /** OpenDirect (`0x0030`, spec §11.1). */
 export interface OpenDirect {
   userId: bigint;
+  /**
+   * Create the conversation encrypted end to end, if it does not exist yet (spec §19.7). A flag
+   * appended to the body, written only when true; absent is false. Decoded, always a boolean.
+   */
+  encrypted?: boolean;
 }
 /** GetConversation (`0x0031`, spec §11.2). */
 export interface GetConversation {
@@ -144,6 +189,11 @@ export interface ListConversations {
 export interface CreateGroup {
   name: string;
   members: bigint[];
+  /**
+   * Create the group encrypted end to end (spec §19.7). A flag appended to the body, written only
+   * when true; absent is false. Decoded, always a boolean.
+   */
+  encrypted?: boolean;
 }
 /** AddMembers (`0x0034`, spec §11.7). */
 export interface AddMembers {
@@ -206,6 +256,49 @@ export interface Download {
   offset: bigint;
   length: number;
 }
+/** PublishKeys (`0x0070`, spec §19.3.1). Every field may be empty: then it asks for the counts. */
+export interface PublishKeys {
+  /** The device's identity keys: required with its first keys, then absent or unchanged. */
+  identity: DeviceKeys | null;
+  /** One-time keys to add; a `keyId` the device already has is replaced. */
+  oneTimeKeys: SignedKey[];
+  /** A new fallback key, replacing the old one. */
+  fallbackKey: SignedKey | null;
+}
+/** GetDeviceKeys (`0x0071`, spec §19.3.2). */
+export interface GetDeviceKeys {
+  userIds: bigint[];
+}
+/** ClaimKeys (`0x0072`, spec §19.3.3). */
+export interface ClaimKeys {
+  devices: DeviceAddress[];
+}
+/** SendToDevice (`0x0073`, spec §19.4.1). */
+export interface SendToDevice {
+  messages: ToDeviceOut[];
+}
+/** ToDeviceSync (`0x0074`, spec §19.4.2). */
+export interface ToDeviceSync {
+  /** The highest to-device `seq` the device has processed; 0n for none. */
+  since: bigint;
+  /** Most messages wanted; 0, or anything above 100, means 100. */
+  limit: number;
+}
+/** ToDeviceAck (`0x0075`, spec §19.4.3), a notification. */
+export interface ToDeviceAck {
+  upTo: bigint;
+}
+/** PutBackup (`0x0076`, spec §19.6). */
+export interface PutBackup {
+  entries: BackupEntry[];
+}
+/** GetBackup (`0x0077`, spec §19.6). */
+export interface GetBackup {
+  /** Only entries with an id above this, compared as bytes; 32 zero bytes for the first page. */
+  after: Uint8Array;
+  /** Most entries wanted; 0, or anything above 256, means 256. */
+  limit: number;
+}
 
 /** Error (`0x4000`, spec §8.6). */
 export interface ErrorBody {
@@ -262,6 +355,8 @@ export interface HistoryPage {
 /** Conversation (`0x4030`, spec §11.3). */
 export interface Conversation {
   conversation: ConversationInfo;
+  /** Whether the conversation is encrypted end to end (spec §19.7): a flag appended to the body. */
+  encrypted: boolean;
 }
 /** Conversations (`0x4031`, spec §11.5). */
 export interface Conversations {
@@ -294,6 +389,43 @@ export interface MediaData {
   offset: bigint;
   data: Uint8Array;
 }
+/**
+ * The calling device's keys in the directory: KeysPublished (`0x4070`, spec §19.3.1) and
+ * KeyCountEvent (`0x8005`, spec §19.3.4).
+ */
+export interface KeyCounts {
+  /** One-time keys in the directory, not yet claimed. */
+  oneTimeKeysLeft: number;
+  /** Whether the fallback key was handed out since it was published (or there is none). */
+  fallbackKeyUsed: boolean;
+}
+/** DeviceKeysList (`0x4071`, spec §19.3.2). */
+export interface DeviceKeysList {
+  users: UserDeviceKeys[];
+}
+/** ClaimedKeys (`0x4072`, spec §19.3.3). */
+export interface ClaimedKeys {
+  keys: ClaimedKey[];
+}
+/** ToDeviceSent (`0x4073`, spec §19.4.1). */
+export interface ToDeviceSent {
+  /** The recipients for which nothing was queued: no such device, a revoked one, or a full queue. */
+  undelivered: DeviceAddress[];
+}
+/** ToDevicePage (`0x4074`, spec §19.4.2). */
+export interface ToDevicePage {
+  messages: ToDeviceMessage[];
+  /** Whether more follow: ask again with `since` = the last `seq` here. */
+  hasMore: boolean;
+  oneTimeKeysLeft: number;
+  fallbackKeyUsed: boolean;
+}
+/** BackupPage (`0x4075`, spec §19.6). */
+export interface BackupPage {
+  entries: BackupEntry[];
+  /** Whether more follow: ask again with `after` = the last id here. */
+  hasMore: boolean;
+}
 
 /** GoAway (`0x8000`, spec §8.5). */
 export interface GoAway {
@@ -313,6 +445,10 @@ export interface TypingEvent {
   conversationId: bigint;
   userId: bigint;
   active: boolean;
+}
+/** ToDeviceEvent (`0x8004`, spec §19.4.4): a new to-device message, on a to-device live connection. */
+export interface ToDeviceEvent {
+  message: ToDeviceMessage;
 }
 
 /** The fields of every frame body of version 1, by the frame's name. */
@@ -353,6 +489,15 @@ export interface BodyMap {
   UploadFinish: MediaRef;
   GetMedia: MediaRef;
   Download: Download;
+  PublishKeys: PublishKeys;
+  GetDeviceKeys: GetDeviceKeys;
+  ClaimKeys: ClaimKeys;
+  SendToDevice: SendToDevice;
+  ToDeviceSync: ToDeviceSync;
+  ToDeviceAck: ToDeviceAck;
+  PutBackup: PutBackup;
+  GetBackup: GetBackup;
+  DeleteBackup: Empty;
   Error: ErrorBody;
   Ok: Empty;
   Welcome: Welcome;
@@ -370,10 +515,18 @@ export interface BodyMap {
   UploadState: UploadState;
   MediaInfo: MediaInfo;
   MediaData: MediaData;
+  KeysPublished: KeyCounts;
+  DeviceKeysList: DeviceKeysList;
+  ClaimedKeys: ClaimedKeys;
+  ToDeviceSent: ToDeviceSent;
+  ToDevicePage: ToDevicePage;
+  BackupPage: BackupPage;
   GoAway: GoAway;
   UpdateEvent: UpdateEvent;
   PresenceEvent: PresenceEvent;
   TypingEvent: TypingEvent;
+  ToDeviceEvent: ToDeviceEvent;
+  KeyCountEvent: KeyCounts;
 }
 
 /** The name of a frame type of version 1. */
@@ -394,6 +547,7 @@ export interface Frame<B extends Body = Body> {
 const empty = struct<Empty>({});
 const presenceUsers = struct<PresenceUsers>({ users: list(u64, PRESENCE_USERS_MAX) });
 const mediaRef = struct<MediaRef>({ mediaId: u64 });
+const keyCounts = struct<KeyCounts>({ oneTimeKeysLeft: u32, fallbackKeyUsed: bool });
 const credentials = struct<Register>({
   username: str(USERNAME_BYTES_MAX),
   password: str(PASSWORD_BYTES_MAX),
@@ -429,12 +583,12 @@ export const FRAME_TYPES: { readonly [K in FrameName]: readonly [number, Codec<B
   History: [0x0023, struct<History>({ conversationId: u64, before: u64, limit: u32 })],
   MarkRead: [0x0024, struct<MarkRead>({ conversationId: u64, upToSeq: u64 })],
   Typing: [0x0025, struct<Typing>({ conversationId: u64, active: bool })],
-  OpenDirect: [0x0030, struct<OpenDirect>({ userId: u64 })],
+  OpenDirect: [0x0030, struct<OpenDirect>({ userId: u64, encrypted: tailFlag })],
   GetConversation: [0x0031, struct<GetConversation>({ conversationId: u64 })],
   ListConversations: [0x0032, struct<ListConversations>({ after: u64, limit: u32 })],
   CreateGroup: [
     0x0033,
-    struct<CreateGroup>({ name: str(GROUP_NAME_BYTES_MAX), members: list(u64, GROUP_MEMBERS_MAX) }),
+    struct<CreateGroup>({ name: str(GROUP_NAME_BYTES_MAX), members: list(u64, GROUP_MEMBERS_MAX), encrypted: tailFlag }),
   ],
   AddMembers: [0x0034, struct<AddMembers>({ conversationId: u64, members: list(u64, GROUP_MEMBERS_MAX) })],
   RemoveMember: [0x0035, struct<RemoveMember>({ conversationId: u64, userId: u64 })],
@@ -465,6 +619,25 @@ export const FRAME_TYPES: { readonly [K in FrameName]: readonly [number, Codec<B
   UploadFinish: [0x0063, mediaRef],
   GetMedia: [0x0064, mediaRef],
   Download: [0x0065, struct<Download>({ mediaId: u64, offset: u64, length: u32 })],
+  PublishKeys: [
+    0x0070,
+    struct<PublishKeys>({
+      identity: option(deviceKeys),
+      oneTimeKeys: list(signedKey, ONE_TIME_KEYS_PER_DEVICE_MAX),
+      fallbackKey: option(signedKey),
+    }),
+  ],
+  GetDeviceKeys: [0x0071, struct<GetDeviceKeys>({ userIds: list(u64, KEY_QUERY_USERS_MAX) })],
+  ClaimKeys: [0x0072, struct<ClaimKeys>({ devices: list(deviceAddress, KEY_CLAIMS_MAX) })],
+  SendToDevice: [
+    0x0073,
+    struct<SendToDevice>({ messages: list(toDeviceOut, TO_DEVICE_MESSAGES_PER_REQUEST_MAX) }),
+  ],
+  ToDeviceSync: [0x0074, struct<ToDeviceSync>({ since: u64, limit: u32 })],
+  ToDeviceAck: [0x0075, struct<ToDeviceAck>({ upTo: u64 })],
+  PutBackup: [0x0076, struct<PutBackup>({ entries: list(backupEntry, BACKUP_ENTRIES_PER_REQUEST_MAX) })],
+  GetBackup: [0x0077, struct<GetBackup>({ after: fixed(BACKUP_ENTRY_ID_BYTES), limit: u32 })],
+  DeleteBackup: [0x0078, empty],
 
   Error: [
     0x4000,
@@ -505,7 +678,7 @@ export const FRAME_TYPES: { readonly [K in FrameName]: readonly [number, Codec<B
     0x4022,
     struct<HistoryPage>({ conversationId: u64, messages: list(message, HISTORY_PAGE_MESSAGES_MAX), hasMore: bool }),
   ],
-  Conversation: [0x4030, struct<Conversation>({ conversation: conversationInfo })],
+  Conversation: [0x4030, struct<Conversation>({ conversation: conversationInfo, encrypted: tailFlag })],
   Conversations: [
     0x4031,
     struct<Conversations>({ conversations: list(conversationSummary, CONVERSATIONS_PAGE_MAX), hasMore: bool }),
@@ -525,11 +698,33 @@ export const FRAME_TYPES: { readonly [K in FrameName]: readonly [number, Codec<B
     }),
   ],
   MediaData: [0x4062, struct<MediaData>({ mediaId: u64, offset: u64, data: bytes(MEDIA_CHUNK_BYTES_MAX) })],
+  KeysPublished: [0x4070, keyCounts],
+  DeviceKeysList: [0x4071, struct<DeviceKeysList>({ users: list(userDeviceKeys, KEY_QUERY_USERS_MAX) })],
+  ClaimedKeys: [0x4072, struct<ClaimedKeys>({ keys: list(claimedKey, KEY_CLAIMS_MAX) })],
+  ToDeviceSent: [
+    0x4073,
+    struct<ToDeviceSent>({ undelivered: list(deviceAddress, TO_DEVICE_MESSAGES_PER_REQUEST_MAX) }),
+  ],
+  ToDevicePage: [
+    0x4074,
+    struct<ToDevicePage>({
+      messages: list(toDeviceMessage, TO_DEVICE_PAGE_MESSAGES_MAX),
+      hasMore: bool,
+      oneTimeKeysLeft: u32,
+      fallbackKeyUsed: bool,
+    }),
+  ],
+  BackupPage: [
+    0x4075,
+    struct<BackupPage>({ entries: list(backupEntry, BACKUP_ENTRIES_PER_REQUEST_MAX), hasMore: bool }),
+  ],
 
   GoAway: [0x8000, struct<GoAway>({ reconnectAfterMs: u32, message: str(ERROR_MESSAGE_BYTES_MAX) })],
   UpdateEvent: [0x8001, struct<UpdateEvent>({ update })],
   PresenceEvent: [0x8002, struct<PresenceEvent>({ presence })],
   TypingEvent: [0x8003, struct<TypingEvent>({ conversationId: u64, userId: u64, active: bool })],
+  ToDeviceEvent: [0x8004, struct<ToDeviceEvent>({ message: toDeviceMessage })],
+  KeyCountEvent: [0x8005, keyCounts],
 };
 
 /** Frame names by type number. */

@@ -66,6 +66,28 @@ export const PUSH_TOKEN_BYTES_MAX = 4096;
 export const ERROR_MESSAGE_BYTES_MAX = 1024;
 /** The body of one update (spec §10.9), in bytes. */
 export const UPDATE_BODY_BYTES_MAX = FRAME_BYTES_MAX;
+/** One-time keys a device may hold in the key directory, and send in one `PublishKeys` (spec §19.10). */
+export const ONE_TIME_KEYS_PER_DEVICE_MAX = 100;
+/** Users named in one `GetDeviceKeys`, and so in its `DeviceKeysList` reply. */
+export const KEY_QUERY_USERS_MAX = 64;
+/** Devices named in one `ClaimKeys`, and keys in its `ClaimedKeys` reply. */
+export const KEY_CLAIMS_MAX = 256;
+/** Messages in one `SendToDevice`, and recipients in its `ToDeviceSent` reply. */
+export const TO_DEVICE_MESSAGES_PER_REQUEST_MAX = 256;
+/** One to-device payload, in bytes. */
+export const TO_DEVICE_PAYLOAD_BYTES_MAX = 65_536;
+/** Messages in one `ToDevicePage`. */
+export const TO_DEVICE_PAGE_MESSAGES_MAX = 100;
+/** Entries in one `PutBackup` or `BackupPage`. */
+export const BACKUP_ENTRIES_PER_REQUEST_MAX = 256;
+/** The data of one backup entry, in bytes. */
+export const BACKUP_ENTRY_BYTES_MAX = 2048;
+/** Backup entry ids (a Megolm session's id). */
+export const BACKUP_ENTRY_ID_BYTES = 32;
+/** Curve25519 and Ed25519 public keys. */
+export const PUBLIC_KEY_BYTES = 32;
+/** Ed25519 signatures. */
+export const SIGNATURE_BYTES = 64;
 /** The largest value of a `u32`. */
 export const U32_MAX = 0xffff_ffff;
 /** The largest value of a `u64`. */

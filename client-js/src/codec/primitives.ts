@@ -215,6 +215,23 @@ export const bool: Codec<boolean> = {
   },
 };
 
+/**
+ * A `bool` appended to a version-1 body (spec §19.7): written only when true, and read as false
+ * from a body that ends before it. Absent (`undefined`) is written as false.
+ */
+export const tailFlag: Codec<boolean> = {
+  read(r, field) {
+    return r.remaining() === 0 ? false : bool.read(r, field);
+  },
+  write(w, value: boolean | undefined, field) {
+    if (value === true) {
+      w.u8(1, field);
+    } else if (value !== false && value !== undefined) {
+      throw new EncodeError("OutOfRange", field, `${String(value)} is not a boolean`);
+    }
+  },
+};
+
 /** `byte[n]` (spec §3.3): exactly `n` raw bytes, copied out of the input. */
 export function fixed(n: number): Codec<Uint8Array> {
   return {

@@ -30,6 +30,7 @@ import {
   option,
   str,
   struct,
+  tailFlag,
   text,
   u32,
   u64,
@@ -225,6 +226,8 @@ export interface GroupCreated {
   ts: bigint;
   name: string;
   members: Member[];
+  /** Whether the group is encrypted end to end (spec §19.7): a flag appended to the body. */
+  encrypted: boolean;
 }
 
 /** MembersAdded update (spec §10.9.4). */
@@ -260,7 +263,15 @@ export interface RoleChanged {
   role: Role;
 }
 
-/** The update kinds of version 1 (spec §10.9), by name. */
+/** DeviceListChanged update (spec §19.5): a user's devices changed; fetch their keys again. */
+export interface DeviceListChanged {
+  /** Whose devices changed. */
+  userId: bigint;
+  /** When (ms). */
+  ts: bigint;
+}
+
+/** The update kinds of version 1 (spec §10.9, §19.5), by name. */
 export interface UpdateKindMap {
   Message: Message;
   Receipt: Receipt;
@@ -269,6 +280,7 @@ export interface UpdateKindMap {
   MemberRemoved: MemberRemoved;
   GroupRenamed: GroupRenamed;
   RoleChanged: RoleChanged;
+  DeviceListChanged: DeviceListChanged;
 }
 
 /** The name of an update kind of version 1. */
@@ -308,6 +320,7 @@ const UPDATE_KINDS: { readonly [K in UpdateKindName]: readonly [number, Codec<Up
       ts: u64,
       name: str(GROUP_NAME_BYTES_MAX),
       members: list(member, GROUP_MEMBERS_MAX),
+      encrypted: tailFlag,
     }),
   ],
   MembersAdded: [
@@ -320,6 +333,7 @@ const UPDATE_KINDS: { readonly [K in UpdateKindName]: readonly [number, Codec<Up
     struct<GroupRenamed>({ conversationId: u64, actor: u64, ts: u64, name: str(GROUP_NAME_BYTES_MAX) }),
   ],
   RoleChanged: [7, struct<RoleChanged>({ conversationId: u64, actor: u64, ts: u64, userId: u64, role })],
+  DeviceListChanged: [8, struct<DeviceListChanged>({ userId: u64, ts: u64 })],
 };
 
 const UPDATE_KIND_NAMES = new Map<number, UpdateKindName>(
