@@ -162,7 +162,10 @@ async fn history_forwards_edges(engine: &'static str) {
                 .await
                 .unwrap(),
         );
-        assert!(page.messages.is_empty() && !page.has_more, "before {before}");
+        assert!(
+            page.messages.is_empty() && !page.has_more,
+            "before {before}"
+        );
     }
     alice.send(conv, cmid(1, 4), "m4").await.unwrap();
     let next = alice.history_after(conv, 3, 0).await.unwrap();
