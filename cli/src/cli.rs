@@ -75,12 +75,16 @@ pub(crate) enum Command {
         /// Where.
         #[command(flatten)]
         target: Target,
-        /// How many of the newest messages.
+        /// How many messages: the newest ones, or with --after the oldest ones.
         #[arg(long, default_value_t = 20)]
         limit: u32,
         /// Only messages with a seq below this one (to page backwards).
         #[arg(long, value_name = "SEQ")]
         before: Option<u64>,
+        /// Only messages with a seq above this one, the oldest of them first (to page forwards,
+        /// from a message or the last one read; 0 starts at the first message).
+        #[arg(long, value_name = "SEQ", conflicts_with = "before")]
+        after: Option<u64>,
     },
     /// Mark a conversation read up to its newest message.
     Read {

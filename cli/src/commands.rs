@@ -239,7 +239,8 @@ pub(crate) async fn run(command: Command, ctx: &mut Context) -> Result<Report, C
             target,
             limit,
             before,
-        } => history(ctx, &target, limit, before.unwrap_or(0)).await,
+            after,
+        } => history(ctx, &target, limit, before.unwrap_or(0), after).await,
         Command::Read { target } => read(ctx, &target).await,
         Command::Conversations => conversations(ctx).await,
         Command::Groups => groups(ctx).await,
@@ -627,12 +628,16 @@ async fn history(
     target: &Target,
     limit: u32,
     before: u64,
+    after: Option<u64>,
 ) -> Result<Report, CliError> {
     let (net, session) = ctx.resume().await?;
     let conversation_id = ctx
         .conversation_id(&net, target.user.as_deref(), target.group)
         .await?;
-    let mut page = net.history(conversation_id, before, limit).await?;
+    let mut page = match after {
+        Some(after) => net.history_after(conversation_id, after, limit).await?,
+        None => net.history(conversation_id, before, limit).await?,
+    };
     ctx.learn_names(&net, page.messages.iter().map(|m| m.sender))
         .await?;
     let encrypted = open_messages(ctx, &net, &session, &mut page.messages).await?;

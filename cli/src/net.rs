@@ -253,6 +253,19 @@ impl Net {
         Ok(self.client.history(conversation_id, before, limit).await?)
     }
 
+    /// The oldest messages with a seq above `after`, read forwards.
+    pub(crate) async fn history_after(
+        &self,
+        conversation_id: ConversationId,
+        after: u64,
+        limit: u32,
+    ) -> Result<HistoryPage, CliError> {
+        Ok(self
+            .client
+            .history_after(conversation_id, after, limit)
+            .await?)
+    }
+
     /// Moves the read watermark.
     pub(crate) async fn mark_read(
         &self,

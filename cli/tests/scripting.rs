@@ -528,3 +528,29 @@ fn tls_server_address() {
     let whoami = tern(&["whoami"], Some(&ca)).ok();
     assert!(whoami.contains("dave"), "{whoami}");
 }
+
+// `history --after SEQ` pages forwards: the oldest messages above SEQ, with `has_more` while newer
+// ones remain; `--after 0` starts at the first message; `--after` with `--before` is a usage error.
+#[test]
+fn history_after_pages_forwards() {
+    let ternd = Ternd::start();
+    let alice = User::registered(&ternd, "alice");
+    User::registered(&ternd, "bob");
+    for n in 1..=5 {
+        alice.json(&["send", "bob", &format!("m{n}")]);
+    }
+    let page = alice.json(&["history", "bob", "--after", "2", "--limit", "2"]);
+    assert_eq!(bodies(&page), ["m3", "m4"]);
+    assert_eq!(page["has_more"], true);
+    let last = alice.json(&["history", "bob", "--after", "4", "--limit", "2"]);
+    assert_eq!(bodies(&last), ["m5"]);
+    assert_eq!(last["has_more"], false);
+    let first = alice.json(&["history", "bob", "--after", "0", "--limit", "1"]);
+    assert_eq!(bodies(&first), ["m1"]);
+    let text = alice.tern(&["history", "bob", "--after", "3"]).ok();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].contains("m4") && lines[1].contains("m5"), "{text}");
+    let both = alice.tern(&["history", "bob", "--after", "1", "--before", "4"]);
+    assert_eq!(both.code, 2, "{both:?}");
+}

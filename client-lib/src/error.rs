@@ -74,6 +74,14 @@ pub enum ClientError {
         version: u16,
     },
 
+    /// The server does not implement what the call needs: it predates the protocol revision
+    /// that added it (spec §4.1), and its reply shows that it ignored the request's new field.
+    #[error("the server does not support {what}")]
+    Unsupported {
+        /// What the server lacks.
+        what: &'static str,
+    },
+
     /// The frame cannot be sent this way: a notification given to
     /// [`Client::request`](crate::Client::request), a request given to
     /// [`Client::notify`](crate::Client::notify), or a frame only servers send. Nothing was sent.

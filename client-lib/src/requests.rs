@@ -230,7 +230,8 @@ impl Client {
     }
 
     /// A page of a conversation's messages with `seq < before` (0: from the newest), in ascending
-    /// `seq`; a `limit` of 0 asks for the server's maximum.
+    /// `seq`; a `limit` of 0 asks for the server's maximum. Page backwards with `before` = the
+    /// first `seq` of the page while `has_more`.
     pub async fn history(
         &self,
         conversation_id: ConversationId,
@@ -242,9 +243,43 @@ impl Client {
                 conversation_id,
                 before,
                 limit,
+                after: None,
             })
             .await?;
         expect_reply!(reply, HistoryPage)
+    }
+
+    /// A page of a conversation's messages with `seq > after`, read forwards: the oldest ones above
+    /// it, in ascending `seq` (`after` = 0 starts at the first message). It reads on from a search
+    /// hit, a quoted message or the first unread one (`after` = the conversation's `read_seq`).
+    /// Page forwards with `after` = the last `seq` of the page while `has_more`; a `limit` of 0
+    /// asks for the server's maximum.
+    ///
+    /// Forward paging came with protocol revision 1.1. A server older than that answers with a
+    /// backward page instead, which this call recognises (its reply does not echo `after`) and
+    /// turns into [`ClientError::Unsupported`], so a caller never mistakes the newest messages for
+    /// the ones it asked for.
+    pub async fn history_after(
+        &self,
+        conversation_id: ConversationId,
+        after: u64,
+        limit: u32,
+    ) -> Result<HistoryPage, ClientError> {
+        let reply = self
+            .request(frames::History {
+                conversation_id,
+                before: 0,
+                limit,
+                after: Some(after),
+            })
+            .await?;
+        let page = expect_reply!(reply, HistoryPage)?;
+        if page.after != Some(after) {
+            return Err(ClientError::Unsupported {
+                what: "forward paging of history (History.after, protocol revision 1.1)",
+            });
+        }
+        Ok(page)
     }
 
     /// Moves the user's read watermark in a conversation up to `up_to_seq` (never backwards).

@@ -564,3 +564,40 @@ async fn dropping_the_client_closes_the_connection() {
     drop(client);
     assert_eq!(within(peer.recv()).await, None);
 }
+
+// Proves `history_after` sends a forward History (`after` set, no `before`) and returns the page
+// a revision 1.1 server echoes `after` in, while a server older than 1.1, whose reply is a backward
+// page without the echo, makes it fail with `Unsupported` rather than return the wrong messages.
+#[tokio::test]
+async fn history_after_tells_a_forward_page_from_an_old_servers_backward_one() {
+    let (client, mut peer, _server) = connected(options()).await;
+    for echo in [Some(41), None] {
+        let (reply, ()) = within(async {
+            tokio::join!(client.history_after(7, 41, 20), async {
+                let request = peer.expect_frame().await;
+                match request.body {
+                    Body::History(history) => {
+                        assert_eq!(history.after, Some(41));
+                        assert_eq!((history.before, history.limit), (0, 20));
+                    }
+                    other => panic!("expected History, got {other:?}"),
+                }
+                let page = frames::HistoryPage {
+                    conversation_id: 7,
+                    messages: Vec::new(),
+                    has_more: false,
+                    after: echo,
+                };
+                peer.send(request.request_id, page).await;
+            })
+        })
+        .await;
+        match echo {
+            Some(_) => assert_eq!(reply.unwrap().after, Some(41)),
+            None => assert!(
+                matches!(reply, Err(ClientError::Unsupported { .. })),
+                "{reply:?}"
+            ),
+        }
+    }
+}

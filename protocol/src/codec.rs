@@ -141,6 +141,16 @@ impl<'a> Reader<'a> {
         bool::decode(self, field)
     }
 
+    /// Reads an option that a revision appended as the last field of a version-1 body (spec §3.7,
+    /// §4.1): absent when the body ends before it, as every body an older sender writes does.
+    /// Otherwise it reads as any option, so a body that ends inside it is truncated.
+    pub fn appended_opt<T: Wire>(&mut self, field: &'static str) -> Result<Option<T>, DecodeError> {
+        if self.rest.is_empty() {
+            return Ok(None);
+        }
+        self.opt(field)
+    }
+
     /// Reads an option: a tag byte (0 absent, 1 present) and, when present, the value.
     pub fn opt<T: Wire>(&mut self, field: &'static str) -> Result<Option<T>, DecodeError> {
         match u8::decode(self, field)? {
@@ -266,6 +276,21 @@ impl<'a> Writer<'a> {
             self.buf.put_u8(1);
         }
         Ok(())
+    }
+
+    /// Writes an option that a revision appended as the last field of a version-1 body (spec
+    /// §3.7, §4.1): nothing at all when absent, so a frame that does not use it is byte for byte
+    /// the older revision's; the tag and the value when present. Only the last field of a body
+    /// may be written this way: an absent option with fields after it needs its tag.
+    pub fn appended_opt<T: Wire>(
+        &mut self,
+        field: &'static str,
+        value: &Option<T>,
+    ) -> Result<(), EncodeError> {
+        match value {
+            None => Ok(()),
+            Some(_) => self.opt(field, value),
+        }
     }
 
     /// Writes an option.
@@ -477,6 +502,43 @@ mod tests {
             DecodeError::TooManyChars {
                 field: "body",
                 max: 2
+            }
+        );
+    }
+
+    // Proves an appended option is absent when the body ends before it, written only when
+    // present, and still strict about its tag and its bytes when they are there.
+    #[test]
+    fn appended_options() {
+        assert_eq!(Reader::new(&[]).appended_opt::<u64>("after").unwrap(), None);
+        assert_eq!(
+            Reader::new(&[0]).appended_opt::<u64>("after").unwrap(),
+            None
+        );
+        let mut buf = BytesMut::new();
+        Writer::new(&mut buf)
+            .appended_opt::<u64>("after", &None)
+            .unwrap();
+        assert!(buf.is_empty());
+        Writer::new(&mut buf)
+            .appended_opt("after", &Some(7u64))
+            .unwrap();
+        assert_eq!(&buf[..], &[1, 0, 0, 0, 0, 0, 0, 0, 7]);
+        assert_eq!(
+            Reader::new(&buf).appended_opt::<u64>("after").unwrap(),
+            Some(7)
+        );
+        assert_eq!(
+            Reader::new(&buf[..4])
+                .appended_opt::<u64>("after")
+                .unwrap_err(),
+            DecodeError::Truncated { field: "after" }
+        );
+        assert_eq!(
+            Reader::new(&[2]).appended_opt::<u64>("after").unwrap_err(),
+            DecodeError::InvalidOptionTag {
+                field: "after",
+                value: 2
             }
         );
     }

@@ -267,26 +267,42 @@ wire_struct! {
 }
 
 wire_struct! {
-    /// Asks for messages of a conversation before a `seq`, newest first in paging, oldest first in a page.
+    /// Asks for a page of a conversation's messages, oldest first within the page. Without `after`
+    /// it pages backwards from `before` (the newest messages below it); with `after` it pages
+    /// forwards (the oldest messages above it), which lets a client read on from a search hit, a
+    /// quoted message or the first unread one.
     pub struct History {
         /// The conversation; the caller must be a member.
         pub conversation_id: ConversationId => wire,
-        /// Only messages with `seq < before`; 0 means from the newest.
+        /// Only messages with `seq < before`; 0 means no upper bound (from the newest).
         pub before: u64 => wire,
         /// Most messages wanted; 0 means the server's maximum.
         pub limit: u32 => wire,
+        /// Revision 1.1: page forwards, with the messages that have `seq > after` (0: from the
+        /// first message). Absent pages backwards, as in 1.0. An appended option: left out of the
+        /// body when absent, so such a `History` is byte for byte a 1.0 one.
+        #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
+        pub after: Option<u64> => appended_opt,
     }
 }
 
 wire_struct! {
-    /// Messages in ascending `seq`, the newest ones below `before`.
+    /// Messages in ascending `seq`: the newest ones below `before`, or with `after`, the oldest
+    /// ones above it.
     pub struct HistoryPage {
         /// The conversation.
         pub conversation_id: ConversationId => wire,
         /// The messages.
         pub messages: Vec<Message> => list(HISTORY_PAGE_MESSAGES_MAX),
-        /// Whether older messages exist: ask again with `before` = the first `seq` here.
+        /// Whether more messages follow in the direction of paging: older ones (ask again with
+        /// `before` = the first `seq` here), or with `after`, newer ones in range (ask again with
+        /// `after` = the last `seq` here).
         pub has_more: bool => wire,
+        /// Revision 1.1: the request's `after`, present exactly when the page was read forwards.
+        /// A server older than 1.1 ignores `after` and pages backwards, and its page lacks this
+        /// field: that is how a client tells the two apart.
+        #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
+        pub after: Option<u64> => appended_opt,
     }
 }
 

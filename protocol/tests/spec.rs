@@ -111,3 +111,65 @@ fn worked_example_frames_decode() {
     }
     assert!(count >= 15, "the worked example has {count} frames");
 }
+
+/// The rows of §4.1's table of revisions (the subsection is the last of its chapter: it ends at the
+/// chapter's rule).
+fn revisions(text: &str) -> Vec<Vec<String>> {
+    let table = section(text, "### 4.1 Revisions");
+    let table = table.split("\n---").next().unwrap_or_default();
+    rows(table).into_iter().skip(1).collect()
+}
+
+// Proves the spec's title and its table of revisions (§4.1) name the revision this crate
+// implements as the newest.
+#[test]
+fn revision_matches_the_code() {
+    use tern_protocol::limits::{PROTOCOL_REVISION, PROTOCOL_VERSION};
+    let text = spec();
+    let revision = format!("{PROTOCOL_VERSION}.{PROTOCOL_REVISION}");
+    let title = text.lines().next().unwrap_or_default();
+    assert!(
+        title.ends_with(&format!("(revision {revision})")),
+        "{title}"
+    );
+    let newest = revisions(&text)
+        .into_iter()
+        .map(|row| row[0].clone())
+        .next_back();
+    assert_eq!(newest, Some(revision));
+}
+
+// Proves the row of revision 1.1 in §4.1 names every field appended since 1.0: the `after` of
+// `History` and `HistoryPage` (whose tables in §10.6 and §10.7 type it as an appended option) and
+// every frame of §19.7's table of appended `encrypted` flags.
+#[test]
+fn revision_1_1_lists_every_appended_field() {
+    let text = spec();
+    let row = revisions(&text)
+        .into_iter()
+        .find(|row| row[0] == "1.1")
+        .expect("a row for revision 1.1");
+    let adds = row[1].as_str();
+    for (heading, name) in [
+        ("### 10.6 History", "History.after"),
+        ("### 10.7 HistoryPage", "HistoryPage.after"),
+    ] {
+        let appended = rows(section(&text, heading))
+            .into_iter()
+            .any(|r| r.len() > 2 && r[1] == "after" && r[2].starts_with("appended option"));
+        assert!(appended, "{heading} has an appended option `after`");
+        assert!(adds.contains(name), "the 1.1 row names {name}: {adds}");
+    }
+    let flags = section(&text, "### 19.7 Encrypted conversations");
+    let mut count = 0;
+    for r in rows(flags).into_iter().skip(1) {
+        if r.len() == 4 && r[1] == "encrypted" {
+            let frame = r[0].split_whitespace().next().unwrap_or_default();
+            let frame = frame.trim_matches('`');
+            assert!(adds.contains(frame), "the 1.1 row names {frame}: {adds}");
+            count += 1;
+        }
+    }
+    assert_eq!(count, 4, "§19.7 lists the four appended encrypted flags");
+    assert!(adds.contains("encrypted"), "{adds}");
+}

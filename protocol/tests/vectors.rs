@@ -138,7 +138,8 @@ fn every_decode_error() -> Vec<DecodeError> {
 }
 
 // Proves every valid vector decodes to the manifest's frame, and re-encodes to the very same bytes
-// unless the manifest says it carries extension bytes this version drops.
+// unless the manifest says it carries bytes a re-encoding leaves out (a newer version's extension
+// bytes, or an appended option written with its absent tag).
 #[test]
 fn valid_vectors_decode_to_their_frames() {
     let vectors = load();
@@ -163,7 +164,7 @@ fn valid_vectors_decode_to_their_frames() {
             Some(false) => {
                 not_reencoding += 1;
                 assert_ne!(&reencoded[..], &v.bytes[..], "{}", v.name);
-                // Dropping extension bytes only shortens; what is left decodes the same.
+                // Dropping those bytes only shortens; what is left decodes the same.
                 assert!(reencoded.len() < v.bytes.len(), "{}", v.name);
                 assert_eq!(decoder.decode_exact(&reencoded).unwrap(), frame);
             }
@@ -215,6 +216,43 @@ fn incomplete_vectors_need_more_bytes() {
         assert_eq!(err.error, DecodeError::Truncated { field: "frame" });
     }
     assert!(count >= 3);
+}
+
+/// Whether a manifest value holds a number a double cannot hold exactly (2^53 or more).
+fn holds_big_number(value: &Value) -> bool {
+    match value {
+        Value::Number(n) => n.as_u64().is_none_or(|n| n >= 1 << 53),
+        Value::Array(items) => items.iter().any(holds_big_number),
+        Value::Object(map) => map.values().any(holds_big_number),
+        _ => false,
+    }
+}
+
+// Proves the manifest flags exactly the entries whose numbers need a reader exact beyond 2^53
+// (`"big_numbers": true`), that such entries exist, and that serde_json reads them exactly: a
+// real server's ids are about 2.5 x 10^17, so every implementation must be tested above 2^53.
+#[test]
+fn big_numbers_are_flagged_and_exact() {
+    let vectors = load();
+    let mut flagged = 0;
+    for v in &vectors {
+        let big = holds_big_number(&v.entry);
+        let flag = v.entry.get("big_numbers").and_then(Value::as_bool);
+        assert_eq!(flag, big.then_some(true), "{}: big_numbers", v.name);
+        flagged += usize::from(big);
+    }
+    assert!(flagged >= 2, "{flagged} vectors with ids above 2^53");
+    let users = vectors
+        .iter()
+        .find(|v| v.name == "get_users_big_ids")
+        .expect("a get_users_big_ids vector");
+    match expected_frame(users).body {
+        tern_protocol::Body::GetUsers(get) => {
+            assert_eq!(get.user_ids[0], (1 << 53) + 1);
+            assert_eq!(get.user_ids[2], u64::MAX);
+        }
+        other => panic!("get_users_big_ids is {other:?}"),
+    }
 }
 
 // Proves the manifest has a valid vector for every frame type this version defines.

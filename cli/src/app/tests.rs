@@ -326,6 +326,7 @@ fn messages_and_updates_are_applied_once() {
             conversation_id: CHAT,
             messages: vec![message(CHAT, 2, BOB, "before"), stored.clone()],
             has_more: true,
+            after: None,
         }),
         0,
     );
@@ -444,6 +445,7 @@ fn page_up_loads_older_history() {
             conversation_id: CHAT,
             messages,
             has_more: true,
+            after: None,
         }),
         0,
     );
@@ -465,6 +467,7 @@ fn page_up_loads_older_history() {
             conversation_id: CHAT,
             messages: (1..50).map(|seq| message(CHAT, seq, BOB, "m")).collect(),
             has_more: false,
+            after: None,
         }),
         0,
     );

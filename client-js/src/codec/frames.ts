@@ -59,6 +59,7 @@ import {
 } from "./e2e.js";
 import {
   type Codec,
+  appendedOption,
   bool,
   bytes,
   fixed,
@@ -156,6 +157,8 @@ export interface History {
   conversationId: bigint;
   before: bigint;
   limit: number;
+  /** Revision 1.1: page forwards, with the messages above `after` (0: from the first); left out to page backwards. */
+  after?: bigint;
 }
 /** MarkRead (`0x0024`, spec §10.8). */
 export interface MarkRead {
@@ -351,6 +354,8 @@ export interface HistoryPage {
   conversationId: bigint;
   messages: Message[];
   hasMore: boolean;
+  /** Revision 1.1: the request's `after`, present exactly when the page was read forwards. */
+  after?: bigint;
 }
 /** Conversation (`0x4030`, spec §11.3). */
 export interface Conversation {
@@ -580,7 +585,7 @@ export const FRAME_TYPES: { readonly [K in FrameName]: readonly [number, Codec<B
   ],
   Sync: [0x0021, struct<Sync>({ since: u64, limit: u32 })],
   Ack: [0x0022, struct<Ack>({ upTo: u64 })],
-  History: [0x0023, struct<History>({ conversationId: u64, before: u64, limit: u32 })],
+  History: [0x0023, struct<History>({ conversationId: u64, before: u64, limit: u32, after: appendedOption(u64) })],
   MarkRead: [0x0024, struct<MarkRead>({ conversationId: u64, upToSeq: u64 })],
   Typing: [0x0025, struct<Typing>({ conversationId: u64, active: bool })],
   OpenDirect: [0x0030, struct<OpenDirect>({ userId: u64, encrypted: tailFlag })],
@@ -676,7 +681,12 @@ export const FRAME_TYPES: { readonly [K in FrameName]: readonly [number, Codec<B
   ],
   HistoryPage: [
     0x4022,
-    struct<HistoryPage>({ conversationId: u64, messages: list(message, HISTORY_PAGE_MESSAGES_MAX), hasMore: bool }),
+    struct<HistoryPage>({
+      conversationId: u64,
+      messages: list(message, HISTORY_PAGE_MESSAGES_MAX),
+      hasMore: bool,
+      after: appendedOption(u64),
+    }),
   ],
   Conversation: [0x4030, struct<Conversation>({ conversation: conversationInfo, encrypted: tailFlag })],
   Conversations: [

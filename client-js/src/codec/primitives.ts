@@ -402,6 +402,29 @@ export function option<T>(inner: Codec<T>): Codec<T | null> {
   };
 }
 
+/**
+ * `appended option<T>` (spec §3.7, §4.1): an option a revision added as the last field of a body.
+ * Absent (`undefined`, so the key is left out) when the body ends where it would start, as every
+ * body of an older sender does; otherwise read as {@link option}, where the tag `00` is absent too.
+ * Written as nothing at all when absent, so a frame that does not use it is the older revision's.
+ */
+export function appendedOption<T>(inner: Codec<T>): Codec<T | undefined> {
+  const tagged = option(inner);
+  return {
+    read(r, field) {
+      if (r.remaining() === 0) {
+        return undefined;
+      }
+      return tagged.read(r, field) ?? undefined;
+    },
+    write(w, value, field) {
+      if (value !== null && value !== undefined) {
+        tagged.write(w, value, field);
+      }
+    },
+  };
+}
+
 /** `list<T>` with a limit in items (spec §3.8). */
 export function list<T>(item: Codec<T>, maxItems: number): Codec<T[]> {
   return {
@@ -481,7 +504,11 @@ export function struct<T>(fields: Fields<T>): Codec<T> {
     read(r) {
       const out: Partial<T> = {};
       for (const [key, name, codec] of entries) {
-        out[key] = codec.read(r, name);
+        const value = codec.read(r, name);
+        // An absent appended field leaves its key out.
+        if (value !== undefined) {
+          out[key] = value;
+        }
       }
       return out as T;
     },

@@ -1244,7 +1244,37 @@ impl Shard {
         } else {
             history.before
         };
-        // Only what is durable: a message whose batch may still fail is never shown.
+        let (rows, has_more) = match history.after {
+            None => self.history_backwards(conversation_id, before, limit)?,
+            Some(after) => self.history_forwards(conversation_id, after, before, limit)?,
+        };
+        let messages = rows
+            .into_iter()
+            .map(|(seq, m)| wire_message(&self.store, conversation_id, seq, m))
+            .collect();
+        self.reply(
+            conn,
+            request_id,
+            HistoryPage {
+                conversation_id,
+                messages,
+                has_more,
+                // Echoed so the client knows the page was read forwards (spec §4.1, §10.7).
+                after: history.after,
+            },
+        );
+        Ok(())
+    }
+
+    /// The newest messages with `seq < before`, at most `limit` and what fits in a frame, oldest
+    /// first; and whether older ones exist. Only what is durable: a message whose batch may still
+    /// fail is never shown.
+    fn history_backwards(
+        &self,
+        conversation_id: u64,
+        before: u64,
+        limit: usize,
+    ) -> Result<(Vec<(u64, MessageRecord)>, bool), StoreError> {
         let mut rows = self
             .committed
             .messages_before(conversation_id, before, limit)?;
@@ -1261,20 +1291,53 @@ impl Shard {
         }
         let rows = rows.split_off(rows.len() - keep);
         let has_more = rows.first().is_some_and(|(seq, _)| *seq > 1);
-        let messages = rows
-            .into_iter()
-            .map(|(seq, m)| wire_message(&self.store, conversation_id, seq, m))
-            .collect();
-        self.reply(
-            conn,
-            request_id,
-            HistoryPage {
-                conversation_id,
-                messages,
-                has_more,
-            },
-        );
-        Ok(())
+        Ok((rows, has_more))
+    }
+
+    /// The oldest messages with `after < seq < before`, at most `limit` and what fits in a frame,
+    /// oldest first; and whether newer ones in that range exist. Only what is durable.
+    fn history_forwards(
+        &self,
+        conversation_id: u64,
+        after: u64,
+        before: u64,
+        limit: usize,
+    ) -> Result<(Vec<(u64, MessageRecord)>, bool), StoreError> {
+        let Some(first) = after.checked_add(1) else {
+            return Ok((Vec::new(), false));
+        };
+        // Seqs are gapless, so the range `first..end` holds at most `limit` messages, and the
+        // newest `limit` below `end` (one backward scan) include every one of them.
+        let end = before.min(first.saturating_add(limit as u64));
+        if end <= first {
+            return Ok((Vec::new(), false));
+        }
+        let mut rows = self
+            .committed
+            .messages_before(conversation_id, end, limit)?;
+        rows.retain(|(seq, _)| *seq > after);
+        // Keep the oldest messages that fit in one frame.
+        let mut bytes = 0;
+        let mut keep = 0;
+        for (_, message) in &rows {
+            let size = approx_message_bytes(message);
+            if keep > 0 && bytes + size > PAGE_BYTES_MAX {
+                break;
+            }
+            bytes += size;
+            keep += 1;
+        }
+        rows.truncate(keep);
+        // An empty page means nothing is left in range; saying so also keeps a client from asking
+        // again with the same `after` for ever.
+        let has_more = match rows.last() {
+            Some((last, _)) => {
+                let newest = self.committed.last_seq(conversation_id)?;
+                *last < newest.min(before - 1)
+            }
+            None => false,
+        };
+        Ok((rows, has_more))
     }
 
     pub(crate) fn handle_mark_read(
