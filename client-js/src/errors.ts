@@ -22,6 +22,8 @@ export type ClientErrorCode =
   | "CLOSED"
   /** The server sent something this client cannot read, or a reply of the wrong type. */
   | "PROTOCOL"
+  /** The server is older than the revision a call needs (spec §4.1), e.g. `historyAfter`. */
+  | "UNSUPPORTED"
   /** `auth: { kind: "resume" }` with no session in the storage. */
   | "NO_SESSION";
 

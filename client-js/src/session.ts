@@ -471,6 +471,22 @@ export class Session {
     return { messages: reply.messages.map(toMessage), hasMore: reply.hasMore };
   }
 
+  /**
+   * A page of a conversation's messages read forwards (revision 1.1, spec §10.6): the oldest ones
+   * with `seq > after` (0: from the first message), in ascending `seq`. `hasMore` says whether
+   * newer ones exist; ask again with `after` = the last `seq` of this page. For jumping to a search
+   * hit, a quoted message or the first unread one. Rejects with `UNSUPPORTED` when the server is
+   * older than 1.1 (its reply does not echo `after`, so it paged backwards).
+   */
+  async historyAfter(conversationId: bigint, after: bigint, opts: { limit?: number } = {}): Promise<{ messages: Message[]; hasMore: boolean }> {
+    const body = { type: "History" as const, conversationId, before: 0n, limit: opts.limit ?? 0, after };
+    const reply = await this.retrying(() => this.call(body, "HistoryPage"));
+    if (reply.after !== after) {
+      throw new TernError("UNSUPPORTED", "the server does not page history forwards (it is older than revision 1.1)");
+    }
+    return { messages: reply.messages.map(toMessage), hasMore: reply.hasMore };
+  }
+
   /** Marks every message up to `upToSeq` read; the other members get read receipts. */
   async markRead(conversationId: bigint, upToSeq: bigint): Promise<void> {
     await this.retrying(() => this.call({ type: "MarkRead", conversationId, upToSeq }, "Ok"));

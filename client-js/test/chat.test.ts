@@ -124,9 +124,9 @@ describe("chat", () => {
     assert.deepEqual([...names.entries()].sort(), [[alice.userId, alice.username], [bob.userId, bob.username]].sort());
   });
 
-  // Proves history pages backwards in ascending seq with has_more, and that pipelined sends keep
-  // their order.
-  test("history pages back through pipelined sends", async () => {
+  // Proves history pages backwards and forwards in ascending seq with has_more, and that pipelined
+  // sends keep their order.
+  test("history pages back, and forwards, through pipelined sends", async () => {
     const alice = await register(server, "alice");
     const bob = await register(server, "bob");
     const direct = await alice.openDirect(bob.userId);
@@ -140,6 +140,15 @@ describe("chat", () => {
     assert.equal(older.hasMore, false);
     assert.deepEqual(older.messages.map((m) => m.text), texts.slice(0, 15));
     await waitUntil(() => alice.pendingOutbox() === 0, "the outbox is empty");
+    // Forwards from a message in the middle (revision 1.1), up to the newest.
+    const from8 = await bob.historyAfter(direct.conversationId, 8n, { limit: 10 });
+    assert.equal(from8.hasMore, true);
+    assert.deepEqual(from8.messages.map((m) => m.text), texts.slice(8, 18));
+    const rest = await bob.historyAfter(direct.conversationId, from8.messages.at(-1)?.seq ?? 0n, { limit: 10 });
+    assert.equal(rest.hasMore, false);
+    assert.deepEqual(rest.messages.map((m) => m.text), texts.slice(18));
+    const fromStart = await bob.historyAfter(direct.conversationId, 0n, { limit: 3 });
+    assert.deepEqual(fromStart.messages.map((m) => m.text), texts.slice(0, 3));
   });
 
   // Proves a burst beyond the server's send limit (ternd: 100 at once, then 50 a second) is paced,
