@@ -249,6 +249,8 @@ pub(crate) struct App {
     pub(crate) names: HashMap<UserId, String>,
     /// Presence of followed users.
     pub(crate) presence: HashMap<UserId, Presence>,
+    /// The conversations known to be end-to-end encrypted.
+    pub(crate) encrypted: HashSet<ConversationId>,
     /// Who is typing where, until when (ms).
     pub(crate) typing: HashMap<(ConversationId, UserId), u64>,
     /// Users whose presence this client has subscribed to.
@@ -306,6 +308,7 @@ impl App {
             status: None,
             names,
             presence: HashMap::new(),
+            encrypted: HashSet::new(),
             typing: HashMap::new(),
             followed: HashSet::new(),
             asked: HashSet::new(),
@@ -996,6 +999,10 @@ impl App {
             }
             NetEvent::Typing(event) => {
                 self.typing_event(event, self.now_ms);
+                Vec::new()
+            }
+            NetEvent::Encrypted(ids) => {
+                self.encrypted.extend(ids);
                 Vec::new()
             }
             NetEvent::Notice(text) => {

@@ -638,6 +638,10 @@ impl Request {
     }
 }
 
+/// How many conversations of the list, newest first, are asked at start whether they are encrypted
+/// (one `GetConversation` each); others are marked once opened.
+const ENCRYPTION_CHECKS_MAX: usize = 100;
+
 /// What the worker reports back.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum NetEvent {
@@ -686,6 +690,8 @@ pub(crate) enum NetEvent {
     Presence(Vec<Presence>),
     /// Someone typing.
     Typing(frames::TypingEvent),
+    /// These conversations are end-to-end encrypted (the list marks them).
+    Encrypted(Vec<ConversationId>),
     /// Something to tell the user.
     Notice(String),
     /// Something that failed.
@@ -898,7 +904,18 @@ async fn start(
             open_message(&net, crypto.as_ref(), message).await;
         }
     }
+    let listed: Vec<ConversationId> = conversations.iter().map(|c| c.conversation_id).collect();
     let _ = events.send(NetEvent::Conversations(conversations)).await;
+    // The list's summaries do not say which conversations are encrypted: ask for the newest ones.
+    let mut encrypted = Vec::new();
+    for conversation_id in listed.into_iter().take(ENCRYPTION_CHECKS_MAX) {
+        if net.is_encrypted(conversation_id).await? {
+            encrypted.push(conversation_id);
+        }
+    }
+    if !encrypted.is_empty() {
+        let _ = events.send(NetEvent::Encrypted(encrypted)).await;
+    }
     catch_up(&net, crypto.as_ref(), 0, events).await?;
     Ok((net, crypto))
 }
@@ -1138,6 +1155,9 @@ async fn tell_if_encrypted(
     events: &mpsc::Sender<NetEvent>,
 ) -> Result<(), CliError> {
     if net.is_encrypted(conversation_id).await? {
+        let _ = events
+            .send(NetEvent::Encrypted(vec![conversation_id]))
+            .await;
         let notice = "🔒 this conversation is end-to-end encrypted".to_owned();
         let _ = events.send(NetEvent::Notice(notice)).await;
     }

@@ -1,7 +1,7 @@
 //! Draws an [`App`] with ratatui. Reads the state only: every change happens in `app.rs`.
 //!
 //! The main screen: a title bar, the conversation list on the left (unread counts, a dot for
-//! online peers), the open chat on the right (messages with ticks, who is typing, the peer's
+//! online peers, a lock for end-to-end encrypted conversations), the open chat on the right (messages with ticks, who is typing, the peer's
 //! presence in the title), the input line and a status line.
 
 use ratatui::layout::{Constraint, Direction, Layout, Rect};
@@ -151,7 +151,11 @@ fn draw_list(frame: &mut Frame<'_>, app: &App, area: Rect) {
             } else {
                 Span::raw("  ")
             };
-            let mut spans = vec![dot, Span::raw(app.title(c))];
+            let mut spans = vec![dot];
+            if app.encrypted.contains(&c.id) {
+                spans.push(Span::raw("🔒 "));
+            }
+            spans.push(Span::raw(app.title(c)));
             if c.left {
                 spans.push(Span::styled(
                     " (left)",

@@ -303,3 +303,35 @@ fn unreachable_server_ends_with_the_reason() {
     tui.wait_for("cannot connect to 127.0.0.1:1");
     assert!(!tui.wait_exit(), "a failure exit");
 }
+
+// The list marks end-to-end encrypted conversations with a lock, from the start, and an encrypted
+// message shows its text once opened; a plain conversation beside it has no lock.
+#[test]
+fn encrypted_conversations_are_marked() {
+    let ternd = Ternd::start();
+    let alice = User::registered(&ternd, "alice");
+    let bob = User::registered(&ternd, "bob");
+    let carol = User::registered(&ternd, "carol");
+    // Bob's device publishes its keys when his client first runs an encrypted command.
+    bob.tern(&["verify", "alice"]).ok();
+    alice
+        .tern(&["send", "--encrypted", "bob", "the secret"])
+        .ok();
+    carol.tern(&["send", "bob", "in the clear"]).ok();
+
+    let mut tui = Tui::start(&bob);
+    let screen = tui.wait_until("alice's conversation marked with a lock", |s| {
+        s.lines().any(|l| l.contains("🔒 alice"))
+    });
+    let carol_line = screen.lines().find(|l| l.contains("carol"));
+    assert!(
+        carol_line.is_some_and(|l| !l.contains('🔒')),
+        "the plain conversation has no lock:\n{screen}"
+    );
+    tui.send("\x0e");
+    tui.wait_for("/open");
+    tui.type_line("alice");
+    tui.wait_for("the secret");
+    tui.send("\x03");
+    assert!(tui.wait_exit(), "tern chat exits with success");
+}
