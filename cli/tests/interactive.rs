@@ -320,9 +320,11 @@ fn encrypted_conversations_are_marked() {
     carol.tern(&["send", "bob", "in the clear"]).ok();
 
     let mut tui = Tui::start(&bob);
-    let screen = tui.wait_until("alice's conversation marked with a lock", |s| {
-        s.lines().any(|l| l.contains("🔒 alice"))
-    });
+    // Names come from the server a moment after the list: wait for both.
+    let screen = tui.wait_until(
+        "alice's conversation marked with a lock, and carol's",
+        |s| s.lines().any(|l| l.contains("🔒 alice")) && s.lines().any(|l| l.contains("carol")),
+    );
     let carol_line = screen.lines().find(|l| l.contains("carol"));
     assert!(
         carol_line.is_some_and(|l| !l.contains('🔒')),
