@@ -9,7 +9,9 @@
 //! Time limits (spec §2.7): the idle time-out runs from the last complete frame, so bytes trickled
 //! into a frame do not keep a connection alive; a frame once started must complete within the
 //! frame time-out, and `Hello` must arrive within it from the start. Whatever comes first closes
-//! the connection with `HEARTBEAT_TIMEOUT`.
+//! the connection with `HEARTBEAT_TIMEOUT`. The deadlines live in the connection's [`ConnHandle`]
+//! and the core checks them all on its tick ([`ConnHandle::expired`]), so a read arms no timer
+//! and an idle connection's task holds none.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -169,8 +171,53 @@ pub(crate) struct ConnHandle {
     pub(crate) outbound: Rc<Outbound>,
     /// When the last complete frame arrived.
     pub(crate) last_rx: Cell<Instant>,
+    /// Until `Hello` has arrived: when it must have.
+    hello_by: Cell<Option<Instant>>,
+    /// When the frame partly read began to arrive, while one is.
+    frame_started: Cell<Option<Instant>>,
     /// Requests handed to the shard whose replies have not been queued yet.
     pub(crate) in_flight: Cell<u32>,
+}
+
+impl ConnHandle {
+    /// Which time limit the connection has run out of at `now`, if any: the idle time-out from
+    /// the last complete frame, `Hello` within the frame time-out, or a started frame within it.
+    pub(crate) fn expired(
+        &self,
+        now: Instant,
+        idle: Duration,
+        frame_limit: Duration,
+    ) -> Option<&'static str> {
+        if self.hello_by.get().is_some_and(|by| now >= by) {
+            return Some("no Hello within the frame time-out");
+        }
+        if self
+            .frame_started
+            .get()
+            .is_some_and(|started| now >= started + frame_limit)
+        {
+            return Some("a frame did not complete within the frame time-out");
+        }
+        if now >= self.last_rx.get() + idle {
+            return Some("no frame within the idle time-out");
+        }
+        None
+    }
+}
+
+/// Closes the connections of a core that ran out of a time limit (called on the core's tick).
+pub(crate) fn close_expired(ctx: &CoreCtx) {
+    let idle = Duration::from_millis(u64::from(ctx.config.idle_timeout_ms));
+    let frame_limit = Duration::from_millis(ctx.config.frame_timeout_ms);
+    let now = Instant::now();
+    for handle in ctx.conns.borrow().values() {
+        if let Some(why) = handle.expired(now, idle, frame_limit) {
+            // The writer flushes the error and shuts the socket down, which ends the reader.
+            handle
+                .outbound
+                .close_with(ErrorCode::HEARTBEAT_TIMEOUT, why);
+        }
+    }
 }
 
 async fn writer(link: Rc<Link>, outbound: Rc<Outbound>) {
@@ -194,7 +241,8 @@ async fn writer(link: Rc<Link>, outbound: Rc<Outbound>) {
         }
     }
     if outbound.shutdown_after.get() {
-        link.shutdown().await;
+        // Boxed: it runs once, and its state would otherwise sit in every connection's writer.
+        Box::pin(link.shutdown()).await;
     }
     outbound.finished.set(true);
     outbound.done.notify_waiters();
@@ -234,9 +282,15 @@ pub(crate) async fn run(ctx: Rc<CoreCtx>, link: Link, start: Start) {
         Arc::clone(&ctx.metrics),
         ctx.core,
     ));
+    let accepted = matches!(start, Start::Accepted { .. });
+    let now = Instant::now();
     let handle = Rc::new(ConnHandle {
         outbound: Rc::clone(&outbound),
-        last_rx: Cell::new(Instant::now()),
+        last_rx: Cell::new(now),
+        hello_by: Cell::new(
+            accepted.then(|| now + Duration::from_millis(ctx.config.frame_timeout_ms)),
+        ),
+        frame_started: Cell::new(None),
         in_flight: Cell::new(0),
     });
     ctx.conns.borrow_mut().insert(conn, Rc::clone(&handle));
@@ -315,6 +369,16 @@ pub(crate) async fn run(ctx: Rc<CoreCtx>, link: Link, start: Start) {
     }
 }
 
+/// What handling one frame led to.
+enum Handled {
+    Done,
+    End(End),
+    /// A registration, which waits on the password hash pool.
+    Register(u32, frames::Register),
+    /// A password login, which waits on the password hash pool.
+    Login(u32, frames::Login),
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Phase {
     NeedHello,
@@ -333,11 +397,6 @@ struct Reader {
 impl Reader {
     async fn run(&mut self, link: &Link, inbox: &mut BytesMut, phase: &mut Phase) -> End {
         let decoder = FrameDecoder::new();
-        let idle = Duration::from_millis(u64::from(self.ctx.config.idle_timeout_ms));
-        let frame_limit = Duration::from_millis(self.ctx.config.frame_timeout_ms);
-        let hello_by = Instant::now() + frame_limit;
-        // When the frame partly in `inbox` started arriving.
-        let mut frame_started: Option<Instant> = None;
         loop {
             let mut decoded = false;
             loop {
@@ -353,7 +412,19 @@ impl Reader {
                             .core(self.ctx.core)
                             .frames_in
                             .fetch_add(1, Ordering::Relaxed);
-                        if let Some(end) = self.handle_frame(frame, phase, inbox).await {
+                        let end = match self.handle_frame(frame, phase) {
+                            Handled::Done => None,
+                            Handled::End(end) => Some(end),
+                            // Boxed: these wait on the password hash pool, and their state would
+                            // otherwise sit in every idle connection's future.
+                            Handled::Register(request_id, r) => {
+                                Box::pin(self.register(request_id, r)).await
+                            }
+                            Handled::Login(request_id, l) => {
+                                Box::pin(self.login(request_id, l)).await
+                            }
+                        };
+                        if let Some(end) = end {
                             return end;
                         }
                     }
@@ -365,47 +436,29 @@ impl Reader {
                     }
                 }
             }
+            if *phase == Phase::Ready {
+                self.handle.hello_by.set(None);
+            }
             if inbox.is_empty() {
                 // Idle: hold no buffer while waiting.
                 *inbox = BytesMut::new();
-                frame_started = None;
-            } else if decoded || frame_started.is_none() {
-                frame_started = Some(Instant::now());
+                self.handle.frame_started.set(None);
+            } else if decoded || self.handle.frame_started.get().is_none() {
+                self.handle.frame_started.set(Some(Instant::now()));
             }
             // Other cores are not taking this core's mail: read nothing more until they do.
-            self.ctx.wait_for_mailboxes().await;
-            let mut deadline = (
-                self.handle.last_rx.get() + idle,
-                "no frame within the idle time-out",
-            );
-            let mut tighten = |at: Instant, why: &'static str| {
-                if at < deadline.0 {
-                    deadline = (at, why);
-                }
-            };
-            if *phase == Phase::NeedHello {
-                tighten(hello_by, "no Hello within the frame time-out");
+            if self.ctx.mail_backlogged() {
+                self.ctx.wait_for_mailboxes().await;
             }
-            if let Some(started) = frame_started {
-                tighten(
-                    started + frame_limit,
-                    "a frame did not complete within the frame time-out",
-                );
-            }
-            let (deadline, why) = deadline;
-            let wait = deadline.saturating_duration_since(Instant::now());
-            let read = tokio::time::timeout(wait, link.read(inbox, &self.ctx.buffers)).await;
+            // No timer here: the core's tick closes the connection at its deadline
+            // (`close_expired`), and the shut-down socket ends this read.
+            let read = link.read(inbox, &self.ctx.buffers).await;
             if link.wants_write() {
                 self.outbound.wake.notify_one();
             }
             match read {
-                Err(_) if Instant::now() >= deadline => {
-                    self.outbound.close_with(ErrorCode::HEARTBEAT_TIMEOUT, why);
-                    return End::Closed;
-                }
-                Err(_) => continue,
-                Ok(Ok(0)) | Ok(Err(_)) => return End::Closed,
-                Ok(Ok(_)) => {}
+                Ok(0) | Err(_) => return End::Closed,
+                Ok(_) => {}
             }
         }
     }
@@ -442,38 +495,33 @@ impl Reader {
         None
     }
 
-    async fn handle_frame(
-        &mut self,
-        frame: Frame,
-        phase: &mut Phase,
-        inbox: &BytesMut,
-    ) -> Option<End> {
+    fn handle_frame(&mut self, frame: Frame, phase: &mut Phase) -> Handled {
         let Frame { request_id, body } = frame;
         if self.ctx.stopping() {
             // After GoAway, requests read are not performed and get no reply (spec §2.9).
-            return None;
+            return Handled::Done;
         }
         if *phase == Phase::NeedHello {
             let Body::Hello(hello) = body else {
                 self.outbound
                     .close_with(ErrorCode::HELLO_REQUIRED, "the first frame must be Hello");
-                return Some(End::Closed);
+                return Handled::End(End::Closed);
             };
             if request_id == 0 {
                 self.outbound
                     .close_with(ErrorCode::HELLO_REQUIRED, "the first frame must be Hello");
-                return Some(End::Closed);
+                return Handled::End(End::Closed);
             };
             if hello.min_version > PROTOCOL_VERSION || hello.max_version < PROTOCOL_VERSION {
                 let message =
                     format!("this server speaks protocol version {PROTOCOL_VERSION} only");
                 self.outbound
                     .close_with(ErrorCode::UNSUPPORTED_VERSION, &message);
-                return Some(End::Closed);
+                return Handled::End(End::Closed);
             }
             self.reply(request_id, self.welcome());
             *phase = Phase::Ready;
-            return None;
+            return Handled::Done;
         }
         if body.direction() != frames::Direction::Request {
             self.error(
@@ -481,7 +529,7 @@ impl Reader {
                 ErrorCode::UNKNOWN_TYPE,
                 "servers accept requests only",
             );
-            return None;
+            return Handled::Done;
         }
         if request_id == 0 {
             self.error(
@@ -489,7 +537,7 @@ impl Reader {
                 ErrorCode::INVALID_ARGUMENT,
                 "requests need a non-zero request id",
             );
-            return None;
+            return Handled::Done;
         }
         let authenticated = self.ctx.shard.borrow().session(self.conn).is_some();
         match body {
@@ -504,11 +552,14 @@ impl Reader {
                 ErrorCode::ALREADY_AUTHENTICATED,
                 "this session is already authenticated",
             ),
-            // Boxed: these wait on the password hash pool, and their state would otherwise sit in
-            // every idle connection's future.
-            Body::Register(r) => return Box::pin(self.register(request_id, r, inbox)).await,
-            Body::Login(l) => return Box::pin(self.login(request_id, l)).await,
-            Body::Resume(r) => return self.resume(request_id, r),
+            Body::Register(r) => return Handled::Register(request_id, r),
+            Body::Login(l) => return Handled::Login(request_id, l),
+            Body::Resume(r) => {
+                return match self.resume(request_id, r) {
+                    Some(end) => Handled::End(end),
+                    None => Handled::Done,
+                }
+            }
             _ if !authenticated => self.error(
                 request_id,
                 ErrorCode::NOT_AUTHENTICATED,
@@ -523,7 +574,7 @@ impl Reader {
                             ErrorCode::RATE_LIMITED,
                             "too many requests in flight",
                         );
-                        return None;
+                        return Handled::Done;
                     }
                     self.handle.in_flight.set(in_flight + 1);
                 }
@@ -535,7 +586,7 @@ impl Reader {
                 self.ctx.kick();
             }
         }
-        None
+        Handled::Done
     }
 
     fn welcome(&self) -> Welcome {
@@ -559,12 +610,7 @@ impl Reader {
         }
     }
 
-    async fn register(
-        &mut self,
-        request_id: u32,
-        r: frames::Register,
-        _inbox: &BytesMut,
-    ) -> Option<End> {
+    async fn register(&mut self, request_id: u32, r: frames::Register) -> Option<End> {
         if let Err(m) = validate_username(&r.username).and_then(|()| validate_password(&r.password))
         {
             self.error(request_id, ErrorCode::INVALID_ARGUMENT, m);

@@ -19,7 +19,6 @@ pub(crate) mod tls;
 pub(crate) mod ws;
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,7 +33,7 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::config::{Config, IoEngine};
 use crate::core::mail::Mail;
-use crate::core::{ConnId, Output, Shard, TICK_MS};
+use crate::core::{ConnId, HashMap, Output, Shard, TICK_MS};
 use crate::metrics::{Metrics, MetricsServer, Transport};
 use crate::store::records::UserRecord;
 use crate::store::Store;
@@ -357,6 +356,7 @@ async fn driver(ctx: Rc<CoreCtx>, inbox: Inbox) {
             last_tick = Instant::now();
             let now = ctx.now_ms();
             ctx.shard.borrow_mut().tick(now);
+            conn::close_expired(&ctx);
         }
         ctx.turn(&inbox);
         if !ctx.undelivered.borrow().is_empty() {
@@ -933,7 +933,7 @@ fn run_core(parts: CoreParts, listeners: CoreListeners, inbox: Inbox) {
         store: parts.store,
         shard: RefCell::new(shard),
         committer,
-        conns: RefCell::new(HashMap::new()),
+        conns: RefCell::new(HashMap::default()),
         pool: parts.pool,
         buffers: socket::BufferPool::default(),
         metrics: Arc::clone(&parts.metrics),
@@ -944,7 +944,7 @@ fn run_core(parts: CoreParts, listeners: CoreListeners, inbox: Inbox) {
         undelivered: RefCell::new(Vec::new()),
         undelivered_mail: Cell::new(0),
         drained: Notify::new(),
-        user_created: RefCell::new(HashMap::new()),
+        user_created: RefCell::new(HashMap::default()),
         turn: Notify::new(),
         rng: SystemRandom::new(),
         shared: parts.shared,

@@ -35,10 +35,11 @@ impl BufferPool {
             .unwrap_or_else(|| Vec::with_capacity(READ_CHUNK_BYTES))
     }
 
-    fn give(&self, mut buf: Vec<u8>) {
+    /// Returns a buffer. Its length is kept (only its capacity matters to a read), so the next
+    /// borrower does not zero it again.
+    fn give(&self, buf: Vec<u8>) {
         let mut free = self.free.borrow_mut();
         if free.len() < READ_POOL_BUFFERS_MAX {
-            buf.clear();
             free.push(buf);
         }
     }
@@ -81,6 +82,7 @@ impl Socket {
             Socket::Epoll(stream) => loop {
                 stream.readable().await?;
                 let mut buf = pool.take();
+                // Zeroed once, when the buffer is first made; pooled buffers keep their length.
                 buf.resize(READ_CHUNK_BYTES, 0);
                 let result = stream.try_read(&mut buf);
                 if let Ok(n) = result {
