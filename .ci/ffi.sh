@@ -62,8 +62,9 @@ echo "ffi: the Python wheel (maturin) and its tests"
 venv="$CARGO_TARGET_DIR/ffi-venv"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check maturin pytest
-# The maturin just installed builds the wheel (no isolated build environment to fill again).
-"$venv/bin/python" -m pip install -q --disable-pip-version-check --no-build-isolation \
+# The maturin just installed builds the wheel (no isolated build environment to fill again); the
+# build backend runs it by name, so the virtualenv's bin directory goes first on PATH.
+PATH="$venv/bin:$PATH" "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-build-isolation \
   --force-reinstall --no-deps ./client-ffi/python
 # From the repository root, so `import tern` finds the installed package, not the source tree.
 "$venv/bin/pytest" -q client-ffi/python/tests
