@@ -436,9 +436,6 @@ impl Reader {
                     }
                 }
             }
-            if *phase == Phase::Ready {
-                self.handle.hello_by.set(None);
-            }
             if inbox.is_empty() {
                 // Idle: hold no buffer while waiting.
                 *inbox = BytesMut::new();
@@ -447,9 +444,7 @@ impl Reader {
                 self.handle.frame_started.set(Some(Instant::now()));
             }
             // Other cores are not taking this core's mail: read nothing more until they do.
-            if self.ctx.mail_backlogged() {
-                self.ctx.wait_for_mailboxes().await;
-            }
+            self.ctx.wait_for_mailboxes().await;
             // No timer here: the core's tick closes the connection at its deadline
             // (`close_expired`), and the shut-down socket ends this read.
             let read = link.read(inbox, &self.ctx.buffers).await;
@@ -521,6 +516,7 @@ impl Reader {
             }
             self.reply(request_id, self.welcome());
             *phase = Phase::Ready;
+            self.handle.hello_by.set(None);
             return Handled::Done;
         }
         if body.direction() != frames::Direction::Request {
