@@ -383,11 +383,8 @@ async fn acks_deliver_in_steps_online_offline_and_far_behind(engine: &'static st
             .await
             .unwrap();
     }
-    let head = sync_all(&bob, messages[4].user_seq)
-        .await
-        .last()
-        .unwrap()
-        .user_seq;
+    // Each message reaches bob's log a commit after its `Sent`: wait until all 1,105 are there.
+    let head = sync_until(&bob, 5 + 1_100).await.last().unwrap().user_seq;
     bob.ack(head).await.unwrap();
     let receipt = wait_receipt(&alice, ReceiptKind::Delivered).await;
     assert_eq!(receipt.up_to_seq, 1_103);
@@ -402,7 +399,11 @@ async fn acks_deliver_in_steps_online_offline_and_far_behind(engine: &'static st
     }
     let bob = server.client().await;
     bob.resume(token).await.unwrap();
-    let missed = sync_all(&bob, head).await;
+    let missed: Vec<_> = sync_until(&bob, 1_110)
+        .await
+        .into_iter()
+        .filter(|u| u.user_seq > head)
+        .collect();
     assert_eq!(missed.len(), 5);
     bob.ack(missed[4].user_seq).await.unwrap();
     let receipt = wait_receipt(&alice, ReceiptKind::Delivered).await;
