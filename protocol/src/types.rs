@@ -108,7 +108,8 @@ wire_struct! {
         pub name: String => str(DEVICE_NAME_BYTES_MAX),
         /// When the device was created.
         pub created_at: TimestampMs => wire,
-        /// When the device last had a connection open.
+        /// When the device last authenticated or acknowledged updates (a `Resume` within a
+        /// minute of it may leave it as it is).
         pub last_active_at: TimestampMs => wire,
         /// Whether the device has a connection open now.
         pub online: bool => wire,

@@ -1410,7 +1410,7 @@ pub(crate) fn run_seed(seed: u64, options: Options) -> Stats {
 mod tests {
     use super::*;
     use tern_protocol::frames::{
-        GetMedia, RegisterPushToken, UploadBegin, UploadChunk, UploadFinish,
+        GetMedia, ListDevices, RegisterPushToken, UploadBegin, UploadChunk, UploadFinish,
     };
     use tern_protocol::types::PushPlatform;
 
@@ -1489,6 +1489,32 @@ mod tests {
         world.tick(step + sweep);
         world.settle();
         assert!(!exists(&mut world), "discarded after its time to live");
+    }
+
+    // Proves, on the virtual clock, that a `Resume` rewrites the device's `last_active_at` only
+    // once the value is a minute old, so that reconnecting often does not rewrite the record.
+    #[test]
+    fn resume_refreshes_last_active_at_at_most_once_a_minute() {
+        let mut world = quiet(1, Config::default());
+        let last_active = |world: &mut World| {
+            let Body::Devices(list) = ask(world, 0, ListDevices {}.into()) else {
+                panic!("ListDevices answers Devices");
+            };
+            list.devices[0].last_active_at
+        };
+        let reconnect = |world: &mut World, after_ms: u64| {
+            world.disconnect(0);
+            world.tick(after_ms);
+            world.authenticate(0, false);
+            world.settle();
+            assert!(world.devices[0].authenticated, "the resume succeeds");
+        };
+        let first = last_active(&mut world);
+        reconnect(&mut world, 30_000);
+        assert_eq!(last_active(&mut world), first, "kept within the minute");
+        reconnect(&mut world, 30_000);
+        assert_eq!(last_active(&mut world), world.now_ms, "written after it");
+        assert!(world.now_ms >= first + 60_000);
     }
 
     // Proves, on the virtual clock, that messages to a user with no device online queue one push

@@ -22,6 +22,8 @@ use crate::store::StoreError;
 pub(crate) const USERNAME_CHARS_MIN: usize = 3;
 /// Shortest password, in bytes.
 pub(crate) const PASSWORD_BYTES_MIN: usize = 8;
+/// How stale a device's `last_active_at` may get before a `Resume` writes it again.
+const DEVICE_ACTIVE_REFRESH_MS: u64 = 60_000;
 
 /// Account bookkeeping of one core.
 #[derive(Debug, Default)]
@@ -235,8 +237,12 @@ impl Shard {
             );
             return Ok(());
         }
-        device.last_active_at = now_ms;
-        self.batch.put_device(user_id, device_id, &device)?;
+        // Reconnecting often (a flaky network, a restart's reconnect storm) rewrites the record at
+        // most once a minute.
+        if now_ms.saturating_sub(device.last_active_at) >= DEVICE_ACTIVE_REFRESH_MS {
+            device.last_active_at = now_ms;
+            self.batch.put_device(user_id, device_id, &device)?;
+        }
         self.add_session(now_ms, conn, user_id, device_id);
         let reply = Authenticated {
             user_id,
