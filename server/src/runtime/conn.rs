@@ -1,8 +1,9 @@
-//! One connection: its reader loop (the task itself), its writer task and its outbound queue.
+//! One connection: its task, which reads and handles frames, and its outbound queue, whose writer
+//! task runs only while there is something to write.
 //!
-//! The reader decodes frames from an inbox buffer that exists only while bytes are pending; an idle
-//! connection waits for readiness holding no buffer. Before authentication the connection lives on
-//! the core that accepted it and the reader handles `Hello`, `Ping` and the three ways to
+//! The task decodes frames from an inbox buffer that exists only while bytes are pending; an idle
+//! connection waits for readiness holding no buffer, and has no writer. Before authentication the
+//! connection lives on the core that accepted it and handles `Hello`, `Ping` and the three ways to
 //! authenticate itself; once a user is known, the socket and any bytes already read move to the
 //! user's owner core, which finishes the authentication and serves the session from then on.
 //!
@@ -14,7 +15,8 @@
 //! and an idle connection's task holds none.
 
 use std::cell::{Cell, RefCell};
-use std::rc::Rc;
+use std::future::Future;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,13 +44,20 @@ const PENDING_BYTES_FIRST: usize = 4 * 1024;
 
 /// The encoded frames waiting to be written to one connection, end to end in one buffer: each
 /// frame is encoded straight into it, and the writer takes it whole.
+///
+/// The writer is a task that exists only while there is something to write: the first frame
+/// queued starts it, and it ends once the buffer is empty, so an idle connection has no writer.
 pub(crate) struct Outbound {
     metrics: Arc<Metrics>,
     core: usize,
     pending: RefCell<BytesMut>,
     bytes: Cell<usize>,
     bytes_max: usize,
-    wake: tokio::sync::Notify,
+    /// What the writer writes to, and the queue itself, for starting a writer.
+    link: Weak<Link>,
+    this: Weak<Outbound>,
+    /// A writer task is running.
+    writing: Cell<bool>,
     /// No more frames are accepted; the writer flushes and ends.
     closing: Cell<bool>,
     /// Shut the socket down once flushed (a close), rather than hand it on (a migration).
@@ -58,19 +67,33 @@ pub(crate) struct Outbound {
 }
 
 impl Outbound {
-    fn new(bytes_max: usize, metrics: Arc<Metrics>, core: usize) -> Outbound {
-        Outbound {
+    fn new(link: &Rc<Link>, bytes_max: usize, metrics: Arc<Metrics>, core: usize) -> Rc<Outbound> {
+        Rc::new_cyclic(|this| Outbound {
             metrics,
             core,
             pending: RefCell::new(BytesMut::new()),
             bytes: Cell::new(0),
             bytes_max,
-            wake: tokio::sync::Notify::new(),
+            link: Rc::downgrade(link),
+            this: this.clone(),
+            writing: Cell::new(false),
             closing: Cell::new(false),
             shutdown_after: Cell::new(true),
             done: tokio::sync::Notify::new(),
             finished: Cell::new(false),
+        })
+    }
+
+    /// Starts the writer unless it is running.
+    fn start_writer(&self) {
+        if self.writing.get() {
+            return;
         }
+        let (Some(link), Some(outbound)) = (self.link.upgrade(), self.this.upgrade()) else {
+            return;
+        };
+        self.writing.set(true);
+        tokio::task::spawn_local(writer(link, outbound));
     }
 
     /// Queues a frame. Past the byte limit the client is too slow: it gets `SLOW_CONSUMER` and the
@@ -108,7 +131,7 @@ impl Outbound {
         };
         self.count(frame);
         self.bytes.set(self.bytes.get() + n);
-        self.wake.notify_one();
+        self.start_writer();
     }
 
     /// Queues a connection-level error, then closes.
@@ -140,7 +163,7 @@ impl Outbound {
     /// Stops accepting frames; the writer flushes what is queued, shuts the socket down and ends.
     pub(crate) fn close(&self) {
         self.closing.set(true);
-        self.wake.notify_one();
+        self.start_writer();
     }
 
     fn take_chunk(&self) -> Option<Vec<u8>> {
@@ -212,7 +235,7 @@ pub(crate) fn close_expired(ctx: &CoreCtx) {
     let now = Instant::now();
     for handle in ctx.conns.borrow().values() {
         if let Some(why) = handle.expired(now, idle, frame_limit) {
-            // The writer flushes the error and shuts the socket down, which ends the reader.
+            // The writer flushes the error and shuts the socket down, which ends the connection's read.
             handle
                 .outbound
                 .close_with(ErrorCode::HEARTBEAT_TIMEOUT, why);
@@ -220,6 +243,8 @@ pub(crate) fn close_expired(ctx: &CoreCtx) {
     }
 }
 
+/// Writes what is queued, then ends; or, once the connection is closing, flushes, shuts the
+/// socket down (unless it migrates) and marks the queue finished.
 async fn writer(link: Rc<Link>, outbound: Rc<Outbound>) {
     loop {
         // Without frames, TLS records the reader caused (an alert, a key update) still go out.
@@ -237,11 +262,15 @@ async fn writer(link: Rc<Link>, outbound: Rc<Outbound>) {
                 }
             }
             None if outbound.closing.get() => break,
-            None => outbound.wake.notified().await,
+            None => {
+                // Nothing left: the next frame queued starts a new writer.
+                outbound.writing.set(false);
+                return;
+            }
         }
     }
     if outbound.shutdown_after.get() {
-        // Boxed: it runs once, and its state would otherwise sit in every connection's writer.
+        // Boxed: it runs once, and its state would otherwise sit in every writer.
         Box::pin(link.shutdown()).await;
     }
     outbound.finished.set(true);
@@ -263,7 +292,7 @@ pub(crate) enum Start {
     },
 }
 
-/// What ended the reader loop.
+/// What ended a connection's frame loop.
 enum End {
     Closed,
     Migrate {
@@ -273,110 +302,30 @@ enum End {
     },
 }
 
-/// Runs a connection until it closes or migrates.
-pub(crate) async fn run(ctx: Rc<CoreCtx>, link: Link, start: Start) {
-    let conn = ctx.next_conn_id();
-    let link = Rc::new(link);
-    let outbound = Rc::new(Outbound::new(
-        ctx.config.outbound_queue_bytes_max,
-        Arc::clone(&ctx.metrics),
-        ctx.core,
-    ));
-    let accepted = matches!(start, Start::Accepted { .. });
-    let now = Instant::now();
-    let handle = Rc::new(ConnHandle {
-        outbound: Rc::clone(&outbound),
-        last_rx: Cell::new(now),
-        hello_by: Cell::new(
-            accepted.then(|| now + Duration::from_millis(ctx.config.frame_timeout_ms)),
-        ),
-        frame_started: Cell::new(None),
-        in_flight: Cell::new(0),
-    });
-    ctx.conns.borrow_mut().insert(conn, Rc::clone(&handle));
-    let transport = link.transport() as usize;
-    let metrics = ctx.metrics.core(ctx.core);
-    metrics.connections.fetch_add(1, Ordering::Relaxed);
-    metrics.transport_connections[transport].fetch_add(1, Ordering::Relaxed);
-    tokio::task::spawn_local(writer(Rc::clone(&link), Rc::clone(&outbound)));
-
-    let mut peer_addr = None;
-    let (mut inbox, mut phase) = match start {
-        Start::Accepted { peer, buffered } => {
-            peer_addr = Some(peer);
-            (buffered, Phase::NeedHello)
-        }
-        Start::Adopted {
-            buffered,
-            request_id,
-            auth,
-        } => {
-            ctx.shard
-                .borrow_mut()
-                .adopt(ctx.now_ms(), conn, request_id, auth);
-            ctx.kick();
-            (buffered, Phase::Ready)
-        }
-    };
-    let mut reader = Reader {
-        ctx: Rc::clone(&ctx),
-        conn,
-        outbound: Rc::clone(&outbound),
-        handle,
-        peer: peer_addr,
-    };
-    let end = reader.run(&link, &mut inbox, &mut phase).await;
-
-    ctx.conns.borrow_mut().remove(&conn);
-    let metrics = ctx.metrics.core(ctx.core);
-    metrics.connections.fetch_sub(1, Ordering::Relaxed);
-    metrics.transport_connections[transport].fetch_sub(1, Ordering::Relaxed);
-    ctx.shard.borrow_mut().connection_closed(ctx.now_ms(), conn);
-    ctx.kick();
-    match end {
-        End::Closed => {
-            outbound.close();
-            outbound.finished().await;
-        }
-        End::Migrate {
-            core,
-            request_id,
-            auth,
-        } => {
-            outbound.shutdown_after.set(false);
-            outbound.close();
-            outbound.finished().await;
-            drop(reader);
-            let Ok(link) = Rc::try_unwrap(link) else {
-                tracing::error!("socket still shared at migration; dropping the connection");
-                return;
-            };
-            match link.into_parts() {
-                Ok((socket, tls, ws)) => {
-                    let adoption = Adoption {
-                        socket,
-                        tls: tls.map(Box::new),
-                        ws,
-                        buffered: inbox,
-                        request_id,
-                        auth,
-                    };
-                    ctx.send_mail(core, Letter::Adopt(Box::new(adoption)));
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot hand a connection over; dropping it"),
-            }
-        }
+/// Runs a connection until it closes or migrates: the connection's one task, while it is idle
+/// only waiting for the socket to be readable.
+///
+/// The set-up happens before the future is made, so that what the future keeps for the
+/// connection's whole life is the [`Conn`] and the wait in progress, and nothing else.
+pub(crate) fn run(ctx: Rc<CoreCtx>, link: Link, start: Start) -> impl Future<Output = ()> {
+    let mut conn = Conn::open(ctx, link, start);
+    async move {
+        let end = conn.serve().await;
+        // Boxed: closing and migrating happen once, and their state would otherwise sit in the
+        // future for the connection's whole life.
+        Box::pin(conn.finish(end)).await;
     }
 }
 
-/// What handling one frame led to.
-enum Handled {
-    Done,
-    End(End),
+/// What handling frames led to; small, since it is alive while a registration or login waits.
+enum Flow {
+    /// Go on reading.
+    Read,
+    End(Box<End>),
     /// A registration, which waits on the password hash pool.
-    Register(u32, frames::Register),
+    Register(u32, Box<frames::Register>),
     /// A password login, which waits on the password hash pool.
-    Login(u32, frames::Login),
+    Login(u32, Box<frames::Login>),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -385,76 +334,197 @@ enum Phase {
     Ready,
 }
 
-struct Reader {
-    /// The client's address, known on the core that accepted the connection.
-    peer: Option<std::net::IpAddr>,
+/// One connection's state, owned by its task.
+struct Conn {
     ctx: Rc<CoreCtx>,
-    conn: ConnId,
+    id: ConnId,
+    link: Rc<Link>,
     outbound: Rc<Outbound>,
     handle: Rc<ConnHandle>,
+    /// Bytes read and not yet decoded into frames; no buffer at all while there are none.
+    inbox: BytesMut,
+    phase: Phase,
+    /// The client's address, known on the core that accepted the connection.
+    peer: Option<std::net::IpAddr>,
 }
 
-impl Reader {
-    async fn run(&mut self, link: &Link, inbox: &mut BytesMut, phase: &mut Phase) -> End {
-        let decoder = FrameDecoder::new();
-        loop {
-            let mut decoded = false;
-            loop {
-                if self.outbound.closing.get() {
-                    return End::Closed;
-                }
-                match decoder.decode(inbox) {
-                    Ok(Some(frame)) => {
-                        decoded = true;
-                        self.handle.last_rx.set(Instant::now());
-                        self.ctx
-                            .metrics
-                            .core(self.ctx.core)
-                            .frames_in
-                            .fetch_add(1, Ordering::Relaxed);
-                        let end = match self.handle_frame(frame, phase) {
-                            Handled::Done => None,
-                            Handled::End(end) => Some(end),
-                            // Boxed: these wait on the password hash pool, and their state would
-                            // otherwise sit in every idle connection's future.
-                            Handled::Register(request_id, r) => {
-                                Box::pin(self.register(request_id, r)).await
-                            }
-                            Handled::Login(request_id, l) => {
-                                Box::pin(self.login(request_id, l)).await
-                            }
-                        };
-                        if let Some(end) = end {
-                            return end;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        if let Some(end) = self.decode_error(e, *phase) {
-                            return end;
-                        }
-                    }
-                }
+impl Conn {
+    /// Registers a connection with its core (and, for one migrated here, hands its pending
+    /// authentication to the shard).
+    fn open(ctx: Rc<CoreCtx>, link: Link, start: Start) -> Conn {
+        let id = ctx.next_conn_id();
+        let link = Rc::new(link);
+        let outbound = Outbound::new(
+            &link,
+            ctx.config.outbound_queue_bytes_max,
+            Arc::clone(&ctx.metrics),
+            ctx.core,
+        );
+        let accepted = matches!(start, Start::Accepted { .. });
+        let now = Instant::now();
+        let handle = Rc::new(ConnHandle {
+            outbound: Rc::clone(&outbound),
+            last_rx: Cell::new(now),
+            hello_by: Cell::new(
+                accepted.then(|| now + Duration::from_millis(ctx.config.frame_timeout_ms)),
+            ),
+            frame_started: Cell::new(None),
+            in_flight: Cell::new(0),
+        });
+        ctx.conns.borrow_mut().insert(id, Rc::clone(&handle));
+        let metrics = ctx.metrics.core(ctx.core);
+        metrics.connections.fetch_add(1, Ordering::Relaxed);
+        metrics.transport_connections[link.transport() as usize].fetch_add(1, Ordering::Relaxed);
+        let (inbox, phase, peer) = match start {
+            Start::Accepted { peer, buffered } => (buffered, Phase::NeedHello, Some(peer)),
+            Start::Adopted {
+                buffered,
+                request_id,
+                auth,
+            } => {
+                ctx.shard
+                    .borrow_mut()
+                    .adopt(ctx.now_ms(), id, request_id, auth);
+                ctx.kick();
+                (buffered, Phase::Ready, None)
             }
-            if inbox.is_empty() {
-                // Idle: hold no buffer while waiting.
-                *inbox = BytesMut::new();
-                self.handle.frame_started.set(None);
-            } else if decoded || self.handle.frame_started.get().is_none() {
-                self.handle.frame_started.set(Some(Instant::now()));
+        };
+        Conn {
+            ctx,
+            id,
+            link,
+            outbound,
+            handle,
+            inbox,
+            phase,
+            peer,
+        }
+    }
+
+    /// Reads and handles frames until the connection closes or is to migrate.
+    async fn serve(&mut self) -> End {
+        loop {
+            // What stays in this future across its waits is kept small: frames are decoded and
+            // handled in `handle_frames`, and the rare large values (an ending, a password) are
+            // boxed.
+            match self.handle_frames() {
+                Flow::Read => {}
+                Flow::End(end) => return *end,
+                // Boxed: these wait on the password hash pool, and their state would otherwise
+                // sit in every idle connection's future.
+                Flow::Register(request_id, r) => {
+                    match Box::pin(self.register(request_id, *r)).await {
+                        Some(end) => return end,
+                        None => continue,
+                    }
+                }
+                Flow::Login(request_id, l) => match Box::pin(self.login(request_id, *l)).await {
+                    Some(end) => return end,
+                    None => continue,
+                },
             }
             // Other cores are not taking this core's mail: read nothing more until they do.
             self.ctx.wait_for_mailboxes().await;
             // No timer here: the core's tick closes the connection at its deadline
             // (`close_expired`), and the shut-down socket ends this read.
-            let read = link.read(inbox, &self.ctx.buffers).await;
-            if link.wants_write() {
-                self.outbound.wake.notify_one();
+            let read = self.link.read(&mut self.inbox, &self.ctx.buffers).await;
+            if self.link.wants_write() {
+                self.outbound.start_writer();
             }
             match read {
                 Ok(0) | Err(_) => return End::Closed,
                 Ok(_) => {}
             }
+        }
+    }
+
+    /// Decodes and handles the complete frames in the inbox, up to one that needs to wait.
+    fn handle_frames(&mut self) -> Flow {
+        let decoder = FrameDecoder::new();
+        let mut decoded = false;
+        loop {
+            if self.outbound.closing.get() {
+                return Flow::End(Box::new(End::Closed));
+            }
+            match decoder.decode(&mut self.inbox) {
+                Ok(Some(frame)) => {
+                    decoded = true;
+                    self.handle.last_rx.set(Instant::now());
+                    self.ctx
+                        .metrics
+                        .core(self.ctx.core)
+                        .frames_in
+                        .fetch_add(1, Ordering::Relaxed);
+                    match self.handle_frame(frame) {
+                        Flow::Read => {}
+                        other => return other,
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    if let Some(end) = self.decode_error(e) {
+                        return Flow::End(Box::new(end));
+                    }
+                }
+            }
+        }
+        if self.inbox.is_empty() {
+            // Idle: hold no buffer while waiting.
+            self.inbox = BytesMut::new();
+            self.handle.frame_started.set(None);
+        } else if decoded || self.handle.frame_started.get().is_none() {
+            self.handle.frame_started.set(Some(Instant::now()));
+        }
+        Flow::Read
+    }
+
+    /// Unregisters the connection, then lets the writer flush and either shuts the socket down
+    /// or hands it, with what was read and not handled, to the core that takes it over.
+    async fn finish(self, end: End) {
+        let Conn {
+            ctx,
+            id,
+            link,
+            outbound,
+            inbox,
+            ..
+        } = self;
+        ctx.conns.borrow_mut().remove(&id);
+        let metrics = ctx.metrics.core(ctx.core);
+        metrics.connections.fetch_sub(1, Ordering::Relaxed);
+        metrics.transport_connections[link.transport() as usize].fetch_sub(1, Ordering::Relaxed);
+        ctx.shard.borrow_mut().connection_closed(ctx.now_ms(), id);
+        ctx.kick();
+        let End::Migrate {
+            core,
+            request_id,
+            auth,
+        } = end
+        else {
+            outbound.close();
+            outbound.finished().await;
+            return;
+        };
+        outbound.shutdown_after.set(false);
+        outbound.close();
+        outbound.finished().await;
+        let Ok(link) = Rc::try_unwrap(link) else {
+            tracing::error!("socket still shared at migration; dropping the connection");
+            return;
+        };
+        match link.into_parts() {
+            Ok((socket, tls, ws)) => {
+                let adoption = Adoption {
+                    socket,
+                    tls: tls.map(Box::new),
+                    ws,
+                    buffered: inbox,
+                    request_id,
+                    auth,
+                };
+                ctx.send_mail(core, Letter::Adopt(Box::new(adoption)));
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot hand a connection over; dropping it"),
         }
     }
 
@@ -473,13 +543,13 @@ impl Reader {
         );
     }
 
-    fn decode_error(&self, e: FrameError, phase: Phase) -> Option<End> {
+    fn decode_error(&self, e: FrameError) -> Option<End> {
         let code = e.error.code();
         if e.error.closes_connection() {
             self.outbound.close_with(code, &e.to_string());
             return Some(End::Closed);
         }
-        if phase == Phase::NeedHello {
+        if self.phase == Phase::NeedHello {
             self.outbound.close_with(
                 ErrorCode::HELLO_REQUIRED,
                 "the first frame must be a valid Hello",
@@ -490,34 +560,34 @@ impl Reader {
         None
     }
 
-    fn handle_frame(&mut self, frame: Frame, phase: &mut Phase) -> Handled {
+    fn handle_frame(&mut self, frame: Frame) -> Flow {
         let Frame { request_id, body } = frame;
         if self.ctx.stopping() {
             // After GoAway, requests read are not performed and get no reply (spec §2.9).
-            return Handled::Done;
+            return Flow::Read;
         }
-        if *phase == Phase::NeedHello {
+        if self.phase == Phase::NeedHello {
             let Body::Hello(hello) = body else {
                 self.outbound
                     .close_with(ErrorCode::HELLO_REQUIRED, "the first frame must be Hello");
-                return Handled::End(End::Closed);
+                return Flow::End(Box::new(End::Closed));
             };
             if request_id == 0 {
                 self.outbound
                     .close_with(ErrorCode::HELLO_REQUIRED, "the first frame must be Hello");
-                return Handled::End(End::Closed);
+                return Flow::End(Box::new(End::Closed));
             };
             if hello.min_version > PROTOCOL_VERSION || hello.max_version < PROTOCOL_VERSION {
                 let message =
                     format!("this server speaks protocol version {PROTOCOL_VERSION} only");
                 self.outbound
                     .close_with(ErrorCode::UNSUPPORTED_VERSION, &message);
-                return Handled::End(End::Closed);
+                return Flow::End(Box::new(End::Closed));
             }
             self.reply(request_id, self.welcome());
-            *phase = Phase::Ready;
+            self.phase = Phase::Ready;
             self.handle.hello_by.set(None);
-            return Handled::Done;
+            return Flow::Read;
         }
         if body.direction() != frames::Direction::Request {
             self.error(
@@ -525,7 +595,7 @@ impl Reader {
                 ErrorCode::UNKNOWN_TYPE,
                 "servers accept requests only",
             );
-            return Handled::Done;
+            return Flow::Read;
         }
         if request_id == 0 {
             self.error(
@@ -533,9 +603,9 @@ impl Reader {
                 ErrorCode::INVALID_ARGUMENT,
                 "requests need a non-zero request id",
             );
-            return Handled::Done;
+            return Flow::Read;
         }
-        let authenticated = self.ctx.shard.borrow().session(self.conn).is_some();
+        let authenticated = self.ctx.shard.borrow().session(self.id).is_some();
         match body {
             Body::Hello(_) => self.error(
                 request_id,
@@ -548,12 +618,12 @@ impl Reader {
                 ErrorCode::ALREADY_AUTHENTICATED,
                 "this session is already authenticated",
             ),
-            Body::Register(r) => return Handled::Register(request_id, r),
-            Body::Login(l) => return Handled::Login(request_id, l),
+            Body::Register(r) => return Flow::Register(request_id, Box::new(r)),
+            Body::Login(l) => return Flow::Login(request_id, Box::new(l)),
             Body::Resume(r) => {
                 return match self.resume(request_id, r) {
-                    Some(end) => Handled::End(end),
-                    None => Handled::Done,
+                    Some(end) => Flow::End(Box::new(end)),
+                    None => Flow::Read,
                 }
             }
             _ if !authenticated => self.error(
@@ -570,7 +640,7 @@ impl Reader {
                             ErrorCode::RATE_LIMITED,
                             "too many requests in flight",
                         );
-                        return Handled::Done;
+                        return Flow::Read;
                     }
                     self.handle.in_flight.set(in_flight + 1);
                 }
@@ -578,11 +648,11 @@ impl Reader {
                 self.ctx
                     .shard
                     .borrow_mut()
-                    .handle_request(now, self.conn, request_id, body);
+                    .handle_request(now, self.id, request_id, body);
                 self.ctx.kick();
             }
         }
-        Handled::Done
+        Flow::Read
     }
 
     fn welcome(&self) -> Welcome {
@@ -639,9 +709,9 @@ impl Reader {
         let core = name_owner(&user.username, self.ctx.cores);
         let origin = ConnRef {
             core: self.ctx.core,
-            conn: self.conn,
+            conn: self.id,
         };
-        let outcome = self.ctx.await_user_created(self.conn);
+        let outcome = self.ctx.await_user_created(self.id);
         self.ctx.send_mail(
             core,
             Mail::CreateUser {

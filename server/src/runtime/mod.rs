@@ -526,7 +526,9 @@ async fn serve(ctx: Rc<CoreCtx>, socket: Socket, peer: SocketAddr, serves: Serve
                 peer: peer.ip(),
                 buffered,
             };
-            conn::run(ctx, link, start).await;
+            // A task of its own, so that the handshake's state is not kept for the connection's
+            // whole life.
+            tokio::task::spawn_local(conn::run(ctx, link, start));
         }
         Err((link, why)) => {
             metrics.transport_handshake_failures[transport as usize]

@@ -79,8 +79,10 @@ impl Socket {
     /// the peer closed.
     pub(crate) async fn read(&self, inbox: &mut BytesMut, pool: &BufferPool) -> io::Result<usize> {
         match self {
+            // Readiness is polled directly rather than through `readable()`, whose future is
+            // several times larger: this wait is what every idle connection keeps.
             Socket::Epoll(stream) => loop {
-                stream.readable().await?;
+                std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await?;
                 let mut buf = pool.take();
                 // Zeroed once, when the buffer is first made; pooled buffers keep their length.
                 buf.resize(READ_CHUNK_BYTES, 0);
@@ -96,8 +98,10 @@ impl Socket {
                 }
             },
             Socket::Uring { ready, stream } => {
-                let mut guard = ready.readable().await?;
-                let (result, buf) = stream.read(pool.take()).await;
+                let mut guard = std::future::poll_fn(|cx| ready.poll_read_ready(cx)).await?;
+                // Boxed: the operation is in flight only while data is there, and its state would
+                // otherwise sit in every idle connection's future.
+                let (result, buf) = Box::pin(stream.read(pool.take())).await;
                 let n = match result {
                     Ok(n) => n,
                     Err(e) => {

@@ -219,15 +219,29 @@ impl Link {
     /// Waits for data, then appends the frame bytes that arrived to `inbox`. Returns the bytes
     /// read from the socket; 0 means the peer closed (or sent TLS `close_notify` or a WebSocket
     /// Close). A WebSocket violation is an `InvalidData` error, its Close frame queued.
+    ///
+    /// The socket read is the only wait; the TLS and WebSocket layers then run on what it read.
     pub(crate) async fn read(&self, inbox: &mut BytesMut, pool: &BufferPool) -> io::Result<usize> {
-        let Some(ws) = &self.ws else {
-            return self.read_plaintext(inbox, pool).await;
-        };
-        let mut plaintext = BytesMut::new();
-        let n = self.read_plaintext(&mut plaintext, pool).await?;
+        if self.tls.is_none() && self.ws.is_none() {
+            return self.socket.read(inbox, pool).await;
+        }
+        let mut raw = BytesMut::new();
+        let n = self.socket.read(&mut raw, pool).await?;
         if n == 0 {
             return Ok(0);
         }
+        let Some(ws) = &self.ws else {
+            return self.unwrap_tls(&raw, inbox, n);
+        };
+        let plaintext = if self.tls.is_some() {
+            let mut plaintext = BytesMut::new();
+            if self.unwrap_tls(&raw, &mut plaintext, n)? == 0 {
+                return Ok(0);
+            }
+            plaintext
+        } else {
+            raw
+        };
         match ws.borrow_mut().decode(&plaintext, inbox) {
             Ok(Flow::Open) => Ok(n),
             Ok(Flow::PeerClosed) => Ok(0),
@@ -260,16 +274,26 @@ impl Link {
         inbox: &mut BytesMut,
         pool: &BufferPool,
     ) -> io::Result<usize> {
-        let Some(tls) = &self.tls else {
+        if self.tls.is_none() {
             return self.socket.read(inbox, pool).await;
-        };
+        }
         let mut ciphertext = BytesMut::new();
         let n = self.socket.read(&mut ciphertext, pool).await?;
         if n == 0 {
             return Ok(0);
         }
+        self.unwrap_tls(&ciphertext, inbox, n)
+    }
+
+    /// Feeds the `n` bytes of `ciphertext` read from the socket to rustls and appends the
+    /// plaintext they carry to `inbox`. Returns `n`, or 0 if the peer sent `close_notify`.
+    fn unwrap_tls(&self, ciphertext: &[u8], inbox: &mut BytesMut, n: usize) -> io::Result<usize> {
+        let Some(tls) = &self.tls else {
+            inbox.extend_from_slice(ciphertext);
+            return Ok(n);
+        };
         let mut tls = tls.borrow_mut();
-        let mut rest = &ciphertext[..];
+        let mut rest = ciphertext;
         let mut closed = false;
         while !rest.is_empty() {
             tls.read_tls(&mut rest)?;
