@@ -31,6 +31,7 @@ on_both_engines!(
     idle_connection_times_out,
     device_limit_and_logout,
     slow_consumer_is_closed_and_loses_nothing,
+    closing_connection_that_reads_nothing_is_dropped,
     graceful_shutdown_sends_goaway_and_keeps_data,
 );
 
@@ -802,6 +803,66 @@ async fn slow_consumer_is_closed_and_loses_nothing(engine: &'static str) {
     bob.resume(token).await.unwrap();
     let updates = sync_until(&bob, messages as usize).await;
     assert_eq!(bodies(&updates).len() as u64, messages, "nothing is lost");
+}
+
+// Proves a connection closed while its client reads nothing (here a slow consumer that stops
+// reading for good) does not hold the server's socket beyond the frame time-out: the writer that
+// cannot flush is cut off, and the connection is gone from the server's count while the client
+// still reads nothing.
+async fn closing_connection_that_reads_nothing_is_dropped(engine: &'static str) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Ternd::start_in(
+        engine,
+        dir.path(),
+        &[
+            "--outbound-queue-bytes-max",
+            "1048576",
+            "--frame-timeout-ms",
+            "1000",
+        ],
+    );
+    let (alice, _) = server.register("alice").await;
+    let (bob, bob_auth) = server.register("bob").await;
+    let token = bob_auth.token.unwrap();
+    bob.close().await;
+    let conv = alice.open_direct(bob_auth.user_id).await.unwrap();
+    let mut raw = RawConn::connect(server.addr).await;
+    raw.hello().await;
+    raw.send(Frame::new(2, tern_protocol::frames::Resume { token }))
+        .await;
+    raw.expect(|b| matches!(b, Body::Authenticated(_))).await;
+    raw.send(Frame::new(
+        3,
+        tern_protocol::frames::Sync { since: 0, limit: 0 },
+    ))
+    .await;
+    raw.expect(|b| matches!(b, Body::SyncPage(p) if !p.has_more))
+        .await;
+
+    let connections = || async {
+        let (_, metrics) = get(server.metrics_addr, "/metrics").await;
+        total(&metrics, "tern_connections")
+    };
+    assert_eq!(connections().await, 2);
+    let body = "x".repeat(99_000);
+    for n in 1..=100u64 {
+        alice
+            .send(conv.conversation_id, cmid(1, n), &body)
+            .await
+            .unwrap();
+    }
+    // Bob's queue overflowed and his connection is closing; he still reads nothing.
+    let deadline = std::time::Instant::now() + EVENT_WAIT;
+    while connections().await > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a closing connection whose client reads nothing is still open"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // What the kernel had buffered for him, then the end of the stream.
+    while raw.next().await.is_some() {}
+    alice.ping(1).await.unwrap();
 }
 
 // Proves SIGTERM sends GoAway to connected clients, exits cleanly, and that everything

@@ -60,6 +60,9 @@ pub(crate) struct Outbound {
     writing: Cell<bool>,
     /// No more frames are accepted; the writer flushes and ends.
     closing: Cell<bool>,
+    /// When the connection began to close: its client has the frame time-out from then to read
+    /// what is left, or the socket is shut down under the writer.
+    closing_at: Cell<Option<Instant>>,
     /// Shut the socket down once flushed (a close), rather than hand it on (a migration).
     shutdown_after: Cell<bool>,
     done: tokio::sync::Notify,
@@ -78,6 +81,7 @@ impl Outbound {
             this: this.clone(),
             writing: Cell::new(false),
             closing: Cell::new(false),
+            closing_at: Cell::new(None),
             shutdown_after: Cell::new(true),
             done: tokio::sync::Notify::new(),
             finished: Cell::new(false),
@@ -163,7 +167,28 @@ impl Outbound {
     /// Stops accepting frames; the writer flushes what is queued, shuts the socket down and ends.
     pub(crate) fn close(&self) {
         self.closing.set(true);
+        if self.closing_at.get().is_none() {
+            self.closing_at.set(Some(Instant::now()));
+        }
         self.start_writer();
+    }
+
+    /// Shuts the socket down under a writer that has not flushed within `limit` of the close: its
+    /// client does not read, and would otherwise hold the connection open for as long as it likes.
+    /// The write then fails and the writer ends.
+    fn drop_if_unread(&self, now: Instant, limit: Duration) {
+        let Some(since) = self.closing_at.get() else {
+            return;
+        };
+        if self.finished.get() || now < since + limit {
+            return;
+        }
+        if let Some(link) = self.link.upgrade() {
+            tracing::debug!("a closing connection's client read nothing within the frame time-out");
+            link.shutdown_now();
+        }
+        // Once: the shut-down socket ends the writer soon after.
+        self.closing_at.set(Some(now + limit));
     }
 
     fn take_chunk(&self) -> Option<Vec<u8>> {
@@ -234,6 +259,10 @@ pub(crate) fn close_expired(ctx: &CoreCtx) {
     let frame_limit = Duration::from_millis(ctx.config.frame_timeout_ms);
     let now = Instant::now();
     for handle in ctx.conns.borrow().values() {
+        if handle.outbound.closing.get() {
+            handle.outbound.drop_if_unread(now, frame_limit);
+            continue;
+        }
         if let Some(why) = handle.expired(now, idle, frame_limit) {
             // The writer flushes the error and shuts the socket down, which ends the connection's read.
             handle
@@ -489,25 +518,28 @@ impl Conn {
             inbox,
             ..
         } = self;
+        ctx.shard.borrow_mut().connection_closed(ctx.now_ms(), id);
+        ctx.kick();
+        let migrate = match end {
+            End::Closed => None,
+            End::Migrate {
+                core,
+                request_id,
+                auth,
+            } => Some((core, request_id, auth)),
+        };
+        outbound.shutdown_after.set(migrate.is_none());
+        outbound.close();
+        // Still among the core's connections while the writer flushes, so that the tick bounds
+        // how long that takes (`drop_if_unread`) and the connection counts against the limit.
+        outbound.finished().await;
         ctx.conns.borrow_mut().remove(&id);
         let metrics = ctx.metrics.core(ctx.core);
         metrics.connections.fetch_sub(1, Ordering::Relaxed);
         metrics.transport_connections[link.transport() as usize].fetch_sub(1, Ordering::Relaxed);
-        ctx.shard.borrow_mut().connection_closed(ctx.now_ms(), id);
-        ctx.kick();
-        let End::Migrate {
-            core,
-            request_id,
-            auth,
-        } = end
-        else {
-            outbound.close();
-            outbound.finished().await;
+        let Some((core, request_id, auth)) = migrate else {
             return;
         };
-        outbound.shutdown_after.set(false);
-        outbound.close();
-        outbound.finished().await;
         let Ok(link) = Rc::try_unwrap(link) else {
             tracing::error!("socket still shared at migration; dropping the connection");
             return;

@@ -382,6 +382,12 @@ impl Link {
         self.socket.shutdown();
     }
 
+    /// Shuts the socket down at once, in both directions, with nothing more written: a pending
+    /// read ends with end-of-stream and a pending write fails.
+    pub(crate) fn shutdown_now(&self) {
+        self.socket.shutdown();
+    }
+
     /// Splits the link into a std socket, its TLS state and its WebSocket state, to hand them to
     /// another core.
     pub(crate) fn into_parts(self) -> io::Result<LinkParts> {
