@@ -1262,6 +1262,7 @@ impl World {
                 messages_in.entry(conversation_id).or_default().push(seq);
             }
         }
+        let mut message_ids = HashSet::new();
         let conversations: HashSet<u64> = self
             .users
             .iter()
@@ -1282,8 +1283,23 @@ impl World {
             }
             for seq in 1..=last {
                 let message = self.store.message(conversation_id, seq);
-                if !matches!(message, Ok(Some(_))) {
+                let Ok(Some(message)) = message else {
                     self.violation(format!("{conversation_id}/{seq}: a gap in seq"));
+                    continue;
+                };
+                // Ids are never issued twice, crashes included: each is at or below the
+                // high-water mark its core persisted with it.
+                let id = message.message_id;
+                let core =
+                    (id >> crate::ids::ID_COUNTER_BITS) & ((1 << crate::ids::ID_CORE_BITS) - 1);
+                let high_water = self.store.id_high_water(core as u16).unwrap_or(0);
+                if id > high_water {
+                    self.violation(format!(
+                        "message id {id} is above its core's high-water mark"
+                    ));
+                }
+                if !message_ids.insert(id) {
+                    self.violation(format!("message id {id} was issued twice"));
                 }
             }
         }

@@ -203,6 +203,9 @@ pub(crate) struct Shard {
     /// What is durable only: what clients may be shown (logs and history).
     pub(crate) committed: Store,
     pub(crate) ids: IdGen,
+    /// The id high-water mark the batches handed to the committer carry, so that each batch
+    /// writes it once, not once per id.
+    ids_sealed: u64,
     pub(crate) batch: Batch,
     /// Batches handed to the committer and not yet answered, oldest first.
     in_flight: VecDeque<Held>,
@@ -259,6 +262,7 @@ impl Shard {
             committed: store.clone(),
             store: store.for_core(),
             ids: IdGen::new(core, high_water),
+            ids_sealed: high_water,
             batch,
             in_flight: VecDeque::new(),
             last_batch: 0,
@@ -285,12 +289,10 @@ impl Shard {
         }
     }
 
-    /// The next id, recording the high-water mark in the pending batch.
+    /// The next id. Its high-water mark goes into the batch when the turn ends
+    /// ([`Shard::end_turn`]), which is the batch that holds whatever uses the id.
     pub(crate) fn next_id(&mut self, now_ms: u64) -> u64 {
-        let id = self.ids.next(now_ms);
-        self.batch
-            .put_id_high_water(self.core as u16, self.ids.high_water());
-        id
+        self.ids.next(now_ms)
     }
 
     pub(crate) fn owner(&self, id: u64) -> usize {
@@ -840,6 +842,11 @@ impl Shard {
             mail: std::mem::take(&mut self.mail_now),
             commit: None,
         };
+        let high_water = self.ids.high_water();
+        if high_water > self.ids_sealed {
+            self.batch.put_id_high_water(self.core as u16, high_water);
+            self.ids_sealed = high_water;
+        }
         if let Err(e) = self.write_watermarks() {
             // Nothing of this turn's batch may reach the store without its watermarks.
             tracing::error!(core = self.core, error = %e, "encoding watermarks");
@@ -1018,6 +1025,8 @@ impl Shard {
     fn fail_in_flight(&mut self, turn: &mut Turn) {
         self.epoch += 1;
         self.batch = self.store.batch();
+        // The void batches held the high-water mark: the next batch writes it again.
+        self.ids_sealed = 0;
         if let Some(overlay) = self.store.overlay() {
             overlay.discard();
         }
