@@ -22,7 +22,7 @@ use tern_protocol::types::{
 };
 use tern_protocol::{Update, UpdateKind};
 
-use crate::net::{Credentials, NetEvent, Request};
+use crate::net::{self, BackupEnabled, Credentials, NetEvent, Request};
 
 /// How long a typing indicator lasts without a repeat (spec §12.5).
 pub(crate) const TYPING_SHOWN_MS: u64 = 10_000;
@@ -768,6 +768,7 @@ impl App {
                 }
             },
             ("save", rest) if !rest.is_empty() => self.save(rest),
+            ("backup", rest) => self.backup(rest),
             ("retry", _) => self.retry(),
             _ => {
                 self.set_status(
@@ -838,6 +839,77 @@ impl App {
             false,
         );
         vec![Request::SaveMedia { media_id, path }]
+    }
+
+    /// `/backup enable` and `/backup restore KEY`; a key that cannot be one is refused here.
+    fn backup(&mut self, rest: &str) -> Vec<Request> {
+        let (action, key) = rest
+            .split_once(char::is_whitespace)
+            .map_or((rest, ""), |(action, key)| (action, key.trim()));
+        match action {
+            "enable" if key.is_empty() => {
+                self.set_status("enabling the key backup…", false);
+                vec![Request::EnableBackup]
+            }
+            "restore" if net::is_recovery_key(key) => {
+                self.set_status("restoring room keys from the key backup…", false);
+                vec![Request::RestoreBackup {
+                    recovery_key: key.to_owned(),
+                }]
+            }
+            "restore" => {
+                self.set_status(
+                    format!("/backup restore KEY: {}", net::RECOVERY_KEY_FORMAT),
+                    true,
+                );
+                Vec::new()
+            }
+            _ => {
+                self.set_status("usage: /backup enable · /backup restore KEY", true);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Shows the recovery key of a new backup, the one time it is shown.
+    fn backup_enabled(&mut self, enabled: BackupEnabled) {
+        let replaced = if enabled.replaced {
+            " The account's earlier backup was replaced."
+        } else {
+            ""
+        };
+        self.set_status(
+            format!(
+                "recovery key: {} · shown only now: write it down; /backup restore KEY needs it to \
+                 read earlier encrypted messages on a new device.{replaced}",
+                enabled.recovery_key
+            ),
+            false,
+        );
+    }
+
+    /// After keys came from the backup: messages fetched before may open now, so every
+    /// conversation is fetched again when shown, the open one at once.
+    fn backup_restored(&mut self, restored: usize) -> Vec<Request> {
+        let keys = if restored == 1 { "key" } else { "keys" };
+        self.set_status(
+            format!("restored {restored} room {keys} from the key backup"),
+            false,
+        );
+        if restored == 0 {
+            return Vec::new();
+        }
+        for conversation in &mut self.conversations {
+            conversation.loaded = false;
+        }
+        let open = self.open;
+        match open.and_then(|id| self.conversation_mut(id)) {
+            Some(conversation) if !conversation.loading => {
+                conversation.loading = true;
+                vec![Request::LoadConversation(conversation.id)]
+            }
+            _ => Vec::new(),
+        }
     }
 
     fn scroll_up(&mut self) -> Vec<Request> {
@@ -1005,6 +1077,11 @@ impl App {
                 self.encrypted.extend(ids);
                 Vec::new()
             }
+            NetEvent::BackupEnabled(enabled) => {
+                self.backup_enabled(enabled);
+                Vec::new()
+            }
+            NetEvent::BackupRestored(restored) => self.backup_restored(restored),
             NetEvent::Notice(text) => {
                 self.set_status(text, false);
                 Vec::new()
@@ -1300,7 +1377,8 @@ impl App {
 
 /// What `/help` shows.
 pub(crate) const HELP: &str = "/open USER · /group NAME USER… · /add USER · /remove USER · \
-/rename NAME · /leave · /members · /file PATH · /save MEDIA_ID [PATH] · /retry · /quit";
+/rename NAME · /leave · /members · /file PATH · /save MEDIA_ID [PATH] · /backup enable · \
+/backup restore KEY · /retry · /quit";
 
 /// A role's name.
 pub(crate) fn role_name(role: Role) -> &'static str {

@@ -133,6 +133,31 @@ pub(crate) enum Command {
         /// The other user.
         user: String,
     },
+    /// Keep the room keys of encrypted conversations in a backup on the server, encrypted under a
+    /// recovery key the server never sees, so that a new device can read earlier messages.
+    #[command(subcommand)]
+    Backup(BackupCommand),
+}
+
+/// The key backup subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum BackupCommand {
+    /// Start a backup under a new recovery key, upload every room key this device holds, and
+    /// print the recovery key, once.
+    ///
+    /// An earlier backup of the account is replaced (its recovery key stops working). Keys this
+    /// device makes or receives later are added whenever `tern` handles them.
+    Enable,
+    /// Import the room keys of the account's backup into this device and print how many were new.
+    ///
+    /// A new device reads earlier encrypted messages once it has their keys. Keys it makes or
+    /// receives later are added to the backup.
+    Restore {
+        /// The recovery key `backup enable` printed: 64 hexadecimal digits, quoted or not with the
+        /// spaces between the groups of four.
+        #[arg(required = true, num_args = 1.., value_name = "RECOVERY_KEY")]
+        recovery_key: Vec<String>,
+    },
 }
 
 /// The group subcommands.

@@ -14,7 +14,7 @@ use tern_protocol::{Update, UpdateKind};
 
 use tern_protocol::limits::DEVICE_NAME_BYTES_MAX;
 
-use crate::cli::{AuthArgs, Command, GroupCommand, RoleArg, Target};
+use crate::cli::{AuthArgs, BackupCommand, Command, GroupCommand, RoleArg, Target};
 use crate::config::{self, Config, Session, SERVER_DEFAULT};
 use crate::error::CliError;
 use crate::format;
@@ -128,15 +128,26 @@ impl Context {
         Ok((net, session))
     }
 
-    /// This device's end-to-end encryption machine: its state in a file beside the config file,
-    /// its keys published and topped up, and the keys other devices sent it taken in.
-    async fn crypto(&self, net: &Net, session: &Session) -> Result<Crypto, CliError> {
-        let dir = self
-            .config_path
+    /// The directory of this device's end-to-end encryption state: the config file's.
+    fn crypto_dir(&self) -> PathBuf {
+        self.config_path
             .parent()
             .map(Path::to_path_buf)
-            .unwrap_or_default();
-        net::open_crypto(net, &dir, session.user_id, session.device_id).await
+            .unwrap_or_default()
+    }
+
+    /// This device's end-to-end encryption machine: its state in a file beside the config file,
+    /// its keys published and topped up, the keys other devices sent it taken in and, when it
+    /// keeps a key backup, backed up.
+    async fn crypto(&self, net: &Net, session: &Session) -> Result<Crypto, CliError> {
+        let crypto = self.crypto_machine(net, session).await?;
+        back_up_keys(net, &crypto).await;
+        Ok(crypto)
+    }
+
+    /// [`Context::crypto`] without the backup upload.
+    async fn crypto_machine(&self, net: &Net, session: &Session) -> Result<Crypto, CliError> {
+        net::open_crypto(net, &self.crypto_dir(), session.user_id, session.device_id).await
     }
 
     /// A user's display name: the remembered username, else `#ID`.
@@ -273,6 +284,10 @@ pub(crate) async fn run(command: Command, ctx: &mut Context) -> Result<Report, C
         Command::Download { media_id, out } => download(ctx, media_id, &out).await,
         Command::Sync => sync(ctx).await,
         Command::Verify { user } => verify(ctx, &user).await,
+        Command::Backup(BackupCommand::Enable) => backup_enable(ctx).await,
+        Command::Backup(BackupCommand::Restore { recovery_key }) => {
+            backup_restore(ctx, &recovery_key.join(" ")).await
+        }
     }
 }
 
@@ -513,6 +528,8 @@ async fn send_encrypted(
             attachments,
         )
         .await?;
+    // A new room key may have been started for this message.
+    back_up_keys(net, &crypto).await;
     net.close().await;
     Ok(Report::new(
         format!(
@@ -620,6 +637,80 @@ async fn verify(ctx: &mut Context, username: &str) -> Result<Report, CliError> {
             "safety_number": number,
             "changed": changed.contains(&other),
         }),
+    ))
+}
+
+/// Uploads the room keys the key backup lacks, when this device keeps one. A failure is a warning:
+/// the command's own work is done, and the next command that handles keys uploads them.
+async fn back_up_keys(net: &Net, crypto: &Crypto) {
+    if let Err(error) = net::back_up_keys(net, crypto).await {
+        eprintln!(
+            "tern: warning: the key backup was not updated ({}); the next command tries again",
+            error.report()
+        );
+    }
+}
+
+/// Why the machine cannot be used for the key backup: said as such.
+fn not_set_up(error: CliError) -> CliError {
+    match error {
+        CliError::Crypto(reason) => {
+            CliError::Crypto(format!("not set up on this device ({reason})"))
+        }
+        other => other,
+    }
+}
+
+async fn backup_enable(ctx: &mut Context) -> Result<Report, CliError> {
+    let session = ctx.config.session.clone().ok_or(CliError::NotLoggedIn)?;
+    let state = net::crypto_path(&ctx.crypto_dir(), session.user_id, session.device_id);
+    if !state.exists() {
+        // A backup from here would hold nothing, and would replace the account's backup.
+        return Err(CliError::Crypto(
+            "not set up on this device yet, so it holds no room keys to back up: send or read an \
+             encrypted message first, or restore the account's backup with `tern backup restore \
+             RECOVERY_KEY`"
+                .to_owned(),
+        ));
+    }
+    let (net, session) = ctx.resume().await?;
+    let crypto = ctx
+        .crypto_machine(&net, &session)
+        .await
+        .map_err(not_set_up)?;
+    let enabled = net::enable_backup(&net, &crypto).await?;
+    net.close().await;
+    if enabled.replaced {
+        eprintln!(
+            "tern: the account's earlier key backup was replaced; its recovery key no longer works"
+        );
+    }
+    Ok(Report::new(
+        format!(
+            "recovery key: {}\nIt is shown only now: keep it safe, `tern backup restore \
+             RECOVERY_KEY` needs it to read earlier encrypted messages on a new device.",
+            enabled.recovery_key
+        ),
+        json!({ "recovery_key": enabled.recovery_key, "replaced": enabled.replaced }),
+    ))
+}
+
+async fn backup_restore(ctx: &mut Context, recovery_key: &str) -> Result<Report, CliError> {
+    // A mistyped key fails before the server is asked.
+    if !net::is_recovery_key(recovery_key) {
+        return Err(CliError::Usage(net::RECOVERY_KEY_FORMAT.to_owned()));
+    }
+    let (net, session) = ctx.resume().await?;
+    let crypto = ctx
+        .crypto_machine(&net, &session)
+        .await
+        .map_err(not_set_up)?;
+    let restored = net::restore_backup(&net, &crypto, recovery_key).await?;
+    net.close().await;
+    let keys = if restored == 1 { "key" } else { "keys" };
+    Ok(Report::new(
+        format!("restored {restored} room {keys} from the key backup"),
+        json!({ "restored": restored }),
     ))
 }
 

@@ -198,6 +198,23 @@ impl Net {
         Ok(matches!(reply, tern_client::protocol::Body::Conversation(c) if c.encrypted))
     }
 
+    /// Whether the account keeps a key backup on the server (one with at least one entry).
+    pub(crate) async fn has_backup(&self) -> Result<bool, CliError> {
+        let reply = self
+            .client
+            .request(frames::GetBackup {
+                after: [0; 32],
+                limit: 1,
+            })
+            .await?;
+        match reply {
+            tern_client::protocol::Body::BackupPage(page) => Ok(!page.entries.is_empty()),
+            _ => Err(CliError::Crypto(
+                "the server did not answer GetBackup with a BackupPage".to_owned(),
+            )),
+        }
+    }
+
     /// The connection, for the end-to-end encryption machine.
     pub(crate) fn client(&self) -> &Client {
         &self.client
@@ -622,6 +639,13 @@ pub(crate) enum Request {
         /// Where to write it.
         path: PathBuf,
     },
+    /// Start a key backup under a new recovery key and upload every room key.
+    EnableBackup,
+    /// Import the room keys of the account's key backup.
+    RestoreBackup {
+        /// The recovery key, as the user typed it.
+        recovery_key: String,
+    },
 }
 
 impl Request {
@@ -630,6 +654,8 @@ impl Request {
         match self {
             Request::Send { file, .. } => file.is_some(),
             Request::SaveMedia { .. }
+            | Request::EnableBackup
+            | Request::RestoreBackup { .. }
             | Request::History { .. }
             | Request::LoadConversation(_)
             | Request::Resync(_) => true,
@@ -692,6 +718,10 @@ pub(crate) enum NetEvent {
     Typing(frames::TypingEvent),
     /// These conversations are end-to-end encrypted (the list marks them).
     Encrypted(Vec<ConversationId>),
+    /// A key backup was started.
+    BackupEnabled(BackupEnabled),
+    /// Room keys were imported from the key backup: how many were new to this device.
+    BackupRestored(usize),
     /// Something to tell the user.
     Notice(String),
     /// Something that failed.
@@ -836,6 +866,94 @@ pub(crate) async fn open_crypto(
     Ok(crypto)
 }
 
+/// What enabling a key backup gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct BackupEnabled {
+    /// The recovery key, in groups of four hexadecimal digits: shown to the user once.
+    pub(crate) recovery_key: String,
+    /// Whether an earlier backup of the account was deleted (its recovery key no longer works).
+    pub(crate) replaced: bool,
+}
+
+/// What a recovery key looks like, for a person who typed something else.
+pub(crate) const RECOVERY_KEY_FORMAT: &str =
+    "a recovery key is the 64 hexadecimal digits the backup was enabled with (spaces between the \
+     groups of four are allowed)";
+
+/// Whether `text` is laid out as a recovery key: 64 hexadecimal digits, with any whitespace.
+pub(crate) fn is_recovery_key(text: &str) -> bool {
+    let mut digits = 0;
+    for c in text.chars().filter(|c| !c.is_whitespace()) {
+        if !c.is_ascii_hexdigit() {
+            return false;
+        }
+        digits += 1;
+    }
+    digits == 64
+}
+
+/// The machine, or why there is none: the interactive client runs without one when it could not
+/// be set up, and says why when it starts.
+fn crypto_or_off(crypto: Option<&Crypto>) -> Result<&Crypto, CliError> {
+    crypto.ok_or_else(|| {
+        CliError::Crypto("not set up on this device, so it has no key backup".to_owned())
+    })
+}
+
+/// Starts a key backup under a new recovery key, replacing any earlier one of the account, and
+/// uploads every room key this device holds.
+pub(crate) async fn enable_backup(net: &Net, crypto: &Crypto) -> Result<BackupEnabled, CliError> {
+    let replaced = net.has_backup().await?;
+    let recovery_key = crypto.enable_backup(net.client()).await?;
+    Ok(BackupEnabled {
+        recovery_key,
+        replaced,
+    })
+}
+
+/// Imports the room keys of the account's key backup with its recovery key, and keeps backing up
+/// to it; returns how many keys were new to this device.
+pub(crate) async fn restore_backup(
+    net: &Net,
+    crypto: &Crypto,
+    recovery_key: &str,
+) -> Result<usize, CliError> {
+    if !is_recovery_key(recovery_key) {
+        return Err(CliError::Usage(RECOVERY_KEY_FORMAT.to_owned()));
+    }
+    if !net.has_backup().await? {
+        return Err(CliError::Crypto(
+            "this account has no key backup: enable one on a device that holds the keys".to_owned(),
+        ));
+    }
+    crypto
+        .restore_backup(net.client(), recovery_key)
+        .await
+        .map_err(|error| match error {
+            CryptoError::BadRecoveryKey => CliError::Crypto(
+                "wrong recovery key: it does not open this account's key backup".to_owned(),
+            ),
+            other => CliError::from(other),
+        })
+}
+
+/// Uploads the room keys not yet in the key backup, when the device keeps one (nothing
+/// otherwise); returns how many.
+pub(crate) async fn back_up_keys(net: &Net, crypto: &Crypto) -> Result<usize, CliError> {
+    Ok(crypto.upload_backup(net.client()).await?)
+}
+
+/// [`back_up_keys`], a failure reported as an error line; the next upload catches up.
+async fn back_up_reporting(net: &Net, crypto: Option<&Crypto>, events: &mpsc::Sender<NetEvent>) {
+    let Some(crypto) = crypto else {
+        return;
+    };
+    if let Err(error) = back_up_keys(net, crypto).await {
+        let text = format!("the key backup was not updated: {}", error.report());
+        let _ = events.send(NetEvent::Error(text)).await;
+    }
+}
+
 /// Replaces an encrypted message's body by its text, marked with a lock, or by why it cannot be
 /// read. A key may still be on its way: the device's queue is read once more before giving up.
 async fn open_message(net: &Net, crypto: Option<&Crypto>, message: &mut Message) {
@@ -850,6 +968,8 @@ async fn open_message(net: &Net, crypto: Option<&Crypto>, message: &mut Message)
     if matches!(opened, Err(CryptoError::UnknownSession))
         && crypto.receive_to_device(net.client()).await.is_ok()
     {
+        // A key that fails to reach the backup now goes with the next upload.
+        let _ = back_up_keys(net, crypto).await;
         opened = crypto.decrypt(message).await;
     }
     message.body = match opened {
@@ -917,6 +1037,7 @@ async fn start(
         let _ = events.send(NetEvent::Encrypted(encrypted)).await;
     }
     catch_up(&net, crypto.as_ref(), 0, events).await?;
+    back_up_reporting(&net, crypto.as_ref(), events).await;
     Ok((net, crypto))
 }
 
@@ -965,7 +1086,12 @@ async fn pump_events(net: Arc<Net>, events: mpsc::Sender<NetEvent>, crypto: Opti
     while let Some(event) = net.next_event().await {
         if let Some(crypto) = crypto.as_deref() {
             match crypto.handle_event(net.client(), &event).await {
-                Ok(true) => continue,
+                Ok(true) => {
+                    if matches!(event, Event::ToDevice(_)) {
+                        back_up_reporting(&net, Some(crypto), &events).await;
+                    }
+                    continue;
+                }
                 Ok(false) => {}
                 Err(error) => {
                     let text = format!("end-to-end encryption: {error}");
@@ -1064,7 +1190,11 @@ async fn handle(
             body,
             file,
         } => match send_with_file(net, crypto, conversation_id, client_msg_id, &body, file).await {
-            Ok(sent) => NetEvent::Sent(sent),
+            Ok(sent) => {
+                // An encrypted message may have started a new room key.
+                back_up_reporting(net, crypto, events).await;
+                NetEvent::Sent(sent)
+            }
             Err(error) => NetEvent::SendFailed {
                 client_msg_id,
                 reason: error.to_string(),
@@ -1143,6 +1273,12 @@ async fn handle(
             let info = net.download(media_id, &path).await?;
             NetEvent::Notice(format!("saved {} bytes to {}", info.size, path.display()))
         }
+        Request::EnableBackup => {
+            NetEvent::BackupEnabled(enable_backup(net, crypto_or_off(crypto)?).await?)
+        }
+        Request::RestoreBackup { recovery_key } => NetEvent::BackupRestored(
+            restore_backup(net, crypto_or_off(crypto)?, &recovery_key).await?,
+        ),
     };
     let _ = events.send(report).await;
     Ok(())

@@ -17,6 +17,9 @@ use crate::format;
 /// Width of the conversation list, in columns.
 const LIST_COLUMNS: u16 = 30;
 
+/// Rows a long status line (a recovery key, say) wraps onto at most.
+const STATUS_ROWS_MAX: u16 = 3;
+
 /// Draws the whole screen.
 pub(crate) fn draw(frame: &mut Frame<'_>, app: &App, server: &str, now_ms: u64) {
     match app.screen {
@@ -85,13 +88,17 @@ fn draw_form(frame: &mut Frame<'_>, app: &App, server: &str) {
 }
 
 fn draw_main(frame: &mut Frame<'_>, app: &App, server: &str, now_ms: u64) {
+    let status_rows = app
+        .status
+        .as_ref()
+        .map_or(1, |status| status_rows(&status.text, frame.area().width));
     let rows = Layout::default()
         .direction(Direction::Vertical)
         .constraints([
             Constraint::Length(1),
             Constraint::Min(3),
             Constraint::Length(3),
-            Constraint::Length(1),
+            Constraint::Length(status_rows),
         ])
         .split(frame.area());
     let me = app
@@ -126,7 +133,17 @@ fn draw_main(frame: &mut Frame<'_>, app: &App, server: &str, now_ms: u64) {
             Style::default().fg(Color::DarkGray),
         ),
     };
-    frame.render_widget(Paragraph::new(Line::from(status)), rows[3]);
+    frame.render_widget(
+        Paragraph::new(Line::from(status)).wrap(Wrap { trim: false }),
+        rows[3],
+    );
+}
+
+/// The rows a status text needs at this width, up to [`STATUS_ROWS_MAX`].
+fn status_rows(text: &str, width: u16) -> u16 {
+    let width = usize::from(width.max(1));
+    let rows = text.chars().count().div_ceil(width);
+    u16::try_from(rows).map_or(STATUS_ROWS_MAX, |rows| rows.clamp(1, STATUS_ROWS_MAX))
 }
 
 fn focused(focus: bool) -> Style {

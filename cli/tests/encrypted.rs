@@ -1,7 +1,7 @@
 //! End-to-end encryption from the command line against a real `ternd`: `tern send --encrypted`
 //! and an encrypted group, `history` showing the decrypted text while the server holds only
-//! ciphertext, and `tern verify` showing the same safety number to both users and warning once
-//! a peer's devices change.
+//! ciphertext, `tern verify` showing the same safety number to both users and warning once
+//! a peer's devices change, and the key backup carrying encrypted history to a new device.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -17,6 +17,103 @@ fn bodies(history: &Value) -> Vec<String> {
         .iter()
         .map(|m| m["body"].as_str().unwrap().to_owned())
         .collect()
+}
+
+/// The recovery key in the text `tern backup enable` prints.
+fn recovery_key(text: &str) -> String {
+    text.lines()
+        .find_map(|line| line.strip_prefix("recovery key: "))
+        .unwrap_or_else(|| panic!("no recovery key in {text:?}"))
+        .trim()
+        .to_owned()
+}
+
+// Proves the key backup carries encrypted history to a new device: alice's first device backs up
+// its room keys (and the ones it makes and receives afterwards), and her new device, which can
+// read none of the earlier messages, reads them all once it restores the backup with the recovery
+// key. A wrong or malformed key is refused with a clear error, and so is a backup from a device
+// that has no keys or a restore for an account with no backup.
+#[test]
+fn key_backup_restores_history_on_a_new_device() {
+    let ternd = Ternd::start();
+    let alice = User::registered(&ternd, "alice");
+    let bob = User::registered(&ternd, "bob");
+    bob.json(&["verify", "alice"]);
+    alice.json(&["send", "--encrypted", "bob", "alice before the backup"]);
+    bob.json(&["send", "alice", "bob before the backup"]);
+    let direct = ["alice before the backup", "bob before the backup"];
+    assert_eq!(bodies(&alice.json(&["history", "bob"])), direct);
+
+    // A device that never set up encryption has nothing to back up; an account with no backup
+    // has nothing to restore.
+    let carol = User::registered(&ternd, "carol");
+    let empty = carol.tern(&["backup", "enable"]);
+    assert_eq!(empty.code, 1, "{empty:?}");
+    assert!(
+        empty.stderr.contains("not set up on this device"),
+        "{empty:?}"
+    );
+
+    let enabled = alice.tern(&["backup", "enable"]).ok();
+    assert!(enabled.contains("shown only now"), "{enabled}");
+    let key = recovery_key(&enabled);
+    let groups: Vec<&str> = key.split(' ').collect();
+    assert_eq!(groups.len(), 16, "{key}");
+    assert!(groups
+        .iter()
+        .all(|g| g.len() == 4 && g.chars().all(|c| c.is_ascii_hexdigit())));
+    let none = carol.tern(&["backup", "restore", &key]);
+    assert_eq!(none.code, 1, "{none:?}");
+    assert!(none.stderr.contains("no key backup"), "{none:?}");
+
+    // Keys made and received after the backup was enabled go into it too.
+    let group = alice.json(&["group", "create", "pair", "--members", "bob", "--encrypted"]);
+    let id = group["conversation_id"].as_u64().unwrap().to_string();
+    alice.json(&["send", "--group", &id, "alice in the group"]);
+    bob.json(&["send", "--group", &id, "bob in the group"]);
+    let in_group = ["alice in the group", "bob in the group"];
+    assert_eq!(bodies(&alice.json(&["history", "--group", &id])), in_group);
+
+    // A new device of alice's sees the messages but cannot open them.
+    let phone = User::new(&ternd, "alice");
+    phone.tern(&["login", "alice"]).ok();
+    let locked = |phone: &User| {
+        let history = phone.json(&["history", "bob"]);
+        bodies(&history)
+            .iter()
+            .all(|body| body.starts_with("[cannot decrypt"))
+    };
+    assert!(locked(&phone));
+
+    let first = if key.starts_with('0') { "1" } else { "0" };
+    let wrong = format!("{first}{}", &key[1..]);
+    let refused = phone.tern(&["backup", "restore", &wrong]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("wrong recovery key"), "{refused:?}");
+    let refused = phone.tern(&["--json", "backup", "restore", &wrong]);
+    let error: Value = serde_json::from_str(&refused.stderr).unwrap();
+    assert_eq!(error["exit"], 1, "{error}");
+    let malformed = phone.tern(&["backup", "restore", "not-a-recovery-key"]);
+    assert_eq!(malformed.code, 2, "{malformed:?}");
+    assert!(
+        malformed.stderr.contains("64 hexadecimal digits"),
+        "{malformed:?}"
+    );
+    assert!(locked(&phone), "a refused key imports nothing");
+
+    let restored = phone.json(&["backup", "restore", &key]);
+    assert_eq!(
+        restored["restored"], 4,
+        "two direct and two group room keys: {restored}"
+    );
+    assert_eq!(bodies(&phone.json(&["history", "bob"])), direct);
+    assert_eq!(bodies(&phone.json(&["history", "--group", &id])), in_group);
+
+    // The key typed as separate groups works too; nothing is new the second time.
+    let mut args = vec!["backup", "restore"];
+    args.extend(key.split(' '));
+    let again = phone.tern(&args).ok();
+    assert_eq!(again.trim(), "restored 0 room keys from the key backup");
 }
 
 // Proves an encrypted direct conversation and an encrypted group work from scripts: each side

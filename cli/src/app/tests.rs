@@ -579,6 +579,81 @@ fn slash_commands() {
     assert!(app.quit);
 }
 
+// `/backup enable` and `/backup restore KEY` become requests, a key of the wrong shape is refused
+// without one, the recovery key is shown on the status line, and keys restored fetch the open
+// conversation again so that its messages open.
+#[test]
+fn backup_commands() {
+    let recovery =
+        "0123 4567 89ab cdef 0123 4567 89ab cdef 0123 4567 89ab cdef 0123 4567 89ab cdef";
+    let mut app = logged_in();
+    app.focus = Focus::Input;
+    type_text(&mut app, "/backup enable", 0);
+    assert_eq!(
+        app.handle_key(key(KeyCode::Enter), 0),
+        [Request::EnableBackup]
+    );
+    assert!(app.status.as_ref().is_some_and(|s| !s.error));
+
+    app.handle_net(
+        NetEvent::BackupEnabled(BackupEnabled {
+            recovery_key: recovery.to_owned(),
+            replaced: false,
+        }),
+        0,
+    );
+    let status = app.status.clone().unwrap();
+    assert!(!status.error);
+    assert!(status.text.contains(recovery), "{}", status.text);
+    assert!(status.text.contains("shown only now"), "{}", status.text);
+
+    type_text(&mut app, &format!("/backup restore {recovery}"), 0);
+    assert_eq!(
+        app.handle_key(key(KeyCode::Enter), 0),
+        [Request::RestoreBackup {
+            recovery_key: recovery.to_owned()
+        }]
+    );
+    // Without the spaces too.
+    let compact = recovery.replace(' ', "");
+    type_text(&mut app, &format!("/backup restore {compact}"), 0);
+    assert_eq!(
+        app.handle_key(key(KeyCode::Enter), 0),
+        [Request::RestoreBackup {
+            recovery_key: compact
+        }]
+    );
+
+    for wrong in [
+        "/backup restore",
+        "/backup restore 0123",
+        &format!("/backup restore {}", recovery.replace('a', "x")),
+        "/backup",
+        "/backup now",
+        "/backup enable please",
+    ] {
+        type_text(&mut app, wrong, 0);
+        assert!(app.handle_key(key(KeyCode::Enter), 0).is_empty(), "{wrong}");
+        assert!(app.status.as_ref().is_some_and(|s| s.error), "{wrong}");
+    }
+
+    // Keys restored: the open conversation is fetched again, the others when opened.
+    app.open = Some(CHAT);
+    app.conversation_mut(CHAT).unwrap().loaded = true;
+    assert_eq!(
+        app.handle_net(NetEvent::BackupRestored(3), 0),
+        [Request::LoadConversation(CHAT)]
+    );
+    let status = app.status.clone().unwrap();
+    assert!(!status.error);
+    assert_eq!(status.text, "restored 3 room keys from the key backup");
+    assert!(app.conversations.iter().all(|c| !c.loaded));
+    assert!(
+        app.handle_net(NetEvent::BackupRestored(0), 0).is_empty(),
+        "nothing new, nothing to fetch"
+    );
+}
+
 // A message the server refused is marked failed; `/retry` sends it again with the same
 // `client_msg_id`, so a message that was stored after all is not stored twice.
 #[test]
