@@ -142,11 +142,24 @@ impl CoreCtx {
 
     /// Sends mail to a core now.
     pub(crate) fn send_mail(&self, core: usize, mail: impl Into<Letter>) {
-        if let Err(batch) = self.mailboxes.send(core, vec![mail.into()]) {
-            self.undelivered_mail
-                .set(self.undelivered_mail.get() + batch.len());
-            self.undelivered.borrow_mut().push((core, batch));
+        self.send_letters(vec![(core, vec![mail.into()])]);
+        if !self.undelivered.borrow().is_empty() {
             self.kick();
+        }
+    }
+
+    /// Sends batches of letters to cores, behind any held for the same core, and holds what full
+    /// mailboxes refuse ([`Mailboxes::send_in_order`]).
+    fn send_letters(&self, fresh: Vec<(usize, Vec<Letter>)>) {
+        let mut undelivered = self.undelivered.borrow_mut();
+        Mailboxes::send_in_order(&mut undelivered, fresh, |core, batch| {
+            self.mailboxes.send(core, batch)
+        });
+        let held: usize = undelivered.iter().map(|(_, b)| b.len()).sum();
+        let was_backlogged = self.mail_backlogged();
+        self.undelivered_mail.set(held);
+        if was_backlogged && held < UNDELIVERED_MAIL_MAX / 2 {
+            self.drained.notify_waiters();
         }
     }
 
@@ -252,29 +265,7 @@ impl CoreCtx {
         for (core, m) in mail {
             by_core[core].push(Letter::Mail(m));
         }
-        let mut undelivered = self.undelivered.borrow_mut();
-        for (core, batch) in std::mem::take(&mut *undelivered) {
-            if let Err(batch) = self.mailboxes.send(core, batch) {
-                undelivered.push((core, batch));
-            }
-        }
-        for (core, batch) in by_core.into_iter().enumerate() {
-            if batch.is_empty() {
-                continue;
-            }
-            // Mail to one core stays in order: behind anything still undelivered for it.
-            if undelivered.iter().any(|(c, _)| *c == core) {
-                undelivered.push((core, batch));
-            } else if let Err(batch) = self.mailboxes.send(core, batch) {
-                undelivered.push((core, batch));
-            }
-        }
-        let held: usize = undelivered.iter().map(|(_, b)| b.len()).sum();
-        let was_backlogged = self.mail_backlogged();
-        self.undelivered_mail.set(held);
-        if was_backlogged && held < UNDELIVERED_MAIL_MAX / 2 {
-            self.drained.notify_waiters();
-        }
+        self.send_letters(by_core.into_iter().enumerate().collect());
     }
 
     /// One loop turn: commit answers and mail in, the batch to the committer, frames and mail
