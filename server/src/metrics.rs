@@ -71,6 +71,8 @@ pub(crate) struct CoreMetrics {
     pub(crate) frames_out: AtomicU64,
     pub(crate) messages_stored: AtomicU64,
     pub(crate) updates_appended: AtomicU64,
+    /// Messages delivered again to members that had not confirmed them in time.
+    pub(crate) fanout_retries: AtomicU64,
     pub(crate) commits: AtomicU64,
     pub(crate) commit_writes: AtomicU64,
     pub(crate) commit_micros: AtomicU64,
@@ -284,6 +286,13 @@ impl Metrics {
             "counter",
             "Entries appended to update logs.",
             &|m| load(&m.updates_appended),
+        );
+        per_core(
+            &mut out,
+            "tern_fanout_retries_total",
+            "counter",
+            "Messages delivered again to members that had not confirmed them in time.",
+            &|m| load(&m.fanout_retries),
         );
         per_core(
             &mut out,

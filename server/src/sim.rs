@@ -1533,6 +1533,63 @@ mod tests {
         assert!(world.now_ms >= first + 60_000);
     }
 
+    // Proves, on the virtual clock, that a delivery lost on its way to a member's core is made
+    // again while the server runs, once the member's core has confirmed nothing for the retry
+    // wait: the message reaches the member's log with no restart.
+    #[test]
+    fn a_lost_delivery_is_made_again_on_the_virtual_clock() {
+        let mut world = quiet(2, Config::default());
+        let peer = world.users[1].user_id;
+        let conversation_id = *world.users[0]
+            .conversations
+            .iter()
+            .find(|c| {
+                world
+                    .store
+                    .conversation(**c)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|r| r.has_member(peer))
+            })
+            .expect("a conversation with the peer");
+        let messages = |world: &World| {
+            world
+                .log(peer)
+                .iter()
+                .filter(|(_, r)| matches!(r, UpdateRecord::Message { conversation_id: c, .. } if *c == conversation_id))
+                .count()
+        };
+        let before = messages(&world);
+        world.send(0, conversation_id, [7; 16]);
+        let mut dropped = false;
+        for _ in 0..1_000 {
+            // Mail goes out as a turn ends: catch the delivery before it is handed over.
+            for core in 0..world.options.cores {
+                world.end_turn(core);
+            }
+            for queue in world.links.values_mut() {
+                let lost = queue
+                    .iter()
+                    .position(|m| matches!(m, Mail::Deliver { user_id, .. } if *user_id == peer));
+                if let Some(at) = lost {
+                    queue.remove(at);
+                    dropped = true;
+                }
+            }
+            if dropped || !world.step_quietly() {
+                break;
+            }
+        }
+        assert!(dropped, "the delivery to the peer went out");
+        world.settle();
+        assert_eq!(messages(&world), before, "lost on its way");
+        world.tick(crate::core::chat::FANOUT_RETRY_MS);
+        world.settle();
+        world.tick(TICK_MS);
+        world.settle();
+        assert_eq!(messages(&world), before + 1, "delivered again");
+    }
+
     // Proves, on the virtual clock, that messages to a user with no device online queue one push
     // job, due when the coalescing window ends, however many arrive within the window, and that
     // the next window after the job is done gets a job of its own.

@@ -46,6 +46,9 @@ async fn metrics_count_what_happened(engine: &'static str) {
     assert!(total(&metrics, "tern_commit_latency_microseconds_count") >= 3);
     assert!(total(&metrics, "tern_core_turn_microseconds_count") >= 3);
     assert_eq!(total(&metrics, "tern_storage_errors_total"), 0);
+    // Every delivery was confirmed in time: nothing was delivered again.
+    assert!(metrics.contains("# TYPE tern_fanout_retries_total counter"));
+    assert_eq!(total(&metrics, "tern_fanout_retries_total"), 0);
     assert!(total(&metrics, "tern_commit_writes_total") >= 9);
     assert!(
         metrics.contains("tern_errors_total{code=\"NOT_FOUND\"} 1\n"),
