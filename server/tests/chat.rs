@@ -749,22 +749,21 @@ async fn idle_connection_times_out(engine: &'static str) {
         .await;
 }
 
-// Proves a device that stops reading is closed with SLOW_CONSUMER once its outbound queue is full,
-// and that it loses nothing: every message is in its log when it syncs again.
-async fn slow_consumer_is_closed_and_loses_nothing(engine: &'static str) {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Ternd::start_in(
-        engine,
-        dir.path(),
-        &["--outbound-queue-bytes-max", "1048576"],
-    );
+/// Alice, her direct conversation with bob, bob's token, and bob's device live on a raw
+/// connection (resumed and synced), for tests of a client that stops reading.
+async fn alice_and_a_raw_bob(
+    server: &Ternd,
+) -> (
+    tern_client::Client,
+    tern_protocol::types::ConversationInfo,
+    tern_protocol::types::Token,
+    RawConn,
+) {
     let (alice, _) = server.register("alice").await;
     let (bob, bob_auth) = server.register("bob").await;
     let token = bob_auth.token.unwrap();
     bob.close().await;
     let conv = alice.open_direct(bob_auth.user_id).await.unwrap();
-
-    // Bob's device goes live on a raw connection, then stops reading.
     let mut raw = RawConn::connect(server.addr).await;
     raw.hello().await;
     raw.send(Frame::new(2, tern_protocol::frames::Resume { token }))
@@ -777,7 +776,20 @@ async fn slow_consumer_is_closed_and_loses_nothing(engine: &'static str) {
     .await;
     raw.expect(|b| matches!(b, Body::SyncPage(p) if !p.has_more))
         .await;
+    (alice, conv, token, raw)
+}
 
+// Proves a device that stops reading is closed with SLOW_CONSUMER once its outbound queue is full,
+// and that it loses nothing: every message is in its log when it syncs again.
+async fn slow_consumer_is_closed_and_loses_nothing(engine: &'static str) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Ternd::start_in(
+        engine,
+        dir.path(),
+        &["--outbound-queue-bytes-max", "1048576"],
+    );
+    // Bob's device goes live on a raw connection, then stops reading.
+    let (alice, conv, token, mut raw) = alice_and_a_raw_bob(&server).await;
     let body = "x".repeat(99_000);
     let messages = 100u64;
     for n in 1..=messages {
@@ -821,24 +833,7 @@ async fn closing_connection_that_reads_nothing_is_dropped(engine: &'static str) 
             "1000",
         ],
     );
-    let (alice, _) = server.register("alice").await;
-    let (bob, bob_auth) = server.register("bob").await;
-    let token = bob_auth.token.unwrap();
-    bob.close().await;
-    let conv = alice.open_direct(bob_auth.user_id).await.unwrap();
-    let mut raw = RawConn::connect(server.addr).await;
-    raw.hello().await;
-    raw.send(Frame::new(2, tern_protocol::frames::Resume { token }))
-        .await;
-    raw.expect(|b| matches!(b, Body::Authenticated(_))).await;
-    raw.send(Frame::new(
-        3,
-        tern_protocol::frames::Sync { since: 0, limit: 0 },
-    ))
-    .await;
-    raw.expect(|b| matches!(b, Body::SyncPage(p) if !p.has_more))
-        .await;
-
+    let (alice, conv, _, mut raw) = alice_and_a_raw_bob(&server).await;
     let connections = || async {
         let (_, metrics) = get(server.metrics_addr, "/metrics").await;
         total(&metrics, "tern_connections")
