@@ -101,7 +101,7 @@ pub(crate) struct ChatState {
     pending_direct: HashMap<(u64, u64), u64>,
     /// Members still to confirm each message's fan-out, by (conversation, seq).
     fanouts: BTreeMap<(u64, u64), Fanout>,
-    /// When each core last confirmed a delivery of this core's, by core.
+    /// When each core last confirmed a delivery of this core's, by core (one entry per core).
     confirmed_ms: Vec<u64>,
     /// Fan-outs of messages in the batch being built, forgotten if it fails.
     new_fanouts: Vec<(u64, u64)>,
@@ -213,6 +213,14 @@ impl ChatState {
         });
     }
 
+    /// The bookkeeping of a core among `cores`.
+    pub(crate) fn new(cores: usize) -> ChatState {
+        ChatState {
+            confirmed_ms: vec![0; cores],
+            ..ChatState::default()
+        }
+    }
+
     /// The pending batch was lost: drop every cache so it reloads from the store. Fan-outs still
     /// pending are kept; their conversations' rows are written again by the next checkpoint.
     pub(crate) fn forget(&mut self) {
@@ -225,6 +233,8 @@ impl ChatState {
         // next checkpoint writes them (read back from the log) with the `user_seq` they cover.
         *self = ChatState {
             fanouts: std::mem::take(&mut self.fanouts),
+            // Confirmations count from here on, as at start.
+            confirmed_ms: vec![0; self.confirmed_ms.len()],
             dirty_marks: std::mem::take(&mut self.dirty_marks),
             open,
             last_checkpoint_ms: self.last_checkpoint_ms,
@@ -579,17 +589,13 @@ impl Shard {
         due.sort_unstable();
         due.truncate(FANOUT_RETRIES_PER_TICK_MAX);
         for &(conversation_id, seq) in &due {
-            let message = self.store.message(conversation_id, seq)?;
-            let direct = self
-                .cached_conversation(conversation_id)?
-                .map(|c| c.kind == ConversationKind::Direct as u8);
-            let confirmed_ms = &self.chat.confirmed_ms;
             let cores = self.cores;
             let Some(fanout) = self.chat.fanouts.get_mut(&(conversation_id, seq)) else {
                 continue;
             };
             let progressing = fanout.pending.iter().all(|&user_id| {
-                confirmed_ms
+                self.chat
+                    .confirmed_ms
                     .get(owner(user_id, cores))
                     .is_some_and(|&at| at + FANOUT_RETRY_MS > now_ms)
             });
@@ -598,6 +604,13 @@ impl Shard {
                 fanout.due_ms = now_ms + FANOUT_RETRY_MS;
                 continue;
             }
+            let message = self.store.message(conversation_id, seq)?;
+            let direct = self
+                .cached_conversation(conversation_id)?
+                .map(|c| c.kind == ConversationKind::Direct as u8);
+            let Some(fanout) = self.chat.fanouts.get_mut(&(conversation_id, seq)) else {
+                continue;
+            };
             fanout.due_ms = now_ms + fanout.backoff_ms;
             fanout.backoff_ms = (fanout.backoff_ms * 2).min(FANOUT_RETRY_MAX_MS);
             let (Some(message), Some(direct)) = (message, direct) else {
@@ -873,9 +886,6 @@ impl Shard {
     /// On the conversation's core: one more member's log holds the message.
     pub(crate) fn handle_delivered(&mut self, conversation_id: u64, seq: u64, user_id: u64) {
         let core = self.owner(user_id);
-        if self.chat.confirmed_ms.len() < self.cores {
-            self.chat.confirmed_ms.resize(self.cores, 0);
-        }
         if let Some(at) = self.chat.confirmed_ms.get_mut(core) {
             *at = (*at).max(self.last_now_ms);
         }

@@ -279,7 +279,7 @@ impl Shard {
             sessions: HashMap::default(),
             online: HashMap::default(),
             users: HashMap::default(),
-            chat: chat::ChatState::default(),
+            chat: chat::ChatState::new(cores),
             accounts: accounts::AccountState::default(),
             presence: presence::PresenceState::default(),
             push: push::PushState::default(),

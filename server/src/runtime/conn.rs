@@ -264,7 +264,7 @@ pub(crate) fn close_expired(ctx: &CoreCtx) {
             continue;
         }
         if let Some(why) = handle.expired(now, idle, frame_limit) {
-            // The writer flushes the error and shuts the socket down, which ends the connection's read.
+            // The writer flushes the error and shuts the socket down, which ends the read.
             handle
                 .outbound
                 .close_with(ErrorCode::HEARTBEAT_TIMEOUT, why);
