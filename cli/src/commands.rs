@@ -1009,7 +1009,10 @@ async fn sync(ctx: &mut Context) -> Result<Report, CliError> {
                 continue;
             }
             cursor = update.user_seq;
-            fresh.push(update);
+            // A `Skipped` update carries nothing: the cursor passes it, nothing is shown.
+            if !matches!(update.kind, UpdateKind::Skipped(_)) {
+                fresh.push(update);
+            }
         }
         if !page.has_more {
             break;

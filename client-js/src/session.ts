@@ -1075,6 +1075,9 @@ export class Session {
       case "DeviceListChanged":
         this.emitter.emit("deviceListChanged", { userId: kind.userId, ts: kind.ts });
         return;
+      case "Skipped":
+        // A user_seq that carries nothing (spec §10.9.9): the cursor passes it, nothing is shown.
+        return;
       case "Unknown":
         // A newer kind: skipped, but its user_seq counts (spec §4, rule 4).
         return;

@@ -1,8 +1,8 @@
 /**
  * The session against a scripted server (the `ws` package's server speaking frames from the codec):
  * the cases a real ternd does not produce on demand. A gap in live updates is filled by another
- * `Sync`, an update of an unknown kind still moves the cursor, frames of unknown types are ignored,
- * and the cursor is acknowledged.
+ * `Sync`, an update of an unknown kind still moves the cursor, a `Skipped` update moves it and shows
+ * nothing, frames of unknown types are ignored, and the cursor is acknowledged.
  */
 
 import assert from "node:assert/strict";
@@ -131,6 +131,31 @@ describe("against a scripted server", () => {
     await waitUntil(() => server.received.some((f) => f.body.type === "Ack" && f.body.upTo === 4n), "an Ack up to 4");
     assert.equal((await storage.load()).cursor, 4n);
     assert.equal(session.state, "online");
+  });
+
+  // Proves a Skipped update (spec §10.9.9) emits nothing, whether in a page between messages or the
+  // last one and live, and the cursor is stored and acknowledged past it.
+  test("a Skipped update moves the cursor and shows nothing", async () => {
+    const skipped = (userSeq: bigint): Update => ({ userSeq, kind: { type: "Skipped" } });
+    server.onFrame = (frame, reply) => {
+      if (frame.body.type === "Sync") {
+        reply({ requestId: frame.requestId, body: { type: "SyncPage", updates: [message(1n, 1n, "one"), skipped(2n), message(3n, 2n, "two")], hasMore: false, head: 3n } });
+        server.push(encodeFrame({ requestId: 0, body: { type: "UpdateEvent", update: skipped(4n) } }));
+      }
+    };
+    const storage = new MemoryStorage({ session: { userId: 1n, deviceId: 1, username: "alice", token: new Uint8Array(32) }, cursor: 0n, outbox: [] });
+    const options: SessionOptions = { url: server.url, storage, auth: { kind: "resume" }, WebSocket: WebSocket as unknown as SessionOptions["WebSocket"] & object };
+    const session = await start(options);
+    const texts = collect(session, "message");
+    const conversations = collect(session, "conversation");
+    const receipts = collect(session, "receipt");
+    const deviceLists = collect(session, "deviceListChanged");
+    await online(session);
+    await waitUntil(() => server.received.some((f) => f.body.type === "Ack" && f.body.upTo === 4n), "an Ack up to 4");
+    assert.equal((await storage.load()).cursor, 4n);
+    assert.deepEqual(texts.map((m) => m.text), ["one", "two"]);
+    assert.deepEqual(conversations.map((c) => c.change), ["discovered"]);
+    assert.deepEqual([receipts.length, deviceLists.length], [0, 0]);
   });
 
   // Proves a message that is not exactly one binary frame (a text message, several frames joined)

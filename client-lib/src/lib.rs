@@ -38,6 +38,7 @@
 //!        ▲                              │  ▲
 //!        └── Sent / SendFailed ◄────────┘  └── reconnect, Resume, Sync from the cursor
 //!  Session::next_event ◄── Update (each user_seq once, in order), Presence, Typing, Connected, ...
+//!                           (a Skipped update is passed over: it carries nothing)
 //!
 //!  Client::request ─ register id ─► writer task ─► socket ─► server
 //!  reader task ─ FrameDecoder ─► reply to its waiter, or an Event to the event queue

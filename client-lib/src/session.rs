@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ring::rand::{SecureRandom, SystemRandom};
 use tern_protocol::frames::{Sent, TypingEvent};
 use tern_protocol::types::{ClientMsgId, ConversationId, MediaId, Presence};
-use tern_protocol::{Body, ErrorCode, Update};
+use tern_protocol::{Body, ErrorCode, Update, UpdateKind};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -164,7 +164,8 @@ pub enum SessionEvent {
         /// How long until it starts.
         delay: Duration,
     },
-    /// An entry of the user's update log, each exactly once, in `user_seq` order.
+    /// An entry of the user's update log, each exactly once, in `user_seq` order. `Skipped`
+    /// entries, which carry nothing, are not among them: the cursor passes over them.
     Update(Update),
     /// The server stored a queued message.
     Sent(Sent),
@@ -390,15 +391,26 @@ impl Session {
     /// the server is told (`Ack`, which also sends delivered receipts). So an app that crashes sees
     /// at most the last 100 updates it took again, and never misses one; message ids tell repeats
     /// apart. [`Session::close`] stores the cursor of everything taken.
+    ///
+    /// A `Skipped` update (spec §10.9.9) is taken here without being returned: the app has
+    /// nothing to show for it, and the stored cursor and the `Ack` cover it like any other.
     pub async fn next_event(&self) -> Option<SessionEvent> {
         let mut events = self.events.lock().await;
-        self.commit(events.is_empty());
-        let event = events.recv().await;
-        if let Some(SessionEvent::Update(update)) = &event {
-            let mut taken = self.lock_taken();
-            *taken = (update.user_seq, taken.1 + 1);
+        // Every turn takes one event from the queue; only a `Skipped` update brings another turn.
+        loop {
+            self.commit(events.is_empty());
+            let event = events.recv().await;
+            if let Some(SessionEvent::Update(update)) = &event {
+                {
+                    let mut taken = self.lock_taken();
+                    *taken = (update.user_seq, taken.1 + 1);
+                }
+                if matches!(update.kind, UpdateKind::Skipped(_)) {
+                    continue;
+                }
+            }
+            return event;
         }
-        event
     }
 
     /// Stores the cursor of the updates the app took: now when `all`, else once enough wait.

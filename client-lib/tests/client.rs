@@ -1,5 +1,6 @@
 //! The client against a scripted fake server over real TCP sockets on 127.0.0.1: the handshake,
-//! request/reply correlation, error replies, events, time-outs, protocol errors and closing.
+//! request/reply correlation, error replies, events, time-outs, protocol errors and closing; and a
+//! session passing over `Skipped` updates.
 //!
 //! Nothing here sleeps: every step waits on a future (a reply, a frame, an event), bounded by
 //! `support::within` so that a bug fails the test instead of hanging it.
@@ -11,12 +12,16 @@ use std::time::Duration;
 
 use support::{connected, hello_of, options, welcome, within, FakeServer};
 use tern_client::protocol::frames::{
-    self, Ack, GoAway, Hello, Ok as OkReply, Ping, Pong, PresenceEvent, TypingEvent, UpdateEvent,
+    self, Ack, Authenticated, GoAway, Hello, Ok as OkReply, Ping, Pong, PresenceEvent, SyncPage,
+    TypingEvent, UpdateEvent,
 };
 use tern_client::protocol::types::{Presence, ReceiptKind};
-use tern_client::protocol::update::Receipt;
+use tern_client::protocol::update::{Receipt, Skipped};
 use tern_client::protocol::{Body, DecodeError, ErrorCode, Update, UpdateKind};
-use tern_client::{Client, ClientError, Event};
+use tern_client::{
+    Client, ClientError, Credentials, Event, MemoryStorage, Session, SessionEvent, SessionOptions,
+    Storage, StoredSession, StoredState,
+};
 
 fn error_frame(code: ErrorCode, retry_after_ms: u32, message: &str) -> frames::Error {
     frames::Error {
@@ -600,4 +605,113 @@ async fn history_after_tells_a_forward_page_from_an_old_servers_backward_one() {
             ),
         }
     }
+}
+
+// Proves a session passes over `Skipped` updates (spec §10.9.9): the app never sees one, whether it
+// comes in a sync page or live, between updates or last, and the stored cursor and the `Ack` move
+// past it as past any other update.
+#[tokio::test]
+async fn session_passes_over_skipped_updates() {
+    let server = FakeServer::bind().await;
+    let storage = Arc::new(MemoryStorage::with_state(StoredState {
+        session: Some(StoredSession {
+            user_id: 42,
+            device_id: 1,
+            username: "ada".into(),
+            token: [7; 32],
+        }),
+        ..StoredState::default()
+    }));
+    let receipt = |user_seq| Update {
+        user_seq,
+        kind: UpdateKind::Receipt(Receipt {
+            conversation_id: 9,
+            user_id: 43,
+            kind: ReceiptKind::Read,
+            up_to_seq: user_seq,
+            ts: 1_700_000_000_000,
+        }),
+    };
+    let skipped = |user_seq| Update {
+        user_seq,
+        kind: UpdateKind::Skipped(Skipped {}),
+    };
+
+    let (session, mut peer) = within(async {
+        tokio::join!(
+            Session::start(
+                server.addr.to_string(),
+                Credentials::Stored,
+                Arc::clone(&storage) as Arc<dyn Storage>,
+                SessionOptions::new("tern-client-tests/0"),
+            ),
+            async {
+                let mut peer = server.accept().await;
+                peer.handshake().await;
+                let resume = peer.expect_frame().await;
+                assert!(matches!(resume.body, Body::Resume(_)), "{resume:?}");
+                let auth = Authenticated {
+                    user_id: 42,
+                    device_id: 1,
+                    username: "ada".into(),
+                    token: None,
+                };
+                peer.send(resume.request_id, auth).await;
+                peer
+            }
+        )
+    })
+    .await;
+    let session = session.expect("the session starts");
+
+    let sync = within(peer.expect_frame()).await;
+    assert!(
+        matches!(&sync.body, Body::Sync(s) if s.since == 0),
+        "{sync:?}"
+    );
+    let page = SyncPage {
+        updates: vec![receipt(1), skipped(2), receipt(3), skipped(4)],
+        has_more: false,
+        head: 4,
+    };
+    peer.send(sync.request_id, page).await;
+
+    let mut seen = Vec::new();
+    loop {
+        match within(session.next_event()).await {
+            Some(SessionEvent::Update(update)) => seen.push(update),
+            Some(SessionEvent::Connected { resumed: true }) => break,
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    assert_eq!(seen, vec![receipt(1), receipt(3)]);
+
+    // The last update is a live Skipped: the app, waiting for its next event, gets nothing, and
+    // the session stores and acknowledges the cursor past it.
+    peer.send(0, UpdateEvent { update: skipped(5) }).await;
+    within(async {
+        tokio::select! {
+            event = session.next_event() => panic!("nothing to show, got {event:?}"),
+            () = async {
+                loop {
+                    match peer.expect_frame().await.body {
+                        Body::Ack(Ack { up_to: 5 }) => break,
+                        Body::Ack(Ack { up_to }) => assert!(up_to < 5, "acknowledged {up_to}"),
+                        other => panic!("expected Ack, got {other:?}"),
+                    }
+                }
+            } => {}
+        }
+    })
+    .await;
+    assert_eq!(session.cursor(), 5);
+    assert_eq!(storage.load().expect("load").cursor, 5);
+
+    within(async {
+        tokio::join!(session.close(), async move {
+            while peer.recv().await.is_some() {}
+            drop(peer);
+        })
+    })
+    .await;
 }

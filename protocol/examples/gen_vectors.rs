@@ -1805,6 +1805,13 @@ fn e2e_vectors(v: &mut Vectors) -> Result<()> {
         }),
     )?;
     v.valid(
+        "update_event_skipped",
+        "UpdateEvent carrying a Skipped update (kind 9, revision 1.2): a user_seq with an empty body",
+        Frame::event(frames::UpdateEvent {
+            update: update(1302, UpdateKind::Skipped(Skipped {})),
+        }),
+    )?;
+    v.valid(
         "send_encrypted_body",
         "Send to an encrypted conversation: the body is megolm.v1: and base64",
         Frame::new(
@@ -1830,6 +1837,7 @@ fn variant_name(kind: &UpdateKind) -> &'static str {
         UpdateKind::GroupRenamed(_) => "GroupRenamed",
         UpdateKind::RoleChanged(_) => "RoleChanged",
         UpdateKind::DeviceListChanged(_) => "DeviceListChanged",
+        UpdateKind::Skipped(_) => "Skipped",
         _ => "Unknown",
     }
 }

@@ -7,10 +7,11 @@
 
 /// The protocol version this crate speaks: the number `Hello` and `Welcome` negotiate.
 pub const PROTOCOL_VERSION: u16 = 1;
-/// The revision of version 1 this crate implements: 1.1. A revision only appends fields to the end
-/// of bodies (spec §4.1), which every reader of the version skips, so it is not negotiated: a reply
-/// says whether the server used an appended field of its request.
-pub const PROTOCOL_REVISION: u16 = 1;
+/// The revision of version 1 this crate implements: 1.2. A revision only adds what every reader of
+/// the version passes over (fields appended to the end of bodies, new frame types, new update kinds;
+/// spec §4.1), so it is not negotiated: a reply says whether the server used an appended field of
+/// its request.
+pub const PROTOCOL_REVISION: u16 = 2;
 
 /// Bytes of the length field that starts every frame.
 pub const FRAME_LENGTH_BYTES: u32 = 4;

@@ -128,6 +128,14 @@ wire_struct! {
     }
 }
 
+wire_struct! {
+    /// A `user_seq` that carries nothing (§10.9.9, revision 1.2): a crash lost the update the server
+    /// had announced under it before it was durable, and what that update carried comes again under
+    /// a new `user_seq`. The body is empty. Advance the cursor past it, acknowledge it, and show
+    /// nothing.
+    pub struct Skipped {}
+}
+
 /// An update of a kind this version does not define, kept as bytes so it can be skipped (and its
 /// `user_seq` acknowledged) by an older client.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -212,6 +220,8 @@ update_kinds! {
     RoleChanged = 7,
     /// A user's devices changed (§19.5).
     DeviceListChanged = 8,
+    /// A `user_seq` that carries nothing: its update was lost in a crash and comes again later.
+    Skipped = 9,
 }
 
 impl Default for UpdateKind {

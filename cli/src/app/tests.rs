@@ -3,7 +3,7 @@
 
 use super::*;
 use tern_protocol::types::Attachment;
-use tern_protocol::update::Receipt;
+use tern_protocol::update::{Receipt, Skipped};
 
 const ME: UserId = 1;
 const BOB: UserId = 2;
@@ -431,6 +431,25 @@ fn acknowledgements_are_batched() {
     assert!(app.tick(5_500).is_empty());
     assert_eq!(app.tick(6_000), [Request::Ack(3)]);
     assert!(app.tick(9_000).is_empty());
+}
+
+// A Skipped update (spec §10.9.9) moves the cursor like any other and shows nothing: the unread
+// count stays, the update after it is no gap, and the acknowledgement covers it.
+#[test]
+fn skipped_updates_only_move_the_cursor() {
+    let mut app = logged_in();
+    let unread = |app: &App| app.conversation(CHAT).map(|c| c.unread);
+    live(&mut app, 1, UpdateKind::Message(message(CHAT, 3, BOB, "a")));
+    assert_eq!(unread(&app), Some(2));
+    assert!(live(&mut app, 2, UpdateKind::Skipped(Skipped {})).is_empty());
+    assert_eq!(unread(&app), Some(2));
+    assert_eq!(app.tick(5_000), [Request::Ack(2)]);
+    let requests = live(&mut app, 3, receipt(CHAT, BOB, ReceiptKind::Read, 3));
+    assert!(
+        !requests.iter().any(|r| matches!(r, Request::Resync(_))),
+        "{requests:?}"
+    );
+    assert_eq!(app.tick(6_000), [Request::Ack(3)]);
 }
 
 // PageUp scrolls and, near the oldest message held, asks for the page before it; not twice

@@ -271,6 +271,13 @@ export interface DeviceListChanged {
   ts: bigint;
 }
 
+/**
+ * Skipped update (spec §10.9.9, revision 1.2): a `user_seq` that carries nothing, written where a
+ * crash lost updates the server had announced (what they carried comes again under new numbers).
+ * Its body is empty; a client advances its cursor past it and shows nothing.
+ */
+export type Skipped = Record<never, never>;
+
 /** The update kinds of version 1 (spec §10.9, §19.5), by name. */
 export interface UpdateKindMap {
   Message: Message;
@@ -281,6 +288,7 @@ export interface UpdateKindMap {
   GroupRenamed: GroupRenamed;
   RoleChanged: RoleChanged;
   DeviceListChanged: DeviceListChanged;
+  Skipped: Skipped;
 }
 
 /** The name of an update kind of version 1. */
@@ -334,6 +342,7 @@ const UPDATE_KINDS: { readonly [K in UpdateKindName]: readonly [number, Codec<Up
   ],
   RoleChanged: [7, struct<RoleChanged>({ conversationId: u64, actor: u64, ts: u64, userId: u64, role })],
   DeviceListChanged: [8, struct<DeviceListChanged>({ userId: u64, ts: u64 })],
+  Skipped: [9, struct<Skipped>({})],
 };
 
 const UPDATE_KIND_NAMES = new Map<number, UpdateKindName>(
