@@ -26,8 +26,9 @@
 //! write batch. At the end of the loop turn the batch is sealed and handed to the core's committer;
 //! the core keeps serving meanwhile. Once the committer says the batch is durable, the core
 //! releases what waited on it: `Sent` goes back to the sender's core, and the message goes to every
-//! member's owner core, which appends it to the member's update log (one write) and, once that is
-//! durable in turn, pushes it to the member's live devices and confirms. `core/chat.rs` tells the
+//! member's owner core, which appends it to the member's update log (one write), pushes it to the
+//! member's live devices at once (see the notes below) and, once the entry is durable in turn,
+//! confirms to the conversation's core. `core/chat.rs` tells the
 //! whole story, crash recovery and the checkpoints included; `core/mod.rs` the commit protocol.
 //!
 //! # Design notes of core v2, and why
@@ -55,16 +56,25 @@
 //!   per message 1 `messages`, 1 `idempotency`, 2.7 `updates` (the two members' entries and the
 //!   receipts that acknowledgements cause), 0.4 `receipts` (delivered watermarks) and 0.3 of
 //!   checkpoints.
-//! - **A recipient is shown a message after two commits, not one**: the conversation's (the
-//!   message) and then the member core's (its log entry). A live update carries the member's
-//!   `user_seq`, which the device keeps as its cursor and acknowledges. Shown before the log entry
-//!   is durable, a failed commit would give that `user_seq` to another update, which the device
-//!   would then skip as a repeat: a lost message. Showing it after the first commit needs a
-//!   member core to keep the `user_seq`s it announced across a failed commit (staging those
-//!   entries again, with the same numbers, ahead of anything new); that is the next step. The
-//!   cost today is one more group commit and thread crossing on the path: in W1 at 5,883
-//!   messages/s the median end-to-end latency was 1.17 ms against 0.75 ms for `Sent`
-//!   (`bench/RESULTS.md`).
+//! - **A recipient is shown a message after one commit**, its conversation's. The member's core
+//!   appends the delivery to the member's log and pushes it to their live devices in the same
+//!   turn, before that entry is durable, under a `user_seq` it promises never to give to anything
+//!   else (`Shard::append`):
+//!   - a failed commit stages the entries it had shown again, under the same numbers, ahead of
+//!     anything new (`Shard::stage_shown_again`); the replayed deliveries find them staged;
+//!   - a crash can lose them, so an online user keeps a durable *reservation* ahead of their log
+//!     (32 numbers, written once per 16 entries), and an entry is shown early only within it. On
+//!     the first load after a restart, numbers between the log's end and a reservation of an
+//!     earlier run become `Skipped` updates (spec §10.9.9): nothing else ever takes a number a
+//!     device may have seen, and fan-out recovery delivers the messages again under new numbers
+//!     (devices recognise them by `message_id`);
+//!   - only deliveries are shown early, and only when every entry before them in the log is durable
+//!     or was shown the same way, so live updates stay in order and gapless. Receipts, group
+//!     changes and the rest still wait for their commit.
+//!
+//!   The simulator checks that whatever a device was shown under a `user_seq` is what the log
+//!   holds there in the end, or `Skipped`; without the restaging or without the `Skipped` fill,
+//!   seeds fail.
 //! - **The simulator is the main test of this logic** (`sim.rs`): the same core code, all shards
 //!   in one thread, faults on a seeded schedule; it found the ordering and checkpoint bugs that the
 //!   real-socket tests had not, and each is fixed.

@@ -71,6 +71,8 @@ pub(crate) struct CoreMetrics {
     pub(crate) frames_out: AtomicU64,
     pub(crate) messages_stored: AtomicU64,
     pub(crate) updates_appended: AtomicU64,
+    /// Updates shown to devices before their batch was durable (one commit, not two).
+    pub(crate) updates_shown_early: AtomicU64,
     /// Messages delivered again to members that had not confirmed them in time.
     pub(crate) fanout_retries: AtomicU64,
     pub(crate) commits: AtomicU64,
@@ -286,6 +288,13 @@ impl Metrics {
             "counter",
             "Entries appended to update logs.",
             &|m| load(&m.updates_appended),
+        );
+        per_core(
+            &mut out,
+            "tern_updates_shown_early_total",
+            "counter",
+            "Log entries shown to devices before they were durable (their message was).",
+            &|m| load(&m.updates_shown_early),
         );
         per_core(
             &mut out,

@@ -6,7 +6,9 @@
 //!    fan-out was finished, a row saying it may not be: see "Fan-out progress" below).
 //! 3. After C's commit, S acknowledges `Sent` (durable) and every member's core M gets `Deliver`.
 //! 4. M appends the message to the member's update log unless its per-(user, conversation)
-//!    watermark shows it is there already, commits, pushes it to live devices and confirms to C.
+//!    watermark shows it is there already, and pushes it to live devices at once when it may
+//!    ([`Shard::append`]: in order, within the user's reservation), else after its commit. Once
+//!    the entry is durable, M confirms to C.
 //! 5. While the server runs, C re-delivers to the members that have not confirmed within
 //!    [`FANOUT_RETRY_MS`] (a member's commit failed, say), doubling the wait each time. Not while
 //!    every core those members live on has confirmed something within that time, though: such a
@@ -129,6 +131,9 @@ pub(crate) struct ChatState {
     /// Messages delivered in this turn, so pushing them to live devices reads nothing back; emptied
     /// once the turn's pushes are out.
     fresh: HashMap<(u64, u64), Arc<MessageRecord>>,
+    /// Deliveries (user, conversation, seq) staged again after a failed commit, whose replay must
+    /// not append them twice.
+    restaged: HashSet<(u64, u64, u64)>,
 }
 
 /// A message's fan-out that not every member confirmed yet.
@@ -240,6 +245,15 @@ impl ChatState {
             last_checkpoint_ms: self.last_checkpoint_ms,
             ..ChatState::default()
         };
+    }
+
+    /// After the replay of a failed commit, every restaged delivery was met again.
+    pub(crate) fn forget_restaged(&mut self) {
+        debug_assert!(
+            self.restaged.is_empty(),
+            "a restaged delivery was not replayed"
+        );
+        self.restaged.clear();
     }
 
     /// The fan-out watermarks a checkpoint wrote since the last call: they belong to the batch
@@ -838,16 +852,21 @@ impl Shard {
             direct,
         } = deliver;
         let mark = self.fanout_mark(user_id, conversation_id)?;
-        if seq > mark {
-            let update = UpdateRecord::Message {
-                conversation_id,
-                seq,
-                sender,
-            };
-            self.chat.fresh.insert((conversation_id, seq), message);
-            self.append_update(user_id, &update)?;
-            self.chat.marks.insert((user_id, conversation_id), seq);
-            self.chat.dirty_marks.insert((user_id, conversation_id));
+        // Staged again after a failed commit, under the number it was shown with: only the rest
+        // of the work is left to do.
+        let restaged = self.chat.restaged.remove(&(user_id, conversation_id, seq));
+        if seq > mark || restaged {
+            if !restaged {
+                let update = UpdateRecord::Message {
+                    conversation_id,
+                    seq,
+                    sender,
+                };
+                self.chat.fresh.insert((conversation_id, seq), message);
+                self.append(user_id, &update, true)?;
+                self.chat.marks.insert((user_id, conversation_id), seq);
+                self.chat.dirty_marks.insert((user_id, conversation_id));
+            }
             if sender == user_id {
                 // What a user sent, they have read; and in a direct conversation, replying reads
                 // what came before it, so when the peer's messages were unread the peer gets a read
@@ -908,10 +927,46 @@ impl Shard {
         user_id: u64,
         update: &UpdateRecord,
     ) -> Result<u64, StoreError> {
+        self.append(user_id, update, false)
+    }
+
+    /// Appends an update to a user's log. A delivered message (`early`) is shown to the user's
+    /// live devices at once, before the batch is durable, when three things hold:
+    ///
+    /// - every update before it in the log is durable or was shown the same way, so updates are
+    ///   shown in order and without gaps;
+    /// - it is within the user's durable reservation of this run (see [`Shard::user_state`]), so
+    ///   a crash cannot give its number to something else;
+    /// - it is a delivery, whose message is durable on its conversation's core and which a
+    ///   failed commit stages again under the same number ([`Shard::stage_shown_again`]).
+    ///
+    /// So a recipient sees a message after one commit, its conversation's, not two.
+    fn append(
+        &mut self,
+        user_id: u64,
+        update: &UpdateRecord,
+        early: bool,
+    ) -> Result<u64, StoreError> {
         let online = self.online.contains_key(&user_id);
+        if online {
+            // Fixed before the state is borrowed: a reservation below carries it.
+            self.run_id();
+        }
         let state = self.user_state(user_id)?;
         state.next_seq += 1;
         let user_seq = state.next_seq;
+        let shown =
+            early && online && user_seq == state.shown_head() + 1 && user_seq <= state.reserved;
+        if shown {
+            state.shown = user_seq;
+            state.early.push((user_seq, update.clone()));
+        }
+        // An online user keeps a reservation ahead of their log.
+        let reserve =
+            (online && state.reserving < user_seq + super::RESERVATION_AHEAD / 2).then(|| {
+                state.reserving = user_seq + super::RESERVATION_AHEAD;
+                state.reserving
+            });
         if let UpdateRecord::Message {
             conversation_id,
             seq,
@@ -934,12 +989,101 @@ impl Shard {
             }
         }
         self.batch.put_update(user_id, user_seq, update)?;
+        if let Some(up_to) = reserve {
+            let run = self.run_id();
+            self.batch.put_reservation(user_id, up_to, run);
+            self.reservations.push((user_id, up_to));
+        }
         self.metrics
             .core(self.core)
             .updates_appended
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.push_after_commit(user_id, user_seq, update.clone());
+        if shown {
+            self.show_now(user_id, user_seq, update);
+        } else {
+            self.push_after_commit(user_id, user_seq, update.clone());
+        }
         Ok(user_seq)
+    }
+
+    /// After a failed commit: stages again, under the same numbers, the updates of a user that were
+    /// shown before they were durable. They come first in the log after what is durable (an update
+    /// is shown only when all before it are durable or shown), and their reservation is durable.
+    /// The replayed deliveries find them staged and only do the rest of their work.
+    pub(crate) fn stage_shown_again(
+        &mut self,
+        user_id: u64,
+        updates: Vec<(u64, UpdateRecord)>,
+    ) -> Result<(), StoreError> {
+        let online = self.online.contains_key(&user_id);
+        let core = self.core;
+        for (user_seq, update) in updates {
+            let state = self.user_state(user_id)?;
+            if user_seq <= state.next_seq {
+                continue;
+            }
+            if user_seq != state.next_seq + 1 {
+                tracing::error!(
+                    core,
+                    user_id,
+                    user_seq,
+                    next = state.next_seq + 1,
+                    "an update shown early is not next in the log"
+                );
+                debug_assert!(false, "an update shown early is not next in the log");
+                return Ok(());
+            }
+            state.next_seq = user_seq;
+            state.shown = user_seq;
+            state.early.push((user_seq, update.clone()));
+            if let UpdateRecord::Message {
+                conversation_id,
+                seq,
+                sender,
+            } = update
+            {
+                if sender != user_id {
+                    if online && state.unacked.len() < UNACKED_KEPT_MAX {
+                        state.unacked.push_back(UnackedMessage {
+                            user_seq,
+                            conversation_id,
+                            seq,
+                            sender,
+                        });
+                    } else {
+                        state.unacked.clear();
+                        state.unacked_from = user_seq;
+                    }
+                }
+                self.chat.marks.insert((user_id, conversation_id), seq);
+                self.chat.dirty_marks.insert((user_id, conversation_id));
+                self.chat.restaged.insert((user_id, conversation_id, seq));
+            }
+            self.batch.put_update(user_id, user_seq, &update)?;
+            self.shown.push((user_id, user_seq));
+        }
+        Ok(())
+    }
+
+    /// Pushes an update appended in this turn to the user's live sessions now.
+    fn show_now(&mut self, user_id: u64, user_seq: u64, update: &UpdateRecord) {
+        let mut outputs = Vec::new();
+        let mut kinds = std::mem::take(&mut self.shown_kinds);
+        self.push_live(
+            user_id,
+            user_seq,
+            update,
+            &self.chat.fresh,
+            &mut kinds,
+            &mut outputs,
+        );
+        self.shown_kinds = kinds;
+        self.outputs.extend(outputs);
+        self.shown.push((user_id, user_seq));
+        self.metrics
+            .core(self.core)
+            .updates_shown_early
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Appends a receipt to a user's log.
@@ -1063,6 +1207,7 @@ impl Shard {
                     64,
                 )
             }
+            UpdateRecord::Skipped => (UpdateKind::Skipped(tern_protocol::update::Skipped {}), 16),
             UpdateRecord::DeviceListChanged { user_id, ts } => (
                 UpdateKind::DeviceListChanged(tern_protocol::update::DeviceListChanged {
                     user_id,
@@ -1092,16 +1237,30 @@ impl Shard {
         } else {
             (sync.limit as usize).min(max)
         };
-        let head = self.user_state(user_id)?.head;
-        let rows = if sync.since >= head {
+        let state = self.user_state(user_id)?;
+        let head = state.head;
+        // Updates shown before they were durable come after the durable ones, from memory.
+        let shown_head = state.shown_head();
+        let early: Vec<(u64, UpdateRecord)> = state
+            .early
+            .iter()
+            .filter(|(user_seq, _)| *user_seq > sync.since.max(head))
+            .take(limit)
+            .cloned()
+            .collect();
+        let mut rows = if sync.since >= head {
             Vec::new()
         } else {
             self.committed.updates_after(user_id, sync.since, limit)?
         };
+        rows.retain(|(user_seq, _)| *user_seq <= head);
+        if rows.len() < limit && rows.last().is_none_or(|(last, _)| *last == head) {
+            rows.extend(early.into_iter().take(limit - rows.len()));
+        }
         let mut updates = Vec::with_capacity(rows.len());
         let mut bytes = 0;
         let mut last = sync.since;
-        for (user_seq, record) in rows.iter().filter(|(s, _)| *s <= head) {
+        for (user_seq, record) in &rows {
             let Some((update, size)) =
                 self.materialize_record(*user_seq, record, &HashMap::default())?
             else {
@@ -1116,7 +1275,7 @@ impl Shard {
             last = *user_seq;
             updates.push(update);
         }
-        let has_more = last.max(sync.since) < head;
+        let has_more = last.max(sync.since) < shown_head;
         self.metrics
             .core(self.core)
             .delivered_sync
@@ -1132,7 +1291,7 @@ impl Shard {
             SyncPage {
                 updates,
                 has_more,
-                head,
+                head: shown_head,
             },
         );
         Ok(())
@@ -1147,7 +1306,13 @@ impl Shard {
         ack: Ack,
     ) -> Result<(), StoreError> {
         let state = self.user_state(user_id)?;
-        let up_to = ack.up_to.min(state.head);
+        // Updates shown before they were durable may be acknowledged: they keep their numbers.
+        // Their delivered receipts come from the messages the state keeps, as they are not in
+        // the store yet; when it keeps too few, the acknowledgement stops at the durable head.
+        let kept = state.acked >= state.unacked_from;
+        let up_to = ack
+            .up_to
+            .min(if kept { state.shown_head() } else { state.head });
         let previously_acked = state.acked;
         state.acked = state.acked.max(up_to);
         if let Some(mut device) = self.store.device(user_id, device_id)? {

@@ -107,8 +107,11 @@ pub(crate) fn wire_group_update(record: &UpdateRecord) -> UpdateKind {
         }
         UpdateRecord::Message { .. }
         | UpdateRecord::Receipt { .. }
-        | UpdateRecord::DeviceListChanged { .. } => {
-            unreachable!("messages, receipts and device list changes are materialised by chat.rs")
+        | UpdateRecord::DeviceListChanged { .. }
+        | UpdateRecord::Skipped => {
+            unreachable!(
+                "messages, receipts, device list changes and skips are materialised by chat.rs"
+            )
         }
     }
 }

@@ -100,6 +100,10 @@ struct Held {
     marks: Vec<(u64, u64)>,
     /// To-device messages queued in the batch, pushed to live devices once it is durable.
     to_device: Vec<(u64, u32, tern_protocol::e2e::ToDeviceMessage)>,
+    /// Updates in the batch that were shown before it was durable: heads to move, nothing to push.
+    shown: Vec<(u64, u64)>,
+    /// Reservations in the batch, by user: usable once it is durable.
+    reservations: Vec<(u64, u64)>,
 }
 
 /// A connection's id, unique on its core for the life of the process.
@@ -179,7 +183,27 @@ pub(crate) struct UserState {
     pub(crate) unacked: VecDeque<UnackedMessage>,
     /// Every message from others with a `user_seq` above this one is in `unacked`.
     pub(crate) unacked_from: u64,
+    /// The highest `user_seq` shown to devices before it was durable (see [`Shard::append`]).
+    pub(crate) shown: u64,
+    /// Those updates, above `head` and in order: what a failed commit must stage again under the
+    /// same numbers, and what `Sync` pages include.
+    pub(crate) early: Vec<(u64, UpdateRecord)>,
+    /// The durable reservation of this run: updates up to it may be shown before they are durable.
+    pub(crate) reserved: u64,
+    /// The newest reservation staged.
+    pub(crate) reserving: u64,
 }
+
+impl UserState {
+    /// The newest `user_seq` devices may have been shown: durable, or shown early.
+    pub(crate) fn shown_head(&self) -> u64 {
+        self.head.max(self.shown)
+    }
+}
+
+/// How far ahead of a user's log a reservation reaches, and so how many `Skipped` updates a crash
+/// can leave in it at most.
+pub(crate) const RESERVATION_AHEAD: u64 = 32;
 
 /// Messages from others a user's state keeps for its next `Ack`; past it, the `Ack` reads the log.
 pub(crate) const UNACKED_KEPT_MAX: usize = 1024;
@@ -231,6 +255,15 @@ pub(crate) struct Shard {
     replay: Vec<Mail>,
     /// Updates appended in this batch, pushed to live sessions after the commit.
     pushes: Vec<(u64, u64, UpdateRecord)>,
+    /// Updates appended in this batch and already shown (see [`Shard::append`]).
+    shown: Vec<(u64, u64)>,
+    /// Reservations staged in this batch.
+    reservations: Vec<(u64, u64)>,
+    /// The wire form of messages shown early in this turn, so each is made once per turn.
+    shown_kinds: HashMap<(u64, u64), tern_protocol::UpdateKind>,
+    /// This run's id, which reservations carry: the first id the core issued for one, unique across
+    /// runs because the id's high-water mark is in the same batch as the reservation.
+    run: Option<u64>,
     pub(crate) sessions: HashMap<ConnId, Session>,
     pub(crate) online: HashMap<u64, Vec<ConnId>>,
     pub(crate) users: HashMap<u64, UserState>,
@@ -276,6 +309,10 @@ impl Shard {
             mail_now: Vec::new(),
             replay: Vec::new(),
             pushes: Vec::new(),
+            shown: Vec::new(),
+            reservations: Vec::new(),
+            shown_kinds: HashMap::default(),
+            run: None,
             sessions: HashMap::default(),
             online: HashMap::default(),
             users: HashMap::default(),
@@ -447,7 +484,32 @@ impl Shard {
         if !self.users.contains_key(&user_id) {
             // The head is what clients may be shown; new entries go after anything staged.
             let head = self.committed.last_user_seq(user_id)?;
-            let next_seq = self.store.last_user_seq(user_id)?;
+            let mut next_seq = self.store.last_user_seq(user_id)?;
+            // A reservation of this run is usable once durable. One of an earlier run that reaches
+            // past the log says that updates under those numbers may have been shown and then
+            // lost in a crash: the numbers are filled with `Skipped`, so none of them is ever
+            // given to another update (the messages come again under new numbers, as fan-out
+            // recovery delivers them again).
+            let (durable_to, durable_run) = self.committed.reservation(user_id)?;
+            let (staged_to, staged_run) = self.store.reservation(user_id)?;
+            let this_run = |run: u64| self.run == Some(run);
+            let reserved = if this_run(durable_run) { durable_to } else { 0 };
+            let reserving = if this_run(staged_run) { staged_to } else { 0 };
+            if staged_run != 0 && !this_run(staged_run) && staged_to > next_seq {
+                tracing::info!(
+                    core = self.core,
+                    user_id,
+                    from = next_seq + 1,
+                    to = staged_to,
+                    "skipping user_seqs a crash may have left shown but not stored"
+                );
+                for user_seq in next_seq + 1..=staged_to {
+                    self.batch
+                        .put_update(user_id, user_seq, &UpdateRecord::Skipped)?;
+                    self.pushes.push((user_id, user_seq, UpdateRecord::Skipped));
+                }
+                next_seq = staged_to;
+            }
             let acked = self
                 .store
                 .devices(user_id)?
@@ -462,6 +524,8 @@ impl Shard {
                     next_seq,
                     acked,
                     unacked_from: head,
+                    reserved,
+                    reserving,
                     ..UserState::default()
                 },
             );
@@ -853,9 +917,11 @@ impl Shard {
             self.fail_in_flight(&mut turn);
             return turn;
         }
+        self.shown_kinds.clear();
         let waiting = !self.after_commit.is_empty()
             || !self.mail_after_commit.is_empty()
-            || !self.pushes.is_empty();
+            || !self.pushes.is_empty()
+            || !self.shown.is_empty();
         if self.batch.is_empty() {
             if !waiting {
                 return turn;
@@ -872,6 +938,8 @@ impl Shard {
                     last.replay.extend(held.replay);
                     last.marks.extend(held.marks);
                     last.to_device.extend(held.to_device);
+                    last.shown.extend(held.shown);
+                    last.reservations.extend(held.reservations);
                 }
                 None => self.release(held, &mut turn.outputs, &mut turn.mail),
             }
@@ -935,6 +1003,10 @@ impl Shard {
                     commit: None,
                 };
                 self.fail_in_flight(&mut turn);
+                // The replay in `fail_in_flight` may have produced output of its own (updates
+                // shown again): it goes after what came before.
+                turn.outputs.append(&mut self.outputs);
+                turn.mail.append(&mut self.mail_now);
                 self.outputs = turn.outputs;
                 self.mail_now = turn.mail;
             }
@@ -988,12 +1060,22 @@ impl Shard {
             replay: std::mem::take(&mut self.replay),
             marks: self.chat.take_marks_written(),
             to_device: self.keys.take_fresh(),
+            shown: std::mem::take(&mut self.shown),
+            reservations: std::mem::take(&mut self.reservations),
         }
     }
 
     fn release(&mut self, held: Held, outputs: &mut Vec<Output>, mail: &mut Vec<(usize, Mail)>) {
         outputs.extend(held.outputs);
         mail.extend(held.mail);
+        for (user_id, up_to) in held.reservations {
+            if let Some(state) = self.users.get_mut(&user_id) {
+                state.reserved = state.reserved.max(up_to);
+            }
+        }
+        for (user_id, user_seq) in held.shown {
+            self.advance_head(user_id, user_seq);
+        }
         self.release_pushes(held.pushes, &held.fresh, outputs);
         self.release_to_device(held.to_device, outputs);
     }
@@ -1003,11 +1085,13 @@ impl Shard {
     fn trim_caches(&mut self) {
         if self.users.len() > CACHED_USERS_MAX {
             // Offline users first; no more than a sixteenth per turn, so no turn stalls.
+            // Users with updates shown before they were durable stay: a failed commit stages those
+            // again from their state.
             let doomed: Vec<u64> = self
                 .users
-                .keys()
-                .copied()
-                .filter(|u| !self.online.contains_key(u))
+                .iter()
+                .filter(|(u, state)| !self.online.contains_key(u) && state.early.is_empty())
+                .map(|(u, _)| *u)
                 .take(CACHED_USERS_MAX / 16)
                 .collect();
             for user in doomed {
@@ -1060,17 +1144,79 @@ impl Shard {
                 }
             }
         }
+        // Updates shown before they were durable keep their numbers: they are staged again, ahead
+        // of anything new, and the replay below skips their appends.
+        let mut shown: Vec<(u64, Vec<(u64, UpdateRecord)>)> = self
+            .users
+            .iter_mut()
+            .filter(|(_, state)| !state.early.is_empty())
+            .map(|(user_id, state)| (*user_id, std::mem::take(&mut state.early)))
+            .collect();
+        // The same order every run (the simulator replays seeds).
+        shown.sort_unstable_by_key(|(user_id, _)| *user_id);
         self.users.clear();
         self.chat.forget();
         self.chat.unwrite_marks(marks);
         self.media.forget();
         self.keys.forget();
         self.accounts = accounts::AccountState::default();
+        for (user_id, updates) in shown {
+            if let Err(e) = self.stage_shown_again(user_id, updates) {
+                tracing::error!(core = self.core, error = %e, "staging shown updates again");
+            }
+        }
         // Appends to logs come from other cores once, in order, and a member's fan-out watermark
         // must never pass a message its log lacks: so the void ones are made again, in the order
         // they first came, before any mail that came after them.
         for mail in replay {
             self.handle_mail(self.last_now_ms, mail);
+        }
+        self.chat.forget_restaged();
+    }
+
+    /// Moves a user's head to a durable `user_seq`.
+    fn advance_head(&mut self, user_id: u64, user_seq: u64) {
+        if let Some(state) = self.users.get_mut(&user_id) {
+            state.head = state.head.max(user_seq);
+            if state.early.first().is_some_and(|(n, _)| *n <= state.head) {
+                let head = state.head;
+                state.early.retain(|(n, _)| *n > head);
+            }
+        }
+    }
+
+    /// Closes the reservations of the users this core holds, at a clean shutdown once nothing
+    /// more is appended: a reservation that ends at the log's end leaves no `Skipped` after the
+    /// restart. (Users dropped from the cache earlier keep theirs open, and may get a few.)
+    pub(crate) fn close_reservations(&mut self) {
+        let Some(run) = self.run else {
+            return;
+        };
+        let mut open: Vec<u64> = self
+            .users
+            .iter()
+            .filter(|(_, state)| state.reserving > state.next_seq)
+            .map(|(user_id, _)| *user_id)
+            .collect();
+        open.sort_unstable();
+        for user_id in open {
+            if let Some(state) = self.users.get_mut(&user_id) {
+                state.reserving = state.next_seq;
+                state.reserved = state.reserved.min(state.next_seq);
+                self.batch.put_reservation(user_id, state.next_seq, run);
+            }
+        }
+    }
+
+    /// This run's id (see [`Shard::run`]).
+    pub(crate) fn run_id(&mut self) -> u64 {
+        match self.run {
+            Some(run) => run,
+            None => {
+                let run = self.ids.next(self.last_now_ms);
+                self.run = Some(run);
+                run
+            }
         }
     }
 
@@ -1083,68 +1229,80 @@ impl Shard {
     ) {
         let mut messages: HashMap<(u64, u64), tern_protocol::UpdateKind> = HashMap::default();
         for (user_id, user_seq, record) in pushes {
-            if let Some(state) = self.users.get_mut(&user_id) {
-                state.head = state.head.max(user_seq);
-            }
-            let Some(conns) = self.online.get(&user_id) else {
-                continue;
-            };
-            let live: Vec<ConnId> = conns
-                .iter()
-                .copied()
-                .filter(|c| self.sessions.get(c).is_some_and(|s| s.live))
-                .collect();
-            if live.is_empty() {
-                continue;
-            }
-            // A message goes to many members: its wire form (attachments looked up in the store)
-            // is made once per batch, and each member's copy differs only in `user_seq`.
-            let materialized = match &record {
-                UpdateRecord::Message {
-                    conversation_id,
-                    seq,
-                    ..
-                } => match messages.get(&(*conversation_id, *seq)) {
-                    Some(kind) => Ok(Some(Update {
-                        user_seq,
-                        kind: kind.clone(),
-                    })),
-                    None => self
-                        .materialize_record(user_seq, &record, fresh)
-                        .map(|made| {
-                            made.map(|(update, _)| {
-                                messages.insert((*conversation_id, *seq), update.kind.clone());
-                                update
-                            })
-                        }),
-                },
-                _ => self
-                    .materialize_record(user_seq, &record, fresh)
-                    .map(|made| made.map(|(update, _)| update)),
-            };
-            match materialized {
-                Ok(Some(update)) => {
-                    self.metrics
-                        .core(self.core)
-                        .delivered_live
-                        .fetch_add(live.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                    // Every device but the last gets a copy; the last (usually the only) one the
-                    // update itself.
-                    if let Some((&last, others)) = live.split_last() {
-                        for &conn in others {
-                            let frame = Frame::event(frames::UpdateEvent {
-                                update: update.clone(),
-                            });
-                            outputs.push(Output::Frame { conn, frame });
-                        }
-                        let frame = Frame::event(frames::UpdateEvent { update });
-                        outputs.push(Output::Frame { conn: last, frame });
+            self.advance_head(user_id, user_seq);
+            self.push_live(user_id, user_seq, &record, fresh, &mut messages, outputs);
+        }
+    }
+
+    /// Pushes an update to the user's live sessions. `messages` holds the wire form of messages
+    /// already made, so a message going to many members is made once.
+    fn push_live(
+        &self,
+        user_id: u64,
+        user_seq: u64,
+        record: &UpdateRecord,
+        fresh: &HashMap<(u64, u64), Arc<MessageRecord>>,
+        messages: &mut HashMap<(u64, u64), tern_protocol::UpdateKind>,
+        outputs: &mut Vec<Output>,
+    ) {
+        let Some(conns) = self.online.get(&user_id) else {
+            return;
+        };
+        let live: Vec<ConnId> = conns
+            .iter()
+            .copied()
+            .filter(|c| self.sessions.get(c).is_some_and(|s| s.live))
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+        // A message goes to many members: its wire form (attachments looked up in the store)
+        // is made once per batch, and each member's copy differs only in `user_seq`.
+        let materialized = match record {
+            UpdateRecord::Message {
+                conversation_id,
+                seq,
+                ..
+            } => match messages.get(&(*conversation_id, *seq)) {
+                Some(kind) => Ok(Some(Update {
+                    user_seq,
+                    kind: kind.clone(),
+                })),
+                None => self
+                    .materialize_record(user_seq, record, fresh)
+                    .map(|made| {
+                        made.map(|(update, _)| {
+                            messages.insert((*conversation_id, *seq), update.kind.clone());
+                            update
+                        })
+                    }),
+            },
+            _ => self
+                .materialize_record(user_seq, record, fresh)
+                .map(|made| made.map(|(update, _)| update)),
+        };
+        match materialized {
+            Ok(Some(update)) => {
+                self.metrics
+                    .core(self.core)
+                    .delivered_live
+                    .fetch_add(live.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                // Every device but the last gets a copy; the last (usually the only) one the
+                // update itself.
+                if let Some((&last, others)) = live.split_last() {
+                    for &conn in others {
+                        let frame = Frame::event(frames::UpdateEvent {
+                            update: update.clone(),
+                        });
+                        outputs.push(Output::Frame { conn, frame });
                     }
+                    let frame = Frame::event(frames::UpdateEvent { update });
+                    outputs.push(Output::Frame { conn: last, frame });
                 }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::error!(core = self.core, error = %e, "reading an update to push")
-                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(core = self.core, error = %e, "reading an update to push")
             }
         }
     }

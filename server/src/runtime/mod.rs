@@ -306,6 +306,7 @@ impl CoreCtx {
         if let Err(e) = self.shard.borrow_mut().checkpoint(now) {
             tracing::error!(core = self.core, error = %e, "writing the last checkpoint");
         }
+        self.shard.borrow_mut().close_reservations();
         loop {
             let turn = self.shard.borrow_mut().end_turn();
             if let Some(commit) = turn.commit {

@@ -18,7 +18,7 @@
 //! | `messages`     | (conversation_id, seq)                | [`records::MessageRecord`]              | conversation's owner  |
 //! | `fanout`       | conversation_id                       | seq up to which every member's log holds the messages (u64): a row only while fan-out may be unfinished | conversation's owner |
 //! | `updates`      | (user_id, user_seq)                   | [`records::UpdateRecord`]               | user's owner core     |
-//! | `fanout_marks` | (user_id, conversation_id)            | highest seq in the user's log (u64), as of the user's checkpoint; (user_id, 0): the `user_seq` that checkpoint covers | user's owner core |
+//! | `fanout_marks` | (user_id, conversation_id)            | highest seq in the user's log (u64), as of the user's checkpoint; (user_id, 0): the `user_seq` that checkpoint covers; (user_id, 1): the user's reservation, the `user_seq` up to which updates may be shown before they are durable and the run that reserved it (two u64s) | user's owner core |
 //! | `receipts`     | (conversation_id, user_id)            | [`records::ReceiptRecord`]              | user's owner core     |
 //! | `idempotency`  | (user_id, device_id, client_msg_id)   | [`records::IdempotencyRecord`]; expires by compaction filter | conversation's owner |
 //! | `presence`     | user_id                               | [`records::PresenceRecord`]             | user's owner core     |
@@ -495,6 +495,15 @@ impl Store {
         self.fanout_mark(user_id, 0)
     }
 
+    /// A user's reservation: the `user_seq` up to which their owner core may show updates before
+    /// they are durable, and the run that reserved it; `(0, 0)` for none.
+    pub(crate) fn reservation(&self, user_id: u64) -> Result<(u64, u64), StoreError> {
+        let value = self.get(CF_FANOUT_MARKS, &keys::pair(user_id, RESERVATION_KEY))?;
+        Ok(value
+            .and_then(|v| Some((keys::u64_value(v.get(..8)?)?, keys::u64_value(v.get(8..)?)?)))
+            .unwrap_or((0, 0)))
+    }
+
     /// Conversations whose fan-out may be unfinished, at or after the key `from`, ascending, at
     /// most `limit`: each row's key and (conversation, the seq up to which fan-out is done). A
     /// row of the format before 0.2, keyed (conversation, seq) with no value, reads as done up to
@@ -962,6 +971,18 @@ impl Batch {
         );
     }
 
+    /// See [`Store::reservation`].
+    pub(crate) fn put_reservation(&mut self, user_id: u64, up_to: u64, run: u64) {
+        let mut value = [0u8; 16];
+        value[..8].copy_from_slice(&up_to.to_be_bytes());
+        value[8..].copy_from_slice(&run.to_be_bytes());
+        self.put(
+            CF_FANOUT_MARKS,
+            &keys::pair(user_id, RESERVATION_KEY),
+            &value,
+        );
+    }
+
     pub(crate) fn put_receipt(
         &mut self,
         conversation_id: u64,
@@ -985,6 +1006,10 @@ impl Batch {
         )
     }
 }
+
+/// The `fanout_marks` key (user_id, 1) holds a user's reservation; no conversation has id 1 (ids
+/// start with a timestamp), and (user_id, 0) is the checkpoint's `user_seq`.
+const RESERVATION_KEY: u64 = 1;
 
 fn meta_idgen_key(core: u16) -> [u8; 7] {
     let mut key = *b"idgen\0\0";

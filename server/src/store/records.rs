@@ -162,6 +162,10 @@ pub(crate) enum UpdateRecord {
     /// last and smaller than the largest variant, so the archived enum keeps its size and every
     /// record written before it reads the same.
     DeviceListChanged { user_id: u64, ts: u64 },
+    /// A `user_seq` that carries nothing: the core had shown an update under it that a crash then
+    /// lost (see `Shard::user_state`). Added last, like `DeviceListChanged`, so every record
+    /// written before it reads the same.
+    Skipped,
 }
 
 /// A device's published identity keys and fallback key; key (user_id, device_id) in
