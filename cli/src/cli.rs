@@ -154,8 +154,10 @@ pub(crate) enum BackupCommand {
     /// receives later are added to the backup.
     Restore {
         /// The recovery key `backup enable` printed: 64 hexadecimal digits, quoted or not with the
-        /// spaces between the groups of four.
-        #[arg(required = true, num_args = 1.., value_name = "RECOVERY_KEY")]
+        /// spaces between the groups of four. Left out, it is read from the first line of standard
+        /// input, or asked for on the terminal without echo: either keeps it out of the process
+        /// list, where other users of the machine could read it.
+        #[arg(num_args = 0.., value_name = "RECOVERY_KEY")]
         recovery_key: Vec<String>,
     },
 }

@@ -286,7 +286,12 @@ pub(crate) async fn run(command: Command, ctx: &mut Context) -> Result<Report, C
         Command::Verify { user } => verify(ctx, &user).await,
         Command::Backup(BackupCommand::Enable) => backup_enable(ctx).await,
         Command::Backup(BackupCommand::Restore { recovery_key }) => {
-            backup_restore(ctx, &recovery_key.join(" ")).await
+            let recovery_key = if recovery_key.is_empty() {
+                read_secret("recovery key")?
+            } else {
+                recovery_key.join(" ")
+            };
+            backup_restore(ctx, &recovery_key).await
         }
     }
 }
@@ -1292,6 +1297,30 @@ pub(crate) fn read_password(from_stdin: bool, confirm: bool) -> Result<String, C
         return Err(CliError::Usage("the passwords differ".to_owned()));
     }
     Ok(password)
+}
+
+/// A secret that is not on the command line: asked for on the terminal without echo, else the
+/// first line of standard input.
+fn read_secret(what: &str) -> Result<String, CliError> {
+    let secret = if std::io::stdin().is_terminal() {
+        prompt_hidden(&format!("{what}: "))?
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|source| CliError::File {
+                path: PathBuf::from("<stdin>"),
+                source,
+            })?;
+        line.trim_end_matches(['\n', '\r']).to_owned()
+    };
+    if secret.trim().is_empty() {
+        return Err(CliError::Usage(format!(
+            "no {what}: give it as an argument, on standard input, or type it when asked"
+        )));
+    }
+    Ok(secret)
 }
 
 /// Reads a line from the terminal without echoing it.

@@ -101,7 +101,15 @@ fn key_backup_restores_history_on_a_new_device() {
     );
     assert!(locked(&phone), "a refused key imports nothing");
 
-    let restored = phone.json(&["backup", "restore", &key]);
+    // Nothing on standard input is bad usage, before the server is asked.
+    let nothing = phone.tern_with_stdin(&["backup", "restore"], "");
+    assert_eq!(nothing.code, 2, "{nothing:?}");
+    assert!(locked(&phone), "no key imports nothing");
+
+    // The key on standard input, out of the process list.
+    let restored = phone
+        .tern_with_stdin(&["--json", "backup", "restore"], &format!("{key}\n"))
+        .json();
     assert_eq!(
         restored["restored"], 4,
         "two direct and two group room keys: {restored}"
