@@ -163,11 +163,62 @@ struct Device {
     /// Messages handed to this device, by (conversation, seq).
     messages: HashSet<(u64, u64)>,
     /// Every message update handed to this device: (user_seq, (conversation, seq)).
-    slots: Vec<(u64, (u64, u64))>,
+    slots: Vec<(u64, Shown)>,
     /// Sends not yet acknowledged: (conversation, idempotency key).
     outbox: Vec<(u64, [u8; 16])>,
     /// The newest watermark seen, by (conversation, user, kind).
     watermarks: HashMap<(u64, u64, u8), u64>,
+}
+
+/// What a device was shown under a `user_seq`, to hold against the log at the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shown {
+    Message(u64, u64),
+    /// (conversation, user, kind, up to seq)
+    Receipt(u64, u64, u8, u64),
+    Skipped,
+    /// Any other kind.
+    Other,
+}
+
+impl Shown {
+    /// Whether the log's entry at the same `user_seq` says the same (a `Skipped` there stands in
+    /// for whatever a crash lost).
+    fn agrees(self, logged: Option<&UpdateRecord>) -> bool {
+        match (self, logged) {
+            (_, Some(UpdateRecord::Skipped)) => true,
+            (
+                Shown::Message(c, s),
+                Some(UpdateRecord::Message {
+                    conversation_id,
+                    seq,
+                    ..
+                }),
+            ) => c == *conversation_id && s == *seq,
+            (
+                Shown::Receipt(c, u, k, up_to),
+                Some(UpdateRecord::Receipt {
+                    conversation_id,
+                    user_id,
+                    kind,
+                    up_to_seq,
+                    ..
+                }),
+            ) => c == *conversation_id && u == *user_id && k == *kind && up_to == *up_to_seq,
+            (
+                Shown::Other,
+                Some(
+                    UpdateRecord::GroupCreated { .. }
+                    | UpdateRecord::MembersAdded { .. }
+                    | UpdateRecord::MemberRemoved { .. }
+                    | UpdateRecord::GroupRenamed { .. }
+                    | UpdateRecord::RoleChanged { .. }
+                    | UpdateRecord::DeviceListChanged { .. },
+                ),
+            ) => true,
+            _ => false,
+        }
+    }
 }
 
 /// A user of the simulated server.
@@ -1004,15 +1055,23 @@ impl World {
             return;
         }
         d.cursor = update.user_seq;
+        // [`World::check`] holds every update a device was shown to the log.
+        let shown = match &update.kind {
+            UpdateKind::Message(m) => Shown::Message(m.conversation_id, m.seq),
+            UpdateKind::Receipt(r) => {
+                Shown::Receipt(r.conversation_id, r.user_id, r.kind as u8, r.up_to_seq)
+            }
+            UpdateKind::Skipped(_) => Shown::Skipped,
+            _ => Shown::Other,
+        };
+        d.slots.push((update.user_seq, shown));
         match update.kind {
-            UpdateKind::Message(message) => {
-                // A message may come again under a new `user_seq` only when a crash lost the
-                // update that first showed it; [`World::check`] holds every slot to the log.
-                let key = (message.conversation_id, message.seq);
-                d.slots.push((update.user_seq, key));
-                if !d.messages.insert(key) {
-                    self.stats.shown_again += 1;
-                }
+            // A message may come again under a new `user_seq` only when a crash lost the update
+            // that first showed it.
+            UpdateKind::Message(message)
+                if !d.messages.insert((message.conversation_id, message.seq)) =>
+            {
+                self.stats.shown_again += 1;
             }
             UpdateKind::Receipt(receipt) => {
                 let key = (receipt.conversation_id, receipt.user_id, receipt.kind as u8);
@@ -1274,21 +1333,12 @@ impl World {
             for device in self.devices.iter().filter(|d| d.user == user) {
                 // What a device was shown under a `user_seq` is what the log holds there, or a
                 // `Skipped` left by a crash.
-                for (user_seq, (conversation_id, seq)) in &device.slots {
+                for (user_seq, shown) in &device.slots {
                     let logged = log.get(*user_seq as usize - 1).map(|(_, record)| record);
-                    let agrees = match logged {
-                        Some(UpdateRecord::Skipped) => true,
-                        Some(UpdateRecord::Message {
-                            conversation_id: c,
-                            seq: s,
-                            ..
-                        }) => c == conversation_id && s == seq,
-                        _ => false,
-                    };
-                    if !agrees {
+                    if !shown.agrees(logged) {
                         self.violations.push(format!(
-                            "a device of user {user_id} was shown {conversation_id}/{seq} \
-                             as {user_seq}, where the log has {logged:?}"
+                            "a device of user {user_id} was shown {shown:?} as {user_seq}, \
+                             where the log has {logged:?}"
                         ));
                     }
                 }

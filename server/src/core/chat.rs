@@ -134,6 +134,8 @@ pub(crate) struct ChatState {
     /// Deliveries (user, conversation, seq) staged again after a failed commit, whose replay must
     /// not append them twice.
     restaged: HashSet<(u64, u64, u64)>,
+    /// Appends (`Mail::Append`) staged again after a failed commit, likewise: (user, update).
+    restaged_appends: Vec<(u64, UpdateRecord)>,
 }
 
 /// A message's fan-out that not every member confirmed yet.
@@ -247,13 +249,30 @@ impl ChatState {
         };
     }
 
-    /// After the replay of a failed commit, every restaged delivery was met again.
+    /// After the replay of a failed commit, every restaged delivery and append was met again.
     pub(crate) fn forget_restaged(&mut self) {
         debug_assert!(
-            self.restaged.is_empty(),
-            "a restaged delivery was not replayed"
+            self.restaged.is_empty() && self.restaged_appends.is_empty(),
+            "a restaged update was not replayed"
         );
         self.restaged.clear();
+        self.restaged_appends.clear();
+    }
+
+    /// Whether an append of `update` to `user_id`'s log was staged again after a failed commit
+    /// (and so must not be appended twice); each staged one answers once.
+    pub(crate) fn take_restaged_append(&mut self, user_id: u64, update: &UpdateRecord) -> bool {
+        match self
+            .restaged_appends
+            .iter()
+            .position(|(u, r)| *u == user_id && r == update)
+        {
+            Some(at) => {
+                self.restaged_appends.remove(at);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The fan-out watermarks a checkpoint wrote since the last call: they belong to the batch
@@ -937,11 +956,12 @@ impl Shard {
     ///   shown in order and without gaps;
     /// - it is within the user's durable reservation of this run (see [`Shard::user_state`]), so
     ///   a crash cannot give its number to something else;
-    /// - it is a delivery, whose message is durable on its conversation's core and which a
-    ///   failed commit stages again under the same number ([`Shard::stage_shown_again`]).
+    /// - it came as mail whose source is durable (a delivery, whose message is durable on its
+    ///   conversation's core, or an append another core sent after its commit), which a failed
+    ///   commit stages again under the same number ([`Shard::stage_shown_again`]).
     ///
     /// So a recipient sees a message after one commit, its conversation's, not two.
-    fn append(
+    pub(crate) fn append(
         &mut self,
         user_id: u64,
         update: &UpdateRecord,
@@ -1058,6 +1078,8 @@ impl Shard {
                 self.chat.marks.insert((user_id, conversation_id), seq);
                 self.chat.dirty_marks.insert((user_id, conversation_id));
                 self.chat.restaged.insert((user_id, conversation_id, seq));
+            } else {
+                self.chat.restaged_appends.push((user_id, update.clone()));
             }
             self.batch.put_update(user_id, user_seq, &update)?;
             self.shown.push((user_id, user_seq));

@@ -790,7 +790,15 @@ impl Shard {
                 self.handle_delivered(conversation_id, seq, user_id);
                 Ok(())
             }
-            Mail::Append { to_user, update } => self.append_update(to_user, &update).map(|_| ()),
+            Mail::Append { to_user, update } => {
+                if self.chat.take_restaged_append(to_user, &update) {
+                    // Staged again after a failed commit, under the number it was shown with.
+                    Ok(())
+                } else {
+                    // Its source's batch is durable: it may be shown at once, like a delivery.
+                    self.append(to_user, &update, true).map(|_| ())
+                }
+            }
             Mail::GroupChange {
                 origin,
                 request_id,
