@@ -61,16 +61,18 @@
 //!   turn, before that entry is durable, under a `user_seq` it promises never to give to anything
 //!   else (`Shard::append`):
 //!   - a failed commit stages the entries it had shown again, under the same numbers, ahead of
-//!     anything new (`Shard::stage_shown_again`); the replayed deliveries find them staged;
+//!     anything new (`Shard::stage_shown_again`); the replayed mail finds them staged;
 //!   - a crash can lose them, so an online user keeps a durable *reservation* ahead of their log
 //!     (32 numbers, written once per 16 entries), and an entry is shown early only within it. On
 //!     the first load after a restart, numbers between the log's end and a reservation of an
 //!     earlier run become `Skipped` updates (spec §10.9.9): nothing else ever takes a number a
 //!     device may have seen, and fan-out recovery delivers the messages again under new numbers
 //!     (devices recognise them by `message_id`);
-//!   - only deliveries are shown early, and only when every entry before them in the log is durable
-//!     or was shown the same way, so live updates stay in order and gapless. Receipts, group
-//!     changes and the rest still wait for their commit.
+//!   - only what came as mail from a durable source is shown early (deliveries, and receipts or
+//!     group changes another core sent after its commit; a failed commit stages those again and
+//!     skips their replayed mail once each), and only when every entry before it in the log is
+//!     durable or was shown the same way, so live updates stay in order and gapless. What a core
+//!     appends for its own requests waits for its commit.
 //!
 //!   The simulator checks that whatever a device was shown under a `user_seq` is what the log
 //!   holds there in the end, or `Skipped`; without the restaging or without the `Skipped` fill,
