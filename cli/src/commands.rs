@@ -1268,15 +1268,7 @@ fn update_json(ctx: &Context, update: &Update) -> Value {
 /// of the machine could read it.
 pub(crate) fn read_password(from_stdin: bool, confirm: bool) -> Result<String, CliError> {
     if from_stdin {
-        let mut line = String::new();
-        std::io::stdin()
-            .lock()
-            .read_line(&mut line)
-            .map_err(|source| CliError::File {
-                path: PathBuf::from("<stdin>"),
-                source,
-            })?;
-        let password = line.trim_end_matches(['\n', '\r']).to_owned();
+        let password = stdin_line()?;
         if password.is_empty() {
             return Err(CliError::Usage("no password on standard input".to_owned()));
         }
@@ -1299,21 +1291,26 @@ pub(crate) fn read_password(from_stdin: bool, confirm: bool) -> Result<String, C
     Ok(password)
 }
 
+/// The first line of standard input, without its line ending.
+fn stdin_line() -> Result<String, CliError> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|source| CliError::File {
+            path: PathBuf::from("<stdin>"),
+            source,
+        })?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+}
+
 /// A secret that is not on the command line: asked for on the terminal without echo, else the
 /// first line of standard input.
 fn read_secret(what: &str) -> Result<String, CliError> {
     let secret = if std::io::stdin().is_terminal() {
         prompt_hidden(&format!("{what}: "))?
     } else {
-        let mut line = String::new();
-        std::io::stdin()
-            .lock()
-            .read_line(&mut line)
-            .map_err(|source| CliError::File {
-                path: PathBuf::from("<stdin>"),
-                source,
-            })?;
-        line.trim_end_matches(['\n', '\r']).to_owned()
+        stdin_line()?
     };
     if secret.trim().is_empty() {
         return Err(CliError::Usage(format!(

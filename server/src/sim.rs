@@ -1556,6 +1556,22 @@ mod tests {
         world
     }
 
+    /// A conversation of user `user` that `peer` (a user id) is a member of.
+    fn conversation_with(world: &World, user: usize, peer: u64) -> u64 {
+        *world.users[user]
+            .conversations
+            .iter()
+            .find(|c| {
+                world
+                    .store
+                    .conversation(**c)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|r| r.has_member(peer))
+            })
+            .expect("a conversation with the peer")
+    }
+
     /// Sends a request from a device, lets the world settle, and returns the reply.
     fn ask(world: &mut World, device: usize, body: Body) -> Body {
         world.replies.clear();
@@ -1650,18 +1666,7 @@ mod tests {
     fn a_lost_delivery_is_made_again_on_the_virtual_clock() {
         let mut world = quiet(2, Config::default());
         let peer = world.users[1].user_id;
-        let conversation_id = *world.users[0]
-            .conversations
-            .iter()
-            .find(|c| {
-                world
-                    .store
-                    .conversation(**c)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|r| r.has_member(peer))
-            })
-            .expect("a conversation with the peer");
+        let conversation_id = conversation_with(&world, 0, peer);
         let messages = |world: &World| {
             world
                 .log(peer)
@@ -1762,18 +1767,7 @@ mod tests {
         for clean in [true, false] {
             let mut world = quiet(2, Config::default());
             let peer = world.users[1].user_id;
-            let conversation_id = *world.users[0]
-                .conversations
-                .iter()
-                .find(|c| {
-                    world
-                        .store
-                        .conversation(**c)
-                        .ok()
-                        .flatten()
-                        .is_some_and(|r| r.has_member(peer))
-                })
-                .expect("a conversation with the peer");
+            let conversation_id = conversation_with(&world, 0, peer);
             let shown_early = |world: &World| -> u64 {
                 (0..world.options.cores)
                     .map(|core| {

@@ -53,7 +53,7 @@ use tern_protocol::update::Receipt;
 use tern_protocol::{ErrorCode, Update, UpdateKind};
 
 use super::mail::{ConnRef, Mail};
-use super::{owner, ConnId, Shard, UnackedMessage, UNACKED_KEPT_MAX};
+use super::{owner, ConnId, Shard};
 use crate::store::keys;
 use crate::store::records::{
     ConversationRecord, IdempotencyRecord, MemberRecord, MessageRecord, ReceiptRecord, UpdateRecord,
@@ -987,27 +987,7 @@ impl Shard {
                 state.reserving = user_seq + super::RESERVATION_AHEAD;
                 state.reserving
             });
-        if let UpdateRecord::Message {
-            conversation_id,
-            seq,
-            sender,
-        } = *update
-        {
-            if sender != user_id {
-                if online && state.unacked.len() < UNACKED_KEPT_MAX {
-                    state.unacked.push_back(UnackedMessage {
-                        user_seq,
-                        conversation_id,
-                        seq,
-                        sender,
-                    });
-                } else {
-                    // Offline, or too far behind: its next Ack reads the log from here.
-                    state.unacked.clear();
-                    state.unacked_from = user_seq;
-                }
-            }
-        }
+        state.keep_unacked(user_id, online, user_seq, update);
         self.batch.put_update(user_id, user_seq, update)?;
         if let Some(up_to) = reserve {
             let run = self.run_id();
@@ -1056,25 +1036,13 @@ impl Shard {
             state.next_seq = user_seq;
             state.shown = user_seq;
             state.early.push((user_seq, update.clone()));
+            state.keep_unacked(user_id, online, user_seq, &update);
             if let UpdateRecord::Message {
                 conversation_id,
                 seq,
-                sender,
+                ..
             } = update
             {
-                if sender != user_id {
-                    if online && state.unacked.len() < UNACKED_KEPT_MAX {
-                        state.unacked.push_back(UnackedMessage {
-                            user_seq,
-                            conversation_id,
-                            seq,
-                            sender,
-                        });
-                    } else {
-                        state.unacked.clear();
-                        state.unacked_from = user_seq;
-                    }
-                }
                 self.chat.marks.insert((user_id, conversation_id), seq);
                 self.chat.dirty_marks.insert((user_id, conversation_id));
                 self.chat.restaged.insert((user_id, conversation_id, seq));

@@ -199,6 +199,40 @@ impl UserState {
     pub(crate) fn shown_head(&self) -> u64 {
         self.head.max(self.shown)
     }
+
+    /// Keeps a message from someone else, just put in `user_id`'s log at `user_seq`, for the
+    /// next `Ack`.
+    pub(crate) fn keep_unacked(
+        &mut self,
+        user_id: u64,
+        online: bool,
+        user_seq: u64,
+        update: &UpdateRecord,
+    ) {
+        let UpdateRecord::Message {
+            conversation_id,
+            seq,
+            sender,
+        } = *update
+        else {
+            return;
+        };
+        if sender == user_id {
+            return;
+        }
+        if online && self.unacked.len() < UNACKED_KEPT_MAX {
+            self.unacked.push_back(UnackedMessage {
+                user_seq,
+                conversation_id,
+                seq,
+                sender,
+            });
+        } else {
+            // Offline, or too far behind: its next Ack reads the log from here.
+            self.unacked.clear();
+            self.unacked_from = user_seq;
+        }
+    }
 }
 
 /// How far ahead of a user's log a reservation reaches, and so how many `Skipped` updates a crash
@@ -1228,6 +1262,17 @@ impl Shard {
         }
     }
 
+    /// The user's connections that are live (their sync caught up).
+    pub(crate) fn live_sessions(&self, user_id: u64) -> Vec<ConnId> {
+        self.online.get(&user_id).map_or_else(Vec::new, |conns| {
+            conns
+                .iter()
+                .copied()
+                .filter(|c| self.sessions.get(c).is_some_and(|s| s.live))
+                .collect()
+        })
+    }
+
     /// After a commit: moves each touched user's head and pushes new updates to live sessions.
     fn release_pushes(
         &mut self,
@@ -1253,14 +1298,7 @@ impl Shard {
         messages: &mut HashMap<(u64, u64), tern_protocol::UpdateKind>,
         outputs: &mut Vec<Output>,
     ) {
-        let Some(conns) = self.online.get(&user_id) else {
-            return;
-        };
-        let live: Vec<ConnId> = conns
-            .iter()
-            .copied()
-            .filter(|c| self.sessions.get(c).is_some_and(|s| s.live))
-            .collect();
+        let live = self.live_sessions(user_id);
         if live.is_empty() {
             return;
         }

@@ -414,15 +414,7 @@ impl Shard {
 
     /// On a member's core: shows a typing indicator on the member's live connections.
     pub(crate) fn handle_typing_to(&mut self, to_user: u64, event: TypingEvent) {
-        let Some(conns) = self.online.get(&to_user) else {
-            return;
-        };
-        let live: Vec<ConnId> = conns
-            .iter()
-            .copied()
-            .filter(|c| self.sessions.get(c).is_some_and(|s| s.live))
-            .collect();
-        for conn in live {
+        for conn in self.live_sessions(to_user) {
             self.event(conn, event.clone());
         }
     }
