@@ -968,10 +968,8 @@ impl Shard {
         early: bool,
     ) -> Result<u64, StoreError> {
         let online = self.online.contains_key(&user_id);
-        if online {
-            // Fixed before the state is borrowed: a reservation below carries it.
-            self.run_id();
-        }
+        // Taken before the state is borrowed: a reservation below carries it.
+        let run = online.then(|| self.run_id());
         let state = self.user_state(user_id)?;
         state.next_seq += 1;
         let user_seq = state.next_seq;
@@ -982,15 +980,15 @@ impl Shard {
             state.early.push((user_seq, update.clone()));
         }
         // An online user keeps a reservation ahead of their log.
-        let reserve =
-            (online && state.reserving < user_seq + super::RESERVATION_AHEAD / 2).then(|| {
+        let reserve = run
+            .filter(|_| state.reserving < user_seq + super::RESERVATION_AHEAD / 2)
+            .map(|run| {
                 state.reserving = user_seq + super::RESERVATION_AHEAD;
-                state.reserving
+                (state.reserving, run)
             });
         state.keep_unacked(user_id, online, user_seq, update);
         self.batch.put_update(user_id, user_seq, update)?;
-        if let Some(up_to) = reserve {
-            let run = self.run_id();
+        if let Some((up_to, run)) = reserve {
             self.batch.put_reservation(user_id, up_to, run);
             self.reservations.push((user_id, up_to));
         }

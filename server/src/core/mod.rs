@@ -524,11 +524,18 @@ impl Shard {
             // lost in a crash: the numbers are filled with `Skipped`, so none of them is ever
             // given to another update (the messages come again under new numbers, as fan-out
             // recovery delivers them again).
-            let (durable_to, durable_run) = self.committed.reservation(user_id)?;
             let (staged_to, staged_run) = self.store.reservation(user_id)?;
             let this_run = |run: u64| self.run == Some(run);
-            let reserved = if this_run(durable_run) { durable_to } else { 0 };
-            let reserving = if this_run(staged_run) { staged_to } else { 0 };
+            // Only a reservation of this run can be staged over a durable one of this run.
+            let (reserving, reserved) = if this_run(staged_run) {
+                let (durable_to, durable_run) = self.committed.reservation(user_id)?;
+                (
+                    staged_to,
+                    if this_run(durable_run) { durable_to } else { 0 },
+                )
+            } else {
+                (0, 0)
+            };
             if staged_run != 0 && !this_run(staged_run) && staged_to > next_seq {
                 tracing::info!(
                     core = self.core,
