@@ -49,6 +49,11 @@
 //!   void deliveries go out again ahead of the conversation's later messages, because a member's
 //!   fan-out watermark (the highest seq of a conversation in the log) is what makes a delivery
 //!   idempotent. Fan-outs not confirmed in time are delivered again while the server runs.
+//! - **Recovery delivers a message to the members it was sent to.** When a group's membership
+//!   changes while some of its messages are not yet in every member's log, the change's batch
+//!   records, for each of those, the members still to confirm it; recovery after a crash
+//!   delivers those messages only to them, and later ones to the members it finds. Without this
+//!   a member added after a send could be given the message, and one removed could miss it.
 //! - **Four writes per one-to-one message.** Fan-out progress, fan-out watermarks and a sender's
 //!   own read watermark are written by a checkpoint once a second and rebuilt at start from the
 //!   checkpoint and the log after it (`core/chat.rs`); a core's id high-water mark is written

@@ -1659,6 +1659,76 @@ mod tests {
         assert!(world.now_ms >= first + 60_000);
     }
 
+    /// Runs without faults until the first `Deliver` to `user_id` goes out, and drops it; false
+    /// if none went out.
+    fn lose_delivery_to(world: &mut World, user_id: u64) -> bool {
+        for _ in 0..1_000 {
+            // Mail goes out as a turn ends: catch the delivery before it is handed over.
+            for core in 0..world.options.cores {
+                world.end_turn(core);
+            }
+            for queue in world.links.values_mut() {
+                let lost = queue
+                    .iter()
+                    .position(|m| matches!(m, Mail::Deliver { user_id: u, .. } if *u == user_id));
+                if let Some(at) = lost {
+                    queue.remove(at);
+                    return true;
+                }
+            }
+            if !world.step_quietly() {
+                break;
+            }
+        }
+        false
+    }
+
+    // Proves that recovery after a crash delivers a message whose fan-out was cut short to the
+    // members it was sent to, not to the members the group has by then: a member removed after
+    // the send gets it, a member added after it does not.
+    #[test]
+    fn recovery_delivers_to_the_members_a_message_was_sent_to() {
+        let mut world = quiet(4, Config::default());
+        let group = world.users[0].groups[0];
+        let (removed, added) = (world.users[1].user_id, world.users[3].user_id);
+        let copies = |world: &World, user_id: u64| {
+            world
+                .log(user_id)
+                .iter()
+                .filter(|(_, r)| {
+                    matches!(r, UpdateRecord::Message { conversation_id, .. } if *conversation_id == group)
+                })
+                .count()
+        };
+        assert_eq!(copies(&world, removed), 0);
+        world.send(0, group, [3; 16]);
+        assert!(
+            lose_delivery_to(&mut world, removed),
+            "the delivery went out"
+        );
+        world.settle();
+        assert!(
+            world.acknowledged.contains_key(&[3; 16]),
+            "the send is durable"
+        );
+        assert_eq!(copies(&world, removed), 0, "lost on its way");
+        let remove = RemoveMember {
+            conversation_id: group,
+            user_id: removed,
+        };
+        assert!(matches!(ask(&mut world, 0, remove.into()), Body::Ok(_)));
+        let add = AddMembers {
+            conversation_id: group,
+            members: vec![added],
+        };
+        assert!(matches!(ask(&mut world, 0, add.into()), Body::Ok(_)));
+        // Before the fan-out is retried: only recovery delivers it again.
+        world.crash();
+        world.settle();
+        assert_eq!(copies(&world, removed), 1, "the removed member was sent it");
+        assert_eq!(copies(&world, added), 0, "the added member joined after it");
+    }
+
     // Proves, on the virtual clock, that a delivery lost on its way to a member's core is made
     // again while the server runs, once the member's core has confirmed nothing for the retry
     // wait: the message reaches the member's log with no restart.
@@ -1676,26 +1746,10 @@ mod tests {
         };
         let before = messages(&world);
         world.send(0, conversation_id, [7; 16]);
-        let mut dropped = false;
-        for _ in 0..1_000 {
-            // Mail goes out as a turn ends: catch the delivery before it is handed over.
-            for core in 0..world.options.cores {
-                world.end_turn(core);
-            }
-            for queue in world.links.values_mut() {
-                let lost = queue
-                    .iter()
-                    .position(|m| matches!(m, Mail::Deliver { user_id, .. } if *user_id == peer));
-                if let Some(at) = lost {
-                    queue.remove(at);
-                    dropped = true;
-                }
-            }
-            if dropped || !world.step_quietly() {
-                break;
-            }
-        }
-        assert!(dropped, "the delivery to the peer went out");
+        assert!(
+            lose_delivery_to(&mut world, peer),
+            "the delivery to the peer went out"
+        );
         world.settle();
         assert_eq!(messages(&world), before, "lost on its way");
         world.tick(crate::core::chat::FANOUT_RETRY_MS);

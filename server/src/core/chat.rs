@@ -29,6 +29,15 @@
 //! - M's fan-out watermarks (per member and conversation, the highest seq in the log) are written
 //!   by checkpoints, with the `user_seq` they cover. A watermark M does not hold in memory is read
 //!   back as the stored one raised by the log entries after that `user_seq`.
+//! - When a group's membership changes while its fan-out is unfinished, recovery must not deliver
+//!   the unfinished messages to the members it finds then: one added since would get a message
+//!   sent before they joined, one removed would miss it. So the change's batch puts a row
+//!   (conversation, seq) for each of them, naming the members still to confirm it, and marks in
+//!   the conversation's row the seq up to which recipients are fixed ([`Shard::fix_recipients`]).
+//!   At start C delivers a message up to that seq only if it has such a row, and only to its
+//!   members; above it, to the members. A failed commit writes those rows again; a message that
+//!   takes a seq a failed commit voided lowers the fixed seq below it. The rows go once fan-out
+//!   passes them.
 //! - A sender's own read watermark, moved by each message they send, is written by checkpoints
 //!   too; after a crash it may lag by up to a checkpoint (their unread count then shows their own
 //!   newest messages until they next read). Moves that announce a receipt are written with it.
@@ -58,7 +67,7 @@ use crate::store::keys;
 use crate::store::records::{
     ConversationRecord, IdempotencyRecord, MemberRecord, MessageRecord, ReceiptRecord, UpdateRecord,
 };
-use crate::store::{StoreError, RANGE_READ_MAX};
+use crate::store::{FanoutRow, StoreError, RANGE_READ_MAX};
 
 /// Bytes a page may fill, leaving room for its own fields inside the frame.
 const PAGE_BYTES_MAX: usize = FRAME_BYTES_MAX as usize - 4096;
@@ -110,6 +119,12 @@ pub(crate) struct ChatState {
     /// Conversations with a `fanout` row, and the seq it says is done (`u64::MAX`: unknown after a
     /// failed commit; the next checkpoint writes it).
     open: HashMap<u64, u64>,
+    /// Conversations whose membership changed while their fan-out was unfinished: the seq up to
+    /// which the unfinished messages have their recipients in `fanout` (see the module docs).
+    fixed: HashMap<u64, u64>,
+    /// Those recipients rows, by (conversation, seq), written or being written: each is deleted
+    /// once the conversation's row says fan-out is done past it.
+    pinned: BTreeSet<(u64, u64)>,
     /// Read watermarks moved by the owner's own messages, written by the next checkpoint.
     lazy_receipts: HashSet<(u64, u64)>,
     /// Fan-out watermarks a checkpoint put in the batch being built: dirty again if it fails.
@@ -244,6 +259,9 @@ impl ChatState {
             confirmed_ms: vec![0; self.confirmed_ms.len()],
             dirty_marks: std::mem::take(&mut self.dirty_marks),
             open,
+            // Rewritten by `Shard::fix_recipients_again`: the failed batch may have held them.
+            fixed: std::mem::take(&mut self.fixed),
+            pinned: std::mem::take(&mut self.pinned),
             last_checkpoint_ms: self.last_checkpoint_ms,
             ..ChatState::default()
         };
@@ -516,12 +534,115 @@ impl Shard {
         );
         // The message is in the batch being built: if that fails, so does its fan-out.
         self.chat.new_fanouts.push((conversation_id, seq));
-        if !self.chat.open.contains_key(&conversation_id) {
+        let reused = self
+            .chat
+            .fixed
+            .get(&conversation_id)
+            .is_some_and(|&fixed| fixed >= seq);
+        if reused {
+            // A failed commit voided the message that had this seq: this one goes to the members
+            // of now, so the recipients fixed before stop below it.
+            self.chat.fixed.insert(conversation_id, seq - 1);
+        }
+        if reused || !self.chat.open.contains_key(&conversation_id) {
             let done = self.fanout_done(conversation_id, seq);
-            self.batch.put_fanout_open(conversation_id, done);
-            self.chat.open.insert(conversation_id, done);
+            self.write_open(conversation_id, done);
         }
         Ok(())
+    }
+
+    /// Puts the conversation's `fanout` row, done up to `done`, into the batch, and deletes the
+    /// recipients rows it passes.
+    fn write_open(&mut self, conversation_id: u64, done: u64) {
+        let fixed = self.unpin_through(conversation_id, done);
+        self.batch.put_fanout_open(conversation_id, done, fixed);
+        self.chat.open.insert(conversation_id, done);
+    }
+
+    /// Deletes the conversation's `fanout` rows: its fan-out is finished.
+    fn close_open(&mut self, conversation_id: u64) {
+        self.batch
+            .delete_fanout_row(&keys::conversation(conversation_id));
+        self.unpin_through(conversation_id, u64::MAX);
+        self.chat.open.remove(&conversation_id);
+    }
+
+    /// Deletes the conversation's recipients rows up to `done`. Returns the seq up to which
+    /// recipients stay fixed above it (0: none).
+    fn unpin_through(&mut self, conversation_id: u64, done: u64) -> u64 {
+        let passed: Vec<(u64, u64)> = self
+            .chat
+            .pinned
+            .range((conversation_id, 0)..=(conversation_id, done))
+            .copied()
+            .collect();
+        for key in passed {
+            self.batch.delete_fanout_row(&keys::pair(key.0, key.1));
+            self.chat.pinned.remove(&key);
+        }
+        match self.chat.fixed.get(&conversation_id) {
+            Some(&fixed) if fixed > done => fixed,
+            Some(_) => {
+                self.chat.fixed.remove(&conversation_id);
+                0
+            }
+            None => 0,
+        }
+    }
+
+    /// Before a group's membership changes: its messages whose fan-out is unfinished keep the
+    /// recipients they were sent to, should recovery after a crash deliver them again (which
+    /// otherwise delivers to the members it finds). See the module docs.
+    pub(crate) fn fix_recipients(&mut self, conversation_id: u64) -> Result<(), StoreError> {
+        let Some(conv) = self.conv_state(conversation_id)? else {
+            return Ok(());
+        };
+        let last_seq = conv.last_seq;
+        self.fix_recipients_up_to(conversation_id, last_seq);
+        Ok(())
+    }
+
+    /// After a failed commit: writes again the recipients rows it may have held, and the rows of
+    /// their conversations.
+    pub(crate) fn fix_recipients_again(&mut self) {
+        let mut fixed: Vec<(u64, u64)> = self.chat.fixed.iter().map(|(c, f)| (*c, *f)).collect();
+        // The same order every run (the simulator replays seeds).
+        fixed.sort_unstable();
+        for (conversation_id, up_to) in fixed {
+            self.fix_recipients_up_to(conversation_id, up_to);
+        }
+    }
+
+    /// Puts a recipients row for each unfinished message up to `up_to` into the batch, and the
+    /// conversation's row saying recipients are fixed that far.
+    fn fix_recipients_up_to(&mut self, conversation_id: u64, up_to: u64) {
+        let unfinished: Vec<(u64, Vec<u64>)> = self
+            .chat
+            .fanouts
+            .range((conversation_id, 0)..=(conversation_id, up_to))
+            .map(|(&(_, seq), fanout)| (seq, fanout.pending.clone()))
+            .collect();
+        let first = self
+            .chat
+            .fanouts
+            .range((conversation_id, 0)..=(conversation_id, u64::MAX))
+            .next()
+            .map(|((_, seq), _)| *seq);
+        let Some(first) = first else {
+            // Nothing unfinished, so nothing for recovery to deliver.
+            self.close_open(conversation_id);
+            return;
+        };
+        for (seq, members) in unfinished {
+            if !members.is_empty() {
+                self.batch
+                    .put_fanout_recipients(conversation_id, seq, &members);
+                self.chat.pinned.insert((conversation_id, seq));
+            }
+        }
+        let fixed = self.chat.fixed.entry(conversation_id).or_insert(0);
+        *fixed = (*fixed).max(up_to);
+        self.write_open(conversation_id, first - 1);
     }
 
     /// The seq up to which every member confirmed the conversation's fan-out (`last_seq` when
@@ -666,37 +787,75 @@ impl Shard {
         Ok(due.len())
     }
 
-    /// At start: re-delivers, in order, every message above each conversation's `fanout` row.
-    /// Rows of the format before 0.2 (one per message) are replaced by the conversation's row.
+    /// At start: re-delivers, in order, every message above each conversation's `fanout` row (up
+    /// to where its recipients are fixed, only those with recipients, and to them). Rows of the
+    /// format before 0.2 (one per message) are replaced by the conversation's row.
     pub(crate) fn recover_fanouts(&mut self, now_ms: u64) -> Result<usize, StoreError> {
         let mut from: Vec<u8> = Vec::new();
-        let mut done_by_conversation: BTreeMap<u64, u64> = BTreeMap::new();
+        // (done, fixed) by conversation, and the recipients rows.
+        let mut open: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+        let mut recipients: BTreeMap<(u64, u64), Vec<u64>> = BTreeMap::new();
         loop {
-            let page = self.store.open_fanouts(&from, RANGE_READ_MAX)?;
-            let Some((last, _, _)) = page.last() else {
+            let page = self.store.fanout_rows(&from, RANGE_READ_MAX)?;
+            let Some((last, _)) = page.last() else {
                 break;
             };
             from = last.to_vec();
             from.push(0);
             let full = page.len() == RANGE_READ_MAX;
-            for (key, conversation_id, done) in page {
+            for (key, row) in page {
+                let (conversation_id, done, fixed) = match row {
+                    FanoutRow::Open {
+                        conversation_id,
+                        done,
+                        fixed,
+                    } => (conversation_id, done, fixed),
+                    FanoutRow::Legacy {
+                        conversation_id,
+                        seq,
+                    } => {
+                        if self.owner(conversation_id) == self.core {
+                            self.batch.delete_fanout_row(&key);
+                        }
+                        (conversation_id, seq.saturating_sub(1), 0)
+                    }
+                    FanoutRow::Recipients {
+                        conversation_id,
+                        seq,
+                        members,
+                    } => {
+                        recipients.insert((conversation_id, seq), members);
+                        continue;
+                    }
+                };
                 if self.owner(conversation_id) != self.core {
                     continue;
                 }
-                if key.len() != 8 {
-                    self.batch.delete_fanout_row(&key);
-                }
-                let entry = done_by_conversation.entry(conversation_id).or_insert(done);
-                *entry = (*entry).min(done);
+                let entry = open.entry(conversation_id).or_insert((done, fixed));
+                *entry = (entry.0.min(done), entry.1.max(fixed));
             }
             if !full {
                 break;
             }
         }
+        for &(conversation_id, seq) in recipients.keys() {
+            if self.owner(conversation_id) != self.core {
+                continue;
+            }
+            // Deleted by the conversation's row once fan-out passes it (below, if it has).
+            self.chat.pinned.insert((conversation_id, seq));
+            if !open.contains_key(&conversation_id) {
+                self.batch
+                    .delete_fanout_row(&keys::pair(conversation_id, seq));
+                self.chat.pinned.remove(&(conversation_id, seq));
+            }
+        }
         let mut resumed = 0;
-        for (conversation_id, done) in done_by_conversation {
-            self.batch.put_fanout_open(conversation_id, done);
-            self.chat.open.insert(conversation_id, done);
+        for (conversation_id, (done, fixed)) in open {
+            if fixed > done {
+                self.chat.fixed.insert(conversation_id, fixed);
+            }
+            self.write_open(conversation_id, done);
             let Some(conv) = self.conv_state(conversation_id)? else {
                 continue;
             };
@@ -704,17 +863,19 @@ impl Shard {
             let direct = conv.record.kind == ConversationKind::Direct as u8;
             let last_seq = conv.last_seq;
             for seq in done + 1..=last_seq {
+                let to = if seq <= fixed {
+                    // Sent before the membership changed: to whom it was sent, if unfinished.
+                    match recipients.get(&(conversation_id, seq)) {
+                        Some(to) => to.as_slice(),
+                        None => continue,
+                    }
+                } else {
+                    members.as_slice()
+                };
                 let Some(message) = self.store.message(conversation_id, seq)? else {
                     continue;
                 };
-                self.fan_out(
-                    now_ms,
-                    conversation_id,
-                    seq,
-                    Arc::new(message),
-                    &members,
-                    direct,
-                );
+                self.fan_out(now_ms, conversation_id, seq, Arc::new(message), to, direct);
                 resumed += 1;
             }
         }
@@ -735,15 +896,8 @@ impl Shard {
                 .next()
                 .map(|((_, seq), _)| *seq);
             match pending {
-                None => {
-                    self.batch
-                        .delete_fanout_row(&crate::store::keys::conversation(conversation_id));
-                    self.chat.open.remove(&conversation_id);
-                }
-                Some(seq) if seq - 1 != written => {
-                    self.batch.put_fanout_open(conversation_id, seq - 1);
-                    self.chat.open.insert(conversation_id, seq - 1);
-                }
+                None => self.close_open(conversation_id),
+                Some(seq) if seq - 1 != written => self.write_open(conversation_id, seq - 1),
                 Some(_) => {}
             }
         }

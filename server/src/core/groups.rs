@@ -290,6 +290,11 @@ impl Shard {
         };
         if !updates.is_empty() {
             let before: HashSet<u64> = self.group_members(conversation_id);
+            let changed =
+                removed.is_some() || record.members.iter().any(|m| !before.contains(&m.user_id));
+            if changed {
+                self.fix_recipients(conversation_id)?;
+            }
             self.batch.put_conversation(conversation_id, &record)?;
             for member in &record.members {
                 if !before.contains(&member.user_id) {

@@ -1209,6 +1209,7 @@ impl Shard {
         self.media.forget();
         self.keys.forget();
         self.accounts = accounts::AccountState::default();
+        self.fix_recipients_again();
         for (user_id, updates) in shown {
             if let Err(e) = self.stage_shown_again(user_id, updates) {
                 tracing::error!(core = self.core, error = %e, "staging shown updates again");

@@ -16,7 +16,8 @@
 //! | `direct`       | (user_lo, user_hi)                    | conversation_id (u64)                   | `user_lo`'s owner core|
 //! | `user_convs`   | (user_id, conversation_id)            | empty: the user's conversation list     | creator core          |
 //! | `messages`     | (conversation_id, seq)                | [`records::MessageRecord`]              | conversation's owner  |
-//! | `fanout`       | conversation_id                       | seq up to which every member's log holds the messages (u64): a row only while fan-out may be unfinished | conversation's owner |
+//! | `fanout`       | conversation_id                       | seq up to which every member's log holds the messages (u64), then, after a membership change while fan-out was unfinished, the seq up to which the recipients are fixed (u64): a row only while fan-out may be unfinished | conversation's owner |
+//! | `fanout`       | (conversation_id, seq)                | the members (u64s) still to confirm a message when the conversation's membership changed | conversation's owner |
 //! | `updates`      | (user_id, user_seq)                   | [`records::UpdateRecord`]               | user's owner core     |
 //! | `fanout_marks` | (user_id, conversation_id)            | highest seq in the user's log (u64), as of the user's checkpoint; (user_id, 0): the `user_seq` that checkpoint covers; (user_id, 1): the user's reservation, the `user_seq` up to which updates may be shown before they are durable and the run that reserved it (two u64s) | user's owner core |
 //! | `receipts`     | (conversation_id, user_id)            | [`records::ReceiptRecord`]              | user's owner core     |
@@ -111,8 +112,30 @@ const CF_ONE_TIME_KEYS: &str = "one_time_keys";
 const CF_TO_DEVICE: &str = "to_device";
 const CF_KEY_BACKUP: &str = "key_backup";
 
-/// A row of `fanout`: its key, the conversation, and the seq up to which its fan-out is done.
-pub(crate) type OpenFanout = (Box<[u8]>, u64, u64);
+/// A row of `fanout` and its key.
+pub(crate) type KeyedFanoutRow = (Box<[u8]>, FanoutRow);
+
+/// A row of `fanout`, as [`Store::fanout_rows`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FanoutRow {
+    /// The conversation's fan-out is done up to `done`, and may be unfinished after. Up to
+    /// `fixed` (when it is above `done`) only the messages with a [`FanoutRow::Recipients`] row
+    /// are unfinished, and only to its members: their membership changed since they were sent.
+    Open {
+        conversation_id: u64,
+        done: u64,
+        fixed: u64,
+    },
+    /// A message whose fan-out was unfinished when its conversation's membership changed: the
+    /// members (of those it was sent to) still to confirm it then.
+    Recipients {
+        conversation_id: u64,
+        seq: u64,
+        members: Vec<u64>,
+    },
+    /// A row of the format before 0.2, one per message with no value: done up to `seq - 1`.
+    Legacy { conversation_id: u64, seq: u64 },
+}
 
 /// A queued push job and its (due_ms, user_id) key.
 pub(crate) type DuePushJob = ((u64, u64), PushJobRecord);
@@ -504,25 +527,34 @@ impl Store {
             .unwrap_or((0, 0)))
     }
 
-    /// Conversations whose fan-out may be unfinished, at or after the key `from`, ascending, at
-    /// most `limit`: each row's key and (conversation, the seq up to which fan-out is done). A
-    /// row of the format before 0.2, keyed (conversation, seq) with no value, reads as done up to
-    /// `seq - 1`.
-    pub(crate) fn open_fanouts(
+    /// Rows of `fanout` at or after the key `from`, ascending, at most `limit`: each with its key.
+    pub(crate) fn fanout_rows(
         &self,
         from: &[u8],
         limit: usize,
-    ) -> Result<Vec<OpenFanout>, StoreError> {
+    ) -> Result<Vec<KeyedFanoutRow>, StoreError> {
         let rows = self.scan(CF_FANOUT, &[], from, limit)?;
         Ok(rows
             .into_iter()
             .filter_map(|(k, v)| {
                 let conversation_id = keys::pair_first(&k)?;
-                let done = match keys::pair_second(&k) {
-                    Some(seq) => seq.saturating_sub(1),
-                    None => keys::u64_value(&v)?,
+                let row = match keys::pair_second(&k) {
+                    Some(seq) if v.is_empty() => FanoutRow::Legacy {
+                        conversation_id,
+                        seq,
+                    },
+                    Some(seq) => FanoutRow::Recipients {
+                        conversation_id,
+                        seq,
+                        members: v.chunks_exact(8).filter_map(keys::u64_value).collect(),
+                    },
+                    None => FanoutRow::Open {
+                        conversation_id,
+                        done: keys::u64_value(&v)?,
+                        fixed: v.get(8..).and_then(keys::u64_value).unwrap_or(0),
+                    },
                 };
-                Some((k, conversation_id, done))
+                Some((k, row))
             })
             .collect())
     }
@@ -935,13 +967,32 @@ impl Batch {
         self.put_record(CF_MESSAGES, &keys::pair(conversation_id, seq), message)
     }
 
-    /// Records that the conversation's fan-out is done up to `done` and may be unfinished after.
-    pub(crate) fn put_fanout_open(&mut self, conversation_id: u64, done: u64) {
-        self.put(
-            CF_FANOUT,
-            &keys::conversation(conversation_id),
-            &done.to_be_bytes(),
+    /// Records that the conversation's fan-out is done up to `done` and may be unfinished after;
+    /// up to `fixed`, if it is above `done`, only for the messages given recipients by
+    /// [`Batch::put_fanout_recipients`].
+    pub(crate) fn put_fanout_open(&mut self, conversation_id: u64, done: u64, fixed: u64) {
+        let key = keys::conversation(conversation_id);
+        if fixed > done {
+            self.put(CF_FANOUT, &key, &keys::pair(done, fixed));
+        } else {
+            self.put(CF_FANOUT, &key, &done.to_be_bytes());
+        }
+    }
+
+    /// Records the members (not empty) still to confirm a message when its conversation's
+    /// membership changed: whom recovery delivers it to.
+    pub(crate) fn put_fanout_recipients(
+        &mut self,
+        conversation_id: u64,
+        seq: u64,
+        members: &[u64],
+    ) {
+        debug_assert!(
+            !members.is_empty(),
+            "an empty value is a row of the old format"
         );
+        let value: Vec<u8> = members.iter().flat_map(|m| m.to_be_bytes()).collect();
+        self.put(CF_FANOUT, &keys::pair(conversation_id, seq), &value);
     }
 
     /// Removes a row of `fanout` by its key (the conversation's, or an older format's).
@@ -1052,6 +1103,50 @@ mod tests {
         ]
     }
 
+    // Proves every kind of `fanout` row reads back as written, in key order: a conversation's row
+    // with and without fixed recipients, a message's recipients, and a row of the old format.
+    #[test]
+    fn fanout_rows_read_back_as_written() {
+        for (_dir, store) in stores() {
+            let mut batch = store.batch();
+            batch.put_fanout_open(4, 9, 12);
+            batch.put_fanout_recipients(4, 11, &[7, u64::MAX]);
+            batch.put_fanout_open(6, 3, 3);
+            batch.put(CF_FANOUT, &keys::pair(8, 5), &[]);
+            store.commit(batch).unwrap();
+            let rows: Vec<FanoutRow> = store
+                .fanout_rows(&[], 10)
+                .unwrap()
+                .into_iter()
+                .map(|(_, row)| row)
+                .collect();
+            assert_eq!(
+                rows,
+                [
+                    FanoutRow::Open {
+                        conversation_id: 4,
+                        done: 9,
+                        fixed: 12
+                    },
+                    FanoutRow::Recipients {
+                        conversation_id: 4,
+                        seq: 11,
+                        members: vec![7, u64::MAX]
+                    },
+                    FanoutRow::Open {
+                        conversation_id: 6,
+                        done: 3,
+                        fixed: 0
+                    },
+                    FanoutRow::Legacy {
+                        conversation_id: 8,
+                        seq: 5
+                    },
+                ]
+            );
+        }
+    }
+
     // Proves a batch, written sorted by key, keeps the outcome of the order its writes were made in:
     // a put then a delete of one key leaves nothing, a delete then a put leaves the put, the last
     // of several puts wins, and a range delete removes what was put inside its range before it.
@@ -1059,22 +1154,27 @@ mod tests {
     fn sorted_batches_keep_the_order_of_writes_to_one_key() {
         for (_dir, store) in stores() {
             let mut batch = store.batch();
-            batch.put_fanout_open(5, 1);
+            batch.put_fanout_open(5, 1, 0);
             batch.delete_fanout_row(&keys::conversation(5));
             batch.delete_fanout_row(&keys::conversation(3));
-            batch.put_fanout_open(3, 7);
-            batch.put_fanout_open(1, 2);
+            batch.put_fanout_open(3, 7, 0);
+            batch.put_fanout_open(1, 2, 0);
             batch.put_id_high_water(0, 10);
             batch.put_id_high_water(0, 30);
             batch.put_id_high_water(0, 20);
             store.commit(batch).unwrap();
-            let open: Vec<(u64, u64)> = store
-                .open_fanouts(&[], 10)
+            let open: Vec<FanoutRow> = store
+                .fanout_rows(&[], 10)
                 .unwrap()
                 .into_iter()
-                .map(|(_, c, d)| (c, d))
+                .map(|(_, row)| row)
                 .collect();
-            assert_eq!(open, [(1, 2), (3, 7)]);
+            let open_row = |conversation_id, done| FanoutRow::Open {
+                conversation_id,
+                done,
+                fixed: 0,
+            };
+            assert_eq!(open, [open_row(1, 2), open_row(3, 7)]);
             assert_eq!(store.id_high_water(0).unwrap(), 20);
 
             let mut batch = store.batch();
