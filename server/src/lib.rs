@@ -68,8 +68,9 @@
 //!   - a failed commit stages the entries it had shown again, under the same numbers, ahead of
 //!     anything new (`Shard::stage_shown_again`); the replayed mail finds them staged;
 //!   - a crash can lose them, so an online user keeps a durable *reservation* ahead of their log
-//!     (32 numbers, written once per 16 entries), and an entry is shown early only within it. On
-//!     the first load after a restart, numbers between the log's end and a reservation of an
+//!     (32 numbers, written once per 16 entries), and an entry is shown early only within it. It
+//!     is closed at the log's end when the user goes offline and at a clean shutdown. On the
+//!     first load after a restart, numbers between the log's end and a reservation of an
 //!     earlier run become `Skipped` updates (spec §10.9.9): nothing else ever takes a number a
 //!     device may have seen, and fan-out recovery delivers the messages again under new numbers
 //!     (devices recognise them by `message_id`);

@@ -1818,7 +1818,8 @@ mod tests {
     // else, and the device ends up with every message once.
     #[test]
     fn messages_are_shown_after_one_commit_and_a_crash_leaves_skipped_numbers() {
-        for clean in [true, false] {
+        // A clean shutdown, the peer going offline, and neither.
+        for (clean, offline) in [(true, false), (false, true), (false, false)] {
             let mut world = quiet(2, Config::default());
             let peer = world.users[1].user_id;
             let conversation_id = conversation_with(&world, 0, peer);
@@ -1842,6 +1843,14 @@ mod tests {
                 }
                 world.settle();
             }
+            if offline {
+                for device in 0..world.devices.len() {
+                    if world.devices[device].user == 1 {
+                        world.disconnect(device);
+                    }
+                }
+                world.settle();
+            }
             world.crash();
             world.quiesce();
             world.send(0, conversation_id, [9; 16]);
@@ -1851,8 +1860,8 @@ mod tests {
                 .iter()
                 .filter(|(_, r)| matches!(r, UpdateRecord::Skipped))
                 .count();
-            if clean {
-                assert_eq!(skipped, 0, "a clean restart left skipped numbers");
+            if clean || offline {
+                assert_eq!(skipped, 0, "a closed reservation left skipped numbers");
             } else {
                 assert!(skipped > 0, "a crash left no skipped numbers");
             }

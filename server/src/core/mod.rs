@@ -526,12 +526,17 @@ impl Shard {
             // recovery delivers them again).
             let (staged_to, staged_run) = self.store.reservation(user_id)?;
             let this_run = |run: u64| self.run == Some(run);
-            // Only a reservation of this run can be staged over a durable one of this run.
+            // Only a reservation of this run can be staged over a durable one of this run; and
+            // one staged to close it (as the user went offline) holds even before it is durable.
             let (reserving, reserved) = if this_run(staged_run) {
                 let (durable_to, durable_run) = self.committed.reservation(user_id)?;
                 (
                     staged_to,
-                    if this_run(durable_run) { durable_to } else { 0 },
+                    if this_run(durable_run) {
+                        durable_to.min(staged_to)
+                    } else {
+                        0
+                    },
                 )
             } else {
                 (0, 0)
@@ -623,6 +628,9 @@ impl Shard {
         conns.retain(|c| *c != conn);
         if conns.is_empty() {
             self.online.remove(&session.user_id);
+            if let Some(run) = self.run {
+                self.close_reservation(session.user_id, run);
+            }
             if let Err(e) = self.presence_changed(now_ms, session.user_id, false) {
                 tracing::error!(core = self.core, error = %e, "storage error on presence");
             }
@@ -1119,7 +1127,8 @@ impl Shard {
         mail.extend(held.mail);
         for (user_id, up_to) in held.reservations {
             if let Some(state) = self.users.get_mut(&user_id) {
-                state.reserved = state.reserved.max(up_to);
+                // Never past the newest one staged: a reservation closed since stays closed.
+                state.reserved = state.reserved.max(up_to).min(state.reserving);
             }
         }
         for (user_id, user_seq) in held.shown {
@@ -1237,7 +1246,7 @@ impl Shard {
 
     /// Closes the reservations of the users this core holds, at a clean shutdown once nothing
     /// more is appended: a reservation that ends at the log's end leaves no `Skipped` after the
-    /// restart. (Users dropped from the cache earlier keep theirs open, and may get a few.)
+    /// restart. (Users who went offline closed theirs then.)
     pub(crate) fn close_reservations(&mut self) {
         let Some(run) = self.run else {
             return;
@@ -1250,7 +1259,16 @@ impl Shard {
             .collect();
         open.sort_unstable();
         for user_id in open {
-            if let Some(state) = self.users.get_mut(&user_id) {
+            self.close_reservation(user_id, run);
+        }
+    }
+
+    /// Ends a user's reservation at their log's end: nothing more is shown to them before it is
+    /// durable until a new one is. Done when they go offline (only online users are shown updates
+    /// early), so a user dropped from the cache later leaves no reservation open.
+    fn close_reservation(&mut self, user_id: u64, run: u64) {
+        if let Some(state) = self.users.get_mut(&user_id) {
+            if state.reserving > state.next_seq {
                 state.reserving = state.next_seq;
                 state.reserved = state.reserved.min(state.next_seq);
                 self.batch.put_reservation(user_id, state.next_seq, run);
