@@ -1668,12 +1668,13 @@ mod tests {
                 world.end_turn(core);
             }
             for queue in world.links.values_mut() {
-                let lost = queue
-                    .iter()
-                    .position(|m| matches!(m, Mail::Deliver { user_id: u, .. } if *u == user_id));
-                if let Some(at) = lost {
-                    queue.remove(at);
-                    return true;
+                for mail in queue.iter_mut() {
+                    if let Mail::Deliver { users, .. } = mail {
+                        if let Some(at) = users.iter().position(|u| *u == user_id) {
+                            users.remove(at);
+                            return true;
+                        }
+                    }
                 }
             }
             if !world.step_quietly() {

@@ -169,10 +169,9 @@ struct Fanout {
     resend: Option<(Arc<MessageRecord>, bool)>,
 }
 
-/// A message to append to a member's log (`Mail::Deliver` without the message itself).
+/// A message to append to members' logs (`Mail::Deliver` without the members and the message).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Deliver {
-    pub(crate) user_id: u64,
     pub(crate) conversation_id: u64,
     pub(crate) seq: u64,
     pub(crate) sender: u64,
@@ -715,9 +714,16 @@ impl Shard {
         members: &[u64],
         direct: bool,
     ) {
+        let mut by_core: Vec<Vec<u64>> = vec![Vec::new(); self.cores];
         for &user_id in members {
+            by_core[self.owner(user_id)].push(user_id);
+        }
+        for (core, users) in by_core.into_iter().enumerate() {
+            if users.is_empty() {
+                continue;
+            }
             let mail = Mail::Deliver {
-                user_id,
+                users,
                 conversation_id,
                 seq,
                 sender: message.sender,
@@ -725,7 +731,7 @@ impl Shard {
                 message: Arc::clone(message),
                 direct,
             };
-            self.mail_after_commit(self.owner(user_id), mail);
+            self.mail_after_commit(core, mail);
         }
     }
 
@@ -1009,20 +1015,51 @@ impl Shard {
         Ok(mark)
     }
 
-    /// On a member's core: appends the message to the member's log unless it is there already.
-    pub(crate) fn handle_deliver(
+    /// On the members' core: appends the message to each member's log unless it is there
+    /// already, and confirms to the conversation's core once for all whose logs hold it.
+    pub(crate) fn handle_deliveries(
         &mut self,
         now_ms: u64,
+        users: Vec<u64>,
         deliver: Deliver,
         message: Arc<MessageRecord>,
     ) -> Result<(), StoreError> {
+        let mut confirmed = Vec::with_capacity(users.len());
+        let mut failed = None;
+        for user_id in users {
+            match self.handle_deliver(now_ms, user_id, deliver, &message) {
+                Ok(()) => confirmed.push(user_id),
+                // Not confirmed: the conversation's core delivers it again.
+                Err(e) => failed = Some(e),
+            }
+        }
+        if !confirmed.is_empty() {
+            self.mail_after_commit(
+                deliver.from_core,
+                Mail::Delivered {
+                    conversation_id: deliver.conversation_id,
+                    seq: deliver.seq,
+                    users: confirmed,
+                },
+            );
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// On a member's core: appends the message to the member's log unless it is there already.
+    fn handle_deliver(
+        &mut self,
+        now_ms: u64,
+        user_id: u64,
+        deliver: Deliver,
+        message: &Arc<MessageRecord>,
+    ) -> Result<(), StoreError> {
         let Deliver {
-            user_id,
             conversation_id,
             seq,
             sender,
-            from_core,
             direct,
+            ..
         } = deliver;
         let mark = self.fanout_mark(user_id, conversation_id)?;
         // Staged again after a failed commit, under the number it was shown with: only the rest
@@ -1035,7 +1072,10 @@ impl Shard {
                     seq,
                     sender,
                 };
-                self.chat.fresh.insert((conversation_id, seq), message);
+                self.chat
+                    .fresh
+                    .entry((conversation_id, seq))
+                    .or_insert_with(|| Arc::clone(message));
                 self.append(user_id, &update, true)?;
                 self.chat.marks.insert((user_id, conversation_id), seq);
                 self.chat.dirty_marks.insert((user_id, conversation_id));
@@ -1064,29 +1104,25 @@ impl Shard {
                 self.queue_push(now_ms, user_id)?;
             }
         }
-        self.mail_after_commit(
-            from_core,
-            Mail::Delivered {
-                conversation_id,
-                seq,
-                user_id,
-            },
-        );
         Ok(())
     }
 
-    /// On the conversation's core: one more member's log holds the message.
-    pub(crate) fn handle_delivered(&mut self, conversation_id: u64, seq: u64, user_id: u64) {
-        let core = self.owner(user_id);
-        if let Some(at) = self.chat.confirmed_ms.get_mut(core) {
-            *at = (*at).max(self.last_now_ms);
+    /// On the conversation's core: more members' logs hold the message.
+    pub(crate) fn handle_delivered(&mut self, conversation_id: u64, seq: u64, users: &[u64]) {
+        for &user_id in users {
+            let core = self.owner(user_id);
+            if let Some(at) = self.chat.confirmed_ms.get_mut(core) {
+                *at = (*at).max(self.last_now_ms);
+            }
         }
         let key = (conversation_id, seq);
         let Some(fanout) = self.chat.fanouts.get_mut(&key) else {
             return;
         };
-        if let Ok(at) = fanout.pending.binary_search(&user_id) {
-            fanout.pending.remove(at);
+        for user_id in users {
+            if let Ok(at) = fanout.pending.binary_search(user_id) {
+                fanout.pending.remove(at);
+            }
         }
         if fanout.pending.is_empty() {
             // The conversation's row moves on at the next checkpoint.

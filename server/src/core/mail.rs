@@ -69,9 +69,11 @@ pub(crate) enum Mail {
         request_id: u32,
         result: Result<Sent, ErrorCode>,
     },
-    /// To a member's owner core: append a message to the member's update log.
+    /// To the owner core of members: append a message to each member's update log. One mail
+    /// per core and message, however many of the members that core owns.
     Deliver {
-        user_id: u64,
+        /// The members, in the order the conversation's core lists them.
+        users: Vec<u64>,
         conversation_id: u64,
         seq: u64,
         sender: u64,
@@ -81,11 +83,11 @@ pub(crate) enum Mail {
         /// Whether the conversation is a direct one (replying there sends a read receipt).
         direct: bool,
     },
-    /// Back to the conversation's owner: the member's log holds the message.
+    /// Back to the conversation's owner: these members' logs hold the message.
     Delivered {
         conversation_id: u64,
         seq: u64,
-        user_id: u64,
+        users: Vec<u64>,
     },
     /// To a user's owner core: append an entry (a receipt, a group change) to the user's log.
     Append { to_user: u64, update: UpdateRecord },
@@ -305,7 +307,7 @@ pub(crate) fn refusal(mail: Mail, code: ErrorCode) -> Option<Mail> {
 pub(crate) fn replayable(mail: &Mail) -> Option<Mail> {
     match mail {
         Mail::Deliver {
-            user_id,
+            users,
             conversation_id,
             seq,
             sender,
@@ -313,7 +315,7 @@ pub(crate) fn replayable(mail: &Mail) -> Option<Mail> {
             message,
             direct,
         } => Some(Mail::Deliver {
-            user_id: *user_id,
+            users: users.clone(),
             conversation_id: *conversation_id,
             seq: *seq,
             sender: *sender,

@@ -808,7 +808,7 @@ impl Shard {
                 Ok(())
             }
             Mail::Deliver {
-                user_id,
+                users,
                 conversation_id,
                 seq,
                 sender,
@@ -817,14 +817,13 @@ impl Shard {
                 direct,
             } => {
                 let deliver = chat::Deliver {
-                    user_id,
                     conversation_id,
                     seq,
                     sender,
                     from_core,
                     direct,
                 };
-                self.handle_deliver(now_ms, deliver, message)
+                self.handle_deliveries(now_ms, users, deliver, message)
             }
             Mail::PushDone {
                 user_id,
@@ -834,9 +833,9 @@ impl Shard {
             Mail::Delivered {
                 conversation_id,
                 seq,
-                user_id,
+                users,
             } => {
-                self.handle_delivered(conversation_id, seq, user_id);
+                self.handle_delivered(conversation_id, seq, &users);
                 Ok(())
             }
             Mail::Append { to_user, update } => {
