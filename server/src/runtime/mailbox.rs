@@ -3,6 +3,7 @@
 //! A core collects the mail of one loop turn per destination and sends each destination one batch
 //! and one wake-up, so the cost of waking a core is paid once per turn, not once per message.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
@@ -18,6 +19,17 @@ use crate::core::mail::{AdoptAuth, Mail};
 pub(crate) enum Letter {
     Mail(Mail),
     Adopt(Box<Adoption>),
+}
+
+impl Letter {
+    /// How much work handling it is, in units of one simple mail: a delivery counts once per
+    /// member it goes to.
+    pub(crate) fn work(&self) -> usize {
+        match self {
+            Letter::Mail(Mail::Deliver { users, .. }) => users.len().max(1),
+            _ => 1,
+        }
+    }
 }
 
 impl From<Mail> for Letter {
@@ -43,14 +55,40 @@ pub(crate) struct Adoption {
 /// Batches a mailbox holds before senders must wait a turn.
 pub(crate) const MAILBOX_BATCHES_MAX: usize = 4096;
 
+/// Work ([`Letter::work`]) a mailbox holds before senders must wait a turn. Bounding the count of
+/// batches alone let a mailbox hold seconds of deliveries in W2 (a batch can hold thousands), so
+/// senders were acknowledged far faster than members were given the messages.
+pub(crate) const MAILBOX_WORK_MAX: usize = 16_384;
+
 /// One core's receiving end.
 pub(crate) struct Inbox {
-    pub(crate) rx: Receiver<Vec<Letter>>,
+    rx: Receiver<Vec<Letter>>,
+    /// The work of the batches in `rx`.
+    queued: Arc<AtomicUsize>,
     pub(crate) wake: Arc<Notify>,
 }
 
-/// One core's sending end: its queue and its wake-up.
-type Outlet = (Sender<Vec<Letter>>, Arc<Notify>);
+impl Inbox {
+    /// The next batch, if any, and its work.
+    pub(crate) fn take(&self) -> Option<(Vec<Letter>, usize)> {
+        let batch = self.rx.try_recv().ok()?;
+        let work = batch_work(&batch);
+        self.queued.fetch_sub(work, Ordering::AcqRel);
+        Some((batch, work))
+    }
+
+    /// Whether mail is waiting.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+}
+
+fn batch_work(batch: &[Letter]) -> usize {
+    batch.iter().map(Letter::work).sum()
+}
+
+/// One core's sending end: its queue, the work queued in it, and its wake-up.
+type Outlet = (Sender<Vec<Letter>>, Arc<AtomicUsize>, Arc<Notify>);
 
 /// Every core's sending end, shared by all cores.
 #[derive(Clone)]
@@ -66,8 +104,9 @@ impl Mailboxes {
         for _ in 0..cores {
             let (tx, rx) = bounded(MAILBOX_BATCHES_MAX);
             let wake = Arc::new(Notify::new());
-            senders.push((tx, Arc::clone(&wake)));
-            inboxes.push(Inbox { rx, wake });
+            let queued = Arc::new(AtomicUsize::new(0));
+            senders.push((tx, Arc::clone(&queued), Arc::clone(&wake)));
+            inboxes.push(Inbox { rx, queued, wake });
         }
         (
             Mailboxes {
@@ -77,17 +116,29 @@ impl Mailboxes {
         )
     }
 
-    /// Sends one batch to a core and wakes it. A full mailbox hands the batch back.
+    /// Sends one batch to a core and wakes it. A full mailbox (in batches, or in work once it
+    /// holds any) hands the batch back.
     pub(crate) fn send(&self, core: usize, batch: Vec<Letter>) -> Result<(), Vec<Letter>> {
-        let Some((tx, wake)) = self.senders.get(core) else {
+        let Some((tx, queued, wake)) = self.senders.get(core) else {
             return Err(batch);
         };
+        let work = batch_work(&batch);
+        let before = queued.fetch_add(work, Ordering::AcqRel);
+        if before > 0 && before + work > MAILBOX_WORK_MAX {
+            queued.fetch_sub(work, Ordering::AcqRel);
+            // Wake it anyway: it may be waiting for the mail that makes room.
+            wake.notify_one();
+            return Err(batch);
+        }
         match tx.try_send(batch) {
             Ok(()) => {
                 wake.notify_one();
                 Ok(())
             }
-            Err(TrySendError::Full(batch)) | Err(TrySendError::Disconnected(batch)) => Err(batch),
+            Err(TrySendError::Full(batch)) | Err(TrySendError::Disconnected(batch)) => {
+                queued.fetch_sub(work, Ordering::AcqRel);
+                Err(batch)
+            }
         }
     }
 
@@ -120,7 +171,7 @@ impl Mailboxes {
 
     /// Wakes every core (used for shutdown).
     pub(crate) fn wake_all(&self) {
-        for (_, wake) in self.senders.iter() {
+        for (_, _, wake) in self.senders.iter() {
             wake.notify_one();
         }
     }
@@ -128,7 +179,36 @@ impl Mailboxes {
 
 #[cfg(test)]
 mod tests {
-    use super::Mailboxes;
+    use super::{Letter, Mailboxes, MAILBOX_WORK_MAX};
+    use crate::core::mail::Mail;
+
+    fn confirmations(count: usize) -> Vec<Letter> {
+        (0..count)
+            .map(|n| {
+                Letter::Mail(Mail::Delivered {
+                    conversation_id: 1,
+                    seq: n as u64 + 1,
+                    users: vec![7],
+                })
+            })
+            .collect()
+    }
+
+    // Proves a mailbox is bounded by the work it holds, not only by its count of batches: one
+    // batch of a whole bound's work is taken into an empty mailbox, the next is handed back until
+    // the core took the first, and then it is taken.
+    #[test]
+    fn a_mailbox_refuses_mail_beyond_its_work_until_its_core_takes_some() {
+        let (mailboxes, inboxes) = Mailboxes::new(1);
+        assert!(mailboxes.send(0, confirmations(MAILBOX_WORK_MAX)).is_ok());
+        let refused = mailboxes.send(0, confirmations(1));
+        assert!(matches!(&refused, Err(batch) if batch.len() == 1), "full");
+        let (batch, work) = inboxes[0].take().expect("the first batch");
+        assert_eq!((batch.len(), work), (MAILBOX_WORK_MAX, MAILBOX_WORK_MAX));
+        assert!(mailboxes.send(0, confirmations(1)).is_ok(), "room again");
+        assert_eq!(inboxes[0].take().map(|(_, work)| work), Some(1));
+        assert!(inboxes[0].is_empty());
+    }
 
     // Proves mail to a core keeps its order when that core's mailbox refuses a batch and then
     // takes mail again within the same attempt (its core drained it meanwhile): the later batches

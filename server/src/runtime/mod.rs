@@ -61,9 +61,29 @@ struct Shared {
     stopping: AtomicBool,
 }
 
-/// Pieces of mail a core holds for full mailboxes before its connections stop reading: what they
-/// would ask of other cores waits in the kernel's socket buffers instead of this core's memory.
-const UNDELIVERED_MAIL_MAX: usize = 1 << 16;
+/// Mail a core holds for full mailboxes, in work ([`Letter::work`]: a delivery counts once per
+/// member), before its connections stop reading: what they would ask of other cores waits in the
+/// kernel's socket buffers instead of this core's memory, and senders wait for their `Sent` as
+/// long as members wait for the message.
+const UNDELIVERED_MAIL_MAX: usize = 1 << 15;
+
+/// Mail a turn takes from its inbox before it ends (a delivery counts once per member): a core
+/// whose inbox another core keeps filling would otherwise not end its turn, and so neither commit
+/// nor answer anything, for as long as that lasted (seconds, in W2).
+const TURN_WORK_MAX: usize = 4096;
+
+/// Moves the backlog state for `held` work of undelivered mail: backlogged at the bound, and
+/// drained only below half of it. True when it just drained, so readers waiting on it wake: each
+/// drain wakes them, whatever steps `held` took down (it once had to pass through the band
+/// between half and the bound in one step, and readers slept for good when it did not).
+fn backlog_drained(backlogged: &Cell<bool>, held: usize) -> bool {
+    if held >= UNDELIVERED_MAIL_MAX {
+        backlogged.set(true);
+        false
+    } else {
+        held < UNDELIVERED_MAIL_MAX / 2 && backlogged.replace(false)
+    }
+}
 
 /// How often loops check for a shutdown while they wait.
 const SHUTDOWN_TICK: Duration = Duration::from_millis(50);
@@ -91,8 +111,8 @@ pub(crate) struct CoreCtx {
     mailboxes: Mailboxes,
     /// Batches a full mailbox handed back, retried next turn.
     undelivered: RefCell<Vec<(usize, Vec<Letter>)>>,
-    /// Pieces of mail in `undelivered`.
-    undelivered_mail: Cell<usize>,
+    /// Whether `undelivered` reached its bound and has not yet shrunk below half of it.
+    mail_backlogged: Cell<bool>,
     /// Told when `undelivered` shrank below half its bound, for readers held back by it.
     drained: Notify,
     user_created: RefCell<HashMap<ConnId, oneshot::Sender<UserCreated>>>,
@@ -155,18 +175,20 @@ impl CoreCtx {
         Mailboxes::send_in_order(&mut undelivered, fresh, |core, batch| {
             self.mailboxes.send(core, batch)
         });
-        let held: usize = undelivered.iter().map(|(_, b)| b.len()).sum();
-        let was_backlogged = self.mail_backlogged();
-        self.undelivered_mail.set(held);
-        if was_backlogged && held < UNDELIVERED_MAIL_MAX / 2 {
+        let held: usize = undelivered
+            .iter()
+            .flat_map(|(_, b)| b.iter())
+            .map(Letter::work)
+            .sum();
+        if backlog_drained(&self.mail_backlogged, held) {
             self.drained.notify_waiters();
         }
     }
 
-    /// Whether the mail held for full mailboxes is at its bound: connections then stop reading
-    /// until it drains ([`CoreCtx::wait_for_mailboxes`]).
+    /// Whether the mail held for full mailboxes reached its bound and has not yet drained to half
+    /// of it: connections stop reading meanwhile ([`CoreCtx::wait_for_mailboxes`]).
     pub(crate) fn mail_backlogged(&self) -> bool {
-        self.undelivered_mail.get() >= UNDELIVERED_MAIL_MAX
+        self.mail_backlogged.get()
     }
 
     /// Waits while the mail held for full mailboxes is at its bound.
@@ -273,10 +295,19 @@ impl CoreCtx {
     fn turn(self: &Rc<Self>, inbox: &Inbox) {
         let started = Instant::now();
         self.take_answers();
-        while let Ok(batch) = inbox.rx.try_recv() {
+        let mut work = 0;
+        while work < TURN_WORK_MAX {
+            let Some((batch, batch_work)) = inbox.take() else {
+                break;
+            };
+            work += batch_work;
             for letter in batch {
                 self.route(letter);
             }
+        }
+        if !inbox.is_empty() {
+            // The rest is for the next turn, once this one's batch, replies and mail are out.
+            self.kick();
         }
         let turn = self.shard.borrow_mut().end_turn();
         if let Some(commit) = turn.commit {
@@ -936,7 +967,7 @@ fn run_core(parts: CoreParts, listeners: CoreListeners, inbox: Inbox) {
         next_conn: Cell::new(0),
         mailboxes: parts.mailboxes,
         undelivered: RefCell::new(Vec::new()),
-        undelivered_mail: Cell::new(0),
+        mail_backlogged: Cell::new(false),
         drained: Notify::new(),
         user_created: RefCell::new(HashMap::default()),
         turn: Notify::new(),
@@ -969,4 +1000,27 @@ fn run_core(parts: CoreParts, listeners: CoreListeners, inbox: Inbox) {
         .store(false, Ordering::Relaxed);
     // Commit anything left on this core.
     ctx.settle(Duration::from_millis(ctx.config.shutdown_timeout_ms));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{backlog_drained, UNDELIVERED_MAIL_MAX};
+    use std::cell::Cell;
+
+    // Proves readers held back by undelivered mail are woken once it drains below half the bound,
+    // also when it first fell only to between half and the bound (readers that waited then slept
+    // for good), and not while it stays above half.
+    #[test]
+    fn a_backlog_wakes_its_readers_once_it_drains_however_it_got_there() {
+        let backlogged = Cell::new(false);
+        assert!(!backlog_drained(&backlogged, UNDELIVERED_MAIL_MAX - 1));
+        assert!(!backlogged.get(), "below the bound: no backlog");
+        assert!(!backlog_drained(&backlogged, UNDELIVERED_MAIL_MAX));
+        assert!(backlogged.get(), "at the bound: readers wait");
+        assert!(!backlog_drained(&backlogged, UNDELIVERED_MAIL_MAX * 3 / 4));
+        assert!(backlogged.get(), "above half: they still wait");
+        assert!(backlog_drained(&backlogged, 0), "drained: they are woken");
+        assert!(!backlogged.get());
+        assert!(!backlog_drained(&backlogged, 0), "woken once");
+    }
 }
