@@ -26,13 +26,21 @@
 //! write batch. At the end of the loop turn the batch is sealed and handed to the core's committer;
 //! the core keeps serving meanwhile. Once the committer says the batch is durable, the core
 //! releases what waited on it: `Sent` goes back to the sender's core, and the message goes to every
-//! member's owner core, which appends it to the member's update log (one write), pushes it to the
-//! member's live devices at once (see the notes below) and, once the entry is durable in turn,
-//! confirms to the conversation's core. `core/chat.rs` tells the
+//! member's owner core (one mail per core, naming the members it owns), which appends it to each
+//! member's update log (one write each), pushes it to the member's live devices at once (see the
+//! notes below) and, once the entries are durable in turn, confirms to the conversation's core
+//! (again one mail for them all). `core/chat.rs` tells the
 //! whole story, crash recovery and the checkpoints included; `core/mod.rs` the commit protocol.
 //!
 //! # Design notes of core v2, and why
 //!
+//! - **Mail between cores is bounded by the work it carries.** A turn takes at most
+//!   `TURN_WORK_MAX` of mail from its inbox (a delivery counts once per member), and a mailbox
+//!   takes no more once it holds `MAILBOX_WORK_MAX` (`runtime/`); what it refuses waits in the
+//!   sending core, whose connections stop reading once that reaches its own bound. Bounded in
+//!   batches alone, a mailbox held seconds of deliveries in W2 and a turn could drain one for
+//!   seconds, so senders were acknowledged far ahead of what members were given, until fan-out
+//!   retries piled onto the queues.
 //! - **The commit is off the core thread.** A core seals one batch per loop turn and hands it to
 //!   its committer thread; at most two are in flight, past which the pending batch grows (a larger
 //!   group commit). With `--fsync` no core thread waits for an fsync. A committer per core rather

@@ -4,7 +4,8 @@
 //! 2. C checks membership and the idempotency key, assigns `seq` (gapless) and a message id, and
 //!    puts the message and its idempotency record into its batch (plus, when the conversation's
 //!    fan-out was finished, a row saying it may not be: see "Fan-out progress" below).
-//! 3. After C's commit, S acknowledges `Sent` (durable) and every member's core M gets `Deliver`.
+//! 3. After C's commit, S acknowledges `Sent` (durable) and every member's core M gets `Deliver`
+//!    (one per core, naming the members it owns).
 //! 4. M appends the message to the member's update log unless its per-(user, conversation)
 //!    watermark shows it is there already, and pushes it to live devices at once when it may
 //!    ([`Shard::append`]: in order, within the user's reservation), else after its commit. Once
