@@ -187,6 +187,14 @@ impl ChatState {
         self.pending_direct.clear();
     }
 
+    /// The oldest message of the conversation whose fan-out some member has not confirmed.
+    fn first_unfinished(&self, conversation_id: u64) -> Option<u64> {
+        self.fanouts
+            .range((conversation_id, 0)..=(conversation_id, u64::MAX))
+            .next()
+            .map(|((_, seq), _)| *seq)
+    }
+
     /// The fan-outs begun since the last call: they belong to the batch being sealed.
     pub(crate) fn take_new_fanouts(&mut self) -> Vec<(u64, u64)> {
         std::mem::take(&mut self.new_fanouts)
@@ -622,13 +630,7 @@ impl Shard {
             .range((conversation_id, 0)..=(conversation_id, up_to))
             .map(|(&(_, seq), fanout)| (seq, fanout.pending.clone()))
             .collect();
-        let first = self
-            .chat
-            .fanouts
-            .range((conversation_id, 0)..=(conversation_id, u64::MAX))
-            .next()
-            .map(|((_, seq), _)| *seq);
-        let Some(first) = first else {
+        let Some(first) = self.chat.first_unfinished(conversation_id) else {
             // Nothing unfinished, so nothing for recovery to deliver.
             self.close_open(conversation_id);
             return;
@@ -649,10 +651,8 @@ impl Shard {
     /// nothing is pending).
     fn fanout_done(&self, conversation_id: u64, last_seq: u64) -> u64 {
         self.chat
-            .fanouts
-            .range((conversation_id, 0)..=(conversation_id, u64::MAX))
-            .next()
-            .map_or(last_seq, |((_, seq), _)| seq - 1)
+            .first_unfinished(conversation_id)
+            .map_or(last_seq, |seq| seq - 1)
     }
 
     /// Sends `Deliver` to every member's core once the message is durable.
@@ -896,13 +896,7 @@ impl Shard {
         self.chat.last_checkpoint_ms = now_ms;
         let open: Vec<(u64, u64)> = self.chat.open.iter().map(|(c, d)| (*c, *d)).collect();
         for (conversation_id, written) in open {
-            let pending = self
-                .chat
-                .fanouts
-                .range((conversation_id, 0)..=(conversation_id, u64::MAX))
-                .next()
-                .map(|((_, seq), _)| *seq);
-            match pending {
+            match self.chat.first_unfinished(conversation_id) {
                 None => self.close_open(conversation_id),
                 Some(seq) if seq - 1 != written => self.write_open(conversation_id, seq - 1),
                 Some(_) => {}

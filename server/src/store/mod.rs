@@ -1103,6 +1103,11 @@ mod tests {
         ]
     }
 
+    fn fanout_rows(store: &Store) -> Vec<FanoutRow> {
+        let rows = store.fanout_rows(&[], 10).unwrap();
+        rows.into_iter().map(|(_, row)| row).collect()
+    }
+
     // Proves every kind of `fanout` row reads back as written, in key order: a conversation's row
     // with and without fixed recipients, a message's recipients, and a row of the old format.
     #[test]
@@ -1114,14 +1119,8 @@ mod tests {
             batch.put_fanout_open(6, 3, 3);
             batch.put(CF_FANOUT, &keys::pair(8, 5), &[]);
             store.commit(batch).unwrap();
-            let rows: Vec<FanoutRow> = store
-                .fanout_rows(&[], 10)
-                .unwrap()
-                .into_iter()
-                .map(|(_, row)| row)
-                .collect();
             assert_eq!(
-                rows,
+                fanout_rows(&store),
                 [
                     FanoutRow::Open {
                         conversation_id: 4,
@@ -1163,12 +1162,7 @@ mod tests {
             batch.put_id_high_water(0, 30);
             batch.put_id_high_water(0, 20);
             store.commit(batch).unwrap();
-            let open: Vec<FanoutRow> = store
-                .fanout_rows(&[], 10)
-                .unwrap()
-                .into_iter()
-                .map(|(_, row)| row)
-                .collect();
+            let open = fanout_rows(&store);
             let open_row = |conversation_id, done| FanoutRow::Open {
                 conversation_id,
                 done,
