@@ -40,7 +40,7 @@
 //!   sending core, whose connections stop reading once that reaches its own bound. Bounded in
 //!   batches alone, a mailbox held seconds of deliveries in W2 and a turn could drain one for
 //!   seconds, so senders were acknowledged far ahead of what members were given, until fan-out
-//!   retries piled onto the queues.
+//!   retries piled onto the queues. `tern_mail_held` and `tern_mail_backlogs_total` show it.
 //! - **The commit is off the core thread.** A core seals one batch per loop turn and hands it to
 //!   its committer thread; at most two are in flight, past which the pending batch grows (a larger
 //!   group commit). With `--fsync` no core thread waits for an fsync. A committer per core rather

@@ -75,6 +75,11 @@ pub(crate) struct CoreMetrics {
     pub(crate) updates_shown_early: AtomicU64,
     /// Messages delivered again to members that had not confirmed them in time.
     pub(crate) fanout_retries: AtomicU64,
+    /// Work of the mail this core holds for other cores' full mailboxes (a delivery counts once
+    /// per member).
+    pub(crate) mail_held: AtomicU64,
+    /// Times that mail reached its bound, so this core's connections stopped reading.
+    pub(crate) mail_backlogs: AtomicU64,
     pub(crate) commits: AtomicU64,
     pub(crate) commit_writes: AtomicU64,
     pub(crate) commit_micros: AtomicU64,
@@ -302,6 +307,20 @@ impl Metrics {
             "counter",
             "Messages delivered again to members that had not confirmed them in time.",
             &|m| load(&m.fanout_retries),
+        );
+        per_core(
+            &mut out,
+            "tern_mail_held",
+            "gauge",
+            "Mail held for other cores' full mailboxes, in deliveries (one per member) and other mail.",
+            &|m| load(&m.mail_held),
+        );
+        per_core(
+            &mut out,
+            "tern_mail_backlogs_total",
+            "counter",
+            "Times the mail held for full mailboxes reached its bound and connections stopped reading.",
+            &|m| load(&m.mail_backlogs),
         );
         per_core(
             &mut out,

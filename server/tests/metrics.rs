@@ -50,6 +50,10 @@ async fn metrics_count_what_happened(engine: &'static str) {
     assert!(metrics.contains("# TYPE tern_fanout_retries_total counter"));
     assert_eq!(total(&metrics, "tern_fanout_retries_total"), 0);
     assert!(total(&metrics, "tern_commit_writes_total") >= 9);
+    // Three messages never fill a mailbox.
+    assert!(metrics.contains("# TYPE tern_mail_held gauge"));
+    assert_eq!(total(&metrics, "tern_mail_held"), 0);
+    assert_eq!(total(&metrics, "tern_mail_backlogs_total"), 0);
     assert!(
         metrics.contains("tern_errors_total{code=\"NOT_FOUND\"} 1\n"),
         "{metrics}"

@@ -180,8 +180,14 @@ impl CoreCtx {
             .flat_map(|(_, b)| b.iter())
             .map(Letter::work)
             .sum();
+        let was_backlogged = self.mail_backlogged.get();
         if backlog_drained(&self.mail_backlogged, held) {
             self.drained.notify_waiters();
+        }
+        let metrics = self.metrics.core(self.core);
+        metrics.mail_held.store(held as u64, Ordering::Relaxed);
+        if self.mail_backlogged.get() && !was_backlogged {
+            metrics.mail_backlogs.fetch_add(1, Ordering::Relaxed);
         }
     }
 
