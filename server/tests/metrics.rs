@@ -34,7 +34,9 @@ async fn metrics_count_what_happened(engine: &'static str) {
     assert!(alice.history(999, 0, 0).await.is_err());
     // The appends to both logs happen after the Sent replies; wait for them.
     assert_eq!(bodies(&sync_until(&alice, 3).await).len(), 3);
-    assert_eq!(bodies(&sync_until(&bob_client, 3).await).len(), 3);
+    let synced = sync_until(&bob_client, 3).await;
+    assert_eq!(bodies(&synced).len(), 3);
+    let cursor = synced.last().map_or(0, |u| u.user_seq);
 
     let (status, metrics) = get(server.metrics_addr, "/metrics").await;
     assert_eq!(status, "HTTP/1.1 200 OK");
@@ -73,7 +75,7 @@ async fn metrics_count_what_happened(engine: &'static str) {
         .send(conv.conversation_id, cmid(1, 4), "live")
         .await
         .unwrap();
-    assert_eq!(next_message(&bob_client).await.body, "live");
+    assert_eq!(next_message_after(&bob_client, cursor).await.body, "live");
     let (_, metrics) = get(server.metrics_addr, "/metrics").await;
     let live: u64 = metrics
         .lines()

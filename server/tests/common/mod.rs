@@ -238,17 +238,24 @@ pub fn bodies(updates: &[Update]) -> Vec<String> {
         .collect()
 }
 
-/// Waits for the next live message update and returns its body.
+/// Waits for the next live message update and returns it.
 pub async fn next_message(client: &Client) -> tern_protocol::types::Message {
+    next_message_after(client, 0).await
+}
+
+/// Waits for the next live message update past the cursor `after` and returns it, skipping
+/// those at or below it as a client does: a device that went live during an earlier `Sync` may
+/// get as an event an update the next `Sync` also returned.
+pub async fn next_message_after(client: &Client, after: u64) -> tern_protocol::types::Message {
     let event = client
         .wait_for_event(
             |e| {
                 matches!(
                     e,
                     Event::Update(Update {
+                        user_seq,
                         kind: UpdateKind::Message(_),
-                        ..
-                    })
+                    }) if *user_seq > after
                 )
             },
             EVENT_WAIT,
