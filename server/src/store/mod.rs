@@ -523,7 +523,7 @@ impl Store {
     pub(crate) fn reservation(&self, user_id: u64) -> Result<(u64, u64), StoreError> {
         let value = self.get(CF_FANOUT_MARKS, &keys::pair(user_id, RESERVATION_KEY))?;
         Ok(value
-            .and_then(|v| Some((keys::u64_value(v.get(..8)?)?, keys::u64_value(v.get(8..)?)?)))
+            .and_then(|v| Some((keys::pair_first(&v)?, keys::pair_second(&v)?)))
             .unwrap_or((0, 0)))
     }
 
@@ -1024,13 +1024,10 @@ impl Batch {
 
     /// See [`Store::reservation`].
     pub(crate) fn put_reservation(&mut self, user_id: u64, up_to: u64, run: u64) {
-        let mut value = [0u8; 16];
-        value[..8].copy_from_slice(&up_to.to_be_bytes());
-        value[8..].copy_from_slice(&run.to_be_bytes());
         self.put(
             CF_FANOUT_MARKS,
             &keys::pair(user_id, RESERVATION_KEY),
-            &value,
+            &keys::pair(up_to, run),
         );
     }
 
