@@ -147,11 +147,10 @@ pub(crate) struct ChatState {
     /// Messages delivered in this turn, so pushing them to live devices reads nothing back; emptied
     /// once the turn's pushes are out.
     fresh: HashMap<(u64, u64), Arc<MessageRecord>>,
-    /// Deliveries (user, conversation, seq) staged again after a failed commit, whose replay must
-    /// not append them twice.
-    restaged: HashSet<(u64, u64, u64)>,
-    /// Appends (`Mail::Append`) staged again after a failed commit, likewise: (user, update).
-    restaged_appends: Vec<(u64, UpdateRecord)>,
+    /// Updates (deliveries, and appends that came as `Mail::Append`) staged again after a failed
+    /// commit, by user, whose replayed mail must not append them twice. Only ever those shown
+    /// early, so few.
+    restaged: Vec<(u64, UpdateRecord)>,
 }
 
 /// A message's fan-out that not every member confirmed yet.
@@ -278,23 +277,22 @@ impl ChatState {
     /// After the replay of a failed commit, every restaged delivery and append was met again.
     pub(crate) fn forget_restaged(&mut self) {
         debug_assert!(
-            self.restaged.is_empty() && self.restaged_appends.is_empty(),
+            self.restaged.is_empty(),
             "a restaged update was not replayed"
         );
         self.restaged.clear();
-        self.restaged_appends.clear();
     }
 
     /// Whether an append of `update` to `user_id`'s log was staged again after a failed commit
     /// (and so must not be appended twice); each staged one answers once.
-    pub(crate) fn take_restaged_append(&mut self, user_id: u64, update: &UpdateRecord) -> bool {
+    pub(crate) fn take_restaged(&mut self, user_id: u64, update: &UpdateRecord) -> bool {
         match self
-            .restaged_appends
+            .restaged
             .iter()
             .position(|(u, r)| *u == user_id && r == update)
         {
             Some(at) => {
-                self.restaged_appends.remove(at);
+                self.restaged.remove(at);
                 true
             }
             None => false,
@@ -1059,14 +1057,14 @@ impl Shard {
         let mark = self.fanout_mark(user_id, conversation_id)?;
         // Staged again after a failed commit, under the number it was shown with: only the rest
         // of the work is left to do.
-        let restaged = self.chat.restaged.remove(&(user_id, conversation_id, seq));
+        let update = UpdateRecord::Message {
+            conversation_id,
+            seq,
+            sender,
+        };
+        let restaged = self.chat.take_restaged(user_id, &update);
         if seq > mark || restaged {
             if !restaged {
-                let update = UpdateRecord::Message {
-                    conversation_id,
-                    seq,
-                    sender,
-                };
                 self.chat
                     .fresh
                     .entry((conversation_id, seq))
@@ -1228,10 +1226,8 @@ impl Shard {
             {
                 self.chat.marks.insert((user_id, conversation_id), seq);
                 self.chat.dirty_marks.insert((user_id, conversation_id));
-                self.chat.restaged.insert((user_id, conversation_id, seq));
-            } else {
-                self.chat.restaged_appends.push((user_id, update.clone()));
             }
+            self.chat.restaged.push((user_id, update.clone()));
             self.batch.put_update(user_id, user_seq, &update)?;
             self.shown.push((user_id, user_seq));
         }

@@ -839,7 +839,7 @@ impl Shard {
                 Ok(())
             }
             Mail::Append { to_user, update } => {
-                if self.chat.take_restaged_append(to_user, &update) {
+                if self.chat.take_restaged(to_user, &update) {
                     // Staged again after a failed commit, under the number it was shown with.
                     Ok(())
                 } else {
