@@ -829,7 +829,9 @@ impl Shard {
                         seq,
                         members,
                     } => {
-                        recipients.insert((conversation_id, seq), members);
+                        if self.owner(conversation_id) == self.core {
+                            recipients.insert((conversation_id, seq), members);
+                        }
                         continue;
                     }
                 };
@@ -844,15 +846,12 @@ impl Shard {
             }
         }
         for &(conversation_id, seq) in recipients.keys() {
-            if self.owner(conversation_id) != self.core {
-                continue;
-            }
-            // Deleted by the conversation's row once fan-out passes it (below, if it has).
-            self.chat.pinned.insert((conversation_id, seq));
-            if !open.contains_key(&conversation_id) {
+            if open.contains_key(&conversation_id) {
+                // Deleted by the conversation's row once fan-out passes it (below, if it has).
+                self.chat.pinned.insert((conversation_id, seq));
+            } else {
                 self.batch
                     .delete_fanout_row(&keys::pair(conversation_id, seq));
-                self.chat.pinned.remove(&(conversation_id, seq));
             }
         }
         let mut resumed = 0;
@@ -1100,9 +1099,10 @@ impl Shard {
         Ok(())
     }
 
-    /// On the conversation's core: more members' logs hold the message.
+    /// On the conversation's core: more members' logs hold the message (members of one core,
+    /// which sent the confirmation).
     pub(crate) fn handle_delivered(&mut self, conversation_id: u64, seq: u64, users: &[u64]) {
-        for &user_id in users {
+        if let Some(&user_id) = users.first() {
             let core = self.owner(user_id);
             if let Some(at) = self.chat.confirmed_ms.get_mut(core) {
                 *at = (*at).max(self.last_now_ms);

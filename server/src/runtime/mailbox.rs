@@ -62,7 +62,8 @@ pub(crate) const MAILBOX_WORK_MAX: usize = 16_384;
 
 /// One core's receiving end.
 pub(crate) struct Inbox {
-    rx: Receiver<Vec<Letter>>,
+    /// Batches, each with its work, counted once by the sender.
+    rx: Receiver<(Vec<Letter>, usize)>,
     /// The work of the batches in `rx`.
     queued: Arc<AtomicUsize>,
     pub(crate) wake: Arc<Notify>,
@@ -71,8 +72,7 @@ pub(crate) struct Inbox {
 impl Inbox {
     /// The next batch, if any, and its work.
     pub(crate) fn take(&self) -> Option<(Vec<Letter>, usize)> {
-        let batch = self.rx.try_recv().ok()?;
-        let work = batch_work(&batch);
+        let (batch, work) = self.rx.try_recv().ok()?;
         self.queued.fetch_sub(work, Ordering::AcqRel);
         Some((batch, work))
     }
@@ -83,12 +83,8 @@ impl Inbox {
     }
 }
 
-fn batch_work(batch: &[Letter]) -> usize {
-    batch.iter().map(Letter::work).sum()
-}
-
 /// One core's sending end: its queue, the work queued in it, and its wake-up.
-type Outlet = (Sender<Vec<Letter>>, Arc<AtomicUsize>, Arc<Notify>);
+type Outlet = (Sender<(Vec<Letter>, usize)>, Arc<AtomicUsize>, Arc<Notify>);
 
 /// Every core's sending end, shared by all cores.
 #[derive(Clone)]
@@ -122,7 +118,7 @@ impl Mailboxes {
         let Some((tx, queued, wake)) = self.senders.get(core) else {
             return Err(batch);
         };
-        let work = batch_work(&batch);
+        let work = batch.iter().map(Letter::work).sum();
         let before = queued.fetch_add(work, Ordering::AcqRel);
         if before > 0 && before + work > MAILBOX_WORK_MAX {
             queued.fetch_sub(work, Ordering::AcqRel);
@@ -130,12 +126,12 @@ impl Mailboxes {
             wake.notify_one();
             return Err(batch);
         }
-        match tx.try_send(batch) {
+        match tx.try_send((batch, work)) {
             Ok(()) => {
                 wake.notify_one();
                 Ok(())
             }
-            Err(TrySendError::Full(batch)) | Err(TrySendError::Disconnected(batch)) => {
+            Err(TrySendError::Full((batch, _))) | Err(TrySendError::Disconnected((batch, _))) => {
                 queued.fetch_sub(work, Ordering::AcqRel);
                 Err(batch)
             }
