@@ -12,12 +12,13 @@
 //! `Ok(None)` until a whole frame has arrived, and removes exactly one frame from the buffer per
 //! success, so the caller can read into the same buffer and call it again.
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::codec::{Reader, Writer};
 use crate::error::{DecodeError, EncodeError, FrameError};
-use crate::frames::Body;
+use crate::frames::{Body, UpdateEvent};
 use crate::limits::*;
+use crate::update::{Update, UpdateKind};
 
 /// One frame: a request id and a body.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,6 +93,68 @@ impl Frame {
         let mut buf = BytesMut::new();
         self.encode(&mut buf)?;
         Ok(buf)
+    }
+}
+
+/// An `UpdateEvent` frame encoded once for everyone it goes to. The frames of one message to its
+/// members differ only in `user_seq`, the first field of the body, which [`UpdateEventBytes::write`]
+/// fills in; the rest (header, kind, the message itself) is copied as encoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpdateEventBytes {
+    /// The whole frame, with `user_seq` 0.
+    bytes: Bytes,
+}
+
+/// Where `user_seq` starts in an `UpdateEvent` frame: right after the header.
+const UPDATE_EVENT_USER_SEQ_AT: usize = FRAME_HEADER_BYTES as usize;
+
+impl UpdateEventBytes {
+    /// Encodes the event for `kind`.
+    pub fn encode(kind: UpdateKind) -> Result<UpdateEventBytes, EncodeError> {
+        UpdateEventBytes::encode_in(kind, &mut BytesMut::new())
+    }
+
+    /// Encodes the event for `kind` at the end of `arena` and takes it from there, so that many
+    /// events share one allocation (see [`BytesMut::split`]). Anything left in `arena` is dropped.
+    pub fn encode_in(
+        kind: UpdateKind,
+        arena: &mut BytesMut,
+    ) -> Result<UpdateEventBytes, EncodeError> {
+        arena.clear();
+        let frame = Frame::event(UpdateEvent {
+            update: Update { user_seq: 0, kind },
+        });
+        frame.encode(arena)?;
+        Ok(UpdateEventBytes {
+            bytes: arena.split().freeze(),
+        })
+    }
+
+    /// The frame's size in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Never true: a frame has at least its header.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Appends the frame for `user_seq` to `dst` and returns its size, as [`Frame::encode`] would
+    /// for the same update.
+    pub fn write(&self, user_seq: u64, dst: &mut BytesMut) -> usize {
+        let start = dst.len();
+        dst.extend_from_slice(&self.bytes);
+        let at = start + UPDATE_EVENT_USER_SEQ_AT;
+        dst[at..at + 8].copy_from_slice(&user_seq.to_be_bytes());
+        self.bytes.len()
+    }
+
+    /// The frame for `user_seq`, decoded.
+    pub fn to_frame(&self, user_seq: u64) -> Result<Frame, FrameError> {
+        let mut buf = BytesMut::with_capacity(self.bytes.len());
+        self.write(user_seq, &mut buf);
+        FrameDecoder::new().decode_exact(&buf)
     }
 }
 

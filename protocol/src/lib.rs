@@ -48,6 +48,6 @@ pub mod types;
 pub mod update;
 
 pub use error::{DecodeError, EncodeError, ErrorCode, FrameError};
-pub use frame::{Frame, FrameDecoder};
+pub use frame::{Frame, FrameDecoder, UpdateEventBytes};
 pub use frames::Body;
 pub use update::{Update, UpdateKind};

@@ -10,8 +10,11 @@ use arbitrary::{Arbitrary, Unstructured};
 use bytes::BytesMut;
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
+use tern_protocol::frames::UpdateEvent;
 use tern_protocol::limits::*;
-use tern_protocol::{DecodeError, EncodeError, Frame, FrameDecoder};
+use tern_protocol::{
+    DecodeError, EncodeError, Frame, FrameDecoder, Update, UpdateEventBytes, UpdateKind,
+};
 
 /// Every limit an `EncodeError::FieldTooLong` may name.
 const FIELD_LIMITS: &[u32] = &[
@@ -204,6 +207,37 @@ proptest! {
                         prop_assert_eq!(buf.len(), before - len);
                         prop_assert!(e.request_id.is_some());
                     }
+                }
+            }
+        }
+    }
+
+    // An update event encoded once and written for a user_seq is byte for byte the frame encoded
+    // for that user_seq, and decodes to it.
+    #[test]
+    fn an_update_event_encoded_once_is_the_frame_for_each_user_seq(
+        raw in proptest::collection::vec(any::<u8>(), 0..1024),
+        user_seqs in proptest::collection::vec(any::<u64>(), 1..4),
+    ) {
+        let Ok(kind) = UpdateKind::arbitrary(&mut Unstructured::new(&raw)) else { return Ok(()) };
+        let once = UpdateEventBytes::encode(kind.clone());
+        for user_seq in user_seqs {
+            let frame = Frame::event(UpdateEvent { update: Update { user_seq, kind: kind.clone() } });
+            let mut direct = BytesMut::new();
+            match (&once, frame.encode(&mut direct)) {
+                (Ok(once), Ok(n)) => {
+                    let mut written = BytesMut::from(&b"before"[..]);
+                    prop_assert_eq!(once.write(user_seq, &mut written), n);
+                    prop_assert_eq!(&written[..6], b"before");
+                    prop_assert_eq!(&written[6..], &direct[..]);
+                    let decoded = once.to_frame(user_seq)
+                        .map_err(|e| TestCaseError::fail(format!("{e}")))?;
+                    prop_assert_eq!(decoded, FrameDecoder::new().decode_exact(&direct)
+                        .map_err(|e| TestCaseError::fail(format!("{e}")))?);
+                }
+                (Err(a), Err(b)) => prop_assert_eq!(a, &b),
+                (once, direct) => {
+                    return Err(TestCaseError::fail(format!("{once:?} against {direct:?}")));
                 }
             }
         }
