@@ -676,12 +676,7 @@ impl Store {
 
     /// A new, empty batch.
     pub(crate) fn batch(&self) -> Batch {
-        Batch {
-            ops: Vec::new(),
-            bytes: Vec::new(),
-            ranged: false,
-            sorted: false,
-        }
+        Batch::default()
     }
 }
 
@@ -702,6 +697,9 @@ pub(crate) struct Batch {
     ranged: bool,
     /// Whether `ops` are sorted by column family and key ([`Batch::sort`]).
     sorted: bool,
+    /// The last update-log entry put and where its value is in `bytes`: a message's entries for
+    /// all its members are equal, so each is encoded once per batch and copied.
+    last_update: Option<(UpdateRecord, usize, usize)>,
 }
 
 /// One write of a [`Batch`]: its key is `bytes[at..at + key_len]`, and its value (the range end of
@@ -710,9 +708,21 @@ pub(crate) struct Batch {
 struct Op {
     cf: &'static str,
     kind: OpKind,
+    /// The key's first 16 bytes, zero-padded, as a number: most keys differ there, so sorting
+    /// compares these and reads the keys themselves only on a tie.
+    head: u128,
     at: usize,
     key_len: usize,
     value_len: usize,
+}
+
+impl Op {
+    fn head(key: &[u8]) -> u128 {
+        let mut head = [0u8; 16];
+        let n = key.len().min(16);
+        head[..n].copy_from_slice(&key[..n]);
+        u128::from_be_bytes(head)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -741,6 +751,7 @@ impl Batch {
         self.ops.push(Op {
             cf,
             kind,
+            head: Op::head(key),
             at,
             key_len: key.len(),
             value_len: value.len(),
@@ -776,7 +787,19 @@ impl Batch {
             return;
         }
         let mut ops = std::mem::take(&mut self.ops);
-        ops.sort_by(|a, b| a.cf.cmp(b.cf).then_with(|| self.key(a).cmp(self.key(b))));
+        // Unstable, with the order made (`at` grows with it) as the last criterion: the same
+        // order as a stable sort, without its buffer. A head that differs orders two keys as
+        // the keys themselves would (zero padding sorts a shorter key first, as a prefix does).
+        ops.sort_unstable_by(|a, b| {
+            let cf = if std::ptr::eq(a.cf, b.cf) {
+                std::cmp::Ordering::Equal
+            } else {
+                a.cf.cmp(b.cf)
+            };
+            cf.then(a.head.cmp(&b.head))
+                .then_with(|| self.key(a).cmp(self.key(b)))
+                .then(a.at.cmp(&b.at))
+        });
         self.ops = ops;
         self.sorted = true;
     }
@@ -1011,7 +1034,29 @@ impl Batch {
         user_seq: u64,
         update: &UpdateRecord,
     ) -> Result<(), StoreError> {
-        self.put_record(CF_UPDATES, &keys::pair(user_id, user_seq), update)
+        let key = keys::pair(user_id, user_seq);
+        if let Some((last, from, len)) = &self.last_update {
+            if last == update {
+                let (from, len) = (*from, *len);
+                self.sorted = false;
+                let at = self.bytes.len();
+                self.bytes.extend_from_slice(&key);
+                self.bytes.extend_from_within(from..from + len);
+                self.ops.push(Op {
+                    cf: CF_UPDATES,
+                    kind: OpKind::Put,
+                    head: Op::head(&key),
+                    at,
+                    key_len: key.len(),
+                    value_len: len,
+                });
+                return Ok(());
+            }
+        }
+        self.put_record(CF_UPDATES, &key, update)?;
+        let op = self.ops.last().expect("just put");
+        self.last_update = Some((update.clone(), op.at + op.key_len, op.value_len));
+        Ok(())
     }
 
     pub(crate) fn put_fanout_mark(&mut self, user_id: u64, conversation_id: u64, seq: u64) {
@@ -1178,6 +1223,85 @@ mod tests {
             assert!(out.is_empty(), "{out:?}");
             store.read_media(9, 0, 4, &mut out).unwrap();
             assert_eq!(out, b"kept");
+        }
+    }
+
+    // Proves a sorted batch orders its writes as a stable sort by column family and key bytes
+    // would, for keys that tie on their first 16 bytes, are prefixes of each other or are short.
+    #[test]
+    fn sorted_batches_order_keys_as_their_bytes() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let store = Store::in_memory();
+        for _ in 0..50 {
+            let mut batch = store.batch();
+            let mut made = Vec::new();
+            for i in 0..200u32 {
+                let cf = [CF_UPDATES, CF_MESSAGES, CF_IDEMPOTENCY][(next() % 3) as usize];
+                // Few distinct bytes and lengths around 16, so heads tie and keys nest.
+                let len = [0, 1, 8, 15, 16, 17, 24, 28][(next() % 8) as usize];
+                let key: Vec<u8> = (0..len).map(|_| (next() % 3) as u8).collect();
+                batch.put(cf, &key, &i.to_be_bytes());
+                made.push((cf, key, i));
+            }
+            batch.sort();
+            made.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+            let sorted: Vec<_> = batch
+                .ops()
+                .map(|(cf, _, key, value)| {
+                    (
+                        cf,
+                        key.to_vec(),
+                        u32::from_be_bytes(value.try_into().unwrap()),
+                    )
+                })
+                .collect();
+            assert_eq!(sorted, made);
+        }
+    }
+
+    // Proves update-log entries read back as put when equal ones are copied from the first: for
+    // many members, between other writes, and after a different entry.
+    #[test]
+    fn repeated_update_entries_read_back_as_put() {
+        let message = |seq| UpdateRecord::Message {
+            conversation_id: 7,
+            seq,
+            sender: 1,
+        };
+        let receipt = UpdateRecord::Receipt {
+            conversation_id: 7,
+            user_id: 2,
+            kind: 1,
+            up_to_seq: 1,
+            ts: 5,
+        };
+        for (_dir, store) in stores() {
+            let mut batch = store.batch();
+            let mut made: Vec<(u64, UpdateRecord)> = Vec::new();
+            for user in 1..=20u64 {
+                let update = match user {
+                    5 => receipt.clone(),
+                    6..=9 => message(2),
+                    _ => message(1),
+                };
+                batch.put_update(user, 1, &update).unwrap();
+                batch.put_fanout_mark(user, 7, 1);
+                made.push((user, update));
+            }
+            store.commit(batch).unwrap();
+            for (user, update) in made {
+                assert_eq!(
+                    store.updates_after(user, 0, 10).unwrap(),
+                    [(1, update)],
+                    "user {user}"
+                );
+            }
         }
     }
 
