@@ -1102,6 +1102,14 @@ impl World {
         for output in turn.outputs {
             match output {
                 Output::Frame { conn, frame } => self.on_frame(core, conn, frame),
+                Output::Update {
+                    conn,
+                    user_seq,
+                    event,
+                } => match event.to_frame(user_seq) {
+                    Ok(frame) => self.on_frame(core, conn, frame),
+                    Err(e) => self.violation(format!("an update event does not decode: {e}")),
+                },
                 Output::Close { conn, .. } => {
                     if let Some(device) = self
                         .devices

@@ -34,11 +34,13 @@ pub(crate) mod media;
 pub(crate) mod presence;
 pub(crate) mod push;
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use tern_protocol::frames::{self, Error as ErrorFrame};
-use tern_protocol::{Body, ErrorCode, Frame, Update};
+use bytes::BytesMut;
+use tern_protocol::frames::Error as ErrorFrame;
+use tern_protocol::{Body, ErrorCode, Frame, Update, UpdateEventBytes};
 
 use crate::config::Config;
 use crate::ids::IdGen;
@@ -131,6 +133,12 @@ pub(crate) fn name_owner(username: &str, cores: usize) -> usize {
 pub(crate) enum Output {
     /// Queue a frame.
     Frame { conn: ConnId, frame: Frame },
+    /// Queue an update event encoded once for all it goes to, with this connection's `user_seq`.
+    Update {
+        conn: ConnId,
+        user_seq: u64,
+        event: UpdateEventBytes,
+    },
     /// Send a connection-level error (request id 0) and close.
     Close {
         conn: ConnId,
@@ -242,6 +250,10 @@ pub(crate) const RESERVATION_AHEAD: u64 = 32;
 /// Messages from others a user's state keeps for its next `Ack`; past it, the `Ack` reads the log.
 pub(crate) const UNACKED_KEPT_MAX: usize = 1024;
 
+/// Bytes of each block that update events are encoded into (see [`Shard::push_live`]). Events
+/// live until the turn's frames are queued, so a block is freed soon after it fills.
+const EVENT_ARENA_BYTES: usize = 16 * 1024;
+
 /// A message update in a user's log that an `Ack` turns into a delivered receipt.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct UnackedMessage {
@@ -294,7 +306,9 @@ pub(crate) struct Shard {
     /// Reservations staged in this batch.
     reservations: Vec<(u64, u64)>,
     /// The wire form of messages shown early in this turn, so each is made once per turn.
-    shown_kinds: HashMap<(u64, u64), tern_protocol::UpdateKind>,
+    shown_kinds: HashMap<(u64, u64), UpdateEventBytes>,
+    /// Where update events are encoded: blocks of [`EVENT_ARENA_BYTES`] that many share.
+    events: RefCell<BytesMut>,
     /// This run's id, which reservations carry: the first id the core issued for one, unique across
     /// runs because the id's high-water mark is in the same batch as the reservation.
     run: Option<u64>,
@@ -346,6 +360,7 @@ impl Shard {
             shown: Vec::new(),
             reservations: Vec::new(),
             shown_kinds: HashMap::default(),
+            events: RefCell::new(BytesMut::new()),
             run: None,
             sessions: HashMap::default(),
             online: HashMap::default(),
@@ -1305,70 +1320,75 @@ impl Shard {
         fresh: &HashMap<(u64, u64), Arc<MessageRecord>>,
         outputs: &mut Vec<Output>,
     ) {
-        let mut messages: HashMap<(u64, u64), tern_protocol::UpdateKind> = HashMap::default();
+        let mut messages: HashMap<(u64, u64), UpdateEventBytes> = HashMap::default();
         for (user_id, user_seq, record) in pushes {
             self.advance_head(user_id, user_seq);
             self.push_live(user_id, user_seq, &record, fresh, &mut messages, outputs);
         }
     }
 
-    /// Pushes an update to the user's live sessions. `messages` holds the wire form of messages
-    /// already made, so a message going to many members is made once.
+    /// An update's event frame, encoded once for every connection it goes to.
+    fn encode_event(&self, update: Update) -> Option<UpdateEventBytes> {
+        let mut arena = self.events.borrow_mut();
+        if arena.capacity() < EVENT_ARENA_BYTES / 8 {
+            arena.reserve(EVENT_ARENA_BYTES);
+        }
+        UpdateEventBytes::encode_in(update.kind, &mut arena)
+            .inspect_err(
+                |e| tracing::error!(core = self.core, error = %e, "encoding an update to push"),
+            )
+            .ok()
+    }
+
+    /// Pushes an update to the user's live sessions. `messages` holds the event frames of
+    /// messages already encoded, so a message going to many members is encoded once.
     fn push_live(
         &self,
         user_id: u64,
         user_seq: u64,
         record: &UpdateRecord,
         fresh: &HashMap<(u64, u64), Arc<MessageRecord>>,
-        messages: &mut HashMap<(u64, u64), tern_protocol::UpdateKind>,
+        messages: &mut HashMap<(u64, u64), UpdateEventBytes>,
         outputs: &mut Vec<Output>,
     ) {
         let live = self.live_sessions(user_id);
         if live.is_empty() {
             return;
         }
-        // A message goes to many members: its wire form (attachments looked up in the store)
-        // is made once per batch, and each member's copy differs only in `user_seq`.
-        let materialized = match record {
+        // A message goes to many members: its event frame (attachments looked up in the store) is
+        // encoded once per batch, and each member's copy differs only in `user_seq`.
+        let encoded = match record {
             UpdateRecord::Message {
                 conversation_id,
                 seq,
                 ..
             } => match messages.get(&(*conversation_id, *seq)) {
-                Some(kind) => Ok(Some(Update {
-                    user_seq,
-                    kind: kind.clone(),
-                })),
+                Some(event) => Ok(Some(event.clone())),
                 None => self
                     .materialize_record(user_seq, record, fresh)
                     .map(|made| {
-                        made.map(|(update, _)| {
-                            messages.insert((*conversation_id, *seq), update.kind.clone());
-                            update
-                        })
+                        let (update, _) = made?;
+                        let event = self.encode_event(update)?;
+                        messages.insert((*conversation_id, *seq), event.clone());
+                        Some(event)
                     }),
             },
             _ => self
                 .materialize_record(user_seq, record, fresh)
-                .map(|made| made.map(|(update, _)| update)),
+                .map(|made| made.and_then(|(update, _)| self.encode_event(update))),
         };
-        match materialized {
-            Ok(Some(update)) => {
+        match encoded {
+            Ok(Some(event)) => {
                 self.metrics
                     .core(self.core)
                     .delivered_live
                     .fetch_add(live.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                // Every device but the last gets a copy; the last (usually the only) one the
-                // update itself.
-                if let Some((&last, others)) = live.split_last() {
-                    for &conn in others {
-                        let frame = Frame::event(frames::UpdateEvent {
-                            update: update.clone(),
-                        });
-                        outputs.push(Output::Frame { conn, frame });
-                    }
-                    let frame = Frame::event(frames::UpdateEvent { update });
-                    outputs.push(Output::Frame { conn: last, frame });
+                for conn in live {
+                    outputs.push(Output::Update {
+                        conn,
+                        user_seq,
+                        event: event.clone(),
+                    });
                 }
             }
             Ok(None) => {}

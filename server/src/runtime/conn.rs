@@ -25,7 +25,9 @@ use bytes::BytesMut;
 use tern_protocol::frames::{self, Error as ErrorFrame, GoAway, Pong, Welcome};
 use tern_protocol::limits::{PROTOCOL_VERSION, REQUESTS_IN_FLIGHT_MAX};
 use tern_protocol::types::ServerLimits;
-use tern_protocol::{Body, ErrorCode, Frame, FrameDecoder, FrameError};
+use tern_protocol::{
+    Body, EncodeError, ErrorCode, Frame, FrameDecoder, FrameError, UpdateEventBytes,
+};
 
 use super::mailbox::{Adoption, Letter};
 use super::tls::Link;
@@ -103,8 +105,30 @@ impl Outbound {
     /// Queues a frame. Past the byte limit the client is too slow: it gets `SLOW_CONSUMER` and the
     /// connection closes (its updates stay in its log for the next `Sync`).
     pub(crate) fn push(&self, frame: &Frame) {
+        if self.queue(frame.body.name(), |pending| frame.encode(pending)) {
+            self.count(frame);
+        }
+    }
+
+    /// Queues an update event encoded once for all it goes to, as [`Outbound::push`] would queue
+    /// the same event built for this `user_seq`.
+    pub(crate) fn push_update(&self, event: &UpdateEventBytes, user_seq: u64) {
+        if self.queue("UpdateEvent", |pending| Ok(event.write(user_seq, pending))) {
+            self.metrics
+                .core(self.core)
+                .frames_out
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Appends what `encode` writes to the queue, within the byte limit; whether it was queued.
+    fn queue(
+        &self,
+        name: &str,
+        encode: impl FnOnce(&mut BytesMut) -> Result<usize, EncodeError>,
+    ) -> bool {
         if self.closing.get() {
-            return;
+            return false;
         }
         let encoded = {
             let mut pending = self.pending.borrow_mut();
@@ -113,7 +137,7 @@ impl Outbound {
                 pending.reserve(PENDING_BYTES_FIRST);
             }
             let start = pending.len();
-            match frame.encode(&mut pending) {
+            match encode(&mut pending) {
                 Ok(n) if self.bytes.get() + n > self.bytes_max => {
                     pending.truncate(start);
                     None
@@ -121,8 +145,8 @@ impl Outbound {
                 Ok(n) => Some(n),
                 Err(e) => {
                     // Nothing of it stays in the buffer.
-                    tracing::error!(error = %e, frame = frame.body.name(), "a frame the server built does not encode");
-                    return;
+                    tracing::error!(error = %e, frame = name, "a frame the server built does not encode");
+                    return false;
                 }
             }
         };
@@ -131,11 +155,11 @@ impl Outbound {
                 ErrorCode::SLOW_CONSUMER,
                 "outbound queue full: reconnect and sync",
             );
-            return;
+            return false;
         };
-        self.count(frame);
         self.bytes.set(self.bytes.get() + n);
         self.start_writer();
+        true
     }
 
     /// Queues a connection-level error, then closes.

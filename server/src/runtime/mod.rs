@@ -275,6 +275,15 @@ impl CoreCtx {
                         handle.outbound.push(&frame);
                     }
                 }
+                Output::Update {
+                    conn,
+                    user_seq,
+                    event,
+                } => {
+                    if let Some(handle) = conns.get(&conn) {
+                        handle.outbound.push_update(&event, user_seq);
+                    }
+                }
                 Output::Close {
                     conn,
                     code,
