@@ -47,6 +47,12 @@
 //!   than a shared one keeps each core's batches in order without coordination; RocksDB's own
 //!   write group still merges concurrent writers. We kept one RocksDB instance: a WAL per core
 //!   would also split the column families' memtables and compaction, for a gain we did not measure.
+//! - **A message is encoded once per core for all its members.** Its live event frame is encoded
+//!   once (`tern_protocol::UpdateEventBytes`, into a block many events share) and copied into each
+//!   connection's queue with that member's `user_seq` written in; its update-log entry, the same
+//!   for every member, is encoded once per batch and copied. Sealed batches are sorted on a 16-byte
+//!   key head before the keys themselves. In W2 with groups of 100 this took CPU per delivery down
+//!   by about a sixth (`bench/RESULTS.md`).
 //! - **A core reads its own writes while they are in flight** through an overlay of the sealed
 //!   batches (sorted; a binary search per batch), but clients are only ever shown what is durable:
 //!   `Sync` and `History` read the committed view, and a user's `head` moves only when the batch
