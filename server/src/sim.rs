@@ -1741,6 +1741,35 @@ mod tests {
     // Proves, on the virtual clock, that a delivery lost on its way to a member's core is made
     // again while the server runs, once the member's core has confirmed nothing for the retry
     // wait: the message reaches the member's log with no restart.
+    // Proves a direct conversation lives on its lower member's core, so that member's messages
+    // never cross cores, with members spread over both cores.
+    #[test]
+    fn direct_conversations_live_on_their_lower_members_core() {
+        let world = quiet(6, Config::default());
+        let mut directs = 0;
+        let mut spread = 0;
+        for user in &world.users {
+            for &conversation_id in &user.conversations {
+                let record = world.store.conversation(conversation_id).unwrap().unwrap();
+                if record.kind != ConversationKind::Direct as u8 {
+                    continue;
+                }
+                let lo = record.members.iter().map(|m| m.user_id).min().unwrap();
+                let hi = record.members.iter().map(|m| m.user_id).max().unwrap();
+                assert_eq!(
+                    crate::core::owner(conversation_id, 2),
+                    crate::core::owner(lo, 2),
+                    "conversation {conversation_id} of {lo} and {hi}"
+                );
+                directs += 1;
+                spread += usize::from(crate::core::owner(lo, 2) != crate::core::owner(hi, 2));
+            }
+        }
+        // Each of the 15 pairs is seen from both members.
+        assert_eq!(directs, 30);
+        assert!(spread > 0, "no pair has its members on different cores");
+    }
+
     #[test]
     fn a_lost_delivery_is_made_again_on_the_virtual_clock() {
         let mut world = quiet(2, Config::default());

@@ -92,6 +92,10 @@ const FANOUT_RETRIES_PER_TICK_MAX: usize = 256;
 
 /// Conversations a core keeps in memory before it starts over.
 const CACHED_CONVERSATIONS_MAX: usize = 1 << 18;
+
+/// Ids drawn at most for a new direct conversation to land on its lower member's core; with `n`
+/// cores, one draw in `n` does.
+const DIRECT_ID_DRAWS_MAX: usize = 64;
 /// Watermarks (fan-out and receipt) a core keeps in memory before it starts over.
 const CACHED_WATERMARKS_MAX: usize = 1 << 20;
 
@@ -1830,7 +1834,7 @@ impl Shard {
         let conversation_id = match existing {
             Some(id) => id,
             None => {
-                let id = self.next_id(now_ms);
+                let id = self.direct_conversation_id(now_ms);
                 let members = vec![
                     MemberRecord {
                         user_id: lo,
@@ -1867,6 +1871,21 @@ impl Shard {
             },
         );
         Ok(())
+    }
+
+    /// A new direct conversation's id, drawn so that this core, the lower member's, owns the
+    /// conversation: the lower member's messages then stay on one core, and the other member's
+    /// cross cores fewer times. Ids are unique and time-ordered however many are drawn; after
+    /// [`DIRECT_ID_DRAWS_MAX`] the last one is taken wherever it lands.
+    fn direct_conversation_id(&mut self, now_ms: u64) -> u64 {
+        let mut id = self.next_id(now_ms);
+        for _ in 1..DIRECT_ID_DRAWS_MAX {
+            if self.owner(id) == self.core {
+                break;
+            }
+            id = self.next_id(now_ms);
+        }
+        id
     }
 
     /// Replies with a conversation's state as `user_id` sees it.
