@@ -1023,7 +1023,8 @@ impl Shard {
         self.last_batch += 1;
         self.unanswered += 1;
         let id = self.last_batch;
-        let mut batch = std::mem::replace(&mut self.batch, self.store.batch());
+        let next = self.batch.next_like();
+        let mut batch = std::mem::replace(&mut self.batch, next);
         batch.sort();
         let batch = Arc::new(batch);
         if let Some(overlay) = self.store.overlay() {

@@ -298,7 +298,11 @@ impl CoreCtx {
     }
 
     fn post(&self, mail: Vec<(usize, Mail)>) {
-        let mut by_core: Vec<Vec<Letter>> = (0..self.cores).map(|_| Vec::new()).collect();
+        let mut counts = vec![0; self.cores];
+        for (core, _) in &mail {
+            counts[*core] += 1;
+        }
+        let mut by_core: Vec<Vec<Letter>> = counts.into_iter().map(Vec::with_capacity).collect();
         for (core, m) in mail {
             by_core[core].push(Letter::Mail(m));
         }

@@ -744,18 +744,41 @@ impl Batch {
     }
 
     fn push(&mut self, cf: &'static str, kind: OpKind, key: &[u8], value: &[u8]) {
-        self.sorted = false;
         let at = self.bytes.len();
         self.bytes.extend_from_slice(key);
         self.bytes.extend_from_slice(value);
+        self.push_op(cf, kind, at, key.len(), value.len());
+    }
+
+    /// Records the write whose key (and value) were appended to `bytes` from `at`.
+    fn push_op(
+        &mut self,
+        cf: &'static str,
+        kind: OpKind,
+        at: usize,
+        key_len: usize,
+        value_len: usize,
+    ) {
+        self.sorted = false;
+        let head = Op::head(&self.bytes[at..at + key_len]);
         self.ops.push(Op {
             cf,
             kind,
-            head: Op::head(key),
+            head,
             at,
-            key_len: key.len(),
-            value_len: value.len(),
+            key_len,
+            value_len,
         });
+    }
+
+    /// An empty batch with room for as much as this one holds: a core's batches are much alike
+    /// from one turn to the next, and one that held little makes the next one small again.
+    pub(crate) fn next_like(&self) -> Batch {
+        Batch {
+            ops: Vec::with_capacity(self.ops.len()),
+            bytes: Vec::with_capacity(self.bytes.len()),
+            ..Batch::default()
+        }
     }
 
     fn key(&self, op: &Op) -> &[u8] {
@@ -876,9 +899,18 @@ impl Batch {
             >,
         >,
     {
-        let bytes = encode(value)?;
-        self.put(cf, key, &bytes);
-        Ok(())
+        let at = self.bytes.len();
+        self.bytes.extend_from_slice(key);
+        match records::encode_into(value, &mut self.bytes) {
+            Ok(value_len) => {
+                self.push_op(cf, OpKind::Put, at, key.len(), value_len);
+                Ok(())
+            }
+            Err(e) => {
+                self.bytes.truncate(at);
+                Err(e)
+            }
+        }
     }
 
     pub(crate) fn put_id_high_water(&mut self, core: u16, high_water: u64) {
@@ -1038,18 +1070,10 @@ impl Batch {
         if let Some((last, from, len)) = &self.last_update {
             if last == update {
                 let (from, len) = (*from, *len);
-                self.sorted = false;
                 let at = self.bytes.len();
                 self.bytes.extend_from_slice(&key);
                 self.bytes.extend_from_within(from..from + len);
-                self.ops.push(Op {
-                    cf: CF_UPDATES,
-                    kind: OpKind::Put,
-                    head: Op::head(&key),
-                    at,
-                    key_len: key.len(),
-                    value_len: len,
-                });
+                self.push_op(CF_UPDATES, OpKind::Put, at, key.len(), len);
                 return Ok(());
             }
         }

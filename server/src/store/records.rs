@@ -241,16 +241,44 @@ pub(crate) struct IdempotencyRecord {
 }
 
 /// Encodes a record as its version byte followed by its archive.
+#[cfg(test)]
 pub(crate) fn encode<T>(value: &T) -> Result<Vec<u8>, StoreError>
 where
     T: for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
 {
-    let archive =
-        rkyv::to_bytes::<rancor::Error>(value).map_err(|e| StoreError::Encode(e.to_string()))?;
-    let mut out = Vec::with_capacity(1 + archive.len());
-    out.push(RECORD_VERSION);
-    out.extend_from_slice(&archive);
+    let mut out = Vec::new();
+    encode_into(value, &mut out)?;
     Ok(out)
+}
+
+/// Capacity of the per-thread buffer records are archived in that is kept between records.
+const SCRATCH_BYTES_KEPT: usize = 64 * 1024;
+
+thread_local! {
+    /// Where records are archived before they are appended: archives are aligned from their own
+    /// start, so they cannot be written in place at an arbitrary offset.
+    static SCRATCH: std::cell::RefCell<AlignedVec> = std::cell::RefCell::new(AlignedVec::new());
+}
+
+/// Appends what [`encode`] returns to `out`, without a buffer of its own; returns its length.
+/// On error `out` is left as it was.
+pub(crate) fn encode_into<T>(value: &T, out: &mut Vec<u8>) -> Result<usize, StoreError>
+where
+    T: for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
+{
+    SCRATCH.with(|scratch| {
+        let mut buffer = std::mem::take(&mut *scratch.borrow_mut());
+        buffer.clear();
+        let archive = rkyv::api::high::to_bytes_in::<_, rancor::Error>(value, buffer)
+            .map_err(|e| StoreError::Encode(e.to_string()))?;
+        out.push(RECORD_VERSION);
+        out.extend_from_slice(&archive);
+        let len = 1 + archive.len();
+        if archive.capacity() <= SCRATCH_BYTES_KEPT {
+            *scratch.borrow_mut() = archive;
+        }
+        Ok(len)
+    })
 }
 
 /// Validates a stored value and returns its archive in place.
