@@ -1241,7 +1241,7 @@ impl Shard {
     /// Pushes an update appended in this turn to the user's live sessions now.
     fn show_now(&mut self, user_id: u64, user_seq: u64, update: &UpdateRecord) {
         let mut outputs = Vec::new();
-        let mut kinds = std::mem::take(&mut self.shown_kinds);
+        let mut kinds = std::mem::take(&mut self.shown_events);
         self.push_live(
             user_id,
             user_seq,
@@ -1250,7 +1250,7 @@ impl Shard {
             &mut kinds,
             &mut outputs,
         );
-        self.shown_kinds = kinds;
+        self.shown_events = kinds;
         self.outputs.extend(outputs);
         self.shown.push((user_id, user_seq));
         self.metrics

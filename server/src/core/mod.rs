@@ -305,8 +305,8 @@ pub(crate) struct Shard {
     shown: Vec<(u64, u64)>,
     /// Reservations staged in this batch.
     reservations: Vec<(u64, u64)>,
-    /// The wire form of messages shown early in this turn, so each is made once per turn.
-    shown_kinds: HashMap<(u64, u64), UpdateEventBytes>,
+    /// The event frames of messages shown early in this turn, so each is encoded once per turn.
+    shown_events: HashMap<(u64, u64), UpdateEventBytes>,
     /// Where update events are encoded: blocks of [`EVENT_ARENA_BYTES`] that many share.
     events: RefCell<BytesMut>,
     /// This run's id, which reservations carry: the first id the core issued for one, unique across
@@ -359,7 +359,7 @@ impl Shard {
             pushes: Vec::new(),
             shown: Vec::new(),
             reservations: Vec::new(),
-            shown_kinds: HashMap::default(),
+            shown_events: HashMap::default(),
             events: RefCell::new(BytesMut::new()),
             run: None,
             sessions: HashMap::default(),
@@ -988,7 +988,7 @@ impl Shard {
             self.fail_in_flight(&mut turn);
             return turn;
         }
-        self.shown_kinds.clear();
+        self.shown_events.clear();
         let waiting = !self.after_commit.is_empty()
             || !self.mail_after_commit.is_empty()
             || !self.pushes.is_empty()
