@@ -1412,15 +1412,7 @@ impl Shard {
         };
         let state = self.user_state(user_id)?;
         let head = state.head;
-        // Updates shown before they were durable come after the durable ones, from memory.
         let shown_head = state.shown_head();
-        let early: Vec<(u64, UpdateRecord)> = state
-            .early
-            .iter()
-            .filter(|(user_seq, _)| *user_seq > sync.since.max(head))
-            .take(limit)
-            .cloned()
-            .collect();
         let mut rows = if sync.since >= head {
             Vec::new()
         } else {
@@ -1428,7 +1420,17 @@ impl Shard {
         };
         rows.retain(|(user_seq, _)| *user_seq <= head);
         if rows.len() < limit && rows.last().is_none_or(|(last, _)| *last == head) {
-            rows.extend(early.into_iter().take(limit - rows.len()));
+            // Updates shown before they were durable come after the durable ones, from memory.
+            let room = limit - rows.len();
+            let state = self.user_state(user_id)?;
+            rows.extend(
+                state
+                    .early
+                    .iter()
+                    .filter(|(user_seq, _)| *user_seq > sync.since.max(head))
+                    .take(room)
+                    .cloned(),
+            );
         }
         let mut updates = Vec::with_capacity(rows.len());
         let mut bytes = 0;
