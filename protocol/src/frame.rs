@@ -130,16 +130,6 @@ impl UpdateEventBytes {
         })
     }
 
-    /// The frame's size in bytes.
-    pub fn len(&self) -> usize {
-        self.bytes.len()
-    }
-
-    /// Never true: a frame has at least its header.
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
-    }
-
     /// Appends the frame for `user_seq` to `dst` and returns its size, as [`Frame::encode`] would
     /// for the same update.
     pub fn write(&self, user_seq: u64, dst: &mut BytesMut) -> usize {

@@ -96,6 +96,7 @@ const CACHED_CONVERSATIONS_MAX: usize = 1 << 18;
 /// Ids drawn at most for a new direct conversation to land on its lower member's core; with `n`
 /// cores, one draw in `n` does.
 const DIRECT_ID_DRAWS_MAX: usize = 64;
+
 /// Watermarks (fan-out and receipt) a core keeps in memory before it starts over.
 const CACHED_WATERMARKS_MAX: usize = 1 << 20;
 
@@ -1241,16 +1242,16 @@ impl Shard {
     /// Pushes an update appended in this turn to the user's live sessions now.
     fn show_now(&mut self, user_id: u64, user_seq: u64, update: &UpdateRecord) {
         let mut outputs = Vec::new();
-        let mut kinds = std::mem::take(&mut self.shown_events);
+        let mut events = std::mem::take(&mut self.shown_events);
         self.push_live(
             user_id,
             user_seq,
             update,
             &self.chat.fresh,
-            &mut kinds,
+            &mut events,
             &mut outputs,
         );
-        self.shown_events = kinds;
+        self.shown_events = events;
         self.outputs.extend(outputs);
         self.shown.push((user_id, user_seq));
         self.metrics

@@ -106,7 +106,7 @@ impl Outbound {
     /// connection closes (its updates stay in its log for the next `Sync`).
     pub(crate) fn push(&self, frame: &Frame) {
         if self.queue(frame.body.name(), |pending| frame.encode(pending)) {
-            self.count(frame);
+            self.count(Some(&frame.body));
         }
     }
 
@@ -114,10 +114,7 @@ impl Outbound {
     /// the same event built for this `user_seq`.
     pub(crate) fn push_update(&self, event: &UpdateEventBytes, user_seq: u64) {
         if self.queue("UpdateEvent", |pending| Ok(event.write(user_seq, pending))) {
-            self.metrics
-                .core(self.core)
-                .frames_out
-                .fetch_add(1, Ordering::Relaxed);
+            self.count(None);
         }
     }
 
@@ -172,7 +169,7 @@ impl Outbound {
             retry_after_ms: 0,
             message: message.to_owned(),
         });
-        self.count(&frame);
+        self.count(Some(&frame.body));
         // Past the byte limit on purpose: the client should learn why it is closed.
         if let Ok(n) = frame.encode(&mut self.pending.borrow_mut()) {
             self.bytes.set(self.bytes.get() + n);
@@ -180,10 +177,11 @@ impl Outbound {
         self.close();
     }
 
-    fn count(&self, frame: &Frame) {
+    /// Counts a frame out, and an error frame by its code (`None`: a frame that is no error).
+    fn count(&self, body: Option<&Body>) {
         let metrics = self.metrics.core(self.core);
         metrics.frames_out.fetch_add(1, Ordering::Relaxed);
-        if let Body::Error(error) = &frame.body {
+        if let Some(Body::Error(error)) = body {
             metrics.error(error.code);
         }
     }

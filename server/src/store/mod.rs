@@ -1254,22 +1254,16 @@ mod tests {
     // would, for keys that tie on their first 16 bytes, are prefixes of each other or are short.
     #[test]
     fn sorted_batches_order_keys_as_their_bytes() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rng = crate::sim::Rng::new(7);
         let store = Store::in_memory();
         for _ in 0..50 {
             let mut batch = store.batch();
             let mut made = Vec::new();
             for i in 0..200u32 {
-                let cf = [CF_UPDATES, CF_MESSAGES, CF_IDEMPOTENCY][(next() % 3) as usize];
+                let cf = [CF_UPDATES, CF_MESSAGES, CF_IDEMPOTENCY][rng.below(3)];
                 // Few distinct bytes and lengths around 16, so heads tie and keys nest.
-                let len = [0, 1, 8, 15, 16, 17, 24, 28][(next() % 8) as usize];
-                let key: Vec<u8> = (0..len).map(|_| (next() % 3) as u8).collect();
+                let len = [0, 1, 8, 15, 16, 17, 24, 28][rng.below(8)];
+                let key: Vec<u8> = (0..len).map(|_| rng.below(3) as u8).collect();
                 batch.put(cf, &key, &i.to_be_bytes());
                 made.push((cf, key, i));
             }

@@ -240,7 +240,7 @@ pub(crate) struct IdempotencyRecord {
     pub(crate) ts: u64,
 }
 
-/// Encodes a record as its version byte followed by its archive.
+/// Encodes a record on its own (see [`encode_into`]).
 #[cfg(test)]
 pub(crate) fn encode<T>(value: &T) -> Result<Vec<u8>, StoreError>
 where
@@ -260,8 +260,8 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<AlignedVec> = std::cell::RefCell::new(AlignedVec::new());
 }
 
-/// Appends what [`encode`] returns to `out`, without a buffer of its own; returns its length.
-/// On error `out` is left as it was.
+/// Appends a record to `out` as its version byte followed by its archive, without a buffer of
+/// its own, and returns how many bytes that is. On error `out` is left as it was.
 pub(crate) fn encode_into<T>(value: &T, out: &mut Vec<u8>) -> Result<usize, StoreError>
 where
     T: for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
