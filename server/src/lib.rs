@@ -73,8 +73,9 @@
 //!   delivers those messages only to them, and later ones to the members it finds. Without this
 //!   a member added after a send could be given the message, and one removed could miss it.
 //! - **Four writes per one-to-one message.** Fan-out progress, fan-out watermarks and a sender's
-//!   own read watermark are written by a checkpoint once a second and rebuilt at start from the
-//!   checkpoint and the log after it (`core/chat.rs`); a core's id high-water mark is written
+//!   own read watermark are written by a checkpoint once a second, in small shares spread over
+//!   half a second so no batch holds it all, and rebuilt at start from the checkpoint and the log
+//!   after it (`core/chat.rs`); a core's id high-water mark is written
 //!   once per batch. Counted in W1 at 20,000 messages/s, where devices acknowledge what they get:
 //!   per message 1 `messages`, 1 `idempotency`, 2.7 `updates` (the two members' entries and the
 //!   receipts that acknowledgements cause), 0.4 `receipts` (delivered watermarks) and 0.3 of

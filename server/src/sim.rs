@@ -365,6 +365,8 @@ impl World {
         for core in 0..self.options.cores {
             let now = self.now_ms;
             let shard = &mut self.shards[core];
+            // One of each per share, so a checkpoint of the few users here spans turns too.
+            shard.chat.set_share_min(1);
             shard
                 .recover_fanouts(now)
                 .expect("memory reads do not fail");
@@ -1768,6 +1770,103 @@ mod tests {
         // Each of the 15 pairs is seen from both members.
         assert_eq!(directs, 30);
         assert!(spread > 0, "no pair has its members on different cores");
+    }
+
+    // A checkpoint is written a share at a time on the virtual clock, not all in one batch: after
+    // its first share some users' stored fan-out watermarks still lag their logs, and within
+    // the spread every one has caught up.
+    #[test]
+    fn a_checkpoint_is_written_in_shares_on_the_virtual_clock() {
+        use crate::core::chat::{CHECKPOINT_MS, CHECKPOINT_SHARE_EVERY_MS};
+        let mut world = quiet(6, Config::default());
+        let under_way = |world: &World| {
+            world
+                .shards
+                .iter()
+                .any(|s| s.chat.checkpoint_share_due_ms().is_some())
+        };
+        // Users whose stored watermark of some conversation is below the newest seq of it in
+        // their log.
+        let lagging = |world: &World| {
+            world
+                .users
+                .iter()
+                .filter(|user| {
+                    let mut newest: HashMap<u64, u64> = HashMap::new();
+                    for (_, record) in world.log(user.user_id) {
+                        if let UpdateRecord::Message {
+                            conversation_id,
+                            seq,
+                            ..
+                        } = record
+                        {
+                            let n = newest.entry(conversation_id).or_default();
+                            *n = (*n).max(seq);
+                        }
+                    }
+                    newest.iter().any(|(&conversation_id, &seq)| {
+                        let stored = world.store.fanout_mark(user.user_id, conversation_id);
+                        stored.expect("memory reads do not fail") < seq
+                    })
+                })
+                .count()
+        };
+        // Whatever checkpoint setting up began ends first.
+        for _ in 0..200 {
+            if !under_way(&world) {
+                break;
+            }
+            world.tick(CHECKPOINT_SHARE_EVERY_MS);
+            world.settle();
+        }
+        assert!(!under_way(&world), "the first checkpoint ended");
+        for device in 0..world.users.len() {
+            let conversations = world.users[device].conversations.clone();
+            for (i, conversation_id) in conversations.into_iter().enumerate() {
+                world.send(
+                    device,
+                    conversation_id,
+                    [
+                        device as u8 + 1,
+                        i as u8 + 1,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        9,
+                    ],
+                );
+            }
+        }
+        world.settle();
+        let before = lagging(&world);
+        assert_eq!(before, world.users.len(), "every user has news");
+        world.tick(CHECKPOINT_MS);
+        world.settle();
+        assert!(under_way(&world), "a checkpoint began");
+        let after_one = lagging(&world);
+        assert!(
+            after_one > 0 && after_one < before,
+            "the first share wrote some users, not all: {after_one} of {before} lag"
+        );
+        let mut shares = 1;
+        while under_way(&world) && shares < 50 {
+            world.tick(CHECKPOINT_SHARE_EVERY_MS);
+            world.settle();
+            shares += 1;
+        }
+        assert!(!under_way(&world), "the checkpoint ended within the spread");
+        assert_eq!(lagging(&world), 0, "every watermark was written");
+        assert!(world.violations.is_empty(), "{:?}", world.violations);
     }
 
     #[test]

@@ -20,8 +20,12 @@
 //! # Fan-out progress, without writes per message
 //!
 //! A one-to-one message costs four writes: the message, its idempotency record, and one entry in
-//! each member's log. What recovery needs besides is kept in memory and written once per
-//! [`CHECKPOINT_MS`] by [`Shard::checkpoint`], not per message:
+//! each member's log. What recovery needs besides is kept in memory and written by a checkpoint
+//! that begins every [`CHECKPOINT_MS`], not per message. A checkpoint is written in shares, one
+//! every [`CHECKPOINT_SHARE_EVERY_MS`] over [`CHECKPOINT_SPREAD_MS`] (a few open conversations,
+//! users and read watermarks each, [`Shard::checkpoint_share`]): written at once it was tens of
+//! thousands of writes in one batch, and every message on the core waited behind it. Each user's
+//! watermarks go in one share with the `user_seq` they cover, so each user's checkpoint is whole.
 //!
 //! - C keeps a row in `fanout` for each conversation whose fan-out may be unfinished, holding the
 //!   seq up to which every member confirmed. The row is written with the first message after the
@@ -75,8 +79,14 @@ const PAGE_BYTES_MAX: usize = FRAME_BYTES_MAX as usize - 4096;
 /// Updates an `Ack` scans for delivered receipts before it stops (the rest get none).
 const ACK_SCAN_UPDATES_MAX: usize = 10 * RANGE_READ_MAX;
 
-/// How often a core writes its fan-out progress and watermarks ([`Shard::checkpoint`]).
+/// How often a core begins a checkpoint of its fan-out progress and watermarks
+/// ([`Shard::start_checkpoint`]).
 pub(crate) const CHECKPOINT_MS: u64 = 1000;
+/// Over how long a checkpoint is written, and how often a share of it.
+const CHECKPOINT_SPREAD_MS: u64 = 500;
+pub(crate) const CHECKPOINT_SHARE_EVERY_MS: u64 = 10;
+/// The fewest users, conversations and read watermarks a share writes of each.
+const CHECKPOINT_SHARE_MIN: usize = 16;
 
 /// How long a conversation's core waits for a member's confirmation before it delivers again.
 ///
@@ -139,15 +149,21 @@ pub(crate) struct ChatState {
     /// Others (after a start or a failed commit) have their log read back from that checkpoint's
     /// `user_seq` before the next one, so it never covers a watermark it did not write.
     tracked: HashSet<u64>,
-    /// When the last checkpoint ran.
+    /// When the last checkpoint began.
     last_checkpoint_ms: u64,
+    /// The checkpoint under way, if any.
+    round: Option<Round>,
+    /// The fewest users, conversations and read watermarks a share writes of each.
+    share_min: usize,
     /// Fan-out watermarks of users this core owns: the highest seq in their log, by conversation.
     marks: HashMap<(u64, u64), u64>,
     /// Watermarks of users this core owns.
     receipts: HashMap<(u64, u64), ReceiptRecord>,
-    /// Fan-out watermarks and receipt watermarks changed in this turn, written once each when the
-    /// turn's batch is committed however often they moved.
-    dirty_marks: HashSet<(u64, u64)>,
+    /// Fan-out watermarks that moved since they were last written, by user and conversation
+    /// (ordered, so a checkpoint writes them a share of users at a time).
+    dirty_marks: BTreeSet<(u64, u64)>,
+    /// Receipt watermarks changed in this turn, written once each when the turn's batch is
+    /// committed however often they moved.
     dirty_receipts: HashSet<(u64, u64)>,
     /// Messages delivered in this turn, so pushing them to live devices reads nothing back; emptied
     /// once the turn's pushes are out.
@@ -156,6 +172,25 @@ pub(crate) struct ChatState {
     /// commit, by user, whose replayed mail must not append them twice. Only ever those shown
     /// early, so few.
     restaged: Vec<(u64, UpdateRecord)>,
+}
+
+/// A checkpoint under way. It is written in shares, one every [`CHECKPOINT_SHARE_EVERY_MS`] over
+/// [`CHECKPOINT_SPREAD_MS`]: written at once, a checkpoint took tens of thousands of writes in one
+/// batch, and every message on the core waited behind it for tens of milliseconds.
+#[derive(Debug)]
+struct Round {
+    /// The lowest user whose fan-out watermarks it has yet to write (it writes each user's that
+    /// moved before it reached them).
+    next_user: u64,
+    users_per_share: usize,
+    /// The open conversations whose fan-out progress it has yet to write.
+    open: Vec<u64>,
+    open_per_share: usize,
+    /// The owners' read watermarks it has yet to write (those moved before it began).
+    receipts: Vec<(u64, u64)>,
+    receipts_per_share: usize,
+    /// When the next share is due.
+    next_share_ms: u64,
 }
 
 /// A message's fan-out that not every member confirmed yet.
@@ -185,6 +220,24 @@ pub(crate) struct Deliver {
 }
 
 impl ChatState {
+    /// When the next share of the checkpoint under way is due, if one is.
+    pub(crate) fn checkpoint_share_due_ms(&self) -> Option<u64> {
+        self.round.as_ref().map(|r| r.next_share_ms)
+    }
+
+    /// The next share is due `CHECKPOINT_SHARE_EVERY_MS` after `now_ms`.
+    pub(crate) fn checkpoint_share_written(&mut self, now_ms: u64) {
+        if let Some(round) = self.round.as_mut() {
+            round.next_share_ms = now_ms + CHECKPOINT_SHARE_EVERY_MS;
+        }
+    }
+
+    /// Makes each share write at least `min` of each (the simulator's few users then span many).
+    #[cfg(test)]
+    pub(crate) fn set_share_min(&mut self, min: usize) {
+        self.share_min = min;
+    }
+
     /// The pending batch was committed.
     pub(crate) fn committed(&mut self) {
         self.pending_sends.clear();
@@ -251,6 +304,7 @@ impl ChatState {
     pub(crate) fn new(cores: usize) -> ChatState {
         ChatState {
             confirmed_ms: vec![0; cores],
+            share_min: CHECKPOINT_SHARE_MIN,
             ..ChatState::default()
         }
     }
@@ -275,6 +329,7 @@ impl ChatState {
             fixed: std::mem::take(&mut self.fixed),
             pinned: std::mem::take(&mut self.pinned),
             last_checkpoint_ms: self.last_checkpoint_ms,
+            share_min: self.share_min,
             ..ChatState::default()
         };
     }
@@ -891,57 +946,163 @@ impl Shard {
         Ok(resumed)
     }
 
-    /// Writes what the checkpoint covers (see the module docs) into the pending batch: each open
-    /// conversation's fan-out progress, the fan-out watermarks that moved with the `user_seq` they
-    /// cover, and the read watermarks the owners' own messages moved.
+    /// Writes a whole checkpoint into the pending batch at once (at shutdown).
     pub(crate) fn checkpoint(&mut self, now_ms: u64) -> Result<(), StoreError> {
+        self.start_checkpoint(now_ms);
+        self.checkpoint_share(true).map(|_| ())
+    }
+
+    /// Begins a checkpoint (see the module docs). What it covers is written a share at a time by
+    /// [`Shard::checkpoint_share`], spread over [`CHECKPOINT_SPREAD_MS`].
+    pub(crate) fn start_checkpoint(&mut self, now_ms: u64) {
         self.chat.last_checkpoint_ms = now_ms;
-        let open: Vec<(u64, u64)> = self.chat.open.iter().map(|(c, d)| (*c, *d)).collect();
-        for (conversation_id, written) in open {
+        let mut users = 0usize;
+        let mut last = None;
+        for &(user_id, _) in &self.chat.dirty_marks {
+            if last != Some(user_id) {
+                users += 1;
+                last = Some(user_id);
+            }
+        }
+        let open: Vec<u64> = self.chat.open.keys().copied().collect();
+        let receipts: Vec<(u64, u64)> = self.chat.lazy_receipts.iter().copied().collect();
+        let shares = (CHECKPOINT_SPREAD_MS / CHECKPOINT_SHARE_EVERY_MS) as usize;
+        let min = self.chat.share_min.max(1);
+        self.chat.round = Some(Round {
+            next_user: 0,
+            users_per_share: users.div_ceil(shares).max(min),
+            open_per_share: open.len().div_ceil(shares).max(min),
+            receipts_per_share: receipts.len().div_ceil(shares).max(min),
+            open,
+            receipts,
+            next_share_ms: now_ms,
+        });
+    }
+
+    /// Writes the next share of the checkpoint under way into the pending batch (all that is
+    /// left if `whole`): the fan-out progress of some open conversations, the fan-out watermarks
+    /// that moved of some users, each user's with the `user_seq` they cover, and some of the read
+    /// watermarks the owners' own messages moved. Returns whether the checkpoint is complete
+    /// (also when none is under way).
+    pub(crate) fn checkpoint_share(&mut self, whole: bool) -> Result<bool, StoreError> {
+        let Some(round) = self.chat.round.as_mut() else {
+            return Ok(true);
+        };
+        let cut = |all: usize, per_share: usize| {
+            if whole {
+                0
+            } else {
+                all.saturating_sub(per_share)
+            }
+        };
+        let open = round
+            .open
+            .split_off(cut(round.open.len(), round.open_per_share));
+        let receipts = round
+            .receipts
+            .split_off(cut(round.receipts.len(), round.receipts_per_share));
+        let users_max = if whole {
+            usize::MAX
+        } else {
+            round.users_per_share
+        };
+        let mut users = Vec::new();
+        for &(user_id, _) in self.chat.dirty_marks.range((round.next_user, 0)..) {
+            if users.last() != Some(&user_id) {
+                if users.len() == users_max {
+                    break;
+                }
+                users.push(user_id);
+            }
+        }
+        if let Some(&last) = users.last() {
+            round.next_user = last.saturating_add(1);
+        }
+        let users_done = users.len() < users_max
+            || users.last() == Some(&u64::MAX)
+            || self
+                .chat
+                .dirty_marks
+                .range((round.next_user, 0)..)
+                .next()
+                .is_none();
+        let done = users_done && round.open.is_empty() && round.receipts.is_empty();
+        if done {
+            self.chat.round = None;
+        }
+        for conversation_id in open {
+            let Some(&written) = self.chat.open.get(&conversation_id) else {
+                continue;
+            };
             match self.chat.first_unfinished(conversation_id) {
                 None => self.close_open(conversation_id),
                 Some(seq) if seq - 1 != written => self.write_open(conversation_id, seq - 1),
                 Some(_) => {}
             }
         }
-        let mut by_user: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
-        let mut dirty: Vec<(u64, u64)> = self.chat.dirty_marks.drain().collect();
-        let untracked: BTreeSet<u64> = dirty
-            .iter()
-            .map(|(user_id, _)| *user_id)
-            .filter(|user_id| !self.chat.tracked.contains(user_id))
-            .collect();
-        for user_id in untracked {
-            dirty.extend(
-                self.conversations_since_checkpoint(user_id)?
-                    .into_iter()
-                    .map(|c| (user_id, c)),
-            );
-            self.chat.tracked.insert(user_id);
-        }
-        dirty.sort_unstable();
-        dirty.dedup();
-        for (user_id, conversation_id) in dirty {
-            // Not cached after a failed commit: read back from the log.
-            let seq = self.fanout_mark(user_id, conversation_id)?;
-            self.chat.marks_written.push((user_id, conversation_id));
-            by_user
-                .entry(user_id)
-                .or_default()
-                .push((conversation_id, seq));
-        }
-        for (user_id, marks) in by_user {
-            for (conversation_id, seq) in marks {
-                self.batch.put_fanout_mark(user_id, conversation_id, seq);
+        let mut result = Ok(());
+        for user_id in users {
+            if let Err(e) = self.checkpoint_user(user_id) {
+                result = Err(e);
             }
-            let upto = self.user_state(user_id)?.next_seq;
-            self.batch.put_marks_upto(user_id, upto);
         }
-        for key in std::mem::take(&mut self.chat.lazy_receipts) {
+        for key in receipts {
+            // One written since with a receipt is gone from the set.
+            if !self.chat.lazy_receipts.remove(&key) {
+                continue;
+            }
             if let Some(receipt) = self.chat.receipts.get(&key) {
                 self.batch.put_receipt(key.0, key.1, receipt)?;
             }
         }
+        result.map(|()| done)
+    }
+
+    /// Writes one user's fan-out watermarks that moved since their durable checkpoint, with the
+    /// `user_seq` they cover. On a failed read they stay dirty, and the user's log is read back
+    /// before the next try.
+    fn checkpoint_user(&mut self, user_id: u64) -> Result<(), StoreError> {
+        let mut conversations: Vec<u64> = self
+            .chat
+            .dirty_marks
+            .range((user_id, 0)..=(user_id, u64::MAX))
+            .map(|(_, c)| *c)
+            .collect();
+        for conversation_id in &conversations {
+            self.chat.dirty_marks.remove(&(user_id, *conversation_id));
+        }
+        let written = self.checkpoint_user_marks(user_id, &mut conversations);
+        if written.is_err() {
+            self.chat.tracked.remove(&user_id);
+            self.chat
+                .dirty_marks
+                .extend(conversations.iter().map(|c| (user_id, *c)));
+        }
+        written
+    }
+
+    fn checkpoint_user_marks(
+        &mut self,
+        user_id: u64,
+        conversations: &mut Vec<u64>,
+    ) -> Result<(), StoreError> {
+        if !self.chat.tracked.contains(&user_id) {
+            conversations.extend(self.conversations_since_checkpoint(user_id)?);
+            conversations.sort_unstable();
+            conversations.dedup();
+        }
+        let mut marks = Vec::with_capacity(conversations.len());
+        for &conversation_id in conversations.iter() {
+            // Not cached after a failed commit: read back from the log.
+            marks.push((conversation_id, self.fanout_mark(user_id, conversation_id)?));
+        }
+        let upto = self.user_state(user_id)?.next_seq;
+        self.chat.tracked.insert(user_id);
+        for (conversation_id, seq) in marks {
+            self.chat.marks_written.push((user_id, conversation_id));
+            self.batch.put_fanout_mark(user_id, conversation_id, seq);
+        }
+        self.batch.put_marks_upto(user_id, upto);
         Ok(())
     }
 
@@ -971,7 +1132,7 @@ impl Shard {
 
     /// Whether a checkpoint is due.
     pub(crate) fn checkpoint_due(&self, now_ms: u64) -> bool {
-        now_ms >= self.chat.last_checkpoint_ms + CHECKPOINT_MS
+        self.chat.round.is_none() && now_ms >= self.chat.last_checkpoint_ms + CHECKPOINT_MS
     }
 
     /// Fan-outs not yet confirmed by every member (for the simulator's checks).

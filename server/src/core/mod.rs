@@ -1087,8 +1087,9 @@ impl Shard {
 
     /// Periodic work: fan-outs some member has not confirmed in time are delivered again; every
     /// `media_sweep_interval_ms` the uploads nothing will use are discarded; and every
-    /// [`chat::CHECKPOINT_MS`] the fan-out progress and watermarks are written
-    /// ([`Shard::checkpoint`]). Call it every [`TICK_MS`] or so.
+    /// [`chat::CHECKPOINT_MS`] a checkpoint of the fan-out progress and watermarks begins
+    /// ([`Shard::start_checkpoint`]), to be written a share at a time by
+    /// [`Shard::checkpoint_step`]. Call it every [`TICK_MS`] or so.
     pub(crate) fn tick(&mut self, now_ms: u64) {
         self.last_now_ms = now_ms;
         if let Err(e) = self.retry_fanouts(now_ms) {
@@ -1110,10 +1111,31 @@ impl Shard {
             }
         }
         if self.checkpoint_due(now_ms) {
-            if let Err(e) = self.checkpoint(now_ms) {
-                tracing::error!(core = self.core, error = %e, "writing a checkpoint");
-            }
+            self.start_checkpoint(now_ms);
         }
+        self.checkpoint_step(now_ms);
+    }
+
+    /// Writes the next share of the checkpoint under way into the pending batch, if one is due
+    /// and the batch will be sealed this turn (the committer is not behind). Call it before
+    /// each turn ends.
+    pub(crate) fn checkpoint_step(&mut self, now_ms: u64) {
+        if self.checkpoint_step_due_ms().is_none_or(|at| now_ms < at) {
+            return;
+        }
+        self.chat.checkpoint_share_written(now_ms);
+        if let Err(e) = self.checkpoint_share(false) {
+            tracing::error!(core = self.core, error = %e, "writing a checkpoint");
+        }
+    }
+
+    /// When the next share of the checkpoint under way is due, if one is and the committer is
+    /// not behind (its answer wakes the core): the runtime runs a turn then, work or not.
+    pub(crate) fn checkpoint_step_due_ms(&self) -> Option<u64> {
+        if self.unanswered >= COMMITS_IN_FLIGHT_MAX {
+            return None;
+        }
+        self.chat.checkpoint_share_due_ms()
     }
 
     /// Whether batches are in flight or writes pending (shutdown waits for neither).

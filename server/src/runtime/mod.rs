@@ -383,23 +383,28 @@ async fn driver(ctx: Rc<CoreCtx>, inbox: Inbox) {
     let tick = Duration::from_millis(TICK_MS);
     let mut last_tick = Instant::now();
     loop {
-        // While shutting down, also wake on a short tick to watch the deadline.
-        let wait = if shutdown_started.is_some() {
+        // While shutting down, also wake on a short tick to watch the deadline; while a
+        // checkpoint is under way, when its next share is due.
+        let mut wait = if shutdown_started.is_some() {
             SHUTDOWN_TICK
         } else {
             tick
         };
+        if let Some(due) = ctx.shard.borrow().checkpoint_step_due_ms() {
+            wait = wait.min(Duration::from_millis(due.saturating_sub(ctx.now_ms())));
+        }
         tokio::select! {
             _ = inbox.wake.notified() => {}
             _ = ctx.turn.notified() => {}
             _ = tokio::time::sleep(wait) => {}
         }
+        let now = ctx.now_ms();
         if last_tick.elapsed() >= tick {
             last_tick = Instant::now();
-            let now = ctx.now_ms();
             ctx.shard.borrow_mut().tick(now);
             conn::close_expired(&ctx);
         }
+        ctx.shard.borrow_mut().checkpoint_step(now);
         ctx.turn(&inbox);
         if !ctx.undelivered.borrow().is_empty() {
             // A full mailbox: try again shortly rather than spin.
