@@ -67,7 +67,11 @@ pub(crate) struct W1Report {
     pub(crate) ratio_to_null: Option<f64>,
     /// The same closed loop over WebSocket (its own users).
     pub(crate) ws_closed: Option<PhaseResult>,
-    /// The WebSocket closed loop's delivered rate over TCP's (target: at least 0.8).
+    /// The TCP closed loop again, run right before the WebSocket one: the reference for
+    /// `ws_ratio_to_tcp`, as both then run on a database of about the same size.
+    pub(crate) tcp_beside_ws: Option<PhaseResult>,
+    /// The WebSocket closed loop's delivered rate over that of the TCP one right before it
+    /// (target: at least 0.8).
     pub(crate) ws_ratio_to_tcp: Option<f64>,
     /// Every phase completed.
     pub(crate) completed: bool,
@@ -95,17 +99,21 @@ impl W1Report {
             null_closed: None,
             ratio_to_null: None,
             ws_closed: None,
+            tcp_beside_ws: None,
             ws_ratio_to_tcp: None,
             completed,
             delivered_equals_sent,
         }
     }
 
-    /// Adds the closed loop over WebSocket.
-    pub(crate) fn set_ws(&mut self, ws: PhaseResult) {
-        self.ws_ratio_to_tcp = ratio(ws.delivered_per_s, self.closed.delivered_per_s);
-        self.completed &= ws.complete;
-        self.delivered_equals_sent &= ws.lost == 0 && ws.delivered == ws.sent;
+    /// Adds the closed loop over WebSocket and the TCP one run right before it.
+    pub(crate) fn set_ws(&mut self, tcp: PhaseResult, ws: PhaseResult) {
+        self.ws_ratio_to_tcp = ratio(ws.delivered_per_s, tcp.delivered_per_s);
+        for p in [&tcp, &ws] {
+            self.completed &= p.complete;
+            self.delivered_equals_sent &= p.lost == 0 && p.delivered == p.sent;
+        }
+        self.tcp_beside_ws = Some(tcp);
         self.ws_closed = Some(ws);
     }
 
@@ -260,10 +268,11 @@ impl Report {
         };
         if let Some(w1) = &self.w1 {
             row(&w1.closed);
-            if let Some(ws) = &w1.ws_closed {
+            w1.open.iter().for_each(&mut row);
+            if let (Some(tcp), Some(ws)) = (&w1.tcp_beside_ws, &w1.ws_closed) {
+                row(tcp);
                 row(ws);
             }
-            w1.open.iter().for_each(&mut row);
             if let Some(n) = &w1.null_closed {
                 row(n);
             }
@@ -286,7 +295,7 @@ impl Report {
             if let Some(r) = w1.ws_ratio_to_tcp {
                 let _ = writeln!(
                     t,
-                    "W1 WebSocket / TCP (closed loop, delivered/s): {r:.3} (target at least 0.8)"
+                    "W1 WebSocket / TCP (closed loops one after the other, delivered/s): {r:.3} (target at least 0.8)"
                 );
             }
         }

@@ -93,6 +93,7 @@ fn every_workload_completes_and_loses_nothing() {
     check_phase(&w1["null_closed"]);
     assert!(w1["ratio_to_null"].as_f64().unwrap() > 0.0);
     check_phase(&w1["ws_closed"]);
+    check_phase(&w1["tcp_beside_ws"]);
     assert!(w1["ws_ratio_to_tcp"].as_f64().unwrap() > 0.0);
     assert!(b(w1, "/delivered_equals_sent"));
 
