@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::fleet::{Fleet, FleetOptions, Mode};
+use crate::fleet::{Fleet, FleetOptions, Mode, PhaseResult};
 use crate::report::{Report, W1Report, W2Group, W2Report};
 use crate::target::{find_ternd, Environment, Spawned};
 
@@ -371,16 +371,7 @@ async fn run(args: RunArgs) -> std::io::Result<()> {
             .or(args.metrics_addr);
         if args.wants("w1") {
             say(&args, "W1 one-to-one, closed loop");
-            let closed = fleet
-                .closed_loop(
-                    "W1 closed",
-                    Mode::Direct,
-                    args.window,
-                    duration,
-                    drain,
-                    progress,
-                )
-                .await;
+            let closed = w1_closed(&fleet, &args, "W1 closed").await;
             let rates: Vec<f64> = if args.rates.is_empty() {
                 args.rate_fractions
                     .iter()
@@ -417,16 +408,7 @@ async fn run(args: RunArgs) -> std::io::Result<()> {
                 // steps the database is bigger, with compaction due, than in the first closed
                 // loop, and comparing with that one measured the steps more than the transport.
                 say(&args, "W1 one-to-one, closed loop again, beside WebSocket");
-                let tcp = fleet
-                    .closed_loop(
-                        "W1 closed (tcp, before ws)",
-                        Mode::Direct,
-                        args.window,
-                        duration,
-                        drain,
-                        progress,
-                    )
-                    .await;
+                let tcp = w1_closed(&fleet, &args, "W1 closed (tcp, before ws)").await;
                 say(&args, "W1 one-to-one over WebSocket, closed loop");
                 let mut options = args.fleet_options(&format!("{prefix}w"));
                 options.websocket = true;
@@ -434,16 +416,7 @@ async fn run(args: RunArgs) -> std::io::Result<()> {
                 let mut ws_fleet = Fleet::setup(ws, &options).await?;
                 ws_fleet.server_pid = fleet.server_pid;
                 ws_fleet.server_metrics = fleet.server_metrics;
-                let r = ws_fleet
-                    .closed_loop(
-                        "W1 closed (ws)",
-                        Mode::Direct,
-                        args.window,
-                        duration,
-                        drain,
-                        progress,
-                    )
-                    .await;
+                let r = w1_closed(&ws_fleet, &args, "W1 closed (ws)").await;
                 ws_fleet.shutdown().await;
                 w1.set_ws(tcp, r);
             }
@@ -592,6 +565,22 @@ async fn run(args: RunArgs) -> std::io::Result<()> {
     }
 
     finish(&args, report)
+}
+
+/// W1's closed loop over the fleet's transport.
+async fn w1_closed(fleet: &Fleet, args: &RunArgs, name: &str) -> PhaseResult {
+    let duration = Duration::from_millis(args.duration_ms);
+    let drain = Duration::from_millis(args.drain_ms);
+    fleet
+        .closed_loop(
+            name,
+            Mode::Direct,
+            args.window,
+            duration,
+            drain,
+            !args.quiet,
+        )
+        .await
 }
 
 fn finish(args: &RunArgs, mut report: Report) -> std::io::Result<()> {
