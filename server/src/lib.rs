@@ -75,11 +75,10 @@
 //! - **Four writes per one-to-one message.** Fan-out progress, fan-out watermarks and a sender's
 //!   own read watermark are written by a checkpoint once a second, in small shares spread over
 //!   half a second so no batch holds it all, and rebuilt at start from the checkpoint and the log
-//!   after it (`core/chat.rs`); a core's id high-water mark is written
-//!   once per batch. Counted in W1 at 20,000 messages/s, where devices acknowledge what they get:
-//!   per message 1 `messages`, 1 `idempotency`, 2.7 `updates` (the two members' entries and the
-//!   receipts that acknowledgements cause), 0.4 `receipts` (delivered watermarks) and 0.3 of
-//!   checkpoints.
+//!   after it (`core/chat.rs`); a core's id high-water mark is written once per batch. Counted in
+//!   W1 at 20,000 messages/s, where devices acknowledge what they get: per message 1 `messages`,
+//!   1 `idempotency`, 2.7 `updates` (the two members' entries and the receipts that
+//!   acknowledgements cause), 0.4 `receipts` (delivered watermarks) and 0.3 of checkpoints.
 //! - **A recipient is shown a message after one commit**, its conversation's. The member's core
 //!   appends the delivery to the member's log and pushes it to their live devices in the same
 //!   turn, before that entry is durable, under a `user_seq` it promises never to give to anything

@@ -371,6 +371,15 @@ impl ChatState {
     }
 }
 
+/// The users with dirty fan-out watermarks from `from` on, each once, in order.
+fn dirty_users(dirty: &BTreeSet<(u64, u64)>, from: u64) -> impl Iterator<Item = u64> + '_ {
+    let mut last = None;
+    dirty
+        .range((from, 0)..)
+        .map(|&(user_id, _)| user_id)
+        .filter(move |&user_id| last.replace(user_id) != Some(user_id))
+}
+
 /// Removes a sixteenth of the bound's worth of entries from a map that outgrew it, but none that
 /// `keep` says to keep.
 pub(crate) fn evict_share<K: Copy + Eq + std::hash::Hash, V>(
@@ -949,21 +958,14 @@ impl Shard {
     /// Writes a whole checkpoint into the pending batch at once (at shutdown).
     pub(crate) fn checkpoint(&mut self, now_ms: u64) -> Result<(), StoreError> {
         self.start_checkpoint(now_ms);
-        self.checkpoint_share(true).map(|_| ())
+        self.checkpoint_share(true)
     }
 
     /// Begins a checkpoint (see the module docs). What it covers is written a share at a time by
     /// [`Shard::checkpoint_share`], spread over [`CHECKPOINT_SPREAD_MS`].
     pub(crate) fn start_checkpoint(&mut self, now_ms: u64) {
         self.chat.last_checkpoint_ms = now_ms;
-        let mut users = 0usize;
-        let mut last = None;
-        for &(user_id, _) in &self.chat.dirty_marks {
-            if last != Some(user_id) {
-                users += 1;
-                last = Some(user_id);
-            }
-        }
+        let users = dirty_users(&self.chat.dirty_marks, 0).count();
         let open: Vec<u64> = self.chat.open.keys().copied().collect();
         let receipts: Vec<(u64, u64)> = self.chat.lazy_receipts.iter().copied().collect();
         let shares = (CHECKPOINT_SPREAD_MS / CHECKPOINT_SHARE_EVERY_MS) as usize;
@@ -982,11 +984,11 @@ impl Shard {
     /// Writes the next share of the checkpoint under way into the pending batch (all that is
     /// left if `whole`): the fan-out progress of some open conversations, the fan-out watermarks
     /// that moved of some users, each user's with the `user_seq` they cover, and some of the read
-    /// watermarks the owners' own messages moved. Returns whether the checkpoint is complete
-    /// (also when none is under way).
-    pub(crate) fn checkpoint_share(&mut self, whole: bool) -> Result<bool, StoreError> {
+    /// watermarks the owners' own messages moved. The checkpoint ends with the share that
+    /// leaves nothing for the next.
+    pub(crate) fn checkpoint_share(&mut self, whole: bool) -> Result<(), StoreError> {
         let Some(round) = self.chat.round.as_mut() else {
-            return Ok(true);
+            return Ok(());
         };
         let cut = |all: usize, per_share: usize| {
             if whole {
@@ -1006,28 +1008,17 @@ impl Shard {
         } else {
             round.users_per_share
         };
-        let mut users = Vec::new();
-        for &(user_id, _) in self.chat.dirty_marks.range((round.next_user, 0)..) {
-            if users.last() != Some(&user_id) {
-                if users.len() == users_max {
-                    break;
-                }
-                users.push(user_id);
-            }
-        }
+        let users: Vec<u64> = dirty_users(&self.chat.dirty_marks, round.next_user)
+            .take(users_max)
+            .collect();
         if let Some(&last) = users.last() {
             round.next_user = last.saturating_add(1);
         }
-        let users_done = users.len() < users_max
-            || users.last() == Some(&u64::MAX)
-            || self
-                .chat
-                .dirty_marks
-                .range((round.next_user, 0)..)
+        let users_done = users.last() == Some(&u64::MAX)
+            || dirty_users(&self.chat.dirty_marks, round.next_user)
                 .next()
                 .is_none();
-        let done = users_done && round.open.is_empty() && round.receipts.is_empty();
-        if done {
+        if users_done && round.open.is_empty() && round.receipts.is_empty() {
             self.chat.round = None;
         }
         for conversation_id in open {
@@ -1055,7 +1046,7 @@ impl Shard {
                 self.batch.put_receipt(key.0, key.1, receipt)?;
             }
         }
-        result.map(|()| done)
+        result
     }
 
     /// Writes one user's fan-out watermarks that moved since their durable checkpoint, with the
