@@ -1,8 +1,9 @@
 //! The RocksDB backend: one database, one column family per kind of record.
 //!
 //! Tuning lives here: bloom filters, compression, memtable bloom filters for the keys every `Send`
-//! looks up and rarely finds, blob files for media chunks, and the compaction filter that expires
-//! idempotency records.
+//! looks up and rarely finds, memtable inserts that start from a hint kept per user or
+//! conversation, blob files for media chunks, and the compaction filter that expires idempotency
+//! records.
 //!
 //! A full disk: a write that fails for want of space puts RocksDB into a stopped state in which
 //! every later write fails too. RocksDB's own recovery resumes writing once there is room again:
@@ -59,9 +60,18 @@ impl RocksBackend {
         options.set_max_background_jobs(2);
         options.set_bytes_per_sync(1 << 20);
         options.set_keep_log_file_num(5);
-        let descriptors = COLUMN_FAMILIES.iter().map(|name| {
-            ColumnFamilyDescriptor::new(*name, cf_options(name, idempotency_retention_ms))
-        });
+        // One thread inserts a write group into the memtables, so that it can start each key's
+        // search where the last key with the same first 8 bytes went in (see `cf_options`).
+        options.set_allow_concurrent_memtable_write(false);
+        let descriptors = COLUMN_FAMILIES
+            .iter()
+            .map(|name| {
+                Ok(ColumnFamilyDescriptor::new(
+                    *name,
+                    cf_options(name, idempotency_retention_ms)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
         let db = Db::open_cf_descriptors(&options, path, descriptors)?;
         Ok(RocksBackend { db })
     }
@@ -155,8 +165,6 @@ impl Backend for RocksBackend {
     fn write(&self, batch: &Batch, sync: bool) -> Result<(), StoreError> {
         let mut options = WriteOptions::default();
         options.set_sync(sync);
-        // The batch is sorted: when both cores insert at once, each keeps its place per memtable.
-        options.set_memtable_insert_hint_per_batch(true);
         self.db.write_opt(self.write_batch(batch), &options)?;
         Ok(())
     }
@@ -197,8 +205,15 @@ impl Backend for RocksBackend {
     }
 }
 
-fn cf_options(name: &str, idempotency_retention_ms: u64) -> Options {
-    let mut options = Options::default();
+fn cf_options(name: &str, idempotency_retention_ms: u64) -> Result<Options, StoreError> {
+    // Nearly every key starts with the id of a user or a conversation, and the keys written under
+    // one id come in order (a log's next `user_seq`, a conversation's next `seq`). With a hint kept
+    // per 8-byte prefix, a memtable insert starts from where that id's last key went in instead of
+    // from the top of the skip list, which made W1's closed loop about a tenth faster. RocksDB
+    // takes this option only by name.
+    let mut options = Options::default().get_options_from_string(
+        "memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.8",
+    )?;
     let mut table = BlockBasedOptions::default();
     table.set_bloom_filter(10.0, false);
     table.set_cache_index_and_filter_blocks(true);
@@ -241,5 +256,5 @@ fn cf_options(name: &str, idempotency_retention_ms: u64) -> Options {
         options.set_enable_blob_files(true);
         options.set_min_blob_size(4096);
     }
-    options
+    Ok(options)
 }
