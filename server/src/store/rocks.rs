@@ -1,9 +1,9 @@
 //! The RocksDB backend: one database, one column family per kind of record.
 //!
-//! Tuning lives here: bloom filters, compression, memtable bloom filters for the keys every `Send`
-//! looks up and rarely finds, memtable inserts that start from a hint kept per user or
-//! conversation, blob files for media chunks, and the compaction filter that expires idempotency
-//! records.
+//! Tuning lives here: bloom filters (not for the update logs, which are only scanned), compression,
+//! memtable bloom filters for the keys every `Send` looks up and rarely finds, memtable inserts
+//! that start from a hint kept per user or conversation, blob files for media chunks, and the
+//! compaction filter that expires idempotency records.
 //!
 //! A full disk: a write that fails for want of space puts RocksDB into a stopped state in which
 //! every later write fails too. RocksDB's own recovery resumes writing once there is room again:
@@ -23,7 +23,7 @@ use super::backend::{Backend, Rows, Slice};
 use super::records::{decode, IdempotencyRecord};
 use super::{
     prefix_upper_bound, Batch, OpKind, StoreError, CF_FANOUT_MARKS, CF_IDEMPOTENCY,
-    CF_MEDIA_CHUNKS, CF_MESSAGES, COLUMN_FAMILIES, RANGE_READ_MAX,
+    CF_MEDIA_CHUNKS, CF_MESSAGES, CF_UPDATES, COLUMN_FAMILIES, RANGE_READ_MAX,
 };
 
 type Db = DBWithThreadMode<MultiThreaded>;
@@ -215,7 +215,11 @@ fn cf_options(name: &str, idempotency_retention_ms: u64) -> Result<Options, Stor
         "memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.8",
     )?;
     let mut table = BlockBasedOptions::default();
-    table.set_bloom_filter(10.0, false);
+    if name != CF_UPDATES {
+        // Update logs are only ever scanned from a user's cursor, never looked up by whole key,
+        // so a bloom filter would be built by every flush and compaction and never read.
+        table.set_bloom_filter(10.0, false);
+    }
     table.set_cache_index_and_filter_blocks(true);
     options.set_block_based_table_factory(&table);
     options.set_compression_type(rocksdb::DBCompressionType::Lz4);
