@@ -13,6 +13,11 @@ use tern_protocol::limits::{
     DEVICES_PER_USER_MAX, GROUP_MEMBERS_MAX, HISTORY_PAGE_MESSAGES_MAX, SYNC_PAGE_UPDATES_MAX,
 };
 
+/// Size of one memtable of the update logs, in MiB, unless configured.
+const UPDATE_LOG_MEMTABLE_MIB_DEFAULT: u32 = 64;
+/// The sizes accepted.
+const UPDATE_LOG_MEMTABLE_MIB: std::ops::RangeInclusive<u32> = 16..=1024;
+
 /// Which I/O engine the core threads run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -163,6 +168,10 @@ pub struct Cli {
     /// promises clients at least that].
     #[arg(long)]
     pub idempotency_retention_ms: Option<u64>,
+    /// Size of one memtable of the update logs, in MiB [default: 64; 16..=1024]. Larger ones
+    /// compact less under heavy fan-out, for up to twice this in memory.
+    #[arg(long)]
+    pub update_log_memtable_mib: Option<u32>,
 }
 
 /// The same settings, as read from a TOML file.
@@ -199,6 +208,7 @@ struct FileConfig {
     push_max_age_ms: Option<u64>,
     push_include_preview: Option<bool>,
     idempotency_retention_ms: Option<u64>,
+    update_log_memtable_mib: Option<u32>,
     metrics_listen: Option<SocketAddr>,
     media_bytes_max: Option<u64>,
     media_unreferenced_ttl_ms: Option<u64>,
@@ -274,6 +284,8 @@ pub struct Config {
     pub push_include_preview: bool,
     /// Retention of idempotency keys.
     pub idempotency_retention_ms: u64,
+    /// Size of one memtable of the update logs, in MiB.
+    pub update_log_memtable_mib: u32,
     /// Metrics and health endpoint address.
     pub metrics_listen: SocketAddr,
     /// Largest upload.
@@ -327,6 +339,7 @@ impl Default for Config {
             push_max_age_ms: 86_400_000,
             push_include_preview: false,
             idempotency_retention_ms: 7 * 24 * 3600 * 1000,
+            update_log_memtable_mib: UPDATE_LOG_MEMTABLE_MIB_DEFAULT,
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 7410)),
             media_bytes_max: 100 << 20,
             media_unreferenced_ttl_ms: 24 * 3600 * 1000,
@@ -396,6 +409,7 @@ macro_rules! layer_settings {
             push_coalesce_ms,
             push_max_age_ms,
             idempotency_retention_ms,
+            update_log_memtable_mib,
             metrics_listen,
             media_bytes_max,
             media_unreferenced_ttl_ms,
@@ -480,6 +494,13 @@ impl Config {
                 "devices_per_user_max must be 1..={DEVICES_PER_USER_MAX}"
             ));
         }
+        if !UPDATE_LOG_MEMTABLE_MIB.contains(&self.update_log_memtable_mib) {
+            return invalid(format!(
+                "update_log_memtable_mib must be {}..={}",
+                UPDATE_LOG_MEMTABLE_MIB.start(),
+                UPDATE_LOG_MEMTABLE_MIB.end()
+            ));
+        }
         if self.group_members_max < 2 || self.group_members_max > GROUP_MEMBERS_MAX {
             return invalid(format!("group_members_max must be 2..={GROUP_MEMBERS_MAX}"));
         }
@@ -551,6 +572,12 @@ mod tests {
     fn ranges() {
         let cli = Cli::parse_from(["ternd", "--cores", "0"]);
         assert!(matches!(Config::resolve(cli), Err(ConfigError::Invalid(_))));
+        for bad in ["8", "2048"] {
+            let cli = Cli::parse_from(["ternd", "--update-log-memtable-mib", bad]);
+            assert!(matches!(Config::resolve(cli), Err(ConfigError::Invalid(_))));
+        }
+        let cli = Cli::parse_from(["ternd", "--update-log-memtable-mib", "256"]);
+        assert_eq!(Config::resolve(cli).unwrap().update_log_memtable_mib, 256);
         let cli = Cli::parse_from([
             "ternd",
             "--heartbeat-interval-ms",

@@ -782,6 +782,7 @@ impl Server {
             &config.data_dir,
             config.fsync,
             config.idempotency_retention_ms,
+            config.update_log_memtable_mib,
         )?;
         let uring = match config.io_engine {
             IoEngine::Epoll => false,

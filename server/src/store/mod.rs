@@ -182,13 +182,16 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Opens (creating if needed) the RocksDB database in `path`.
-    /// Idempotency records older than `idempotency_retention_ms` are dropped by compaction.
+    /// Idempotency records older than `idempotency_retention_ms` are dropped by compaction; the
+    /// update logs' memtables are `update_log_memtable_mib` MiB each.
     pub(crate) fn open(
         path: &Path,
         fsync: bool,
         idempotency_retention_ms: u64,
+        update_log_memtable_mib: u32,
     ) -> Result<Store, StoreError> {
-        let backend = rocks::RocksBackend::open(path, idempotency_retention_ms)?;
+        let backend =
+            rocks::RocksBackend::open(path, idempotency_retention_ms, update_log_memtable_mib)?;
         Ok(Store::with_backend(Arc::new(backend), fsync))
     }
 
@@ -1156,7 +1159,7 @@ mod tests {
     /// overlay).
     fn stores() -> Vec<(Option<tempfile::TempDir>, Store)> {
         let dir = tempfile::tempdir().unwrap();
-        let rocks = Store::open(dir.path(), false, 1000).unwrap();
+        let rocks = Store::open(dir.path(), false, 1000, 64).unwrap();
         let staged = Store::in_memory().for_core();
         let mut batch = staged.batch();
         batch.put_user_conversation(u64::MAX, 1);
@@ -1385,7 +1388,7 @@ mod tests {
     fn committed_data_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Store::open(dir.path(), true, 1000).unwrap();
+            let store = Store::open(dir.path(), true, 1000, 64).unwrap();
             let mut batch = store.batch();
             let user = UserRecord {
                 username: "alice".into(),
@@ -1400,7 +1403,7 @@ mod tests {
             batch.put_id_high_water(1, 777);
             store.commit(batch).unwrap();
         }
-        let store = Store::open(dir.path(), false, 1000).unwrap();
+        let store = Store::open(dir.path(), false, 1000, 64).unwrap();
         assert_eq!(store.user_id_by_name("alice").unwrap(), Some(42));
         assert_eq!(store.user(42).unwrap().unwrap().username, "alice");
         assert_eq!(store.session(&[5; 32]).unwrap(), Some((42, 3)));
@@ -1421,7 +1424,7 @@ mod tests {
     #[test]
     fn idempotency_records_expire_in_compaction() {
         let dir = tempfile::tempdir().unwrap();
-        let backend = Arc::new(rocks::RocksBackend::open(dir.path(), 1000).unwrap());
+        let backend = Arc::new(rocks::RocksBackend::open(dir.path(), 1000, 64).unwrap());
         let store = Store::with_backend(Arc::clone(&backend) as Arc<dyn Backend>, false);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
