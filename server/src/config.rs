@@ -14,7 +14,7 @@ use tern_protocol::limits::{
 };
 
 /// Size of one memtable of the update logs, in MiB, unless configured.
-const UPDATE_LOG_MEMTABLE_MIB_DEFAULT: u32 = 64;
+pub(crate) const UPDATE_LOG_MEMTABLE_MIB_DEFAULT: u32 = 64;
 /// The sizes accepted.
 const UPDATE_LOG_MEMTABLE_MIB: std::ops::RangeInclusive<u32> = 16..=1024;
 

@@ -95,7 +95,7 @@ const CF_SESSIONS: &str = "sessions";
 const CF_CONVERSATIONS: &str = "conversations";
 const CF_DIRECT: &str = "direct";
 const CF_USER_CONVS: &str = "user_convs";
-pub(crate) const CF_MESSAGES: &str = "messages";
+const CF_MESSAGES: &str = "messages";
 const CF_FANOUT: &str = "fanout";
 const CF_UPDATES: &str = "updates";
 const CF_FANOUT_MARKS: &str = "fanout_marks";
@@ -1153,13 +1153,14 @@ fn prefix_upper_bound(prefix: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::UPDATE_LOG_MEMTABLE_MIB_DEFAULT;
 
     /// Every backend the store runs on, each as a fresh store: RocksDB in a temp dir, memory, and
     /// a core's view with a staged batch of unrelated keys over it (so reads merge through the
     /// overlay).
     fn stores() -> Vec<(Option<tempfile::TempDir>, Store)> {
         let dir = tempfile::tempdir().unwrap();
-        let rocks = Store::open(dir.path(), false, 1000, 64).unwrap();
+        let rocks = Store::open(dir.path(), false, 1000, UPDATE_LOG_MEMTABLE_MIB_DEFAULT).unwrap();
         let staged = Store::in_memory().for_core();
         let mut batch = staged.batch();
         batch.put_user_conversation(u64::MAX, 1);
@@ -1388,7 +1389,8 @@ mod tests {
     fn committed_data_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Store::open(dir.path(), true, 1000, 64).unwrap();
+            let store =
+                Store::open(dir.path(), true, 1000, UPDATE_LOG_MEMTABLE_MIB_DEFAULT).unwrap();
             let mut batch = store.batch();
             let user = UserRecord {
                 username: "alice".into(),
@@ -1403,7 +1405,7 @@ mod tests {
             batch.put_id_high_water(1, 777);
             store.commit(batch).unwrap();
         }
-        let store = Store::open(dir.path(), false, 1000, 64).unwrap();
+        let store = Store::open(dir.path(), false, 1000, UPDATE_LOG_MEMTABLE_MIB_DEFAULT).unwrap();
         assert_eq!(store.user_id_by_name("alice").unwrap(), Some(42));
         assert_eq!(store.user(42).unwrap().unwrap().username, "alice");
         assert_eq!(store.session(&[5; 32]).unwrap(), Some((42, 3)));
@@ -1424,7 +1426,9 @@ mod tests {
     #[test]
     fn idempotency_records_expire_in_compaction() {
         let dir = tempfile::tempdir().unwrap();
-        let backend = Arc::new(rocks::RocksBackend::open(dir.path(), 1000, 64).unwrap());
+        let backend = Arc::new(
+            rocks::RocksBackend::open(dir.path(), 1000, UPDATE_LOG_MEMTABLE_MIB_DEFAULT).unwrap(),
+        );
         let store = Store::with_backend(Arc::clone(&backend) as Arc<dyn Backend>, false);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -216,8 +216,8 @@ fn cf_options(
     // Nearly every key starts with the id of a user or a conversation, and the keys written under
     // one id come in order (a log's next `user_seq`, a conversation's next `seq`). With a hint kept
     // per 8-byte prefix, a memtable insert starts from where that id's last key went in instead of
-    // from the top of the skip list, which made W1's closed loop about a tenth faster. RocksDB
-    // takes this option only by name.
+    // from the top of the skip list, which made W1's closed loop about a tenth faster. The Rust
+    // binding has no setter for this option, so it is set by name.
     let mut options = Options::default().get_options_from_string(
         "memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.8",
     )?;
