@@ -64,9 +64,18 @@
 //! - **A failed commit voids its batch and every later one** (they were built on it): waiting
 //!   replies become `INTERNAL`, requests from other cores are answered the same way, caches reload
 //!   from what is durable, appends to logs that came as mail are made again in their order, and
-//!   void deliveries go out again ahead of the conversation's later messages, because a member's
-//!   fan-out watermark (the highest seq of a conversation in the log) is what makes a delivery
-//!   idempotent. Fan-outs not confirmed in time are delivered again while the server runs.
+//!   void deliveries go out again at once, ahead of what the replay causes and of the
+//!   conversation's later messages, because a member's fan-out watermark (the highest seq of a
+//!   conversation in the log) is what makes a delivery idempotent. Fan-outs not confirmed in time
+//!   are delivered again while the server runs.
+//! - **Mail a core sends itself skips its mailbox** and is handled first next turn, and recovery
+//!   at start appends to the logs of its own core's members before it handles any mail. Together
+//!   with FIFO mailboxes this keeps causal order in a direct conversation (its core is one
+//!   member's): the peer's receipt for a message, sent once the peer's log holds it, never
+//!   reaches the other member's log before the message (protocol §17.2). The simulator checks it
+//!   on every run; it found the three ways the receipt overtook the message: a descheduled or
+//!   full-mailboxed send to self, recovery's deliveries waiting for a commit, and void
+//!   deliveries waiting for a retry.
 //! - **Recovery delivers a message to the members it was sent to.** When a group's membership
 //!   changes while some of its messages are not yet in every member's log, the change's batch
 //!   records, for each of those, the members still to confirm it; recovery after a crash

@@ -8,7 +8,8 @@
 //!
 //! - a core's committer answers its oldest batch (durable, failed, or refused for a full disk);
 //! - one piece of mail moves from one core to another (FIFO per pair of cores, as the real
-//!   mailboxes are, but any pair may go first, so mail is delayed and reordered across pairs);
+//!   mailboxes are, but any pair may go first, so mail is delayed and reordered across pairs;
+//!   only mail a core sent itself goes before anything that comes after it, as in the runtime);
 //! - a core ends its loop turn (so turns batch any number of requests);
 //! - a device sends a message (new, or again under the same `client_msg_id`), syncs, acks, marks
 //!   read, renames a group, removes a member from a group it owns or adds one back, or drops its
@@ -1148,10 +1149,17 @@ impl World {
     }
 
     fn deliver_mail(&mut self, link: (usize, usize)) {
+        let (from, to) = link;
+        if from != to {
+            // A core handles the mail it sent itself before any mail that comes after it (see
+            // `CoreCtx::post`).
+            while self.links.get(&(to, to)).is_some_and(|q| !q.is_empty()) {
+                self.deliver_mail((to, to));
+            }
+        }
         let Some(mail) = self.links.get_mut(&link).and_then(VecDeque::pop_front) else {
             return;
         };
-        let (_, to) = link;
         match mail {
             Mail::UserCreated { origin, result } => {
                 let Some(device) = self.registering.remove(&(origin.core, origin.conn)) else {
@@ -1306,6 +1314,48 @@ impl World {
     }
 
     /// The delivery invariants, over what is durable and what each device saw.
+    /// In a direct conversation, a receipt from the peer comes after the message it covers in
+    /// the user's log (when the log holds it): both come from cores that delivered them in causal
+    /// order. (In a group the members' logs fill in parallel, so this is not promised there.)
+    fn check_receipts_follow_messages(&mut self, user: usize, log: &[(u64, UpdateRecord)]) {
+        let user_id = self.users[user].user_id;
+        let mut at: HashMap<(u64, u64), usize> = HashMap::new();
+        for (i, (_, record)) in log.iter().enumerate() {
+            if let UpdateRecord::Message {
+                conversation_id,
+                seq,
+                ..
+            } = *record
+            {
+                at.entry((conversation_id, seq)).or_insert(i);
+            }
+        }
+        for (i, (user_seq, record)) in log.iter().enumerate() {
+            let UpdateRecord::Receipt {
+                conversation_id,
+                user_id: reader,
+                up_to_seq,
+                ..
+            } = *record
+            else {
+                continue;
+            };
+            let direct = !self
+                .groups
+                .iter()
+                .any(|g| g.conversation_id == conversation_id);
+            let later = at
+                .get(&(conversation_id, up_to_seq))
+                .is_some_and(|&m| m > i);
+            if reader != user_id && direct && later {
+                self.violation(format!(
+                    "user {user_id}: the receipt of {reader} up to {conversation_id}/{up_to_seq} \
+                     is at {user_seq}, before that message"
+                ));
+            }
+        }
+    }
+
     fn check(&mut self) {
         self.stats.shown_early = (0..self.options.cores)
             .map(|core| {
@@ -1323,6 +1373,7 @@ impl World {
                     break;
                 }
             }
+            self.check_receipts_follow_messages(user, &log);
             let mut seen = HashSet::new();
             for (_, record) in &log {
                 if let UpdateRecord::Skipped = record {

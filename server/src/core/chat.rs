@@ -803,6 +803,30 @@ impl Shard {
         }
     }
 
+    /// After a failed commit: delivers again at once (held for the next batch) the stored
+    /// messages whose delivery it voided, oldest first. Waiting for the retry left a gap in which
+    /// a member's core could act on its own copy, and a receipt it sent could then reach another
+    /// member's log before the message did.
+    pub(crate) fn resend_voided(&mut self) {
+        let voided: Vec<(u64, u64)> = self
+            .chat
+            .fanouts
+            .iter()
+            .filter(|(_, f)| f.resend.is_some())
+            .map(|(key, _)| *key)
+            .collect();
+        for (conversation_id, seq) in voided {
+            let Some(fanout) = self.chat.fanouts.get_mut(&(conversation_id, seq)) else {
+                continue;
+            };
+            let Some((message, direct)) = fanout.resend.take() else {
+                continue;
+            };
+            let pending = fanout.pending.clone();
+            self.send_deliveries(conversation_id, seq, &message, &pending, direct);
+        }
+    }
+
     /// Delivers again the messages some member has not confirmed in time. Call it every
     /// [`FANOUT_RETRY_MS`] or so; it reads the store only for the messages it retries.
     pub(crate) fn retry_fanouts(&mut self, now_ms: u64) -> Result<usize, StoreError> {
@@ -951,6 +975,16 @@ impl Shard {
                 self.fan_out(now_ms, conversation_id, seq, Arc::new(message), to, direct);
                 resumed += 1;
             }
+        }
+        // The members on this core get their copies now, in order, before any mail: another
+        // core may act on its own copy (a receipt, say) as soon as it has it, and in a direct
+        // conversation that must reach this member's log after the message (protocol §17.2).
+        let (own, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.mail_after_commit)
+            .into_iter()
+            .partition(|(core, mail)| *core == self.core && matches!(mail, Mail::Deliver { .. }));
+        self.mail_after_commit = others;
+        for (_, mail) in own {
+            self.handle_mail(now_ms, mail);
         }
         Ok(resumed)
     }

@@ -1264,6 +1264,9 @@ impl Shard {
         // Appends to logs come from other cores once, in order, and a member's fan-out watermark
         // must never pass a message its log lacks: so the void ones are made again, in the order
         // they first came, before any mail that came after them.
+        // Deliveries of stored messages it voided go out again first: anything the replay below
+        // causes must reach other cores after them.
+        self.resend_voided();
         for mail in replay {
             self.handle_mail(self.last_now_ms, mail);
         }

@@ -111,6 +111,8 @@ pub(crate) struct CoreCtx {
     mailboxes: Mailboxes,
     /// Batches a full mailbox handed back, retried next turn.
     undelivered: RefCell<Vec<(usize, Vec<Letter>)>>,
+    /// Mail this core sent itself, handled first next turn (see [`CoreCtx::post`]).
+    own: RefCell<Vec<Mail>>,
     /// Whether `undelivered` reached its bound and has not yet shrunk below half of it.
     mail_backlogged: Cell<bool>,
     /// Told when `undelivered` shrank below half its bound, for readers held back by it.
@@ -297,15 +299,30 @@ impl CoreCtx {
         }
     }
 
+    /// Sends a turn's mail. What this core sends itself skips its mailbox: it is handled first
+    /// next turn, before any mail another core sends after this. So whatever another core does
+    /// on this turn's mail reaches this core after this core's own share of it: a direct
+    /// conversation lives on one member's core, and the peer's receipt for a message (sent once
+    /// the peer's log holds it) would otherwise overtake the delivery to that member's own log,
+    /// should this thread lose its CPU between the two sends or its own mailbox be full.
     fn post(&self, mail: Vec<(usize, Mail)>) {
         let mut counts = vec![0; self.cores];
         for (core, _) in &mail {
             counts[*core] += 1;
         }
         let mut by_core: Vec<Vec<Letter>> = counts.into_iter().map(Vec::with_capacity).collect();
+        let mut own = self.own.borrow_mut();
         for (core, m) in mail {
-            by_core[core].push(Letter::Mail(m));
+            if core == self.core {
+                own.push(m);
+            } else {
+                by_core[core].push(Letter::Mail(m));
+            }
         }
+        if !own.is_empty() {
+            self.kick();
+        }
+        drop(own);
         self.send_letters(by_core.into_iter().enumerate().collect());
     }
 
@@ -314,6 +331,10 @@ impl CoreCtx {
     fn turn(self: &Rc<Self>, inbox: &Inbox) {
         let started = Instant::now();
         self.take_answers();
+        let own = std::mem::take(&mut *self.own.borrow_mut());
+        for mail in own {
+            self.route(Letter::Mail(mail));
+        }
         let mut work = 0;
         while work < TURN_WORK_MAX {
             let Some((batch, batch_work)) = inbox.take() else {
@@ -992,6 +1013,7 @@ fn run_core(parts: CoreParts, listeners: CoreListeners, inbox: Inbox) {
         next_conn: Cell::new(0),
         mailboxes: parts.mailboxes,
         undelivered: RefCell::new(Vec::new()),
+        own: RefCell::new(Vec::new()),
         mail_backlogged: Cell::new(false),
         drained: Notify::new(),
         user_created: RefCell::new(HashMap::default()),
