@@ -72,10 +72,11 @@
 //!   at start appends to the logs of its own core's members before it handles any mail. Together
 //!   with FIFO mailboxes this keeps causal order in a direct conversation (its core is one
 //!   member's): the peer's receipt for a message, sent once the peer's log holds it, never
-//!   reaches the other member's log before the message (protocol §17.2). The simulator checks it
-//!   on every run; it found the three ways the receipt overtook the message: a descheduled or
-//!   full-mailboxed send to self, recovery's deliveries waiting for a commit, and void
-//!   deliveries waiting for a retry.
+//!   reaches the other member's log before the message (protocol §17.2); for that, a `MarkRead`
+//!   there reads no further than the caller's own log. The simulator checks it on every run; it
+//!   found the four ways the receipt overtook the message: a descheduled or full-mailboxed send
+//!   to self, recovery's deliveries waiting for a commit, void deliveries waiting for a retry,
+//!   and a "mark all read" taken up to the conversation's newest message.
 //! - **Recovery delivers a message to the members it was sent to.** When a group's membership
 //!   changes while some of its messages are not yet in every member's log, the change's batch
 //!   records, for each of those, the members still to confirm it; recovery after a crash

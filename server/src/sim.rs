@@ -908,12 +908,16 @@ impl World {
         let Some(&(conversation_id, _)) = seen.get(self.rng.below(seen.len().max(1))) else {
             return;
         };
-        let up_to_seq = seen
-            .iter()
-            .filter(|(c, _)| *c == conversation_id)
-            .map(|(_, s)| *s)
-            .max()
-            .unwrap_or(0);
+        // Now and then "mark all read", as apps do when a conversation is opened.
+        let up_to_seq = if self.rng.chance(250) {
+            u64::MAX
+        } else {
+            seen.iter()
+                .filter(|(c, _)| *c == conversation_id)
+                .map(|(_, s)| *s)
+                .max()
+                .unwrap_or(0)
+        };
         self.request(
             device,
             MarkRead {
@@ -1945,6 +1949,40 @@ mod tests {
         world.tick(TICK_MS);
         world.settle();
         assert_eq!(messages(&world), before + 1, "delivered again");
+    }
+
+    // Proves that in a direct conversation a "mark all read" reads no further than the caller's
+    // log holds (protocol §10.8): with the delivery of a new message to the peer lost on its way,
+    // the peer's `MarkRead` up to `u64::MAX` stops at the message before it, so no receipt for the
+    // new message can reach the sender's log before the message does (§17.2).
+    #[test]
+    fn mark_all_read_in_a_direct_conversation_stops_at_the_callers_log() {
+        let mut world = quiet(2, Config::default());
+        let peer = world.users[1].user_id;
+        let conversation_id = conversation_with(&world, 0, peer);
+        let sender = world.first_device(0);
+        world.send(sender, conversation_id, [7; 16]);
+        world.settle();
+        world.send(sender, conversation_id, [8; 16]);
+        assert!(
+            lose_delivery_to(&mut world, peer),
+            "the delivery to the peer went out"
+        );
+        world.settle();
+        let last = world.store.last_seq(conversation_id).unwrap();
+        let reader = world.first_device(1);
+        let mark = MarkRead {
+            conversation_id,
+            up_to_seq: u64::MAX,
+        };
+        let reply = ask(&mut world, reader, mark.into());
+        assert!(matches!(reply, Body::Ok(_)), "{reply:?}");
+        let read = world.store.receipt(conversation_id, peer).unwrap().read_seq;
+        assert_eq!(
+            read,
+            last - 1,
+            "read up to the newest message in the reader's log"
+        );
     }
 
     // Proves, on the virtual clock, that messages to a user with no device online queue one push

@@ -1927,7 +1927,15 @@ impl Shard {
         else {
             return Ok(());
         };
-        let up_to = mark.up_to_seq.min(self.store.last_seq(conversation_id)?);
+        let newest = if record.kind == ConversationKind::Direct as u8 {
+            // In a direct conversation, no further than the caller's log holds: the peer's log
+            // then holds the message, or takes it before this receipt (protocol §17.2).
+            self.fanout_mark(user_id, conversation_id)?
+        } else {
+            // A member may read what came before they joined, which their log lacks.
+            self.store.last_seq(conversation_id)?
+        };
+        let up_to = mark.up_to_seq.min(newest);
         if self.move_watermark(conversation_id, user_id, ReceiptKind::Read, up_to)? {
             let members: Vec<u64> = record.members.iter().map(|m| m.user_id).collect();
             self.announce_read(now_ms, conversation_id, user_id, up_to, &members)?;
