@@ -1317,7 +1317,6 @@ impl World {
         log
     }
 
-    /// The delivery invariants, over what is durable and what each device saw.
     /// In a direct conversation, a receipt from the peer comes after the message it covers in
     /// the user's log (when the log holds it): both come from cores that delivered them in causal
     /// order. (In a group the members' logs fill in parallel, so this is not promised there.)
@@ -1360,6 +1359,7 @@ impl World {
         }
     }
 
+    /// The delivery invariants, over what is durable and what each device saw.
     fn check(&mut self) {
         self.stats.shown_early = (0..self.options.cores)
             .map(|core| {

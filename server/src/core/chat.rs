@@ -204,8 +204,8 @@ struct Fanout {
     backoff_ms: u64,
     /// When it was first delivered.
     since_ms: u64,
-    /// Its last delivery was void (this core's batch failed): the message, to deliver again
-    /// before any later message of the conversation.
+    /// Its last delivery was void (this core's batch failed): the message, which
+    /// [`Shard::resend_voided`] delivers again before anything else.
     resend: Option<(Arc<MessageRecord>, bool)>,
 }
 
@@ -742,38 +742,13 @@ impl Shard {
             resend: None,
         };
         self.chat.fanouts.insert((conversation_id, seq), fanout);
-        self.deliver_to(conversation_id, seq, message, members, direct);
-    }
-
-    /// Sends `Deliver` for one message, after any earlier message of the conversation whose
-    /// delivery was void: a member's log must take a conversation's messages in `seq` order, since
-    /// its fan-out watermark (the highest seq it holds) is what makes deliveries idempotent.
-    fn deliver_to(
-        &mut self,
-        conversation_id: u64,
-        seq: u64,
-        message: Arc<MessageRecord>,
-        members: &[u64],
-        direct: bool,
-    ) {
-        let earlier: Vec<(u64, Vec<u64>, Arc<MessageRecord>, bool)> = self
-            .chat
-            .fanouts
-            .range_mut((conversation_id, 0)..(conversation_id, seq))
-            .filter_map(|(&(_, s), f)| {
-                let (message, direct) = f.resend.take()?;
-                Some((s, f.pending.clone(), message, direct))
-            })
-            .collect();
-        for (s, pending, message, direct) in earlier {
-            self.send_deliveries(conversation_id, s, &message, &pending, direct);
-        }
-        if let Some(fanout) = self.chat.fanouts.get_mut(&(conversation_id, seq)) {
-            fanout.resend = None;
-        }
         self.send_deliveries(conversation_id, seq, &message, members, direct);
     }
 
+    /// Sends `Deliver` for one message to the members' cores. A member's log must take a
+    /// conversation's messages in `seq` order, since its fan-out watermark (the highest seq it
+    /// holds) is what makes deliveries idempotent: void deliveries go out again before anything
+    /// else ([`Shard::resend_voided`]).
     fn send_deliveries(
         &mut self,
         conversation_id: u64,
@@ -880,7 +855,7 @@ impl Shard {
                 .core(self.core)
                 .fanout_retries
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.deliver_to(conversation_id, seq, Arc::new(message), &members, direct);
+            self.send_deliveries(conversation_id, seq, &Arc::new(message), &members, direct);
         }
         Ok(due.len())
     }

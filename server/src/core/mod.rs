@@ -1261,12 +1261,12 @@ impl Shard {
                 tracing::error!(core = self.core, error = %e, "staging shown updates again");
             }
         }
-        // Appends to logs come from other cores once, in order, and a member's fan-out watermark
-        // must never pass a message its log lacks: so the void ones are made again, in the order
-        // they first came, before any mail that came after them.
         // Deliveries of stored messages it voided go out again first: anything the replay below
         // causes must reach other cores after them.
         self.resend_voided();
+        // Appends to logs come from other cores once, in order, and a member's fan-out watermark
+        // must never pass a message its log lacks: so the void ones are made again, in the order
+        // they first came, before any mail that came after them.
         for mail in replay {
             self.handle_mail(self.last_now_ms, mail);
         }
