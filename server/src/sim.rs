@@ -1985,6 +1985,97 @@ mod tests {
         );
     }
 
+    // Proves an `Ack` is capped at the head as `SyncPage.head` counts it (protocol §10.5), updates
+    // shown before they were durable included, also when the recipient has more unacknowledged
+    // messages than the core keeps for acks: the delivered receipt covers the newest message the
+    // device was shown while its log entry still waited for its commit.
+    #[test]
+    fn an_ack_covers_updates_shown_before_they_were_durable_when_far_behind() {
+        let mut world = quiet(4, Config::default());
+        // A sender and a peer whose conversation lives on another core than the peer.
+        let (user, peer_user, conversation_id) = (0..4)
+            .flat_map(|a| (0..4).map(move |b| (a, b)))
+            .filter(|(a, b)| a != b)
+            .find_map(|(a, b)| {
+                let peer = world.users[b].user_id;
+                world.users[a].conversations.iter().find_map(|&c| {
+                    let record = world.store.conversation(c).ok().flatten()?;
+                    let direct = record.kind == ConversationKind::Direct as u8;
+                    let apart = world.shards[0].owner(c) != world.shards[0].owner(peer);
+                    (direct && apart && record.has_member(peer)).then_some((a, b, c))
+                })
+            })
+            .expect("a direct conversation apart from one member's core");
+        let peer = world.users[peer_user].user_id;
+        let peer_core = world.shards[0].owner(peer);
+        let sender = world.first_device(user);
+        let reader = world.first_device(peer_user);
+        for n in 0..crate::core::UNACKED_KEPT_MAX as u64 + 8 {
+            let mut cmid = [0u8; 16];
+            cmid[..8].copy_from_slice(&(n + 1).to_be_bytes());
+            world.send(sender, conversation_id, cmid);
+            world.settle();
+        }
+        // One more, shown to the reader while the peer's core never gets its commit answered.
+        world.send(sender, conversation_id, [0xff; 16]);
+        let last = world.store.last_seq(conversation_id).unwrap() + 1;
+        for _ in 0..100 {
+            for core in 0..world.options.cores {
+                world.end_turn(core);
+                if core != peer_core {
+                    world.commit(core, false);
+                }
+            }
+            let links: Vec<(usize, usize)> = world.links.keys().copied().collect();
+            for link in links {
+                world.deliver_mail(link);
+            }
+        }
+        assert_eq!(
+            world.store.last_seq(conversation_id).unwrap(),
+            last,
+            "the message was stored"
+        );
+        assert!(
+            !world.commits[peer_core].is_empty(),
+            "the peer's commit is still in flight"
+        );
+        let head = world.devices[reader].cursor;
+        assert_eq!(
+            head,
+            world.log(peer).len() as u64 + 1,
+            "the reader was shown the message before its log entry was durable"
+        );
+        world.ack(reader);
+        world.settle();
+        let delivered = world
+            .log(world.users[user].user_id)
+            .iter()
+            .filter_map(|(_, r)| match *r {
+                UpdateRecord::Receipt {
+                    conversation_id: c,
+                    user_id,
+                    kind,
+                    up_to_seq,
+                    ..
+                } if c == conversation_id
+                    && user_id == peer
+                    && kind == ReceiptKind::Delivered as u8 =>
+                {
+                    Some(up_to_seq)
+                }
+                _ => None,
+            })
+            .max();
+        assert_eq!(
+            delivered,
+            Some(last),
+            "delivered up to the newest message shown"
+        );
+        world.check();
+        assert!(world.violations.is_empty(), "{:?}", world.violations);
+    }
+
     // Proves, on the virtual clock, that messages to a user with no device online queue one push
     // job, due when the coalescing window ends, however many arrive within the window, and that
     // the next window after the job is done gets a job of its own.

@@ -1643,13 +1643,9 @@ impl Shard {
         ack: Ack,
     ) -> Result<(), StoreError> {
         let state = self.user_state(user_id)?;
-        // Updates shown before they were durable may be acknowledged: they keep their numbers.
-        // Their delivered receipts come from the messages the state keeps, as they are not in
-        // the store yet; when it keeps too few, the acknowledgement stops at the durable head.
-        let kept = state.acked >= state.unacked_from;
-        let up_to = ack
-            .up_to
-            .min(if kept { state.shown_head() } else { state.head });
+        // Updates shown before they were durable may be acknowledged: they keep their numbers
+        // (spec §10.5: the cap is the head as `SyncPage.head` counts it).
+        let up_to = ack.up_to.min(state.shown_head());
         let previously_acked = state.acked;
         state.acked = state.acked.max(up_to);
         if let Some(mut device) = self.store.device(user_id, device_id)? {
@@ -1718,6 +1714,27 @@ impl Shard {
             }
             scanned += rows.len();
             cursor = last;
+        }
+        if !kept {
+            // Updates shown before they were durable may not be readable yet (the pending batch
+            // holds them): they are in memory, above the durable head. One noted twice (staged,
+            // so also read above) changes nothing.
+            let state = self.user_state(user_id)?;
+            for (user_seq, record) in &state.early {
+                if *user_seq <= from || *user_seq > to {
+                    continue;
+                }
+                if let UpdateRecord::Message {
+                    conversation_id,
+                    seq,
+                    sender,
+                } = *record
+                {
+                    if sender != user_id {
+                        note(conversation_id, seq, sender);
+                    }
+                }
+            }
         }
         for (conversation_id, (seq, senders)) in newest {
             if !self.move_watermark(conversation_id, user_id, ReceiptKind::Delivered, seq)? {
