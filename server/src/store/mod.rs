@@ -784,6 +784,22 @@ impl Batch {
         }
     }
 
+    /// How `op` orders against a write to `key` (whose [`Op::head`] is `head`) of `cf`: by column
+    /// family, then key. The names of one family are one static string, so they are told apart by
+    /// address before by content; and a head that differs orders two keys as the keys themselves
+    /// would (zero padding sorts a shorter key first, as a prefix does), so most comparisons read
+    /// neither name nor key.
+    fn order(&self, op: &Op, cf: &'static str, head: u128, key: &[u8]) -> std::cmp::Ordering {
+        let by_cf = if std::ptr::eq(op.cf, cf) {
+            std::cmp::Ordering::Equal
+        } else {
+            op.cf.cmp(cf)
+        };
+        by_cf
+            .then(op.head.cmp(&head))
+            .then_with(|| self.key(op).cmp(key))
+    }
+
     fn key(&self, op: &Op) -> &[u8] {
         &self.bytes[op.at..op.at + op.key_len]
     }
@@ -814,16 +830,9 @@ impl Batch {
         }
         let mut ops = std::mem::take(&mut self.ops);
         // Unstable, with the order made (`at` grows with it) as the last criterion: the same
-        // order as a stable sort, without its buffer. A head that differs orders two keys as
-        // the keys themselves would (zero padding sorts a shorter key first, as a prefix does).
+        // order as a stable sort, without its buffer.
         ops.sort_unstable_by(|a, b| {
-            let cf = if std::ptr::eq(a.cf, b.cf) {
-                std::cmp::Ordering::Equal
-            } else {
-                a.cf.cmp(b.cf)
-            };
-            cf.then(a.head.cmp(&b.head))
-                .then_with(|| self.key(a).cmp(self.key(b)))
+            self.order(a, b.cf, b.head, self.key(b))
                 .then(a.at.cmp(&b.at))
         });
         self.ops = ops;
@@ -834,9 +843,10 @@ impl Batch {
     /// delete (or a range delete over it), `None` none. A binary search once sorted.
     pub(crate) fn lookup(&self, cf: &'static str, key: &[u8]) -> Option<Option<&[u8]>> {
         if self.sorted {
+            let head = Op::head(key);
             let after = self
                 .ops
-                .partition_point(|op| (op.cf, self.key(op)) <= (cf, key));
+                .partition_point(|op| self.order(op, cf, head, key).is_le());
             let op = self.ops[..after].last()?;
             if op.cf != cf || self.key(op) != key {
                 return None;
@@ -864,8 +874,9 @@ impl Batch {
         from: &'a [u8],
     ) -> impl Iterator<Item = (OpKind, &'a [u8], &'a [u8])> + 'a {
         let start = if self.sorted {
+            let head = Op::head(from);
             self.ops
-                .partition_point(|op| (op.cf, self.key(op)) < (cf, from))
+                .partition_point(|op| self.order(op, cf, head, from).is_lt())
         } else {
             0
         };

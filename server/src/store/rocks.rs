@@ -13,11 +13,10 @@
 //! ([`StoreError::NoSpace`]); `server/tests/disk_full.rs` fills a real tmpfs.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use rocksdb::{
-    BlockBasedOptions, BoundColumnFamily, ColumnFamilyDescriptor, DBWithThreadMode, Direction,
-    IteratorMode, MultiThreaded, Options, ReadOptions, WriteBatch, WriteOptions,
+    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBWithThreadMode, Direction,
+    IteratorMode, Options, ReadOptions, SingleThreaded, WriteBatch, WriteOptions,
 };
 
 use super::backend::{Backend, Rows, Slice};
@@ -27,7 +26,11 @@ use super::{
     CF_MEDIA_CHUNKS, CF_MESSAGES, CF_UPDATES, COLUMN_FAMILIES, RANGE_READ_MAX,
 };
 
-type Db = DBWithThreadMode<MultiThreaded>;
+/// Column families are all created at open and never dropped, so the database needs no lock around
+/// its handles: "single-threaded" in the binding's terms, which only makes creating and dropping
+/// families take `&mut self`. A handle is then a plain reference, where the multi-threaded mode
+/// took a read lock and allocated a reference count for every write, read and scan.
+type Db = DBWithThreadMode<SingleThreaded>;
 
 /// How often RocksDB rewrites files nothing else compacted, so expiry also reaches idle data.
 const PERIODIC_COMPACTION_SECONDS: u64 = 24 * 3600;
@@ -79,7 +82,7 @@ impl RocksBackend {
         Ok(RocksBackend { db })
     }
 
-    fn cf(&self, name: &str) -> Arc<BoundColumnFamily<'_>> {
+    fn cf(&self, name: &str) -> &ColumnFamily {
         // Every name in COLUMN_FAMILIES is created at open, so the handle always exists.
         self.db
             .cf_handle(name)
@@ -90,25 +93,25 @@ impl RocksBackend {
     #[cfg(test)]
     pub(crate) fn compact(&self, name: &str) {
         self.db
-            .compact_range_cf(&self.cf(name), None::<&[u8]>, None::<&[u8]>);
+            .compact_range_cf(self.cf(name), None::<&[u8]>, None::<&[u8]>);
     }
 
     fn write_batch(&self, batch: &Batch) -> WriteBatch {
         let mut out = WriteBatch::with_capacity_bytes(batch.bytes_len() + batch.len() * 16 + 12);
-        let mut handle: Option<(&'static str, Arc<BoundColumnFamily<'_>>)> = None;
+        let mut handle: Option<(&'static str, &ColumnFamily)> = None;
         for (name, kind, key, value) in batch.ops() {
-            let cf = match &handle {
-                Some((current, cf)) if *current == name => Arc::clone(cf),
+            let cf = match handle {
+                Some((current, cf)) if std::ptr::eq(current, name) => cf,
                 _ => {
                     let cf = self.cf(name);
-                    handle = Some((name, Arc::clone(&cf)));
+                    handle = Some((name, cf));
                     cf
                 }
             };
             match kind {
-                OpKind::Put => out.put_cf(&cf, key, value),
-                OpKind::Delete => out.delete_cf(&cf, key),
-                OpKind::DeleteRange => out.delete_range_cf(&cf, key, value),
+                OpKind::Put => out.put_cf(cf, key, value),
+                OpKind::Delete => out.delete_cf(cf, key),
+                OpKind::DeleteRange => out.delete_range_cf(cf, key, value),
             }
         }
         out
@@ -117,7 +120,7 @@ impl RocksBackend {
 
 impl Backend for RocksBackend {
     fn get(&self, cf: &'static str, key: &[u8]) -> Result<Option<Slice<'_>>, StoreError> {
-        Ok(self.db.get_pinned_cf(&self.cf(cf), key)?.map(Slice::Pinned))
+        Ok(self.db.get_pinned_cf(self.cf(cf), key)?.map(Slice::Pinned))
     }
 
     fn scan(
@@ -130,7 +133,7 @@ impl Backend for RocksBackend {
         let mut read = ReadOptions::default();
         read.set_iterate_upper_bound(prefix_upper_bound(prefix));
         let iter = self.db.iterator_cf_opt(
-            &self.cf(cf),
+            self.cf(cf),
             read,
             IteratorMode::From(from, Direction::Forward),
         );
@@ -157,7 +160,7 @@ impl Backend for RocksBackend {
         read.set_iterate_upper_bound(before.to_vec());
         let iter = self
             .db
-            .iterator_cf_opt(&self.cf(cf), read, IteratorMode::End);
+            .iterator_cf_opt(self.cf(cf), read, IteratorMode::End);
         let mut out = Vec::new();
         for item in iter.take(limit.min(RANGE_READ_MAX)) {
             out.push(item?);
@@ -175,7 +178,7 @@ impl Backend for RocksBackend {
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_wal(true)?;
         for name in COLUMN_FAMILIES {
-            self.db.flush_cf(&self.cf(name))?;
+            self.db.flush_cf(self.cf(name))?;
         }
         Ok(())
     }
@@ -197,7 +200,7 @@ impl Backend for RocksBackend {
                     .iter()
                     .filter_map(|cf| {
                         self.db
-                            .property_int_value_cf(&self.cf(cf), *name)
+                            .property_int_value_cf(self.cf(cf), *name)
                             .ok()
                             .flatten()
                     })
