@@ -8,7 +8,7 @@
 #![allow(unsafe_code)] // `dup(2)` to hand a uring socket to another core; see `into_std`.
 
 use std::cell::RefCell;
-use std::io;
+use std::io::{self, Read};
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 
@@ -86,15 +86,29 @@ impl Socket {
                 let mut buf = pool.take();
                 // Zeroed once, when the buffer is first made; pooled buffers keep their length.
                 buf.resize(READ_CHUNK_BYTES, 0);
-                let result = stream.try_read(&mut buf);
-                if let Ok(n) = result {
+                let mut read = None;
+                // A read that did not fill the buffer drained the socket: readiness is cleared
+                // (reporting "would block" to `try_io` does that), so the next read waits for
+                // the next edge instead of finding out with a `recv` that fails. `try_io` clears
+                // only the readiness it saw, so data that came after is not missed.
+                let result = stream.try_io(tokio::io::Interest::READABLE, || {
+                    let n = (&*socket2::SockRef::from(stream)).read(&mut buf)?;
+                    read = Some(n);
+                    if n > 0 && n < buf.len() {
+                        Err(io::ErrorKind::WouldBlock.into())
+                    } else {
+                        Ok(())
+                    }
+                });
+                if let Some(n) = read {
                     inbox.extend_from_slice(&buf[..n]);
                 }
                 pool.give(buf);
-                match result {
-                    Ok(n) => return Ok(n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(e),
+                match (read, result) {
+                    (Some(n), _) => return Ok(n),
+                    (None, Err(e)) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+                    // Not ready after all: wait again.
+                    (None, _) => continue,
                 }
             },
             Socket::Uring { ready, stream } => {
