@@ -1691,6 +1691,19 @@ impl Shard {
             }
         }
         state.unacked_from = state.unacked_from.max(to);
+        // A log entry noted: a message from someone else.
+        let mut note_entry = |record: &UpdateRecord| {
+            if let UpdateRecord::Message {
+                conversation_id,
+                seq,
+                sender,
+            } = *record
+            {
+                if sender != user_id {
+                    note(conversation_id, seq, sender);
+                }
+            }
+        };
         // What the state did not keep is read back from the log.
         let mut cursor = if kept { to } else { from };
         let mut scanned = 0;
@@ -1701,16 +1714,7 @@ impl Shard {
                 if *user_seq > to {
                     break;
                 }
-                if let UpdateRecord::Message {
-                    conversation_id,
-                    seq,
-                    sender,
-                } = *record
-                {
-                    if sender != user_id {
-                        note(conversation_id, seq, sender);
-                    }
-                }
+                note_entry(record);
             }
             scanned += rows.len();
             cursor = last;
@@ -1721,18 +1725,8 @@ impl Shard {
             // so also read above) changes nothing.
             let state = self.user_state(user_id)?;
             for (user_seq, record) in &state.early {
-                if *user_seq <= from || *user_seq > to {
-                    continue;
-                }
-                if let UpdateRecord::Message {
-                    conversation_id,
-                    seq,
-                    sender,
-                } = *record
-                {
-                    if sender != user_id {
-                        note(conversation_id, seq, sender);
-                    }
+                if from < *user_seq && *user_seq <= to {
+                    note_entry(record);
                 }
             }
         }
