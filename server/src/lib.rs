@@ -14,8 +14,8 @@
 //! - `store/`: the schema (column families, key encodings, rkyv records), write batches, the
 //!   RocksDB backend, in-memory and fault-injecting backends, and the overlay through which a core
 //!   reads the batches it handed to its committer before they are durable.
-//! - `runtime/committer.rs`: one committer thread per core, which writes the core's batches in
-//!   order and hands back each result.
+//! - `runtime/committer.rs`: the committer thread, which writes the batches of every core (each
+//!   core's in order, those waiting together in one write) and hands back each result.
 //! - `sim` (tests only): the deterministic simulator of the core.
 //! - `ids`: time-ordered 64-bit ids.
 //!
@@ -42,11 +42,15 @@
 //!   seconds, so senders were acknowledged far ahead of what members were given, until fan-out
 //!   retries piled onto the queues. `tern_mail_held` and `tern_mail_backlogs_total` show it.
 //! - **The commit is off the core thread.** A core seals one batch per loop turn and hands it to
-//!   its committer thread; at most two are in flight, past which the pending batch grows (a larger
-//!   group commit). With `--fsync` no core thread waits for an fsync. A committer per core rather
-//!   than a shared one keeps each core's batches in order without coordination; RocksDB's own
-//!   write group still merges concurrent writers. We kept one RocksDB instance: a WAL per core
-//!   would also split the column families' memtables and compaction, for a gain we did not measure.
+//!   the committer thread; at most two are in flight per core, past which the pending batch grows
+//!   (a larger group commit). With `--fsync` no core thread waits for an fsync. One committer
+//!   serves every core and writes all the batches waiting, from any core, in one write: RocksDB
+//!   writes one group at a time anyway, so a committer per core (as we had first) only took turns
+//!   in its write group, each hand-over a wake-up. The shared one made W2 about 6 to 17 % faster
+//!   and W1's open loop at 10,000 sends/s a fifth cheaper (`bench/RESULTS.md`). A failed write
+//!   fails every batch in it, which the cores handle as any failed commit. We kept one RocksDB
+//!   instance: a WAL per core would also split the column families' memtables and compaction, for
+//!   a gain we did not measure.
 //! - **A message is encoded once per core for all its members.** Its live event frame is encoded
 //!   once (`tern_protocol::UpdateEventBytes`, into a block many events share) and copied into each
 //!   connection's queue with that member's `user_seq` written in; its update-log entry, the same

@@ -6,7 +6,8 @@
 //! between them, then takes a few thousand steps. Each step the seeded [`Rng`] picks one thing to
 //! happen:
 //!
-//! - a core's committer answers its oldest batch (durable, failed, or refused for a full disk);
+//! - the committer answers a core's oldest batch (durable, failed, or refused for a full disk;
+//!   the runtime's committer writes several cores' batches at once, which is one of these orders);
 //! - one piece of mail moves from one core to another (FIFO per pair of cores, as the real
 //!   mailboxes are, but any pair may go first, so mail is delayed and reordered across pairs;
 //!   only mail a core sent itself goes before anything that comes after it, as in the runtime);
@@ -244,7 +245,7 @@ pub(crate) struct World {
     shards: Vec<Shard>,
     /// Mail between cores, FIFO per (from, to).
     links: BTreeMap<(usize, usize), VecDeque<Mail>>,
-    /// Batches each core's committer holds, oldest first.
+    /// Batches each core handed to the committer, oldest first.
     commits: Vec<VecDeque<Commit>>,
     /// Per core: the committer refuses batches of this epoch and older.
     failed_epoch: Vec<Option<u64>>,

@@ -3,7 +3,7 @@
 //! A [`Shard`] is one core's state. It never touches sockets, threads, the clock or the disk: the
 //! runtime hands it decoded frames, mail and commit results together with the current time, and
 //! collects what it produced: frames for connections ([`Output`]), mail for other cores, and a
-//! batch of writes for the core's committer ([`Commit`]).
+//! batch of writes for the committer ([`Commit`]).
 //!
 //! # Commits, in the order the calls come
 //!
@@ -65,10 +65,10 @@ pub(crate) type HashSet<K> = std::collections::HashSet<K, Hasher>;
 /// How often the runtime calls [`Shard::tick`].
 pub(crate) const TICK_MS: u64 = 250;
 
-/// Batches a core may have handed to its committer and not yet seen answered.
+/// Batches a core may have handed to the committer and not yet seen answered.
 pub(crate) const COMMITS_IN_FLIGHT_MAX: usize = 2;
 
-/// A batch for the core's committer: write it, then answer [`Shard::handle_committed`] with `id`.
+/// A batch for the committer: write it, then answer [`Shard::handle_committed`] with `id`.
 pub(crate) struct Commit {
     pub(crate) id: u64,
     /// Batches of an older epoch than the last failure are void: the committer refuses them.

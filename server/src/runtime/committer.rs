@@ -1,14 +1,21 @@
-//! A core's committer: the thread that writes the core's batches, so the core never waits for the
-//! disk.
+//! The committer: one thread that writes every core's batches, so no core waits for the disk.
 //!
-//! The core hands over each sealed batch ([`Commit`]) and goes on serving; the committer writes
-//! the batches in order (with `--fsync`, syncing the log each time), puts each answer on a channel
-//! and wakes the core, which then releases or voids what waited on that batch
-//! ([`Shard::handle_committed`](crate::core::Shard::handle_committed)).
+//! A core hands over each sealed batch ([`Commit`]) through its [`Committer`] and goes on serving.
+//! The committer takes every batch waiting when it comes round, from any core, and writes them in
+//! one write (with `--fsync`, one sync for them all): a group commit across cores. Each core's
+//! batches keep their order, as they arrive through one channel in the order sent. It then puts
+//! each answer on its core's channel and wakes the core, which releases or voids what waited on
+//! that batch ([`Shard::handle_committed`](crate::core::Shard::handle_committed)).
 //!
-//! After a failure every later batch of the same epoch is refused unwritten: it was built on the
-//! failed one. The core bumps its epoch when it learns of the failure, so what it builds from then
-//! on is written again, and the server recovers by itself once the disk has room.
+//! One thread for all cores rather than one per core: RocksDB writes one group at a time anyway,
+//! the group's leader inserting every member's batch into the memtables, so committers of their
+//! own only took turns, waking each other at every hand-over. In W2 with groups of 100 the shared
+//! committer made delivery about a sixth cheaper (`bench/RESULTS.md`).
+//!
+//! A write that fails fails every batch in it. After a failure, every later batch of the same
+//! core and epoch is refused unwritten: it was built on the failed one. The core bumps its epoch
+//! when it learns of the failure, so what it builds from then on is written again, and the server
+//! recovers by itself once the disk has room.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,7 +28,7 @@ use tokio::sync::Notify;
 use crate::core::{Commit, COMMITS_IN_FLIGHT_MAX};
 use crate::metrics::Metrics;
 use crate::store::backend::Backend;
-use crate::store::StoreError;
+use crate::store::{Batch, StoreError};
 
 /// The committer's answer for one batch.
 pub(crate) struct Committed {
@@ -29,86 +36,110 @@ pub(crate) struct Committed {
     pub(crate) result: Result<(), StoreError>,
 }
 
-/// One core's committer thread and its two channels.
+/// One core's way to the committer thread.
 pub(crate) struct Committer {
-    batches: Option<Sender<Commit>>,
+    core: usize,
+    batches: Sender<(usize, Commit)>,
     pub(crate) answers: Receiver<Committed>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl Committer {
-    /// Starts core `core`'s committer; it wakes the core through `wake` after each answer.
-    pub(crate) fn start(
-        core: usize,
-        backend: Arc<dyn Backend>,
-        fsync: bool,
-        metrics: Arc<Metrics>,
-        wake: Arc<Notify>,
-    ) -> std::io::Result<Committer> {
-        // The core never has more than COMMITS_IN_FLIGHT_MAX batches out, so neither channel
-        // ever blocks its sender.
-        let (batches, rx) = bounded::<Commit>(COMMITS_IN_FLIGHT_MAX);
-        let (tx, answers) = bounded::<Committed>(COMMITS_IN_FLIGHT_MAX);
-        let thread = std::thread::Builder::new()
-            .name(format!("ternd-commit-{core}"))
-            .spawn(move || {
-                let mut failed_epoch = None;
-                for commit in rx {
-                    let result = if failed_epoch.is_some_and(|e| commit.epoch <= e) {
-                        Err(StoreError::Io("an earlier batch failed".into()))
-                    } else {
-                        let writes = commit.batch.len();
-                        let started = Instant::now();
-                        let result = backend.write(&commit.batch, fsync);
-                        let core_metrics = metrics.core(core);
-                        match &result {
-                            Ok(()) => {
-                                core_metrics.commit(writes, started.elapsed().as_micros() as u64);
-                                core_metrics.storage_failing.store(false, Ordering::Relaxed);
-                            }
-                            Err(e) => {
-                                failed_epoch = Some(commit.epoch);
-                                core_metrics.storage_failing.store(true, Ordering::Relaxed);
-                                core_metrics.storage_errors.fetch_add(1, Ordering::Relaxed);
-                                tracing::error!(core, error = %e, writes, "commit failed");
-                            }
-                        }
-                        result
-                    };
-                    if tx
-                        .send(Committed {
-                            id: commit.id,
-                            result,
-                        })
-                        .is_err()
-                    {
-                        return;
-                    }
-                    wake.notify_one();
-                }
-            })?;
-        Ok(Committer {
-            batches: Some(batches),
-            answers,
-            thread: Some(thread),
-        })
-    }
-
-    /// Hands a batch over. The shard's in-flight bound keeps the channel from filling.
+    /// Hands a batch over. The shard's in-flight bound keeps the channels from filling.
     pub(crate) fn submit(&self, commit: Commit) {
-        if let Some(batches) = &self.batches {
-            // Only fails once the thread is gone, which ends the process first (panic hook).
-            let _ = batches.send(commit);
-        }
+        // Only fails once the thread is gone, which ends the process first (panic hook).
+        let _ = self.batches.send((self.core, commit));
     }
 }
 
-impl Drop for Committer {
-    fn drop(&mut self) {
-        // Closing the channel ends the thread after the batches it holds.
-        self.batches.take();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+/// Starts the committer thread for as many cores as `wakes` names; it wakes core `i` through
+/// `wakes[i]` after each answer. The thread ends once every [`Committer`] is dropped and the
+/// batches they handed over are written.
+pub(crate) fn start(
+    backend: Arc<dyn Backend>,
+    fsync: bool,
+    metrics: Arc<Metrics>,
+    wakes: Vec<Arc<Notify>>,
+) -> std::io::Result<(Vec<Committer>, JoinHandle<()>)> {
+    let cores = wakes.len();
+    // No core has more than COMMITS_IN_FLIGHT_MAX batches out, so no channel ever blocks its
+    // sender.
+    let (batches, rx) = bounded::<(usize, Commit)>(COMMITS_IN_FLIGHT_MAX * cores);
+    let (answer_tx, answer_rx): (Vec<_>, Vec<_>) = (0..cores)
+        .map(|_| bounded::<Committed>(COMMITS_IN_FLIGHT_MAX))
+        .unzip();
+    let thread = std::thread::Builder::new()
+        .name("ternd-commit".into())
+        .spawn(move || {
+            let mut failed_epoch = vec![None; cores];
+            while let Ok(first) = rx.recv() {
+                let mut group = vec![first];
+                group.extend(rx.try_iter());
+                for (core, id, result) in
+                    write_group(&*backend, fsync, &metrics, &mut failed_epoch, group)
+                {
+                    if answer_tx[core].send(Committed { id, result }).is_err() {
+                        return;
+                    }
+                    wakes[core].notify_one();
+                }
+            }
+        })?;
+    let committers = answer_rx
+        .into_iter()
+        .enumerate()
+        .map(|(core, answers)| Committer {
+            core,
+            batches: batches.clone(),
+            answers,
+        })
+        .collect();
+    Ok((committers, thread))
+}
+
+/// Writes the batches of `group` that no earlier failure voided, in one write, and returns each
+/// batch's answer: (core, batch id, result).
+fn write_group(
+    backend: &dyn Backend,
+    fsync: bool,
+    metrics: &Metrics,
+    failed_epoch: &mut [Option<u64>],
+    group: Vec<(usize, Commit)>,
+) -> Vec<(usize, u64, Result<(), StoreError>)> {
+    let (void, live): (Vec<_>, Vec<_>) = group
+        .into_iter()
+        .partition(|(core, commit)| failed_epoch[*core].is_some_and(|e| commit.epoch <= e));
+    let mut answers: Vec<_> = void
+        .into_iter()
+        .map(|(core, commit)| {
+            let refused = StoreError::Io("an earlier batch failed".into());
+            (core, commit.id, Err(refused))
+        })
+        .collect();
+    if live.is_empty() {
+        return answers;
     }
+    let started = Instant::now();
+    let batches: Vec<&Batch> = live.iter().map(|(_, commit)| &*commit.batch).collect();
+    let result = backend.write_group(&batches, fsync);
+    let micros = started.elapsed().as_micros() as u64;
+    if let Err(e) = &result {
+        let writes: usize = batches.iter().map(|b| b.len()).sum();
+        tracing::error!(error = %e, writes, batches = batches.len(), "commit failed");
+    }
+    for (core, commit) in live {
+        let core_metrics = metrics.core(core);
+        match &result {
+            Ok(()) => {
+                core_metrics.commit(commit.batch.len(), micros);
+                core_metrics.storage_failing.store(false, Ordering::Relaxed);
+            }
+            Err(_) => {
+                failed_epoch[core] = Some(commit.epoch);
+                core_metrics.storage_failing.store(true, Ordering::Relaxed);
+                core_metrics.storage_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        answers.push((core, commit.id, result.clone()));
+    }
+    answers
 }

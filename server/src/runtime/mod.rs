@@ -745,6 +745,8 @@ pub struct Server {
     shared: Arc<Shared>,
     mailboxes: Mailboxes,
     threads: Vec<JoinHandle<()>>,
+    /// Ends once every core thread has (their committers dropped, their batches written).
+    committer: JoinHandle<()>,
     blocking: Vec<JoinHandle<()>>,
     push: Option<crate::push::PushWorker>,
     metrics_server: MetricsServer,
@@ -856,7 +858,17 @@ impl Server {
         });
         let cpus = core_affinity::get_core_ids().unwrap_or_default();
         let mut threads = Vec::with_capacity(config.cores);
-        for (core, (listeners, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
+        let (committers, committer_thread) = committer::start(
+            store.backend(),
+            store.fsync(),
+            Arc::clone(&metrics),
+            inboxes
+                .iter()
+                .map(|inbox| Arc::clone(&inbox.wake))
+                .collect(),
+        )?;
+        let cores = listeners.into_iter().zip(inboxes).zip(committers);
+        for (core, ((listeners, inbox), committer)) in cores.enumerate() {
             let parts = CoreParts {
                 core,
                 uring,
@@ -869,6 +881,7 @@ impl Server {
                 pool: pool.clone(),
                 mailboxes: mailboxes.clone(),
                 shared: Arc::clone(&shared),
+                committer,
             };
             let cpu = cpus.get(core % cpus.len().max(1)).copied();
             let thread = std::thread::Builder::new()
@@ -917,6 +930,7 @@ impl Server {
             shared,
             mailboxes,
             threads,
+            committer: committer_thread,
             blocking,
             push,
             metrics_server,
@@ -932,6 +946,7 @@ impl Server {
         for thread in self.threads {
             let _ = thread.join();
         }
+        let _ = self.committer.join();
         if let Some(push) = self.push {
             push.stop();
         }
@@ -962,22 +977,11 @@ struct CoreParts {
     shared: Arc<Shared>,
     /// Told when the core serves.
     ready: std::sync::mpsc::Sender<usize>,
+    committer: Committer,
 }
 
 fn run_core(parts: CoreParts, listeners: CoreListeners, inbox: Inbox) {
-    let committer = match Committer::start(
-        parts.core,
-        parts.store.backend(),
-        parts.store.fsync(),
-        Arc::clone(&parts.metrics),
-        Arc::clone(&inbox.wake),
-    ) {
-        Ok(committer) => committer,
-        Err(e) => {
-            tracing::error!(core = parts.core, error = %e, "cannot start the committer");
-            return;
-        }
-    };
+    let committer = parts.committer;
     let dummy_salt = [0u8; 16];
     let config = Arc::clone(&parts.config);
     let shard = Shard::new(

@@ -79,6 +79,9 @@ pub(crate) trait Backend: Send + Sync {
     /// before it returns.
     fn write(&self, batch: &Batch, sync: bool) -> Result<(), StoreError>;
 
+    /// Applies every write of several batches, in their order, all or none: a group commit.
+    fn write_group(&self, batches: &[&Batch], sync: bool) -> Result<(), StoreError>;
+
     /// Makes everything written so far durable (at shutdown).
     fn flush(&self) -> Result<(), StoreError>;
 
@@ -170,9 +173,13 @@ impl Backend for MemBackend {
             .collect())
     }
 
-    fn write(&self, batch: &Batch, _sync: bool) -> Result<(), StoreError> {
+    fn write(&self, batch: &Batch, sync: bool) -> Result<(), StoreError> {
+        self.write_group(&[batch], sync)
+    }
+
+    fn write_group(&self, batches: &[&Batch], _sync: bool) -> Result<(), StoreError> {
         let mut tables = self.tables.write().unwrap_or_else(|e| e.into_inner());
-        for (cf, kind, key, value) in batch.ops() {
+        for (cf, kind, key, value) in batches.iter().flat_map(|batch| batch.ops()) {
             let table = &mut tables[Self::index(cf)];
             match kind {
                 OpKind::Put => {
@@ -295,6 +302,11 @@ impl Backend for FaultyBackend {
     fn write(&self, batch: &Batch, sync: bool) -> Result<(), StoreError> {
         self.faults.check()?;
         self.inner.write(batch, sync)
+    }
+
+    fn write_group(&self, batches: &[&Batch], sync: bool) -> Result<(), StoreError> {
+        self.faults.check()?;
+        self.inner.write_group(batches, sync)
     }
 
     fn flush(&self) -> Result<(), StoreError> {

@@ -144,7 +144,7 @@ pub(crate) type DuePushJob = ((u64, u64), PushJobRecord);
 pub(crate) const RANGE_READ_MAX: usize = 1000;
 
 /// A storage failure.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// The disk is full: writes fail until there is room again.
     #[error("no space left: {0}")]

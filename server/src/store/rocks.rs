@@ -96,8 +96,8 @@ impl RocksBackend {
             .compact_range_cf(self.cf(name), None::<&[u8]>, None::<&[u8]>);
     }
 
-    fn write_batch(&self, batch: &Batch) -> WriteBatch {
-        let mut out = WriteBatch::with_capacity_bytes(batch.bytes_len() + batch.len() * 16 + 12);
+    /// Adds the writes of `batch` to `out`.
+    fn add_to(&self, out: &mut WriteBatch, batch: &Batch) {
         let mut handle: Option<(&'static str, &ColumnFamily)> = None;
         for (name, kind, key, value) in batch.ops() {
             let cf = match handle {
@@ -114,7 +114,6 @@ impl RocksBackend {
                 OpKind::DeleteRange => out.delete_range_cf(cf, key, value),
             }
         }
-        out
     }
 }
 
@@ -169,9 +168,18 @@ impl Backend for RocksBackend {
     }
 
     fn write(&self, batch: &Batch, sync: bool) -> Result<(), StoreError> {
+        self.write_group(&[batch], sync)
+    }
+
+    fn write_group(&self, batches: &[&Batch], sync: bool) -> Result<(), StoreError> {
+        let bytes: usize = batches.iter().map(|b| b.bytes_len() + b.len() * 16).sum();
+        let mut out = WriteBatch::with_capacity_bytes(bytes + 12);
+        for batch in batches {
+            self.add_to(&mut out, batch);
+        }
         let mut options = WriteOptions::default();
         options.set_sync(sync);
-        self.db.write_opt(self.write_batch(batch), &options)?;
+        self.db.write_opt(out, &options)?;
         Ok(())
     }
 
