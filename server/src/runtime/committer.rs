@@ -10,7 +10,7 @@
 //! One thread for all cores rather than one per core: RocksDB writes one group at a time anyway,
 //! the group's leader inserting every member's batch into the memtables, so committers of their
 //! own only took turns, waking each other at every hand-over. In W2 with groups of 100 the shared
-//! committer made delivery about a sixth cheaper (`bench/RESULTS.md`).
+//! committer took 7 to 15 % off the CPU per delivery (`bench/RESULTS.md`).
 //!
 //! A write that fails fails every batch in it. After a failure, every later batch of the same
 //! core and epoch is refused unwritten: it was built on the failed one. The core bumps its epoch

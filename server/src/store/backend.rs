@@ -75,12 +75,14 @@ pub(crate) trait Backend: Send + Sync {
         limit: usize,
     ) -> Result<Rows, StoreError>;
 
-    /// Applies every write of `batch`, all or none; with `sync`, durable against power loss
-    /// before it returns.
-    fn write(&self, batch: &Batch, sync: bool) -> Result<(), StoreError>;
-
-    /// Applies every write of several batches, in their order, all or none: a group commit.
+    /// Applies every write of several batches, in their order, all or none (a group commit); with
+    /// `sync`, durable against power loss before it returns.
     fn write_group(&self, batches: &[&Batch], sync: bool) -> Result<(), StoreError>;
+
+    /// Applies every write of `batch`, as [`Backend::write_group`] does.
+    fn write(&self, batch: &Batch, sync: bool) -> Result<(), StoreError> {
+        self.write_group(&[batch], sync)
+    }
 
     /// Makes everything written so far durable (at shutdown).
     fn flush(&self) -> Result<(), StoreError>;
@@ -171,10 +173,6 @@ impl Backend for MemBackend {
             .take(limit.min(RANGE_READ_MAX))
             .map(|(k, v)| copy_row(k, v))
             .collect())
-    }
-
-    fn write(&self, batch: &Batch, sync: bool) -> Result<(), StoreError> {
-        self.write_group(&[batch], sync)
     }
 
     fn write_group(&self, batches: &[&Batch], _sync: bool) -> Result<(), StoreError> {
@@ -297,11 +295,6 @@ impl Backend for FaultyBackend {
         limit: usize,
     ) -> Result<Rows, StoreError> {
         self.inner.scan_back(cf, prefix, before, limit)
-    }
-
-    fn write(&self, batch: &Batch, sync: bool) -> Result<(), StoreError> {
-        self.faults.check()?;
-        self.inner.write(batch, sync)
     }
 
     fn write_group(&self, batches: &[&Batch], sync: bool) -> Result<(), StoreError> {

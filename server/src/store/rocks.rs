@@ -167,10 +167,6 @@ impl Backend for RocksBackend {
         Ok(out)
     }
 
-    fn write(&self, batch: &Batch, sync: bool) -> Result<(), StoreError> {
-        self.write_group(&[batch], sync)
-    }
-
     fn write_group(&self, batches: &[&Batch], sync: bool) -> Result<(), StoreError> {
         let bytes: usize = batches.iter().map(|b| b.bytes_len() + b.len() * 16).sum();
         let mut out = WriteBatch::with_capacity_bytes(bytes + 12);
