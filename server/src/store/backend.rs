@@ -177,7 +177,7 @@ impl Backend for MemBackend {
 
     fn write_group(&self, batches: &[&Batch], _sync: bool) -> Result<(), StoreError> {
         let mut tables = self.tables.write().unwrap_or_else(|e| e.into_inner());
-        for (cf, kind, key, value) in batches.iter().flat_map(|batch| batch.ops()) {
+        super::runs::for_each_write(batches, |cf, kind, key, value| {
             let table = &mut tables[Self::index(cf)];
             match kind {
                 OpKind::Put => {
@@ -196,7 +196,7 @@ impl Backend for MemBackend {
                     }
                 }
             }
-        }
+        });
         Ok(())
     }
 

@@ -18,7 +18,7 @@
 //! | `messages`     | (conversation_id, seq)                | [`records::MessageRecord`]              | conversation's owner  |
 //! | `fanout`       | conversation_id                       | seq up to which every member's log holds the messages (u64), then, after a membership change while fan-out was unfinished, the seq up to which the recipients are fixed (u64): a row only while fan-out may be unfinished | conversation's owner |
 //! | `fanout`       | (conversation_id, seq)                | the members (u64s) still to confirm a message when the conversation's membership changed | conversation's owner |
-//! | `updates`      | (user_id, user_seq)                   | [`records::UpdateRecord`]               | user's owner core     |
+//! | `updates`      | (user_id, user_seq)                   | [`records::UpdateRecord`], or a run of the entries from that `user_seq` on that one commit wrote ([`runs`]) | user's owner core |
 //! | `fanout_marks` | (user_id, conversation_id)            | highest seq in the user's log (u64), as of the user's checkpoint; (user_id, 0): the `user_seq` that checkpoint covers; (user_id, 1): the user's reservation, the `user_seq` up to which updates may be shown before they are durable and the run that reserved it (two u64s) | user's owner core |
 //! | `receipts`     | (conversation_id, user_id)            | [`records::ReceiptRecord`]              | user's owner core     |
 //! | `idempotency`  | (user_id, device_id, client_msg_id)   | [`records::IdempotencyRecord`]; expires by compaction filter | conversation's owner |
@@ -49,6 +49,7 @@ pub(crate) mod keys;
 pub(crate) mod overlay;
 pub(crate) mod records;
 pub(crate) mod rocks;
+pub(crate) mod runs;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -60,7 +61,7 @@ use overlay::Overlay;
 use records::*;
 
 /// Column family names, in the order they are created.
-pub(crate) const COLUMN_FAMILIES: &[&str] = &[
+pub(crate) static COLUMN_FAMILIES: &[&str] = &[
     CF_META,
     CF_USERS,
     CF_USERNAMES,
@@ -87,30 +88,33 @@ pub(crate) const COLUMN_FAMILIES: &[&str] = &[
     CF_KEY_BACKUP,
 ];
 
-const CF_META: &str = "meta";
-const CF_USERS: &str = "users";
-const CF_USERNAMES: &str = "usernames";
-const CF_DEVICES: &str = "devices";
-const CF_SESSIONS: &str = "sessions";
-const CF_CONVERSATIONS: &str = "conversations";
-const CF_DIRECT: &str = "direct";
-const CF_USER_CONVS: &str = "user_convs";
-const CF_MESSAGES: &str = "messages";
-const CF_FANOUT: &str = "fanout";
-const CF_UPDATES: &str = "updates";
-const CF_FANOUT_MARKS: &str = "fanout_marks";
-const CF_RECEIPTS: &str = "receipts";
-const CF_IDEMPOTENCY: &str = "idempotency";
-const CF_PRESENCE: &str = "presence";
-const CF_PUSH_OUTBOX: &str = "push_outbox";
-const CF_MEDIA: &str = "media";
-const CF_MEDIA_CHUNKS: &str = "media_chunks";
-const CF_MEDIA_REFS: &str = "media_refs";
-const CF_ENCRYPTED_CONVS: &str = "encrypted_convs";
-const CF_DEVICE_KEYS: &str = "device_keys";
-const CF_ONE_TIME_KEYS: &str = "one_time_keys";
-const CF_TO_DEVICE: &str = "to_device";
-const CF_KEY_BACKUP: &str = "key_backup";
+// Statics, not consts: each name is then one address everywhere, which is what `Batch::order`
+// compares before the names themselves. A const may be copied into each codegen unit, and then
+// most comparisons of two writes to one column family read both names.
+static CF_META: &str = "meta";
+static CF_USERS: &str = "users";
+static CF_USERNAMES: &str = "usernames";
+static CF_DEVICES: &str = "devices";
+static CF_SESSIONS: &str = "sessions";
+static CF_CONVERSATIONS: &str = "conversations";
+static CF_DIRECT: &str = "direct";
+static CF_USER_CONVS: &str = "user_convs";
+static CF_MESSAGES: &str = "messages";
+static CF_FANOUT: &str = "fanout";
+static CF_UPDATES: &str = "updates";
+static CF_FANOUT_MARKS: &str = "fanout_marks";
+static CF_RECEIPTS: &str = "receipts";
+static CF_IDEMPOTENCY: &str = "idempotency";
+static CF_PRESENCE: &str = "presence";
+static CF_PUSH_OUTBOX: &str = "push_outbox";
+static CF_MEDIA: &str = "media";
+static CF_MEDIA_CHUNKS: &str = "media_chunks";
+static CF_MEDIA_REFS: &str = "media_refs";
+static CF_ENCRYPTED_CONVS: &str = "encrypted_convs";
+static CF_DEVICE_KEYS: &str = "device_keys";
+static CF_ONE_TIME_KEYS: &str = "one_time_keys";
+static CF_TO_DEVICE: &str = "to_device";
+static CF_KEY_BACKUP: &str = "key_backup";
 
 /// A row of `fanout` and its key.
 pub(crate) type KeyedFanoutRow = (Box<[u8]>, FanoutRow);
@@ -446,19 +450,32 @@ impl Store {
         let Some(from) = since.checked_add(1) else {
             return Ok(Vec::new());
         };
-        self.scan(
-            CF_UPDATES,
-            &keys::user(user_id),
-            &keys::pair(user_id, from),
-            limit,
-        )?
-        .into_iter()
-        .map(|(k, v)| {
-            let seq =
-                keys::pair_second(&k).ok_or_else(|| StoreError::Corrupt("update key".into()))?;
-            Ok((seq, decode::<UpdateRecord>(&v)?))
-        })
-        .collect()
+        let limit = limit.min(RANGE_READ_MAX);
+        let prefix = keys::user(user_id);
+        let start = keys::pair(user_id, from);
+        let mut out = Vec::new();
+        let mut take = |key: &[u8], value: &[u8]| {
+            runs::for_each_entry(key, value, |seq, entry| {
+                if seq >= from && out.len() < limit {
+                    out.push((seq, decode::<UpdateRecord>(entry)?));
+                }
+                Ok(out.len() < limit)
+            })?;
+            Ok::<_, StoreError>(out.len() < limit)
+        };
+        // The pair before `from` may be a run that reaches past it.
+        for (key, value) in self.scan_back(CF_UPDATES, &prefix, &start, 1)? {
+            if value.first() == Some(&runs::RUN_MARK) && !take(&key, &value)? {
+                return Ok(out);
+            }
+        }
+        // Every pair holds at least one entry, so `limit` pairs are enough.
+        for (key, value) in self.scan(CF_UPDATES, &prefix, &start, limit)? {
+            if !take(&key, &value)? {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// The user's newest `user_seq`, 0 when the log is empty.
@@ -469,10 +486,10 @@ impl Store {
             &keys::pair(user_id, u64::MAX),
             1,
         )?;
-        Ok(rows
-            .first()
-            .and_then(|(k, _)| keys::pair_second(k))
-            .unwrap_or(0))
+        match rows.first() {
+            Some((key, value)) => runs::last_seq(key, value),
+            None => Ok(0),
+        }
     }
 
     /// A user's presence record.
@@ -1335,6 +1352,65 @@ mod tests {
                     "user {user}"
                 );
             }
+        }
+    }
+
+    // Proves the entries one commit adds to a log are stored as one run and read back entry by
+    // entry from any `user_seq`, across runs, single entries and entries still staged.
+    #[test]
+    fn a_commit_packs_each_log_into_runs() {
+        let entry = |user: u64, seq: u64| UpdateRecord::Message {
+            conversation_id: 9,
+            seq,
+            sender: user,
+        };
+        for (_dir, store) in stores() {
+            let keys_before = store.properties()[0].1;
+            let mut expected = Vec::new();
+            // Three commits: runs of 1, 5 and 300 entries for user 2 (300 > RUN_ENTRIES_MAX),
+            // interleaved with user 3's, and one run written from two batches of one group.
+            let mut next = 1;
+            for len in [1u64, 5, 300] {
+                let mut batch = store.batch();
+                for seq in next..next + len {
+                    batch.put_update(2, seq, &entry(2, seq)).unwrap();
+                    batch.put_update(3, seq, &entry(3, seq)).unwrap();
+                    expected.push((seq, entry(2, seq)));
+                }
+                batch.put_fanout_mark(2, 9 + len, next);
+                batch.sort();
+                store.commit(batch).unwrap();
+                next += len;
+            }
+            let (mut a, mut b) = (store.batch(), store.batch());
+            for seq in next..next + 4 {
+                let half = if seq < next + 2 { &mut a } else { &mut b };
+                half.put_update(2, seq, &entry(2, seq)).unwrap();
+                expected.push((seq, entry(2, seq)));
+            }
+            store.backend.write_group(&[&a, &b], false).unwrap();
+            next += 4;
+            let head = next - 1;
+            if store.overlay().is_none() {
+                // 1 + 1 + 2 (300 entries) + 1 pairs for user 2, 1 + 1 + 2 for user 3, 3 marks.
+                assert_eq!(store.properties()[0].1 - keys_before, 12, "pairs stored");
+            }
+            for since in 0..=head {
+                for limit in [1, 3, 7, 1000] {
+                    let got = store.updates_after(2, since, limit).unwrap();
+                    let want: Vec<_> = expected
+                        .iter()
+                        .filter(|(seq, _)| *seq > since)
+                        .take(limit)
+                        .cloned()
+                        .collect();
+                    assert_eq!(got, want, "since {since} limit {limit}");
+                }
+            }
+            assert_eq!(store.last_user_seq(2).unwrap(), head);
+            assert_eq!(store.last_user_seq(3).unwrap(), 306);
+            assert_eq!(store.updates_after(3, 306, 10).unwrap(), []);
+            assert_eq!(store.updates_after(4, 0, 10).unwrap(), []);
         }
     }
 

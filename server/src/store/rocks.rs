@@ -22,7 +22,7 @@ use rocksdb::{
 use super::backend::{Backend, Rows, Slice};
 use super::records::{decode, IdempotencyRecord};
 use super::{
-    prefix_upper_bound, Batch, OpKind, StoreError, CF_FANOUT_MARKS, CF_IDEMPOTENCY,
+    prefix_upper_bound, runs, Batch, OpKind, StoreError, CF_FANOUT_MARKS, CF_IDEMPOTENCY,
     CF_MEDIA_CHUNKS, CF_MESSAGES, CF_UPDATES, COLUMN_FAMILIES, RANGE_READ_MAX,
 };
 
@@ -96,10 +96,10 @@ impl RocksBackend {
             .compact_range_cf(self.cf(name), None::<&[u8]>, None::<&[u8]>);
     }
 
-    /// Adds the writes of `batch` to `out`.
-    fn add_to(&self, out: &mut WriteBatch, batch: &Batch) {
+    /// Adds the writes of `batches` to `out`, update-log entries packed into runs (`runs`).
+    fn add_to(&self, out: &mut WriteBatch, batches: &[&Batch]) {
         let mut handle: Option<(&'static str, &ColumnFamily)> = None;
-        for (name, kind, key, value) in batch.ops() {
+        runs::for_each_write(batches, |name, kind, key, value| {
             let cf = match handle {
                 Some((current, cf)) if std::ptr::eq(current, name) => cf,
                 _ => {
@@ -113,7 +113,7 @@ impl RocksBackend {
                 OpKind::Delete => out.delete_cf(cf, key),
                 OpKind::DeleteRange => out.delete_range_cf(cf, key, value),
             }
-        }
+        });
     }
 }
 
@@ -170,9 +170,7 @@ impl Backend for RocksBackend {
     fn write_group(&self, batches: &[&Batch], sync: bool) -> Result<(), StoreError> {
         let bytes: usize = batches.iter().map(|b| b.bytes_len() + b.len() * 16).sum();
         let mut out = WriteBatch::with_capacity_bytes(bytes + 12);
-        for batch in batches {
-            self.add_to(&mut out, batch);
-        }
+        self.add_to(&mut out, batches);
         let mut options = WriteOptions::default();
         options.set_sync(sync);
         self.db.write_opt(out, &options)?;
