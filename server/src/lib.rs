@@ -98,8 +98,9 @@
 //!   (`store/runs.rs`); reads unpack it. Batches, the overlay and the core still see one entry
 //!   per `user_seq`. In W2 (groups of 100) a commit adds about six entries to each member's log,
 //!   so the update logs hold an eighth of the keys they did, and the flushes and compactions
-//!   that took a third of `ternd`'s CPU take a tenth: 8–57 % more deliveries per second in
-//!   alternating pairs (`bench/RESULTS.md`).
+//!   that took a third of `ternd`'s CPU take a tenth. With column family names compared by
+//!   address (`store/mod.rs`), W2 delivered 31–61 % more per second in four alternating pairs,
+//!   at 26–46 % less CPU per delivery (`bench/RESULTS.md`).
 //! - **A recipient is shown a message after one commit**, its conversation's. The member's core
 //!   appends the delivery to the member's log and pushes it to their live devices in the same
 //!   turn, before that entry is durable, under a `user_seq` it promises never to give to anything
