@@ -5,6 +5,10 @@
 //! that (zero copy), [`decode`] also deserializes into an owned value. Every read validates the
 //! archive, so a corrupt value is an error, never undefined behaviour. A new record layout gets a
 //! new version byte and a reader for the old one.
+//!
+//! In the update logs a value may instead start with `runs::RUN_MARK`: several entries in one pair
+//! (`runs`). A build from before runs fails to read such a log (a storage error), so a database this
+//! build wrote cannot go back to one.
 
 use rkyv::api::high::{HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
