@@ -745,6 +745,38 @@ impl Op {
     }
 }
 
+/// Where a column family's name falls among all of them in byte order, remembered for the last
+/// name asked about (a batch's writes come in runs of one family).
+#[derive(Default)]
+struct CfRanks {
+    last: Option<(&'static str, u8)>,
+}
+
+impl CfRanks {
+    fn rank(&mut self, cf: &'static str) -> u8 {
+        if let Some((name, rank)) = self.last {
+            if std::ptr::eq(name, cf) {
+                return rank;
+            }
+        }
+        static RANKS: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let ranks = RANKS.get_or_init(|| {
+            COLUMN_FAMILIES
+                .iter()
+                .map(|cf| COLUMN_FAMILIES.iter().filter(|name| *name < cf).count() as u8)
+                .collect()
+        });
+        let i = COLUMN_FAMILIES
+            .iter()
+            .position(|name| std::ptr::eq(*name, cf))
+            .or_else(|| COLUMN_FAMILIES.iter().position(|name| *name == cf))
+            .unwrap_or_else(|| panic!("{cf} is not a column family"));
+        let rank = ranks[i];
+        self.last = Some((cf, rank));
+        rank
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum OpKind {
     Put,
@@ -845,14 +877,39 @@ impl Batch {
         if self.ranged || self.sorted {
             return;
         }
-        let mut ops = std::mem::take(&mut self.ops);
-        // Unstable, with the order made (`at` grows with it) as the last criterion: the same
-        // order as a stable sort, without its buffer.
-        ops.sort_unstable_by(|a, b| {
-            self.order(a, b.cf, b.head, self.key(b))
-                .then(a.at.cmp(&b.at))
-        });
-        self.ops = ops;
+        // Sorted as small keys, (column family's rank, head, index), and only then are the writes
+        // gathered: most comparisons are two integers, and each write moves once. The index is the
+        // order made, so this is the order of a stable sort. Writes whose family and head tie are
+        // put in order by their whole keys afterwards: keys longer than 16 bytes, or one key a
+        // zero-padded prefix of another.
+        let mut ranks = CfRanks::default();
+        let mut order: Vec<(u8, u128, u32)> = self
+            .ops
+            .iter()
+            .enumerate()
+            .map(|(i, op)| (ranks.rank(op.cf), op.head, i as u32))
+            .collect();
+        order.sort_unstable();
+        let mut start = 0;
+        while start < order.len() {
+            let (rank, head, _) = order[start];
+            let end = start
+                + order[start..]
+                    .iter()
+                    .take_while(|&&(r, h, _)| r == rank && h == head)
+                    .count();
+            if end - start > 1 {
+                order[start..end].sort_unstable_by(|a, b| {
+                    let key = |i: u32| self.key(&self.ops[i as usize]);
+                    key(a.2).cmp(key(b.2)).then(a.2.cmp(&b.2))
+                });
+            }
+            start = end;
+        }
+        self.ops = order
+            .iter()
+            .map(|&(_, _, i)| self.ops[i as usize])
+            .collect();
         self.sorted = true;
     }
 
