@@ -1146,15 +1146,15 @@ impl Shard {
     fn take_held(&mut self, id: u64) -> Held {
         Held {
             id,
-            outputs: std::mem::take(&mut self.after_commit),
-            mail: std::mem::take(&mut self.mail_after_commit),
-            pushes: std::mem::take(&mut self.pushes),
+            outputs: take_like(&mut self.after_commit),
+            mail: take_like(&mut self.mail_after_commit),
+            pushes: take_like(&mut self.pushes),
             fresh: self.chat.take_fresh(),
             fanouts: self.chat.take_new_fanouts(),
             replay: std::mem::take(&mut self.replay),
             marks: self.chat.take_marks_written(),
             to_device: self.keys.take_fresh(),
-            shown: std::mem::take(&mut self.shown),
+            shown: take_like(&mut self.shown),
             reservations: std::mem::take(&mut self.reservations),
         }
     }
@@ -1423,4 +1423,11 @@ impl Shard {
             }
         }
     }
+}
+
+/// Takes what `v` holds and leaves it empty with room for as much: what a batch holds is much
+/// like what the one before it held, so the next one is not grown (and copied) from nothing.
+fn take_like<T>(v: &mut Vec<T>) -> Vec<T> {
+    let room = v.len();
+    std::mem::replace(v, Vec::with_capacity(room))
 }

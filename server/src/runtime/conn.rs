@@ -55,6 +55,9 @@ pub(crate) struct Outbound {
     pending: RefCell<BytesMut>,
     bytes: Cell<usize>,
     bytes_max: usize,
+    /// The size of the last buffer the writer took whole: the next one starts with room for as
+    /// much, so that a busy connection's buffer is not grown (and copied) anew every turn.
+    last_taken: Cell<usize>,
     /// What the writer writes to, and the queue itself, for starting a writer.
     link: Weak<Link>,
     this: Weak<Outbound>,
@@ -79,6 +82,7 @@ impl Outbound {
             pending: RefCell::new(BytesMut::new()),
             bytes: Cell::new(0),
             bytes_max,
+            last_taken: Cell::new(0),
             link: Rc::downgrade(link),
             this: this.clone(),
             writing: Cell::new(false),
@@ -130,8 +134,14 @@ impl Outbound {
         let encoded = {
             let mut pending = self.pending.borrow_mut();
             if pending.capacity() == 0 {
-                // The first frame since the last write: room for a turn's worth of small ones.
-                pending.reserve(PENDING_BYTES_FIRST);
+                // The first frame since the last write: room for a turn's worth of small ones, or
+                // for as much as the writer took last time.
+                pending.reserve(
+                    self.last_taken
+                        .get()
+                        .next_power_of_two()
+                        .clamp(PENDING_BYTES_FIRST, WRITE_COALESCE_BYTES_MAX),
+                );
             }
             let start = pending.len();
             match encode(&mut pending) {
@@ -221,6 +231,7 @@ impl Outbound {
         // Up to the limit the buffer itself is handed over, not copied; an idle connection keeps
         // no buffer at all.
         let chunk = if pending.len() <= WRITE_COALESCE_BYTES_MAX {
+            self.last_taken.set(pending.len());
             Vec::from(std::mem::take(&mut *pending))
         } else {
             pending.split_to(WRITE_COALESCE_BYTES_MAX).to_vec()

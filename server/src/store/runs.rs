@@ -50,7 +50,8 @@ pub(crate) fn for_each_write<'a>(
         }
         return;
     }
-    let mut entries: Vec<(&'a [u8], &'a [u8])> = Vec::new();
+    let mut entries: Vec<(&'a [u8], &'a [u8])> =
+        Vec::with_capacity(batches.iter().map(|batch| batch.len()).sum());
     for (cf, kind, key, value) in batches.iter().flat_map(|batch| batch.ops()) {
         if cf == CF_UPDATES {
             entries.push((key, value));
