@@ -1413,7 +1413,8 @@ mod tests {
     }
 
     // Proves the entries one commit adds to a log are stored as one run and read back entry by
-    // entry from any `user_seq`, across runs, single entries and entries still staged.
+    // entry from any `user_seq`, across runs, single entries and entries still staged, and from
+    // the files after a reopen.
     #[test]
     fn a_commit_packs_each_log_into_runs() {
         let entry = |user: u64, seq: u64| UpdateRecord::Message {
@@ -1421,7 +1422,7 @@ mod tests {
             seq,
             sender: user,
         };
-        for (_dir, store) in stores() {
+        for (dir, store) in stores() {
             let keys_before = store.properties()[0].1;
             let mut expected = Vec::new();
             // Three commits: runs of 1, 5 and 300 entries for user 2 (300 > RUN_ENTRIES_MAX),
@@ -1452,22 +1453,33 @@ mod tests {
                 // 1 + 1 + 2 (300 entries) + 1 pairs for user 2, 1 + 1 + 2 for user 3, 3 marks.
                 assert_eq!(store.properties()[0].1 - keys_before, 12, "pairs stored");
             }
-            for since in 0..=head {
-                for limit in [1, 3, 7, 1000] {
-                    let got = store.updates_after(2, since, limit).unwrap();
-                    let want: Vec<_> = expected
-                        .iter()
-                        .filter(|(seq, _)| *seq > since)
-                        .take(limit)
-                        .cloned()
-                        .collect();
-                    assert_eq!(got, want, "since {since} limit {limit}");
+            let check = |store: &Store| {
+                for since in 0..=head {
+                    for limit in [1, 3, 7, 1000] {
+                        let got = store.updates_after(2, since, limit).unwrap();
+                        let want: Vec<_> = expected
+                            .iter()
+                            .filter(|(seq, _)| *seq > since)
+                            .take(limit)
+                            .cloned()
+                            .collect();
+                        assert_eq!(got, want, "since {since} limit {limit}");
+                    }
                 }
+                assert_eq!(store.last_user_seq(2).unwrap(), head);
+                assert_eq!(store.last_user_seq(3).unwrap(), 306);
+                assert_eq!(store.updates_after(3, 306, 10).unwrap(), []);
+                assert_eq!(store.updates_after(4, 0, 10).unwrap(), []);
+            };
+            check(&store);
+            if let Some(dir) = dir {
+                // Runs read the same from the files as from the memtables.
+                drop(store);
+                let store =
+                    Store::open(dir.path(), false, 1000, UPDATE_LOG_MEMTABLE_MIB_DEFAULT).unwrap();
+                store.backend.flush().unwrap();
+                check(&store);
             }
-            assert_eq!(store.last_user_seq(2).unwrap(), head);
-            assert_eq!(store.last_user_seq(3).unwrap(), 306);
-            assert_eq!(store.updates_after(3, 306, 10).unwrap(), []);
-            assert_eq!(store.updates_after(4, 0, 10).unwrap(), []);
         }
     }
 
