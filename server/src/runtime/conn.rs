@@ -41,8 +41,12 @@ use crate::store::records::UserRecord;
 /// Frames coalesced into one write.
 const WRITE_COALESCE_BYTES_MAX: usize = 256 * 1024;
 
-/// What a connection's outbound buffer starts with when a frame arrives and it has none.
-const PENDING_BYTES_FIRST: usize = 4 * 1024;
+/// The least a connection's outbound buffer starts with when a frame arrives and it has none. It
+/// starts with room for what its writer took last time, rounded up to a power of two; one that
+/// took a frame or two gets a small buffer, which the allocator hands out from its per-thread
+/// cache (4 KiB each time made every quiet connection's frame a trip through the allocator's
+/// slow path).
+const PENDING_BYTES_MIN: usize = 256;
 
 /// The encoded frames waiting to be written to one connection, end to end in one buffer: each
 /// frame is encoded straight into it, and the writer takes it whole.
@@ -134,13 +138,13 @@ impl Outbound {
         let encoded = {
             let mut pending = self.pending.borrow_mut();
             if pending.capacity() == 0 {
-                // The first frame since the last write: room for a turn's worth of small ones, or
-                // for as much as the writer took last time.
+                // The first frame since the last write: room for as much as the writer took last
+                // time.
                 pending.reserve(
                     self.last_taken
                         .get()
                         .next_power_of_two()
-                        .clamp(PENDING_BYTES_FIRST, WRITE_COALESCE_BYTES_MAX),
+                        .clamp(PENDING_BYTES_MIN, WRITE_COALESCE_BYTES_MAX),
                 );
             }
             let start = pending.len();
