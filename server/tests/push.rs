@@ -86,7 +86,13 @@ async fn offline_user_gets_one_coalesced_notification(engine: &'static str) {
 
 // Proves jobs are retried while the gateway is unreachable and delivered once it is back.
 async fn gateway_down_then_up_is_retried(engine: &'static str) {
-    let (addr, listener) = reserve().await;
+    // The port is free for a while: on an address no other test binds, so none takes it.
+    let ip = if engine == "epoll" {
+        "127.0.0.71"
+    } else {
+        "127.0.0.72"
+    };
+    let (addr, listener) = reserve_on(ip).await;
     drop(listener);
     let dir = tempfile::tempdir().unwrap();
     let server = start_pushing(engine, dir.path(), addr, "50", &[]);

@@ -107,7 +107,13 @@ pub fn notify_url(addr: SocketAddr) -> String {
 
 /// A loopback address nothing listens on yet (the listener is returned for later use).
 pub async fn reserve() -> (SocketAddr, TcpListener) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    reserve_on("127.0.0.1").await
+}
+
+/// A free port on the loopback address `ip`. A test that frees its port and binds it again later
+/// takes an address of its own, so that no other test is given the port meanwhile.
+pub async fn reserve_on(ip: &str) -> (SocketAddr, TcpListener) {
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
     (listener.local_addr().unwrap(), listener)
 }
 
