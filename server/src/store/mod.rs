@@ -768,8 +768,7 @@ impl CfRanks {
         });
         let i = COLUMN_FAMILIES
             .iter()
-            .position(|name| std::ptr::eq(*name, cf))
-            .or_else(|| COLUMN_FAMILIES.iter().position(|name| *name == cf))
+            .position(|name| *name == cf)
             .unwrap_or_else(|| panic!("{cf} is not a column family"));
         let rank = ranks[i];
         self.last = Some((cf, rank));

@@ -32,37 +32,34 @@ const RUN_ENTRIES_MAX: usize = 256;
 const RUN_BYTES_MAX: usize = 16 * 1024;
 
 /// Calls `write` for every write of `batches`, in their order, except the update-log entries:
-/// those are packed into runs and written after the rest. With a delete in the update logs
-/// (none is ever made: history is kept), every write goes out as it was made, in order.
+/// those are packed into runs and written after the rest (writes to different column families
+/// commute). With a delete in the update logs (none is ever made: history is kept), the update-log
+/// writes go out as they were made, in order, unpacked.
 pub(crate) fn for_each_write<'a>(
     batches: &[&'a Batch],
     mut write: impl FnMut(&'static str, OpKind, &[u8], &[u8]),
 ) {
-    let packable = batches.iter().all(|batch| {
-        batch.ops().all(|(cf, kind, key, value)| {
-            cf != CF_UPDATES
-                || (kind == OpKind::Put && key.len() == 16 && value.first() != Some(&RUN_MARK))
-        })
-    });
-    if !packable {
-        for (cf, kind, key, value) in batches.iter().flat_map(|batch| batch.ops()) {
-            write(cf, kind, key, value);
-        }
-        return;
-    }
-    let mut entries: Vec<(&'a [u8], &'a [u8])> =
+    let mut entries: Vec<(OpKind, &'a [u8], &'a [u8])> =
         Vec::with_capacity(batches.iter().map(|batch| batch.len()).sum());
+    let mut packable = true;
     for (cf, kind, key, value) in batches.iter().flat_map(|batch| batch.ops()) {
         if cf == CF_UPDATES {
-            entries.push((key, value));
+            packable &= kind == OpKind::Put && key.len() == 16 && value.first() != Some(&RUN_MARK);
+            entries.push((kind, key, value));
         } else {
             write(cf, kind, key, value);
         }
     }
+    if !packable {
+        for (kind, key, value) in entries {
+            write(CF_UPDATES, kind, key, value);
+        }
+        return;
+    }
     // Stable: of two writes to one key (never made, see the module docs), the later one is kept.
-    entries.sort_by(|a, b| a.0.cmp(b.0));
+    entries.sort_by(|a, b| a.1.cmp(b.1));
     entries.dedup_by(|later, earlier| {
-        let same = later.0 == earlier.0;
+        let same = later.1 == earlier.1;
         if same {
             *earlier = *later;
         }
@@ -70,11 +67,11 @@ pub(crate) fn for_each_write<'a>(
     });
     let mut value = Vec::new();
     let mut rest = &entries[..];
-    while let Some(&(key, first)) = rest.first() {
+    while let Some(&(_, key, first)) = rest.first() {
         let mut len = 1;
         let mut bytes = first.len();
-        while let Some(&(next, next_value)) = rest.get(len) {
-            if len == RUN_ENTRIES_MAX || bytes >= RUN_BYTES_MAX || !follows(rest[len - 1].0, next) {
+        while let Some(&(_, next, next_value)) = rest.get(len) {
+            if len == RUN_ENTRIES_MAX || bytes >= RUN_BYTES_MAX || !follows(rest[len - 1].1, next) {
                 break;
             }
             bytes += next_value.len();
@@ -85,7 +82,7 @@ pub(crate) fn for_each_write<'a>(
         } else {
             value.clear();
             value.push(RUN_MARK);
-            for (_, entry) in &rest[..len] {
+            for (_, _, entry) in &rest[..len] {
                 push_len(&mut value, entry.len());
                 value.extend_from_slice(entry);
             }
