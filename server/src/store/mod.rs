@@ -939,12 +939,14 @@ impl Batch {
         })
     }
 
-    /// The writes to `cf` that touch keys at or after `from`, in the order made (sorted batches:
-    /// from the first such key on).
-    pub(crate) fn ops_from<'a>(
+    /// The writes to `cf` that touch keys in `[from, to)`, in the order made. A sorted batch (which
+    /// holds no range delete) is searched for `from` and read only up to `to`, so a read of one
+    /// user's log touches that log's writes, not the rest of a large batch.
+    pub(crate) fn ops_in<'a>(
         &'a self,
         cf: &'static str,
         from: &'a [u8],
+        to: &'a [u8],
     ) -> impl Iterator<Item = (OpKind, &'a [u8], &'a [u8])> + 'a {
         let start = if self.sorted {
             let head = Op::head(from);
@@ -955,9 +957,10 @@ impl Batch {
         };
         self.ops[start..]
             .iter()
-            .take_while(move |op| !self.sorted || op.cf == cf)
+            .take_while(move |op| !self.sorted || (op.cf == cf && self.key(op) < to))
             .filter(move |op| {
                 op.cf == cf
+                    && self.key(op) < to
                     && (self.key(op) >= from
                         || (op.kind == OpKind::DeleteRange && self.value(op) > from))
             })
@@ -1643,6 +1646,9 @@ mod tests {
             staged.put_update(1, seq, &update(seq)).unwrap();
         }
         staged.put_update(1, 11, &update(11)).unwrap();
+        // Other users' logs, on both sides of user 1's keys in the sorted batch.
+        staged.put_update(0, 1, &update(1)).unwrap();
+        staged.put_update(2, 1, &update(1)).unwrap();
         staged.delete_session(&[1; 32]);
         staged.put_session(&[2; 32], 1, 2);
         staged.sort();
@@ -1654,6 +1660,8 @@ mod tests {
             (1..=11).collect::<Vec<_>>()
         );
         assert_eq!(seqs(&core.updates_after(1, 3, 4).unwrap()), [4, 5, 6, 7]);
+        assert_eq!(seqs(&core.updates_after(0, 0, 100).unwrap()), [1]);
+        assert_eq!(seqs(&core.updates_after(2, 0, 100).unwrap()), [1]);
         assert_eq!(core.last_user_seq(1).unwrap(), 11);
         assert_eq!(core.session(&[1; 32]).unwrap(), None);
         assert_eq!(core.session(&[2; 32]).unwrap(), Some((1, 2)));

@@ -109,7 +109,7 @@ impl Overlay {
             deleted: Vec::new(),
         };
         for (_, batch) in staged.iter() {
-            for (kind, key, value) in batch.ops_from(cf, lo) {
+            for (kind, key, value) in batch.ops_in(cf, lo, hi) {
                 match kind {
                     OpKind::DeleteRange => {
                         let (from, to) = (key.max(lo), value.min(hi));
@@ -118,7 +118,6 @@ impl Overlay {
                             view.deleted.push((from.into(), to.into()));
                         }
                     }
-                    _ if key >= hi => {}
                     OpKind::Put => {
                         view.rows.insert(key.into(), Some(value.into()));
                     }
