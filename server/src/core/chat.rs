@@ -206,7 +206,7 @@ struct Fanout {
     since_ms: u64,
     /// Its last delivery was void (this core's batch failed): the message, which
     /// [`Shard::resend_voided`] delivers again before anything else.
-    resend: Option<(Arc<MessageRecord>, bool)>,
+    resend: Option<(Arc<MessageRecord>, Option<[u64; 2]>)>,
 }
 
 /// A message to append to members' logs (`Mail::Deliver` without the members and the message).
@@ -216,7 +216,8 @@ pub(crate) struct Deliver {
     pub(crate) seq: u64,
     pub(crate) sender: u64,
     pub(crate) from_core: usize,
-    pub(crate) direct: bool,
+    /// The two members of a direct conversation; `None` in a group.
+    pub(crate) direct: Option<[u64; 2]>,
 }
 
 impl ChatState {
@@ -556,7 +557,7 @@ impl Shard {
         conv.last_seq += 1;
         let seq = conv.last_seq;
         let members: Vec<u64> = conv.record.members.iter().map(|m| m.user_id).collect();
-        let direct = conv.record.kind == ConversationKind::Direct as u8;
+        let direct = direct_members(&conv.record);
         let record = IdempotencyRecord {
             conversation_id,
             seq,
@@ -730,7 +731,7 @@ impl Shard {
         seq: u64,
         message: Arc<MessageRecord>,
         members: &[u64],
-        direct: bool,
+        direct: Option<[u64; 2]>,
     ) {
         let mut pending = members.to_vec();
         pending.sort_unstable();
@@ -755,7 +756,7 @@ impl Shard {
         seq: u64,
         message: &Arc<MessageRecord>,
         members: &[u64],
-        direct: bool,
+        direct: Option<[u64; 2]>,
     ) {
         let mut by_core: Vec<Vec<u64>> = vec![Vec::new(); self.cores];
         for &user_id in members {
@@ -834,7 +835,7 @@ impl Shard {
             let message = self.store.message(conversation_id, seq)?;
             let direct = self
                 .cached_conversation(conversation_id)?
-                .map(|c| c.kind == ConversationKind::Direct as u8);
+                .map(|c| direct_members(&c));
             let Some(fanout) = self.chat.fanouts.get_mut(&(conversation_id, seq)) else {
                 continue;
             };
@@ -932,7 +933,7 @@ impl Shard {
                 continue;
             };
             let members: Vec<u64> = conv.record.members.iter().map(|m| m.user_id).collect();
-            let direct = conv.record.kind == ConversationKind::Direct as u8;
+            let direct = direct_members(&conv.record);
             let last_seq = conv.last_seq;
             for seq in done + 1..=last_seq {
                 let to = if seq <= fixed {
@@ -1247,16 +1248,13 @@ impl Shard {
                 let key = (conversation_id, user_id);
                 let was_dirty = self.chat.dirty_receipts.contains(&key);
                 self.move_watermark(conversation_id, user_id, ReceiptKind::Read, seq)?;
-                let announces = direct && read_before + 1 < seq;
+                let announces = direct.is_some() && read_before + 1 < seq;
                 if !was_dirty && !announces && self.chat.dirty_receipts.remove(&key) {
                     // Announced to nobody: the checkpoint writes it.
                     self.chat.lazy_receipts.insert(key);
                 }
-                if announces {
-                    if let Some(record) = self.store.conversation(conversation_id)? {
-                        let members: Vec<u64> = record.members.iter().map(|m| m.user_id).collect();
-                        self.announce_read(now_ms, conversation_id, user_id, seq, &members)?;
-                    }
+                if let (true, Some(members)) = (announces, direct) {
+                    self.announce_read(now_ms, conversation_id, user_id, seq, &members)?;
                 }
             } else {
                 self.queue_push(now_ms, user_id)?;
@@ -2208,5 +2206,14 @@ fn wire_message(
         client_msg_id: stored.client_msg_id,
         attachments: super::media::attachments(store, &stored.attachments),
         body: stored.body,
+    }
+}
+
+/// The two members of a direct conversation, which deliveries carry so that a reply's read
+/// receipt needs no read of the conversation on the member's core; `None` for a group.
+fn direct_members(record: &ConversationRecord) -> Option<[u64; 2]> {
+    match record.members.as_slice() {
+        [a, b] if record.kind == ConversationKind::Direct as u8 => Some([a.user_id, b.user_id]),
+        _ => None,
     }
 }

@@ -80,8 +80,9 @@ pub(crate) enum Mail {
         from_core: usize,
         /// The stored message, so live devices get it without reading it back.
         message: std::sync::Arc<crate::store::records::MessageRecord>,
-        /// Whether the conversation is a direct one (replying there sends a read receipt).
-        direct: bool,
+        /// The two members of a direct conversation (replying there sends a read receipt);
+        /// `None` in a group.
+        direct: Option<[u64; 2]>,
     },
     /// Back to the conversation's owner: these members' logs hold the message.
     Delivered {
