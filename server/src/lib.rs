@@ -63,9 +63,9 @@
 //!   with another `--cores` still finds every owner. W1's closed loop gained 3 to 15 %.
 //! - **A core reads its own writes while they are in flight** through an overlay of the sealed
 //!   batches (sorted; a binary search per batch, and a range read goes no further than its range:
-//!   walking the rest of W2's batches took a fifth of the CPU), but clients are only ever shown
-//!   what is durable: `Sync` and `History` read the committed view, and a user's `head` moves only
-//!   when the batch holding an entry is durable.
+//!   walking the rest of the batch took a fifth of W2's CPU once members fell behind), but
+//!   clients are only ever shown what is durable: `Sync` and `History` read the committed view,
+//!   and a user's `head` moves only when the batch holding an entry is durable.
 //! - **A failed commit voids its batch and every later one** (they were built on it): waiting
 //!   replies become `INTERNAL`, requests from other cores are answered the same way, caches reload
 //!   from what is durable, appends to logs that came as mail are made again in their order, and
