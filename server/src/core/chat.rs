@@ -1248,12 +1248,12 @@ impl Shard {
                 let key = (conversation_id, user_id);
                 let was_dirty = self.chat.dirty_receipts.contains(&key);
                 self.move_watermark(conversation_id, user_id, ReceiptKind::Read, seq)?;
-                let announces = direct.is_some() && read_before + 1 < seq;
-                if !was_dirty && !announces && self.chat.dirty_receipts.remove(&key) {
+                let announce_to = direct.filter(|_| read_before + 1 < seq);
+                if !was_dirty && announce_to.is_none() && self.chat.dirty_receipts.remove(&key) {
                     // Announced to nobody: the checkpoint writes it.
                     self.chat.lazy_receipts.insert(key);
                 }
-                if let (true, Some(members)) = (announces, direct) {
+                if let Some(members) = announce_to {
                     self.announce_read(now_ms, conversation_id, user_id, seq, &members)?;
                 }
             } else {

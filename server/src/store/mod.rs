@@ -463,14 +463,17 @@ impl Store {
             })?;
             Ok::<_, StoreError>(out.len() < limit)
         };
-        // The pair before `from` may be a run that reaches past it.
-        for (key, value) in self.scan_back(CF_UPDATES, &prefix, &start, 1)? {
-            if value.first() == Some(&runs::RUN_MARK) && !take(&key, &value)? {
-                return Ok(out);
+        // Every pair holds at least one entry, so `limit` pairs are enough.
+        let rows = self.scan(CF_UPDATES, &prefix, &start, limit)?;
+        // Unless a pair starts at `from`, the pair before it may be a run that reaches past it.
+        if rows.first().is_none_or(|(key, _)| key[..] != start[..]) {
+            for (key, value) in self.scan_back(CF_UPDATES, &prefix, &start, 1)? {
+                if value.first() == Some(&runs::RUN_MARK) && !take(&key, &value)? {
+                    return Ok(out);
+                }
             }
         }
-        // Every pair holds at least one entry, so `limit` pairs are enough.
-        for (key, value) in self.scan(CF_UPDATES, &prefix, &start, limit)? {
+        for (key, value) in rows {
             if !take(&key, &value)? {
                 break;
             }
