@@ -1151,7 +1151,7 @@ impl Shard {
             pushes: take_like(&mut self.pushes),
             fresh: self.chat.take_fresh(),
             fanouts: self.chat.take_new_fanouts(),
-            replay: std::mem::take(&mut self.replay),
+            replay: take_like(&mut self.replay),
             marks: self.chat.take_marks_written(),
             to_device: self.keys.take_fresh(),
             shown: take_like(&mut self.shown),
@@ -1328,15 +1328,15 @@ impl Shard {
         }
     }
 
-    /// The user's connections that are live (their sync caught up).
-    pub(crate) fn live_sessions(&self, user_id: u64) -> Vec<ConnId> {
-        self.online.get(&user_id).map_or_else(Vec::new, |conns| {
-            conns
-                .iter()
-                .copied()
-                .filter(|c| self.sessions.get(c).is_some_and(|s| s.live))
-                .collect()
-        })
+    /// The user's connections that are live (their sync caught up). An iterator, not a list: a
+    /// fan-out asks this of every member it pushes to.
+    pub(crate) fn live_sessions(&self, user_id: u64) -> impl Iterator<Item = ConnId> + '_ {
+        self.online
+            .get(&user_id)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|c| self.sessions.get(c).is_some_and(|s| s.live))
     }
 
     /// After a commit: moves each touched user's head and pushes new updates to live sessions.
@@ -1377,8 +1377,8 @@ impl Shard {
         messages: &mut HashMap<(u64, u64), UpdateEventBytes>,
         outputs: &mut Vec<Output>,
     ) {
-        let live = self.live_sessions(user_id);
-        if live.is_empty() {
+        let live = self.live_sessions(user_id).count();
+        if live == 0 {
             return;
         }
         // A message goes to many members: its event frame (attachments looked up in the store) is
@@ -1408,8 +1408,8 @@ impl Shard {
                 self.metrics
                     .core(self.core)
                     .delivered_live
-                    .fetch_add(live.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                for conn in live {
+                    .fetch_add(live as u64, std::sync::atomic::Ordering::Relaxed);
+                for conn in self.live_sessions(user_id) {
                     outputs.push(Output::Update {
                         conn,
                         user_seq,

@@ -414,7 +414,8 @@ impl Shard {
 
     /// On a member's core: shows a typing indicator on the member's live connections.
     pub(crate) fn handle_typing_to(&mut self, to_user: u64, event: TypingEvent) {
-        for conn in self.live_sessions(to_user) {
+        let live: Vec<ConnId> = self.live_sessions(to_user).collect();
+        for conn in live {
             self.event(conn, event.clone());
         }
     }

@@ -331,10 +331,16 @@ impl CoreCtx {
     fn turn(self: &Rc<Self>, inbox: &Inbox) {
         let started = Instant::now();
         self.take_answers();
-        let own = std::mem::take(&mut *self.own.borrow_mut());
-        for mail in own {
+        let mut own = std::mem::take(&mut *self.own.borrow_mut());
+        for mail in own.drain(..) {
             self.route(Letter::Mail(mail));
         }
+        // Only the end of a turn posts mail to this core: the list keeps its room for the next.
+        let mut slot = self.own.borrow_mut();
+        if slot.is_empty() {
+            *slot = own;
+        }
+        drop(slot);
         let mut work = 0;
         while work < TURN_WORK_MAX {
             let Some((batch, batch_work)) = inbox.take() else {
