@@ -29,7 +29,6 @@
 //! runs one seed, `TERN_SIM_SEEDS=N` runs N seeds from 1 (CI runs a few hundred).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tern_protocol::frames::{
@@ -1365,7 +1364,7 @@ impl World {
         self.stats.shown_early = (0..self.options.cores)
             .map(|core| {
                 let metrics = self.metrics.core(core);
-                metrics.updates_shown_early.load(Ordering::Relaxed)
+                metrics.updates_shown_early.get()
             })
             .sum();
         let mut messages_in: HashMap<u64, Vec<u64>> = HashMap::new();
@@ -2145,7 +2144,7 @@ mod tests {
                 (0..world.options.cores)
                     .map(|core| {
                         let metrics = world.metrics.core(core);
-                        metrics.updates_shown_early.load(Ordering::Relaxed)
+                        metrics.updates_shown_early.get()
                     })
                     .sum()
             };

@@ -577,10 +577,7 @@ impl Shard {
         for &media_id in &message.attachments {
             self.batch.put_media_ref(media_id, conversation_id);
         }
-        self.metrics
-            .core(self.core)
-            .messages_stored
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.core(self.core).messages_stored.add(1);
         self.batch
             .put_idempotency(user_id, device_id, &message.client_msg_id, &record)?;
         self.chat.pending_sends.insert(key, record);
@@ -852,10 +849,7 @@ impl Shard {
                 members = members.len(),
                 "fan-out retried"
             );
-            self.metrics
-                .core(self.core)
-                .fanout_retries
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.metrics.core(self.core).fanout_retries.add(1);
             self.send_deliveries(conversation_id, seq, &Arc::new(message), &members, direct);
         }
         Ok(due.len())
@@ -1339,10 +1333,7 @@ impl Shard {
             self.batch.put_reservation(user_id, up_to, run);
             self.reservations.push((user_id, up_to));
         }
-        self.metrics
-            .core(self.core)
-            .updates_appended
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.core(self.core).updates_appended.add(1);
         if shown {
             self.show_now(user_id, user_seq, update);
         } else {
@@ -1413,10 +1404,7 @@ impl Shard {
         self.shown_events = events;
         self.outputs.extend(outputs);
         self.shown.push((user_id, user_seq));
-        self.metrics
-            .core(self.core)
-            .updates_shown_early
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.core(self.core).updates_shown_early.add(1);
     }
 
     /// Appends a receipt to a user's log.
@@ -1614,7 +1602,7 @@ impl Shard {
         self.metrics
             .core(self.core)
             .delivered_sync
-            .fetch_add(updates.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            .add(updates.len() as u64);
         if !has_more {
             if let Some(session) = self.sessions.get_mut(&conn) {
                 session.live = true;

@@ -1405,10 +1405,7 @@ impl Shard {
         };
         match encoded {
             Ok(Some(event)) => {
-                self.metrics
-                    .core(self.core)
-                    .delivered_live
-                    .fetch_add(live as u64, std::sync::atomic::Ordering::Relaxed);
+                self.metrics.core(self.core).delivered_live.add(live as u64);
                 for conn in self.live_sessions(user_id) {
                     outputs.push(Output::Update {
                         conn,

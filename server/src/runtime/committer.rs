@@ -127,7 +127,7 @@ fn write_group(
         tracing::error!(error = %e, writes, batches = batches.len(), "commit failed");
     }
     for (core, commit) in live {
-        let core_metrics = metrics.core(core);
+        let core_metrics = &metrics.core(core).committer;
         match &result {
             Ok(()) => {
                 core_metrics.commit(commit.batch.len(), micros);
@@ -136,7 +136,7 @@ fn write_group(
             Err(_) => {
                 failed_epoch[core] = Some(commit.epoch);
                 core_metrics.storage_failing.store(true, Ordering::Relaxed);
-                core_metrics.storage_errors.fetch_add(1, Ordering::Relaxed);
+                core_metrics.storage_errors.add(1);
             }
         }
         answers.push((core, commit.id, result.clone()));

@@ -17,7 +17,6 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::rc::{Rc, Weak};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -194,7 +193,7 @@ impl Outbound {
     /// Counts a frame out, and an error frame by its code (`None`: a frame that is no error).
     fn count(&self, body: Option<&Body>) {
         let metrics = self.metrics.core(self.core);
-        metrics.frames_out.fetch_add(1, Ordering::Relaxed);
+        metrics.frames_out.add(1);
         if let Some(Body::Error(error)) = body {
             metrics.error(error.code);
         }
@@ -439,8 +438,8 @@ impl Conn {
         });
         ctx.conns.borrow_mut().insert(id, Rc::clone(&handle));
         let metrics = ctx.metrics.core(ctx.core);
-        metrics.connections.fetch_add(1, Ordering::Relaxed);
-        metrics.transport_connections[link.transport() as usize].fetch_add(1, Ordering::Relaxed);
+        metrics.connections.add(1);
+        metrics.transport_connections[link.transport() as usize].add(1);
         let (inbox, phase, peer) = match start {
             Start::Accepted { peer, buffered } => (buffered, Phase::NeedHello, Some(peer)),
             Start::Adopted {
@@ -516,11 +515,7 @@ impl Conn {
                 Ok(Some(frame)) => {
                     decoded = true;
                     self.handle.last_rx.set(Instant::now());
-                    self.ctx
-                        .metrics
-                        .core(self.ctx.core)
-                        .frames_in
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.ctx.metrics.core(self.ctx.core).frames_in.add(1);
                     match self.handle_frame(frame) {
                         Flow::Read => {}
                         other => return other,
@@ -572,8 +567,8 @@ impl Conn {
         outbound.finished().await;
         ctx.conns.borrow_mut().remove(&id);
         let metrics = ctx.metrics.core(ctx.core);
-        metrics.connections.fetch_sub(1, Ordering::Relaxed);
-        metrics.transport_connections[link.transport() as usize].fetch_sub(1, Ordering::Relaxed);
+        metrics.connections.sub(1);
+        metrics.transport_connections[link.transport() as usize].sub(1);
         let Some((core, request_id, auth)) = migrate else {
             return;
         };

@@ -187,9 +187,9 @@ impl CoreCtx {
             self.drained.notify_waiters();
         }
         let metrics = self.metrics.core(self.core);
-        metrics.mail_held.store(held as u64, Ordering::Relaxed);
+        metrics.mail_held.set(held as u64);
         if self.mail_backlogged.get() && !was_backlogged {
-            metrics.mail_backlogs.fetch_add(1, Ordering::Relaxed);
+            metrics.mail_backlogs.add(1);
         }
     }
 
@@ -592,9 +592,9 @@ async fn serve(ctx: Rc<CoreCtx>, socket: Socket, peer: SocketAddr, serves: Serve
     let metrics = ctx.metrics.core(ctx.core);
     match ready {
         Ok((link, buffered)) => {
-            metrics.transport_handshakes[transport as usize].fetch_add(1, Ordering::Relaxed);
+            metrics.transport_handshakes[transport as usize].add(1);
             if serves.tls.is_some() {
-                metrics.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+                metrics.tls_handshakes.add(1);
             }
             let start = Start::Accepted {
                 peer: peer.ip(),
@@ -605,8 +605,7 @@ async fn serve(ctx: Rc<CoreCtx>, socket: Socket, peer: SocketAddr, serves: Serve
             tokio::task::spawn_local(conn::run(ctx, link, start));
         }
         Err((link, why)) => {
-            metrics.transport_handshake_failures[transport as usize]
-                .fetch_add(1, Ordering::Relaxed);
+            metrics.transport_handshake_failures[transport as usize].add(1);
             tracing::debug!(%peer, transport = transport.label(), why, "connection not readied");
             link.shutdown().await;
         }
@@ -629,10 +628,7 @@ async fn ready(ctx: &CoreCtx, link: Link, serves: &Serves) -> Result<(Link, Byte
             Err(_) => Some("TLS handshake timed out".to_owned()),
         };
         if let Some(why) = failed {
-            ctx.metrics
-                .core(ctx.core)
-                .tls_handshake_failures
-                .fetch_add(1, Ordering::Relaxed);
+            ctx.metrics.core(ctx.core).tls_handshake_failures.add(1);
             return Err((link, why));
         }
     }
