@@ -973,8 +973,8 @@ impl Shard {
     /// Ends a loop turn: seals the pending batch for the committer, with what may go out now.
     pub(crate) fn end_turn(&mut self) -> Turn {
         let mut turn = Turn {
-            outputs: std::mem::take(&mut self.outputs),
-            mail: std::mem::take(&mut self.mail_now),
+            outputs: take_like(&mut self.outputs),
+            mail: take_like(&mut self.mail_now),
             commit: None,
         };
         let high_water = self.ids.high_water();
