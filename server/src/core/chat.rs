@@ -1391,7 +1391,8 @@ impl Shard {
 
     /// Pushes an update appended in this turn to the user's live sessions now.
     fn show_now(&mut self, user_id: u64, user_seq: u64, update: &UpdateRecord) {
-        let mut outputs = Vec::new();
+        // Taken and put back, not collected apart: this runs once per delivery.
+        let mut outputs = std::mem::take(&mut self.outputs);
         let mut events = std::mem::take(&mut self.shown_events);
         self.push_live(
             user_id,
@@ -1402,7 +1403,7 @@ impl Shard {
             &mut outputs,
         );
         self.shown_events = events;
-        self.outputs.extend(outputs);
+        self.outputs = outputs;
         self.shown.push((user_id, user_seq));
         self.metrics.core(self.core).updates_shown_early.add(1);
     }

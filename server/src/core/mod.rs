@@ -36,6 +36,7 @@ pub(crate) mod push;
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -134,10 +135,12 @@ pub(crate) enum Output {
     /// Queue a frame.
     Frame { conn: ConnId, frame: Frame },
     /// Queue an update event encoded once for all it goes to, with this connection's `user_seq`.
+    /// Shared by counting references on the core's thread: the bytes' own shared handle would
+    /// cost two locked instructions per delivery.
     Update {
         conn: ConnId,
         user_seq: u64,
-        event: UpdateEventBytes,
+        event: Rc<UpdateEventBytes>,
     },
     /// Send a connection-level error (request id 0) and close.
     Close {
@@ -306,7 +309,7 @@ pub(crate) struct Shard {
     /// Reservations staged in this batch.
     reservations: Vec<(u64, u64)>,
     /// The event frames of messages shown early in this turn, so each is encoded once per turn.
-    shown_events: HashMap<(u64, u64), UpdateEventBytes>,
+    shown_events: HashMap<(u64, u64), Rc<UpdateEventBytes>>,
     /// Where update events are encoded: blocks of [`EVENT_ARENA_BYTES`] that many share.
     events: RefCell<BytesMut>,
     /// This run's id, which reservations carry: the first id the core issued for one, unique across
@@ -1346,7 +1349,7 @@ impl Shard {
         fresh: &HashMap<(u64, u64), Arc<MessageRecord>>,
         outputs: &mut Vec<Output>,
     ) {
-        let mut messages: HashMap<(u64, u64), UpdateEventBytes> = HashMap::default();
+        let mut messages: HashMap<(u64, u64), Rc<UpdateEventBytes>> = HashMap::default();
         for (user_id, user_seq, record) in pushes {
             self.advance_head(user_id, user_seq);
             self.push_live(user_id, user_seq, &record, fresh, &mut messages, outputs);
@@ -1354,12 +1357,13 @@ impl Shard {
     }
 
     /// An update's event frame, encoded once for every connection it goes to.
-    fn encode_event(&self, update: Update) -> Option<UpdateEventBytes> {
+    fn encode_event(&self, update: Update) -> Option<Rc<UpdateEventBytes>> {
         let mut arena = self.events.borrow_mut();
         if arena.capacity() < EVENT_ARENA_BYTES / 8 {
             arena.reserve(EVENT_ARENA_BYTES);
         }
         UpdateEventBytes::encode_in(update.kind, &mut arena)
+            .map(Rc::new)
             .inspect_err(
                 |e| tracing::error!(core = self.core, error = %e, "encoding an update to push"),
             )
@@ -1374,7 +1378,7 @@ impl Shard {
         user_seq: u64,
         record: &UpdateRecord,
         fresh: &HashMap<(u64, u64), Arc<MessageRecord>>,
-        messages: &mut HashMap<(u64, u64), UpdateEventBytes>,
+        messages: &mut HashMap<(u64, u64), Rc<UpdateEventBytes>>,
         outputs: &mut Vec<Output>,
     ) {
         let live = self.live_sessions(user_id).count();
