@@ -217,7 +217,7 @@ impl CoreCtx {
         rx
     }
 
-    fn route(self: &Rc<Self>, letter: Letter) {
+    fn route(self: &Rc<Self>, letter: Letter, now: u64) {
         let mail = match letter {
             Letter::Mail(mail) => mail,
             Letter::Adopt(adoption) => {
@@ -231,10 +231,7 @@ impl CoreCtx {
                     let _ = tx.send(result);
                 }
             }
-            mail => {
-                let now = self.now_ms();
-                self.shard.borrow_mut().handle_mail(now, mail);
-            }
+            mail => self.shard.borrow_mut().handle_mail(now, mail),
         }
     }
 
@@ -331,9 +328,10 @@ impl CoreCtx {
     fn turn(self: &Rc<Self>, inbox: &Inbox) {
         let started = Instant::now();
         self.take_answers();
+        let mut clock = TurnClock::default();
         let mut own = std::mem::take(&mut *self.own.borrow_mut());
         for mail in own.drain(..) {
-            self.route(Letter::Mail(mail));
+            self.route(Letter::Mail(mail), clock.now_ms(self));
         }
         // Only the end of a turn posts mail to this core: the list keeps its room for the next.
         let mut slot = self.own.borrow_mut();
@@ -348,7 +346,7 @@ impl CoreCtx {
             };
             work += batch_work;
             for letter in batch {
-                self.route(letter);
+                self.route(letter, clock.now_ms(self));
             }
         }
         if !inbox.is_empty() {
@@ -400,6 +398,27 @@ impl CoreCtx {
                     .handle_committed(answer.id, answer.result);
             }
         }
+    }
+}
+
+/// The time a turn hands its mail: read once per [`TurnClock::LETTERS`] letters rather than for
+/// each (the clock read was about 1 % of W1's samples), so no letter's time is more than that
+/// many letters' work old.
+#[derive(Default)]
+struct TurnClock {
+    now_ms: u64,
+    letters: usize,
+}
+
+impl TurnClock {
+    const LETTERS: usize = 64;
+
+    fn now_ms(&mut self, ctx: &CoreCtx) -> u64 {
+        if self.letters.is_multiple_of(Self::LETTERS) {
+            self.now_ms = ctx.now_ms();
+        }
+        self.letters += 1;
+        self.now_ms
     }
 }
 
