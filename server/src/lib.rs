@@ -57,6 +57,15 @@
 //!   for every member, is encoded once per batch and copied. Sealed batches are sorted on a 16-byte
 //!   key head before the keys themselves. In W2 with groups of 100 this took CPU per delivery down
 //!   by about a sixth (`bench/RESULTS.md`).
+//! - **No locked instruction per delivery where one thread owns the data.** A locked
+//!   read-modify-write (`fetch_add`, an `Arc` or `Bytes` count) waits until every store before it
+//!   has reached the cache, and the hot path's stores go to freshly written batches and frames:
+//!   in W2 the instructions right after the counters' increments held about 9 % of `ternd`'s samples,
+//!   more where the committer wrote the same cache line. Each counter now has one writer and is
+//!   updated by a plain load and store (`metrics::Counter`), a core's commit counters (the
+//!   committer's) sit on cache lines of their own, and a live update's encoded event is shared
+//!   between connections by `Rc`, on the core's thread. In alternating pairs W2 gained 5–7 % and
+//!   W1's closed loop about a tenth (`bench/RESULTS.md`).
 //! - **A direct conversation lives on its lower member's core.** Its id is drawn until it hashes
 //!   to that core (the core that creates it), so that member's messages never cross cores and the
 //!   other member's cross fewer times; placement stays a pure function of the id, so a restart
