@@ -1381,8 +1381,10 @@ impl Shard {
         messages: &mut HashMap<(u64, u64), Rc<UpdateEventBytes>>,
         outputs: &mut Vec<Output>,
     ) {
-        let live = self.live_sessions(user_id).count();
-        if live == 0 {
+        // One pass over the user's connections: the first is looked at before encoding, so a
+        // user with none costs no encoding.
+        let mut live = self.live_sessions(user_id).peekable();
+        if live.peek().is_none() {
             return;
         }
         // A message goes to many members: its event frame (attachments looked up in the store) is
@@ -1409,14 +1411,17 @@ impl Shard {
         };
         match encoded {
             Ok(Some(event)) => {
-                self.metrics.core(self.core).delivered_live.add(live as u64);
-                for conn in self.live_sessions(user_id) {
-                    outputs.push(Output::Update {
-                        conn,
-                        user_seq,
-                        event: event.clone(),
-                    });
-                }
+                let before = outputs.len();
+                outputs.extend(live.map(|conn| Output::Update {
+                    conn,
+                    user_seq,
+                    event: Rc::clone(&event),
+                }));
+                let pushed = outputs.len() - before;
+                self.metrics
+                    .core(self.core)
+                    .delivered_live
+                    .add(pushed as u64);
             }
             Ok(None) => {}
             Err(e) => {
