@@ -18,11 +18,13 @@ use std::time::Duration;
 
 use tern_protocol::ErrorCode;
 
-/// Upper bounds of the commit latency histogram, in microseconds.
-pub(crate) const COMMIT_LATENCY_BUCKETS_US: [u64; 9] =
+/// Buckets of every histogram, besides `+Inf`.
+const HISTOGRAM_BUCKETS: usize = 9;
+/// Upper bounds of the commit latency and loop turn histograms, in microseconds.
+const COMMIT_LATENCY_BUCKETS_US: [u64; HISTOGRAM_BUCKETS] =
     [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000];
 /// Upper bounds of the group-commit batch size histogram's buckets, in writes.
-const COMMIT_BATCH_BUCKETS: [u64; 9] = [1, 2, 4, 8, 16, 64, 256, 1_024, 4_096];
+const COMMIT_BATCH_BUCKETS: [u64; HISTOGRAM_BUCKETS] = [1, 2, 4, 8, 16, 64, 256, 1_024, 4_096];
 /// Error codes counted one by one; higher ones share the last slot.
 const ERROR_CODES_COUNTED: usize = 32;
 /// Bytes of an HTTP request the endpoint reads at most.
@@ -83,6 +85,25 @@ impl Counter {
     }
 }
 
+/// A histogram of one thread's observations: how many, their sum, and how many fell in each
+/// bucket of the bounds it is recorded and rendered with.
+#[derive(Debug, Default)]
+pub(crate) struct Histogram {
+    count: Counter,
+    sum: Counter,
+    buckets: [Counter; HISTOGRAM_BUCKETS],
+}
+
+impl Histogram {
+    fn record(&self, bounds: &[u64; HISTOGRAM_BUCKETS], value: u64) {
+        self.count.add(1);
+        self.sum.add(value);
+        if let Some(i) = bounds.iter().position(|b| value <= *b) {
+            self.buckets[i].add(1);
+        }
+    }
+}
+
 /// One core's counters, written by the core's thread alone, except [`CoreMetrics::committer`].
 /// Aligned so that no two cores' counters share a cache line (nor the adjacent line, which x86
 /// fetches in pairs).
@@ -112,11 +133,9 @@ pub(crate) struct CoreMetrics {
     pub(crate) mail_held: Counter,
     /// Times that mail reached its bound, so this core's connections stopped reading.
     pub(crate) mail_backlogs: Counter,
-    /// Loop turns of the core thread, their total time and their durations' histogram: how long
-    /// the core was busy at a stretch (a store read that goes to disk shows up here).
-    pub(crate) turns: Counter,
-    pub(crate) turn_micros: Counter,
-    pub(crate) turn_buckets: [Counter; COMMIT_LATENCY_BUCKETS_US.len()],
+    /// Loop turns of the core thread by duration in microseconds: how long the core was busy at
+    /// a stretch (a store read that goes to disk shows up here).
+    pub(crate) turns: Histogram,
     /// Updates handed to devices as live events.
     pub(crate) delivered_live: Counter,
     /// Updates handed to devices in sync pages.
@@ -132,11 +151,10 @@ pub(crate) struct CoreMetrics {
 #[derive(Debug, Default)]
 #[repr(align(128))]
 pub(crate) struct CommitMetrics {
-    pub(crate) commits: Counter,
-    pub(crate) commit_writes: Counter,
-    pub(crate) commit_micros: Counter,
-    pub(crate) commit_buckets: [Counter; COMMIT_LATENCY_BUCKETS_US.len()],
-    pub(crate) batch_buckets: [Counter; COMMIT_BATCH_BUCKETS.len()],
+    /// Group commits by latency in microseconds.
+    pub(crate) latency: Histogram,
+    /// Group commits by writes.
+    pub(crate) writes: Histogram,
     /// Set while the core's last commit failed (a full disk, an I/O error).
     pub(crate) storage_failing: AtomicBool,
     /// Commits that failed.
@@ -152,29 +170,15 @@ impl CoreMetrics {
 
     /// Counts a loop turn of the core thread that took `micros`.
     pub(crate) fn turn(&self, micros: u64) {
-        self.turns.add(1);
-        self.turn_micros.add(micros);
-        if let Some(i) = COMMIT_LATENCY_BUCKETS_US.iter().position(|b| micros <= *b) {
-            self.turn_buckets[i].add(1);
-        }
+        self.turns.record(&COMMIT_LATENCY_BUCKETS_US, micros);
     }
 }
 
 impl CommitMetrics {
     /// Counts a group commit of `writes` writes that took `micros`.
     pub(crate) fn commit(&self, writes: usize, micros: u64) {
-        self.commits.add(1);
-        self.commit_writes.add(writes as u64);
-        self.commit_micros.add(micros);
-        if let Some(i) = COMMIT_LATENCY_BUCKETS_US.iter().position(|b| micros <= *b) {
-            self.commit_buckets[i].add(1);
-        }
-        if let Some(i) = COMMIT_BATCH_BUCKETS
-            .iter()
-            .position(|b| writes as u64 <= *b)
-        {
-            self.batch_buckets[i].add(1);
-        }
+        self.latency.record(&COMMIT_LATENCY_BUCKETS_US, micros);
+        self.writes.record(&COMMIT_BATCH_BUCKETS, writes as u64);
     }
 }
 
@@ -368,93 +372,51 @@ impl Metrics {
             "tern_commit_writes_total",
             "counter",
             "Writes in group commits.",
-            &|m| load(&m.committer.commit_writes),
+            &|m| load(&m.committer.writes.sum),
         );
-        let name = "tern_commit_latency_microseconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Group commit latency.\n# TYPE {name} histogram"
-        );
-        for (core, m) in self.cores.iter().enumerate() {
-            let mut cumulative = 0;
-            for (bound, bucket) in COMMIT_LATENCY_BUCKETS_US
-                .iter()
-                .zip(&m.committer.commit_buckets)
-            {
-                cumulative += load(bucket);
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{core=\"{core}\",le=\"{bound}\"}} {cumulative}"
-                );
+        let histogram = |out: &mut String,
+                         name: &str,
+                         help: &str,
+                         bounds: &[u64; HISTOGRAM_BUCKETS],
+                         get: &dyn Fn(&CoreMetrics) -> &Histogram| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            for (core, m) in self.cores.iter().enumerate() {
+                let h = get(m);
+                let mut cumulative = 0;
+                for (bound, bucket) in bounds.iter().zip(&h.buckets) {
+                    cumulative += load(bucket);
+                    let _ = writeln!(
+                        out,
+                        "{name}_bucket{{core=\"{core}\",le=\"{bound}\"}} {cumulative}"
+                    );
+                }
+                let count = load(&h.count);
+                let _ = writeln!(out, "{name}_bucket{{core=\"{core}\",le=\"+Inf\"}} {count}");
+                let _ = writeln!(out, "{name}_sum{{core=\"{core}\"}} {}", load(&h.sum));
+                let _ = writeln!(out, "{name}_count{{core=\"{core}\"}} {count}");
             }
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{core=\"{core}\",le=\"+Inf\"}} {}",
-                load(&m.committer.commits)
-            );
-            let _ = writeln!(
-                out,
-                "{name}_sum{{core=\"{core}\"}} {}",
-                load(&m.committer.commit_micros)
-            );
-            let _ = writeln!(
-                out,
-                "{name}_count{{core=\"{core}\"}} {}",
-                load(&m.committer.commits)
-            );
-        }
-        let name = "tern_core_turn_microseconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Loop turns of a core thread: how long it was busy at a stretch.\n# TYPE {name} histogram"
+        };
+        histogram(
+            &mut out,
+            "tern_commit_latency_microseconds",
+            "Group commit latency.",
+            &COMMIT_LATENCY_BUCKETS_US,
+            &|m| &m.committer.latency,
         );
-        for (core, m) in self.cores.iter().enumerate() {
-            let mut cumulative = 0;
-            for (bound, bucket) in COMMIT_LATENCY_BUCKETS_US.iter().zip(&m.turn_buckets) {
-                cumulative += load(bucket);
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{core=\"{core}\",le=\"{bound}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{core=\"{core}\",le=\"+Inf\"}} {}",
-                load(&m.turns)
-            );
-            let _ = writeln!(
-                out,
-                "{name}_sum{{core=\"{core}\"}} {}",
-                load(&m.turn_micros)
-            );
-            let _ = writeln!(out, "{name}_count{{core=\"{core}\"}} {}", load(&m.turns));
-        }
-        let name = "tern_commit_batch_writes";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Writes per group commit.\n# TYPE {name} histogram"
+        histogram(
+            &mut out,
+            "tern_core_turn_microseconds",
+            "Loop turns of a core thread: how long it was busy at a stretch.",
+            &COMMIT_LATENCY_BUCKETS_US,
+            &|m| &m.turns,
         );
-        for (core, m) in self.cores.iter().enumerate() {
-            let mut cumulative = 0;
-            for (bound, bucket) in COMMIT_BATCH_BUCKETS.iter().zip(&m.committer.batch_buckets) {
-                cumulative += load(bucket);
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{core=\"{core}\",le=\"{bound}\"}} {cumulative}"
-                );
-            }
-            let commits = load(&m.committer.commits);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{core=\"{core}\",le=\"+Inf\"}} {commits}"
-            );
-            let _ = writeln!(
-                out,
-                "{name}_sum{{core=\"{core}\"}} {}",
-                load(&m.committer.commit_writes)
-            );
-            let _ = writeln!(out, "{name}_count{{core=\"{core}\"}} {commits}");
-        }
+        histogram(
+            &mut out,
+            "tern_commit_batch_writes",
+            "Writes per group commit.",
+            &COMMIT_BATCH_BUCKETS,
+            &|m| &m.committer.writes,
+        );
         let name = "tern_updates_delivered_total";
         let _ = writeln!(
             out,
