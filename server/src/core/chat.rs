@@ -79,6 +79,10 @@ const PAGE_BYTES_MAX: usize = FRAME_BYTES_MAX as usize - 4096;
 /// Updates an `Ack` scans for delivered receipts before it stops (the rest get none).
 const ACK_SCAN_UPDATES_MAX: usize = 10 * RANGE_READ_MAX;
 
+/// Up to this many members, a message's deliveries are split by core by scanning the members
+/// once per core found (see [`Shard::send_deliveries`]), which needs no counts per core.
+const DELIVER_SCAN_MEMBERS_MAX: usize = 8;
+
 /// How often a core begins a checkpoint of its fan-out progress and watermarks
 /// ([`Shard::start_checkpoint`]).
 pub(crate) const CHECKPOINT_MS: u64 = 1000;
@@ -755,24 +759,47 @@ impl Shard {
         members: &[u64],
         direct: Option<[u64; 2]>,
     ) {
-        let mut by_core: Vec<Vec<u64>> = vec![Vec::new(); self.cores];
-        for &user_id in members {
-            by_core[self.owner(user_id)].push(user_id);
-        }
-        for (core, users) in by_core.into_iter().enumerate() {
-            if users.is_empty() {
-                continue;
-            }
+        let deliver = |shard: &mut Self, core: usize, users: Vec<u64>| {
             let mail = Mail::Deliver {
                 users,
                 conversation_id,
                 seq,
                 sender: message.sender,
-                from_core: self.core,
+                from_core: shard.core,
                 message: Arc::clone(message),
                 direct,
             };
-            self.mail_after_commit(core, mail);
+            shard.mail_after_commit(core, mail);
+        };
+        // Each core's members go in a list of its own, allocated once: a direct conversation's
+        // found by scanning its members, a group's after counting them per core.
+        if members.len() <= DELIVER_SCAN_MEMBERS_MAX {
+            for (i, &user_id) in members.iter().enumerate() {
+                let core = self.owner(user_id);
+                if members[..i].iter().any(|&m| self.owner(m) == core) {
+                    continue;
+                }
+                let users = members[i..]
+                    .iter()
+                    .copied()
+                    .filter(|&m| self.owner(m) == core)
+                    .collect();
+                deliver(self, core, users);
+            }
+            return;
+        }
+        let mut counts = vec![0usize; self.cores];
+        for &user_id in members {
+            counts[self.owner(user_id)] += 1;
+        }
+        let mut by_core: Vec<Vec<u64>> = counts.iter().map(|&n| Vec::with_capacity(n)).collect();
+        for &user_id in members {
+            by_core[self.owner(user_id)].push(user_id);
+        }
+        for (core, users) in by_core.into_iter().enumerate() {
+            if !users.is_empty() {
+                deliver(self, core, users);
+            }
         }
     }
 
@@ -1173,14 +1200,14 @@ impl Shard {
     pub(crate) fn handle_deliveries(
         &mut self,
         now_ms: u64,
-        users: Vec<u64>,
+        users: &[u64],
         deliver: Deliver,
-        message: Arc<MessageRecord>,
+        message: &Arc<MessageRecord>,
     ) -> Result<(), StoreError> {
         let mut confirmed = Vec::with_capacity(users.len());
         let mut failed = None;
-        for user_id in users {
-            match self.handle_deliver(now_ms, user_id, deliver, &message) {
+        for &user_id in users {
+            match self.handle_deliver(now_ms, user_id, deliver, message) {
                 Ok(()) => confirmed.push(user_id),
                 // Not confirmed: the conversation's core delivers it again.
                 Err(e) => failed = Some(e),

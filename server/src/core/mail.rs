@@ -301,33 +301,3 @@ pub(crate) fn refusal(mail: Mail, code: ErrorCode) -> Option<Mail> {
         | Mail::PushRejected { .. } => None,
     }
 }
-
-/// A copy of mail whose effect is an append to a log (a message or an entry such as a receipt),
-/// which no other core sends again: kept until the batch holding its effect is durable, and
-/// handled again if that batch fails.
-pub(crate) fn replayable(mail: &Mail) -> Option<Mail> {
-    match mail {
-        Mail::Deliver {
-            users,
-            conversation_id,
-            seq,
-            sender,
-            from_core,
-            message,
-            direct,
-        } => Some(Mail::Deliver {
-            users: users.clone(),
-            conversation_id: *conversation_id,
-            seq: *seq,
-            sender: *sender,
-            from_core: *from_core,
-            message: std::sync::Arc::clone(message),
-            direct: *direct,
-        }),
-        Mail::Append { to_user, update } => Some(Mail::Append {
-            to_user: *to_user,
-            update: update.clone(),
-        }),
-        _ => None,
-    }
-}

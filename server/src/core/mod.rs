@@ -796,9 +796,6 @@ impl Shard {
     /// Handles mail from another core (or this one).
     pub(crate) fn handle_mail(&mut self, now_ms: u64, mail: Mail) {
         self.last_now_ms = now_ms;
-        if let Some(copy) = mail::replayable(&mail) {
-            self.replay.push(copy);
-        }
         let result = match mail {
             Mail::CreateUser {
                 origin,
@@ -841,7 +838,19 @@ impl Shard {
                     from_core,
                     direct,
                 };
-                self.handle_deliveries(now_ms, users, deliver, message)
+                let result = self.handle_deliveries(now_ms, &users, deliver, &message);
+                // Its appends are in the pending batch, and no other core sends it again: kept
+                // (not copied) until that batch is durable, and handled again if it fails.
+                self.replay.push(Mail::Deliver {
+                    users,
+                    conversation_id,
+                    seq,
+                    sender,
+                    from_core,
+                    message,
+                    direct,
+                });
+                result
             }
             Mail::PushDone {
                 user_id,
@@ -857,13 +866,16 @@ impl Shard {
                 Ok(())
             }
             Mail::Append { to_user, update } => {
-                if self.chat.take_restaged(to_user, &update) {
+                let result = if self.chat.take_restaged(to_user, &update) {
                     // Staged again after a failed commit, under the number it was shown with.
                     Ok(())
                 } else {
                     // Its source's batch is durable: it may be shown at once, like a delivery.
                     self.append(to_user, &update, true).map(|_| ())
-                }
+                };
+                // Kept for a replay, as a delivery is.
+                self.replay.push(Mail::Append { to_user, update });
+                result
             }
             Mail::GroupChange {
                 origin,
