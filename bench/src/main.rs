@@ -270,6 +270,11 @@ fn raise_nofile() {
     }
 }
 
+/// The allocator `ternd` uses, so that the null server and the load generator are measured
+/// beside it on equal terms.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     raise_nofile();
