@@ -55,8 +55,10 @@
 //!   once (`tern_protocol::UpdateEventBytes`, into a block many events share) and copied into each
 //!   connection's queue with that member's `user_seq` written in; its update-log entry, the same
 //!   for every member, is encoded once per batch and copied. Sealed batches are sorted on a 16-byte
-//!   key head before the keys themselves. In W2 with groups of 100 this took CPU per delivery down
-//!   by about a sixth (`bench/RESULTS.md`).
+//!   key head before the keys themselves; one of 512 writes or more by groups of family and first 8
+//!   key bytes (a member's entries come in key order, so only the groups need a comparison sort).
+//!   In W2 with groups of 100 this took CPU per delivery down by about a sixth
+//!   (`bench/RESULTS.md`).
 //! - **No locked instruction per delivery where one thread owns the data.** A locked
 //!   read-modify-write (`fetch_add`, an `Arc` or `Bytes` count) waits until every store before it
 //!   has reached the cache, and the hot path's stores go to freshly written batches and frames:
