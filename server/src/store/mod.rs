@@ -741,16 +741,24 @@ fn sort_order(order: &mut Vec<(u8, u128, u32)>) {
 /// Batches with fewer writes are always sorted directly: grouping them costs more than it saves.
 const GROUPED_SORT_FROM: usize = 512;
 
+/// The writes [`sort_grouped`] looks at before it decides whether to go on: if half of them
+/// started groups of their own (one-to-one traffic), it stops there and the batch is sorted
+/// directly.
+const GROUPED_SORT_PROBE: usize = 256;
+
 /// [`sort_order`] by groups; `false`, with `order` untouched, once there are a quarter as many
-/// groups as writes.
+/// groups as writes, or half as many among the first [`GROUPED_SORT_PROBE`].
 fn sort_grouped(order: &mut Vec<(u8, u128, u32)>) -> bool {
     let most = order.len() / 4;
     let mut ids: crate::core::HashMap<(u8, u64), u32> =
-        crate::core::HashMap::with_capacity_and_hasher(most, Default::default());
+        crate::core::HashMap::with_capacity_and_hasher(GROUPED_SORT_PROBE / 2, Default::default());
     // Each group's key and size, in the order first seen; and each write's group.
     let mut groups: Vec<((u8, u64), u32)> = Vec::new();
     let mut group_of: Vec<u32> = Vec::with_capacity(order.len());
-    for &(rank, head, _) in order.iter() {
+    for (seen, &(rank, head, _)) in order.iter().enumerate() {
+        if seen == GROUPED_SORT_PROBE && groups.len() > GROUPED_SORT_PROBE / 2 {
+            return false;
+        }
         let key = (rank, (head >> 64) as u64);
         let next = groups.len() as u32;
         let id = *ids.entry(key).or_insert(next);
