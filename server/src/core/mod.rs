@@ -822,35 +822,8 @@ impl Shard {
                 }
                 Ok(())
             }
-            Mail::Deliver {
-                users,
-                conversation_id,
-                seq,
-                sender,
-                from_core,
-                message,
-                direct,
-            } => {
-                let deliver = chat::Deliver {
-                    conversation_id,
-                    seq,
-                    sender,
-                    from_core,
-                    direct,
-                };
-                let result = self.handle_deliveries(now_ms, &users, deliver, &message);
-                // Its appends are in the pending batch, and no other core sends it again: kept
-                // (not copied) until that batch is durable, and handled again if it fails.
-                self.replay.push(Mail::Deliver {
-                    users,
-                    conversation_id,
-                    seq,
-                    sender,
-                    from_core,
-                    message,
-                    direct,
-                });
-                result
+            mail @ (Mail::Deliver { .. } | Mail::Append { .. }) => {
+                self.handle_append_mail(now_ms, mail)
             }
             Mail::PushDone {
                 user_id,
@@ -864,18 +837,6 @@ impl Shard {
             } => {
                 self.handle_delivered(conversation_id, seq, &users);
                 Ok(())
-            }
-            Mail::Append { to_user, update } => {
-                let result = if self.chat.take_restaged(to_user, &update) {
-                    // Staged again after a failed commit, under the number it was shown with.
-                    Ok(())
-                } else {
-                    // Its source's batch is durable: it may be shown at once, like a delivery.
-                    self.append(to_user, &update, true).map(|_| ())
-                };
-                // Kept for a replay, as a delivery is.
-                self.replay.push(Mail::Append { to_user, update });
-                result
             }
             Mail::GroupChange {
                 origin,
@@ -983,6 +944,47 @@ impl Shard {
         if let Err(e) = result {
             tracing::error!(core = self.core, error = %e, "storage error while handling mail");
         }
+    }
+
+    /// Mail whose effect is an append to a log (a delivery, or an entry such as a receipt), which
+    /// no other core sends again: handled, then kept as it came (not copied) until the batch
+    /// holding its effect is durable, and handled again if that batch fails.
+    fn handle_append_mail(&mut self, now_ms: u64, mail: Mail) -> Result<(), StoreError> {
+        let result = match &mail {
+            Mail::Deliver {
+                users,
+                conversation_id,
+                seq,
+                sender,
+                from_core,
+                message,
+                direct,
+            } => {
+                let deliver = chat::Deliver {
+                    conversation_id: *conversation_id,
+                    seq: *seq,
+                    sender: *sender,
+                    from_core: *from_core,
+                    direct: *direct,
+                };
+                self.handle_deliveries(now_ms, users, deliver, message)
+            }
+            Mail::Append { to_user, update } => {
+                if self.chat.take_restaged(*to_user, update) {
+                    // Staged again after a failed commit, under the number it was shown with.
+                    Ok(())
+                } else {
+                    // Its source's batch is durable: it may be shown at once, like a delivery.
+                    self.append(*to_user, update, true).map(|_| ())
+                }
+            }
+            _ => {
+                debug_assert!(false, "not append mail");
+                return Ok(());
+            }
+        };
+        self.replay.push(mail);
+        result
     }
 
     /// Ends a loop turn: seals the pending batch for the committer, with what may go out now.
