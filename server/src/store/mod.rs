@@ -1453,20 +1453,21 @@ mod tests {
         }
     }
 
-    // Proves the sort by groups orders a batch's sort keys exactly as a plain sort does: for a
-    // fan-out's pattern (each member's entries in order, members interleaved), for groups made out
-    // of order, and for batches with too many groups, which are sorted directly.
+    // Proves the sort by groups orders a batch's sort keys exactly as a plain sort does, for a
+    // fan-out's pattern (each member's entries in order, members interleaved) with groups of
+    // another family out of order; and that it leaves a batch of mostly distinct groups untouched,
+    // for the plain sort.
     #[test]
     fn grouped_sort_orders_as_a_plain_sort() {
         let mut rng = crate::sim::Rng::new(11);
         for round in 0..60 {
-            let members = 1 + rng.below(80) as u64;
+            let members = 1 + rng.below(60) as u64;
             let mut next_seq = vec![100u64; members as usize];
             let mut order = Vec::new();
             while order.len() < GROUPED_SORT_FROM + rng.below(3000) {
                 let index = order.len() as u32;
-                let pick = rng.below(10);
-                let (rank, head) = if pick < 7 {
+                let pick = rng.below(20);
+                let (rank, head) = if pick < 14 {
                     // A fan-out entry: (member, user_seq), each member's ascending.
                     let member = rng.below(members as usize);
                     next_seq[member] += 1;
@@ -1474,24 +1475,27 @@ mod tests {
                         5u8,
                         (u128::from(member as u64 * 7919) << 64) | u128::from(next_seq[member]),
                     )
-                } else if pick < 9 {
+                } else if pick < 19 {
                     // Few keys of another family, often out of order within their group.
                     let hi = rng.below(1 + round % 4) as u64;
                     (2u8, (u128::from(hi) << 64) | rng.below(50) as u128)
                 } else {
-                    // Keys that differ in their first 8 bytes: many groups.
+                    // Keys that differ in their first 8 bytes: a group each.
                     (3u8, u128::from(rng.below(1 << 20) as u64) << 64)
                 };
                 order.push((rank, head, index));
             }
-            if round % 10 == 9 {
-                // Mostly distinct groups: too many to group.
+            let distinct = round % 10 == 9;
+            if distinct {
                 for (_, head, index) in order.iter_mut() {
                     *head = u128::from(*index) << 64;
                 }
             }
             let mut expected = order.clone();
             expected.sort_unstable();
+            let mut grouped = order.clone();
+            assert_eq!(sort_grouped(&mut grouped), !distinct, "round {round}");
+            assert_eq!(&grouped, if distinct { &order } else { &expected });
             sort_order(&mut order);
             assert_eq!(order, expected, "round {round}");
         }
