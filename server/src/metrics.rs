@@ -21,7 +21,7 @@ use tern_protocol::ErrorCode;
 /// Buckets of every histogram, besides `+Inf`.
 const HISTOGRAM_BUCKETS: usize = 9;
 /// Upper bounds of the commit latency and loop turn histograms, in microseconds.
-const COMMIT_LATENCY_BUCKETS_US: [u64; HISTOGRAM_BUCKETS] =
+const LATENCY_BUCKETS_US: [u64; HISTOGRAM_BUCKETS] =
     [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000];
 /// Upper bounds of the group-commit batch size histogram's buckets, in writes.
 const COMMIT_BATCH_BUCKETS: [u64; HISTOGRAM_BUCKETS] = [1, 2, 4, 8, 16, 64, 256, 1_024, 4_096];
@@ -170,14 +170,14 @@ impl CoreMetrics {
 
     /// Counts a loop turn of the core thread that took `micros`.
     pub(crate) fn turn(&self, micros: u64) {
-        self.turns.record(&COMMIT_LATENCY_BUCKETS_US, micros);
+        self.turns.record(&LATENCY_BUCKETS_US, micros);
     }
 }
 
 impl CommitMetrics {
     /// Counts a group commit of `writes` writes that took `micros`.
     pub(crate) fn commit(&self, writes: usize, micros: u64) {
-        self.latency.record(&COMMIT_LATENCY_BUCKETS_US, micros);
+        self.latency.record(&LATENCY_BUCKETS_US, micros);
         self.writes.record(&COMMIT_BATCH_BUCKETS, writes as u64);
     }
 }
@@ -400,14 +400,14 @@ impl Metrics {
             &mut out,
             "tern_commit_latency_microseconds",
             "Group commit latency.",
-            &COMMIT_LATENCY_BUCKETS_US,
+            &LATENCY_BUCKETS_US,
             &|m| &m.committer.latency,
         );
         histogram(
             &mut out,
             "tern_core_turn_microseconds",
             "Loop turns of a core thread: how long it was busy at a stretch.",
-            &COMMIT_LATENCY_BUCKETS_US,
+            &LATENCY_BUCKETS_US,
             &|m| &m.turns,
         );
         histogram(
