@@ -360,7 +360,8 @@ async fn run(args: RunArgs) -> std::io::Result<()> {
         }
     };
     report.target = addr.to_string();
-    let pid = server.as_ref().map(|s| s.pid()).or(args.pid);
+    let mut addr = addr;
+    let mut pid = server.as_ref().map(|s| s.pid()).or(args.pid);
     let drain = Duration::from_millis(args.drain_ms);
     let duration = Duration::from_millis(args.duration_ms);
     let progress = !args.quiet;
@@ -374,6 +375,7 @@ async fn run(args: RunArgs) -> std::io::Result<()> {
             .as_ref()
             .and_then(|s| s.metrics)
             .or(args.metrics_addr);
+        let mut w2_fresh_server = false;
         if args.wants("w1") {
             say(&args, "W1 one-to-one, closed loop");
             let closed = w1_closed(&fleet, &args, "W1 closed").await;
@@ -427,6 +429,33 @@ async fn run(args: RunArgs) -> std::io::Result<()> {
             }
             report.w1 = Some(w1);
         }
+        if args.wants("w2") && args.wants("w1") && server.is_some() {
+            // W2 on a ternd of its own when started here, as W4: W1's loops leave compaction
+            // due, which W2 would pay for, so that its figure would depend on W1's speed.
+            fleet.shutdown().await;
+            if let Some(s) = server.as_mut() {
+                s.stop();
+            }
+            let s = Spawned::ternd(
+                &find_ternd(args.ternd.as_deref())?,
+                &args.ternd_flags(args.password_iterations),
+            )?;
+            say(
+                &args,
+                &format!(
+                    "started a fresh ternd for W2 at {} (pid {})",
+                    s.addr,
+                    s.pid()
+                ),
+            );
+            (addr, pid, ws_addr) = (s.addr, Some(s.pid()), s.ws);
+            say(&args, &format!("setting up {} users again", args.users));
+            fleet = Fleet::setup(addr, &args.fleet_options(&format!("{prefix}g"))).await?;
+            fleet.server_pid = pid;
+            fleet.server_metrics = s.metrics;
+            server = Some(s);
+            w2_fresh_server = true;
+        }
         if args.wants("w2") {
             let mut groups = Vec::new();
             for (slot, &size) in fleet.group_sizes.clone().iter().enumerate() {
@@ -446,7 +475,10 @@ async fn run(args: RunArgs) -> std::io::Result<()> {
                     .await;
                 groups.push(W2Group::new(size, r));
             }
-            report.w2 = Some(W2Report { groups });
+            report.w2 = Some(W2Report {
+                fresh_server: w2_fresh_server,
+                groups,
+            });
         }
         accounts = fleet.accounts.clone();
         fleet.shutdown().await;

@@ -127,6 +127,8 @@ impl W1Report {
 /// W2: group fan-out.
 #[derive(Debug, Serialize)]
 pub(crate) struct W2Report {
+    /// It ran on a ternd started for it, not on the one W1 ran on.
+    pub(crate) fresh_server: bool,
     /// One entry per group size.
     pub(crate) groups: Vec<W2Group>,
 }
