@@ -97,6 +97,8 @@ fn every_workload_completes_and_loses_nothing() {
     assert!(w1["ws_ratio_to_tcp"].as_f64().unwrap() > 0.0);
     assert!(b(w1, "/delivered_equals_sent"));
 
+    // Started here after W1, W2 gets a ternd of its own.
+    assert!(b(&r["w2"], "/fresh_server"), "{:#}", r["w2"]);
     let groups = r["w2"]["groups"].as_array().unwrap();
     assert_eq!(groups.len(), 2);
     for g in groups {
