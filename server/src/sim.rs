@@ -268,6 +268,9 @@ pub(crate) struct World {
     violations: Vec<String>,
     /// Replies to other requests, by device, for tests that look at them.
     replies: Vec<(usize, Body)>,
+    /// The cores' budget of messages kept for `Ack`s: a third of the seeds set it to a few
+    /// entries, so that users lose what they kept and their `Ack`s read the log.
+    unacked_budget: usize,
     /// What happened, counted, for the report.
     pub(crate) stats: Stats,
 }
@@ -342,6 +345,10 @@ impl World {
             changes: Vec::new(),
             violations: Vec::new(),
             replies: Vec::new(),
+            unacked_budget: match seed % 3 {
+                0 => (seed / 3 % 5) as usize,
+                _ => crate::core::UNACKED_KEPT_PER_CORE,
+            },
             stats: Stats::default(),
         };
         world.boot();
@@ -368,6 +375,7 @@ impl World {
             let shard = &mut self.shards[core];
             // One of each per share, so a checkpoint of the few users here spans turns too.
             shard.chat.set_share_min(1);
+            shard.unacked_budget = self.unacked_budget;
             shard
                 .recover_fanouts(now)
                 .expect("memory reads do not fail");
@@ -1361,6 +1369,17 @@ impl World {
 
     /// The delivery invariants, over what is durable and what each device saw.
     fn check(&mut self) {
+        for core in 0..self.shards.len() {
+            let shard = &self.shards[core];
+            let kept: usize = shard.users.values().map(|state| state.unacked.len()).sum();
+            if kept != shard.unacked_kept || kept > shard.unacked_budget {
+                let what = format!(
+                    "core {core} keeps {kept} messages for acks, counts {}, budget {}",
+                    shard.unacked_kept, shard.unacked_budget
+                );
+                self.violation(what);
+            }
+        }
         self.stats.shown_early = (0..self.options.cores)
             .map(|core| {
                 let metrics = self.metrics.core(core);

@@ -324,13 +324,14 @@ async fn delivered_and_read_receipts(engine: &'static str) {
 
 // Proves an `Ack` moves each sender's delivered watermark exactly to the newest of their messages
 // it covers: in steps, for two senders at once, after more messages than the server keeps in
-// memory for acks (1,024), and for messages that arrived while the recipient was offline.
+// memory for acks (4,096 per user), and for messages that arrived while the recipient was offline.
 async fn acks_deliver_in_steps_online_offline_and_far_behind(engine: &'static str) {
     let dir = tempfile::tempdir().unwrap();
     let server = Ternd::start_in(engine, dir.path(), &NO_RATE_LIMITS);
-    // Alice and Bob leave the live updates of 1,100 messages unread for a while.
+    // Alice and Bob leave the live updates of `FAR` messages unread for a while.
+    const FAR: usize = 4_200;
     let roomy = || async {
-        let options = tern_client::ConnectOptions::default().with_event_buffer(4_096);
+        let options = tern_client::ConnectOptions::default().with_event_buffer(8_192);
         tern_client::Client::connect(server.addr, options)
             .await
             .unwrap()
@@ -378,17 +379,17 @@ async fn acks_deliver_in_steps_online_offline_and_far_behind(engine: &'static st
     assert_eq!((receipt.user_id, receipt.up_to_seq), (bob_auth.user_id, 2));
 
     // Far behind: more messages than are kept for acks, acknowledged at once.
-    for n in 1..=1_100u64 {
+    for n in 1..=FAR as u64 {
         alice
             .send(with_alice.conversation_id, cmid(2, n), "more")
             .await
             .unwrap();
     }
-    // Each message reaches bob's log a commit after its `Sent`: wait until all 1,105 are there.
-    let head = sync_until(&bob, 5 + 1_100).await.last().unwrap().user_seq;
+    // Each message reaches bob's log a commit after its `Sent`: wait until all are there.
+    let head = sync_until(&bob, 5 + FAR).await.last().unwrap().user_seq;
     bob.ack(head).await.unwrap();
     let receipt = wait_receipt(&alice, ReceiptKind::Delivered).await;
-    assert_eq!(receipt.up_to_seq, 1_103);
+    assert_eq!(receipt.up_to_seq, 3 + FAR as u64);
 
     // Offline: bob's device comes back, syncs what it missed and acknowledges it.
     bob.close().await;
@@ -400,7 +401,7 @@ async fn acks_deliver_in_steps_online_offline_and_far_behind(engine: &'static st
     }
     let bob = server.client().await;
     bob.resume(token).await.unwrap();
-    let missed: Vec<_> = sync_until(&bob, 1_110)
+    let missed: Vec<_> = sync_until(&bob, 5 + FAR + 5)
         .await
         .into_iter()
         .filter(|u| u.user_seq > head)
@@ -408,7 +409,7 @@ async fn acks_deliver_in_steps_online_offline_and_far_behind(engine: &'static st
     assert_eq!(missed.len(), 5);
     bob.ack(missed[4].user_seq).await.unwrap();
     let receipt = wait_receipt(&alice, ReceiptKind::Delivered).await;
-    assert_eq!(receipt.up_to_seq, 1_108);
+    assert_eq!(receipt.up_to_seq, 3 + FAR as u64 + 5);
     // Carol's watermark did not move: nothing of hers was acknowledged since.
     carol.ping(7).await.unwrap();
     assert!(carol

@@ -1338,6 +1338,7 @@ impl Shard {
         let online = self.online.contains_key(&user_id);
         // Taken before the state is borrowed: a reservation below carries it.
         let run = online.then(|| self.run_id());
+        let room = self.unacked_kept < self.unacked_budget;
         let state = self.user_state(user_id)?;
         state.next_seq += 1;
         let user_seq = state.next_seq;
@@ -1354,7 +1355,8 @@ impl Shard {
                 state.reserving = user_seq + super::RESERVATION_AHEAD;
                 (state.reserving, run)
             });
-        state.keep_unacked(user_id, online, user_seq, update);
+        let kept = state.keep_unacked(user_id, online, room, user_seq, update);
+        self.unacked_kept = self.unacked_kept.saturating_add_signed(kept);
         self.batch.put_update(user_id, user_seq, update)?;
         if let Some((up_to, run)) = reserve {
             self.batch.put_reservation(user_id, up_to, run);
@@ -1381,6 +1383,7 @@ impl Shard {
         let online = self.online.contains_key(&user_id);
         let core = self.core;
         for (user_seq, update) in updates {
+            let room = self.unacked_kept < self.unacked_budget;
             let state = self.user_state(user_id)?;
             if user_seq <= state.next_seq {
                 continue;
@@ -1399,7 +1402,8 @@ impl Shard {
             state.next_seq = user_seq;
             state.shown = user_seq;
             state.early.push((user_seq, update.clone()));
-            state.keep_unacked(user_id, online, user_seq, &update);
+            let kept = state.keep_unacked(user_id, online, room, user_seq, &update);
+            self.unacked_kept = self.unacked_kept.saturating_add_signed(kept);
             if let UpdateRecord::Message {
                 conversation_id,
                 seq,
@@ -1705,6 +1709,7 @@ impl Shard {
             }
         }
         state.unacked_from = state.unacked_from.max(to);
+        self.unacked_kept -= acked;
         // A log entry noted: a message from someone else.
         let mut note_entry = |record: &UpdateRecord| {
             if let UpdateRecord::Message {

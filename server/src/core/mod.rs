@@ -190,7 +190,8 @@ pub(crate) struct UserState {
     pub(crate) subscribes: Option<limits::TokenBucket>,
     /// Messages from others in the log above `unacked_from`, oldest first: what an `Ack` needs
     /// to move delivered watermarks without reading the log back. Kept while a device is online,
-    /// at most [`UNACKED_KEPT_MAX`].
+    /// at most [`UNACKED_KEPT_MAX`], and while the core keeps fewer than its budget
+    /// ([`Shard::unacked_budget`]).
     pub(crate) unacked: VecDeque<UnackedMessage>,
     /// Every message from others with a `user_seq` above this one is in `unacked`.
     pub(crate) unacked_from: u64,
@@ -212,26 +213,29 @@ impl UserState {
     }
 
     /// Keeps a message from someone else, just put in `user_id`'s log at `user_seq`, for the
-    /// next `Ack`.
+    /// next `Ack`, if the user is `online` and the core has `room`. Returns how many entries
+    /// `unacked` gained (negative: lost), for the core's count.
     pub(crate) fn keep_unacked(
         &mut self,
         user_id: u64,
         online: bool,
+        room: bool,
         user_seq: u64,
         update: &UpdateRecord,
-    ) {
+    ) -> isize {
         let UpdateRecord::Message {
             conversation_id,
             seq,
             sender,
         } = *update
         else {
-            return;
+            return 0;
         };
         if sender == user_id {
-            return;
+            return 0;
         }
-        if online && self.unacked.len() < UNACKED_KEPT_MAX {
+        let before = self.unacked.len() as isize;
+        if online && room && self.unacked.len() < UNACKED_KEPT_MAX {
             self.unacked.push_back(UnackedMessage {
                 user_seq,
                 conversation_id,
@@ -239,10 +243,12 @@ impl UserState {
                 sender,
             });
         } else {
-            // Offline, or too far behind: its next Ack reads the log from here.
+            // Offline, too far behind, or the core keeps too many: its next Ack reads the log
+            // from here.
             self.unacked.clear();
             self.unacked_from = user_seq;
         }
+        self.unacked.len() as isize - before
     }
 }
 
@@ -251,7 +257,15 @@ impl UserState {
 pub(crate) const RESERVATION_AHEAD: u64 = 32;
 
 /// Messages from others a user's state keeps for its next `Ack`; past it, the `Ack` reads the log.
-pub(crate) const UNACKED_KEPT_MAX: usize = 1024;
+/// A member of busy groups is shown hundreds of messages a second, and under load their `Ack`
+/// comes a second or more after the messages it covers: at 1,024, such `Ack`s read the log back,
+/// which took a tenth of the core threads' time in W2 (`bench/RESULTS.md`).
+pub(crate) const UNACKED_KEPT_MAX: usize = 4 * 1024;
+
+/// Entries a core keeps in all its users' `unacked` together (32 bytes each, so 32 MiB): the bound
+/// on that memory, whatever the number of users. Past it, a user's next message drops what they
+/// kept, and their next `Ack` reads the log.
+pub(crate) const UNACKED_KEPT_PER_CORE: usize = 1 << 20;
 
 /// Bytes of each block that update events are encoded into (see [`Shard::push_live`]). Events
 /// live until the turn's frames are queued, so a block is freed soon after it fills.
@@ -318,6 +332,10 @@ pub(crate) struct Shard {
     pub(crate) sessions: HashMap<ConnId, Session>,
     pub(crate) online: HashMap<u64, Vec<ConnId>>,
     pub(crate) users: HashMap<u64, UserState>,
+    /// Entries in all of `users`' `unacked` together.
+    pub(crate) unacked_kept: usize,
+    /// The most `unacked_kept` may grow to: [`UNACKED_KEPT_PER_CORE`] (the simulator lowers it).
+    pub(crate) unacked_budget: usize,
     pub(crate) chat: chat::ChatState,
     pub(crate) accounts: accounts::AccountState,
     pub(crate) presence: presence::PresenceState,
@@ -368,6 +386,8 @@ impl Shard {
             sessions: HashMap::default(),
             online: HashMap::default(),
             users: HashMap::default(),
+            unacked_kept: 0,
+            unacked_budget: UNACKED_KEPT_PER_CORE,
             chat: chat::ChatState::new(cores),
             accounts: accounts::AccountState::default(),
             presence: presence::PresenceState::default(),
@@ -1207,7 +1227,9 @@ impl Shard {
                 .take(CACHED_USERS_MAX / 16)
                 .collect();
             for user in doomed {
-                self.users.remove(&user);
+                if let Some(state) = self.users.remove(&user) {
+                    self.unacked_kept -= state.unacked.len();
+                }
             }
         }
         self.chat.trim();
@@ -1267,6 +1289,7 @@ impl Shard {
         // The same order every run (the simulator replays seeds).
         shown.sort_unstable_by_key(|(user_id, _)| *user_id);
         self.users.clear();
+        self.unacked_kept = 0;
         self.chat.forget();
         self.chat.unwrite_marks(marks);
         self.media.forget();
