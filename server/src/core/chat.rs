@@ -1338,7 +1338,7 @@ impl Shard {
         let online = self.online.contains_key(&user_id);
         // Taken before the state is borrowed: a reservation below carries it.
         let run = online.then(|| self.run_id());
-        let room = self.unacked_kept < self.unacked_budget;
+        let room = self.unacked_room < self.unacked_budget;
         let state = self.user_state(user_id)?;
         state.next_seq += 1;
         let user_seq = state.next_seq;
@@ -1355,8 +1355,8 @@ impl Shard {
                 state.reserving = user_seq + super::RESERVATION_AHEAD;
                 (state.reserving, run)
             });
-        let kept = state.keep_unacked(user_id, online, room, user_seq, update);
-        self.unacked_kept = self.unacked_kept.saturating_add_signed(kept);
+        let grown = state.keep_unacked(user_id, online, room, user_seq, update);
+        self.unacked_room = self.unacked_room.saturating_add_signed(grown);
         self.batch.put_update(user_id, user_seq, update)?;
         if let Some((up_to, run)) = reserve {
             self.batch.put_reservation(user_id, up_to, run);
@@ -1383,7 +1383,7 @@ impl Shard {
         let online = self.online.contains_key(&user_id);
         let core = self.core;
         for (user_seq, update) in updates {
-            let room = self.unacked_kept < self.unacked_budget;
+            let room = self.unacked_room < self.unacked_budget;
             let state = self.user_state(user_id)?;
             if user_seq <= state.next_seq {
                 continue;
@@ -1402,8 +1402,8 @@ impl Shard {
             state.next_seq = user_seq;
             state.shown = user_seq;
             state.early.push((user_seq, update.clone()));
-            let kept = state.keep_unacked(user_id, online, room, user_seq, &update);
-            self.unacked_kept = self.unacked_kept.saturating_add_signed(kept);
+            let grown = state.keep_unacked(user_id, online, room, user_seq, &update);
+            self.unacked_room = self.unacked_room.saturating_add_signed(grown);
             if let UpdateRecord::Message {
                 conversation_id,
                 seq,
@@ -1702,14 +1702,13 @@ impl Shard {
         let state = self.user_state(user_id)?;
         let kept = from >= state.unacked_from;
         // `unacked` is in user_seq order: everything up to `to` is acknowledged now.
-        let acked = state.unacked.partition_point(|m| m.user_seq <= to);
-        for message in state.unacked.drain(..acked) {
+        let grown = state.take_acked(to, |message| {
             if kept && message.user_seq > from {
                 note(message.conversation_id, message.seq, message.sender);
             }
-        }
+        });
         state.unacked_from = state.unacked_from.max(to);
-        self.unacked_kept -= acked;
+        self.unacked_room = self.unacked_room.saturating_add_signed(grown);
         // A log entry noted: a message from someone else.
         let mut note_entry = |record: &UpdateRecord| {
             if let UpdateRecord::Message {

@@ -190,7 +190,7 @@ pub(crate) struct UserState {
     pub(crate) subscribes: Option<limits::TokenBucket>,
     /// Messages from others in the log above `unacked_from`, oldest first: what an `Ack` needs
     /// to move delivered watermarks without reading the log back. Kept while a device is online,
-    /// at most [`UNACKED_KEPT_MAX`], and while the core keeps fewer than its budget
+    /// at most [`UNACKED_KEPT_MAX`], and while the core's room for them is within its budget
     /// ([`Shard::unacked_budget`]).
     pub(crate) unacked: VecDeque<UnackedMessage>,
     /// Every message from others with a `user_seq` above this one is in `unacked`.
@@ -213,8 +213,8 @@ impl UserState {
     }
 
     /// Keeps a message from someone else, just put in `user_id`'s log at `user_seq`, for the
-    /// next `Ack`, if the user is `online` and the core has `room`. Returns how many entries
-    /// `unacked` gained (negative: lost), for the core's count.
+    /// next `Ack`, if the user is `online` and the core has `room`. Returns how much room
+    /// (capacity, in entries) `unacked` gained or gave back, for the core's count.
     pub(crate) fn keep_unacked(
         &mut self,
         user_id: u64,
@@ -234,7 +234,7 @@ impl UserState {
         if sender == user_id {
             return 0;
         }
-        let before = self.unacked.len() as isize;
+        let before = self.unacked.capacity() as isize;
         if online && room && self.unacked.len() < UNACKED_KEPT_MAX {
             self.unacked.push_back(UnackedMessage {
                 user_seq,
@@ -244,11 +244,28 @@ impl UserState {
             });
         } else {
             // Offline, too far behind, or the core keeps too many: its next Ack reads the log
-            // from here.
-            self.unacked.clear();
+            // from here, and the room goes back.
+            self.unacked = VecDeque::new();
             self.unacked_from = user_seq;
         }
-        self.unacked.len() as isize - before
+        self.unacked.capacity() as isize - before
+    }
+
+    /// Takes the kept messages up to `user_seq` `to` out, in order, through `each`. Returns how
+    /// much room `unacked` gave back: once mostly empty, it shrinks, so a burst's room does not
+    /// stay with a user who went quiet.
+    pub(crate) fn take_acked(&mut self, to: u64, mut each: impl FnMut(&UnackedMessage)) -> isize {
+        let before = self.unacked.capacity() as isize;
+        let acked = self.unacked.partition_point(|m| m.user_seq <= to);
+        for message in self.unacked.drain(..acked) {
+            each(&message);
+        }
+        if self.unacked.capacity() > UNACKED_ROOM_MIN
+            && self.unacked.len() < self.unacked.capacity() / 4
+        {
+            self.unacked.shrink_to(self.unacked.len() * 2);
+        }
+        self.unacked.capacity() as isize - before
     }
 }
 
@@ -262,10 +279,15 @@ pub(crate) const RESERVATION_AHEAD: u64 = 32;
 /// which took a tenth of the core threads' time in W2 (`bench/RESULTS.md`).
 pub(crate) const UNACKED_KEPT_MAX: usize = 4 * 1024;
 
-/// Entries a core keeps in all its users' `unacked` together (32 bytes each, so 32 MiB): the bound
-/// on that memory, whatever the number of users. Past it, a user's next message drops what they
+/// Room for entries (capacity) a core gives all its users' `unacked` together, 32 bytes each, so
+/// 32 MiB: the bound on that memory, whatever the number of users (one push may pass it by at most
+/// [`UNACKED_KEPT_MAX`], when a list doubles). Past it, a user's next message drops what they
 /// kept, and their next `Ack` reads the log.
 pub(crate) const UNACKED_KEPT_PER_CORE: usize = 1 << 20;
+
+/// Room a user's `unacked` keeps however empty it gets: below it, it is not worth shrinking. Under
+/// test it is 4, so the simulator's few messages per user shrink lists too.
+const UNACKED_ROOM_MIN: usize = if cfg!(test) { 4 } else { 64 };
 
 /// Bytes of each block that update events are encoded into (see [`Shard::push_live`]). Events
 /// live until the turn's frames are queued, so a block is freed soon after it fills.
@@ -279,6 +301,9 @@ pub(crate) struct UnackedMessage {
     pub(crate) seq: u64,
     pub(crate) sender: u64,
 }
+
+// The size [`UNACKED_KEPT_PER_CORE`]'s bound in bytes counts on.
+const _: () = assert!(std::mem::size_of::<UnackedMessage>() == 32);
 
 /// One core's state.
 pub(crate) struct Shard {
@@ -332,9 +357,10 @@ pub(crate) struct Shard {
     pub(crate) sessions: HashMap<ConnId, Session>,
     pub(crate) online: HashMap<u64, Vec<ConnId>>,
     pub(crate) users: HashMap<u64, UserState>,
-    /// Entries in all of `users`' `unacked` together.
-    pub(crate) unacked_kept: usize,
-    /// The most `unacked_kept` may grow to: [`UNACKED_KEPT_PER_CORE`] (the simulator lowers it).
+    /// Room (capacity, in entries) of all of `users`' `unacked` together.
+    pub(crate) unacked_room: usize,
+    /// No `unacked` grows while `unacked_room` is at this: [`UNACKED_KEPT_PER_CORE`] (the
+    /// simulator lowers it).
     pub(crate) unacked_budget: usize,
     pub(crate) chat: chat::ChatState,
     pub(crate) accounts: accounts::AccountState,
@@ -386,7 +412,7 @@ impl Shard {
             sessions: HashMap::default(),
             online: HashMap::default(),
             users: HashMap::default(),
-            unacked_kept: 0,
+            unacked_room: 0,
             unacked_budget: UNACKED_KEPT_PER_CORE,
             chat: chat::ChatState::new(cores),
             accounts: accounts::AccountState::default(),
@@ -1228,7 +1254,7 @@ impl Shard {
                 .collect();
             for user in doomed {
                 if let Some(state) = self.users.remove(&user) {
-                    self.unacked_kept -= state.unacked.len();
+                    self.unacked_room -= state.unacked.capacity();
                 }
             }
         }
@@ -1289,7 +1315,7 @@ impl Shard {
         // The same order every run (the simulator replays seeds).
         shown.sort_unstable_by_key(|(user_id, _)| *user_id);
         self.users.clear();
-        self.unacked_kept = 0;
+        self.unacked_room = 0;
         self.chat.forget();
         self.chat.unwrite_marks(marks);
         self.media.forget();
