@@ -1254,7 +1254,7 @@ impl Shard {
                 .collect();
             for user in doomed {
                 if let Some(state) = self.users.remove(&user) {
-                    self.unacked_room -= state.unacked.capacity();
+                    self.unacked_room = self.unacked_room.saturating_sub(state.unacked.capacity());
                 }
             }
         }
