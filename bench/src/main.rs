@@ -223,6 +223,30 @@ impl RunArgs {
         }
     }
 
+    /// Starts another `ternd` like the first, on an empty data directory of its own.
+    fn fresh_ternd(&self) -> std::io::Result<Spawned> {
+        Spawned::ternd(
+            &find_ternd(self.ternd.as_deref())?,
+            &self.ternd_flags(self.password_iterations),
+        )
+    }
+
+    /// Sets up W1's and W2's users on the server at `addr`, whose process and metrics address
+    /// the phases report on.
+    async fn fleet(
+        &self,
+        addr: SocketAddr,
+        pid: Option<u32>,
+        metrics: Option<SocketAddr>,
+        prefix: &str,
+    ) -> std::io::Result<Fleet> {
+        say(self, &format!("setting up {} users", self.users));
+        let mut fleet = Fleet::setup(addr, &self.fleet_options(prefix)).await?;
+        fleet.server_pid = pid;
+        fleet.server_metrics = metrics;
+        Ok(fleet)
+    }
+
     fn ternd_flags(&self, iterations: u32) -> Vec<String> {
         let mut f: Vec<String> = [
             "--cores",
@@ -368,13 +392,11 @@ async fn run(args: RunArgs) -> std::io::Result<()> {
 
     let mut accounts = Vec::new();
     if args.wants("w1") || args.wants("w2") {
-        say(&args, &format!("setting up {} users", args.users));
-        let mut fleet = Fleet::setup(addr, &args.fleet_options(&prefix)).await?;
-        fleet.server_pid = pid;
-        fleet.server_metrics = server
+        let metrics = server
             .as_ref()
             .and_then(|s| s.metrics)
             .or(args.metrics_addr);
+        let mut fleet = args.fleet(addr, pid, metrics, &prefix).await?;
         let mut w2_fresh_server = false;
         if args.wants("w1") {
             say(&args, "W1 one-to-one, closed loop");
@@ -436,10 +458,7 @@ async fn run(args: RunArgs) -> std::io::Result<()> {
             if let Some(s) = server.as_mut() {
                 s.stop();
             }
-            let s = Spawned::ternd(
-                &find_ternd(args.ternd.as_deref())?,
-                &args.ternd_flags(args.password_iterations),
-            )?;
+            let s = args.fresh_ternd()?;
             say(
                 &args,
                 &format!(
@@ -449,10 +468,9 @@ async fn run(args: RunArgs) -> std::io::Result<()> {
                 ),
             );
             (addr, pid, ws_addr) = (s.addr, Some(s.pid()), s.ws);
-            say(&args, &format!("setting up {} users again", args.users));
-            fleet = Fleet::setup(addr, &args.fleet_options(&format!("{prefix}g"))).await?;
-            fleet.server_pid = pid;
-            fleet.server_metrics = s.metrics;
+            fleet = args
+                .fleet(addr, pid, s.metrics, &format!("{prefix}g"))
+                .await?;
             server = Some(s);
             w2_fresh_server = true;
         }
@@ -507,11 +525,7 @@ async fn run(args: RunArgs) -> std::io::Result<()> {
         let fresh = match server.take() {
             Some(mut s) => {
                 s.stop();
-                let path = find_ternd(args.ternd.as_deref())?;
-                Some(Spawned::ternd(
-                    &path,
-                    &args.ternd_flags(args.password_iterations),
-                )?)
+                Some(args.fresh_ternd()?)
             }
             None => None,
         };
@@ -529,10 +543,7 @@ async fn run(args: RunArgs) -> std::io::Result<()> {
             );
             // A fresh ternd again, so both transports start from the same memory.
             let again = match server_was_started {
-                true => Some(Spawned::ternd(
-                    &find_ternd(args.ternd.as_deref())?,
-                    &args.ternd_flags(args.password_iterations),
-                )?),
+                true => Some(args.fresh_ternd()?),
                 false => None,
             };
             let (addr, pid, ws) = again
