@@ -8,7 +8,7 @@ use tern_server::config::{Cli, LogFormat};
 use tern_server::{Config, Server};
 use tracing_subscriber::EnvFilter;
 
-/// jemalloc rather than glibc's allocator: in W1 it took 11 to 15 % off the CPU per message, and
+/// jemalloc rather than glibc's allocator: in W1 it took 9 to 21 % off the CPU per message, and
 /// 0.2 KiB off each idle connection (`bench/RESULTS.md`). RocksDB's own allocations stay with
 /// glibc.
 #[global_allocator]
