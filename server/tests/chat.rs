@@ -31,6 +31,7 @@ on_both_engines!(
     idle_connection_times_out,
     device_limit_and_logout,
     slow_consumer_is_closed_and_loses_nothing,
+    a_device_that_reads_late_gets_every_frame_once_in_order,
     closing_connection_that_reads_nothing_is_dropped,
     graceful_shutdown_sends_goaway_and_keeps_data,
 );
@@ -816,6 +817,57 @@ async fn slow_consumer_is_closed_and_loses_nothing(engine: &'static str) {
     bob.resume(token).await.unwrap();
     let updates = sync_until(&bob, messages as usize).await;
     assert_eq!(bodies(&updates).len() as u64, messages, "nothing is lost");
+}
+
+// Proves frames that the socket does not take at once are all written later, once each and in
+// order: a turn's frames go to the socket straight away as far as it takes them, and a writer
+// sends the rest after. Bob's device reads nothing while Alice sends him far more than the
+// kernel's socket buffers hold (about 30 MB), then reads it all.
+async fn a_device_that_reads_late_gets_every_frame_once_in_order(engine: &'static str) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Ternd::start_in(
+        engine,
+        dir.path(),
+        &[
+            "--outbound-queue-bytes-max",
+            "67108864",
+            "--send-rate-per-connection",
+            "0",
+            "--send-rate-per-user",
+            "0",
+        ],
+    );
+    let (alice, conv, _, mut raw) = alice_and_a_raw_bob(&server).await;
+    let messages = 300u64;
+    let body = |n: u64| format!("{n:05}{}", "x".repeat(99_000));
+    for n in 1..=messages {
+        alice
+            .send(conv.conversation_id, cmid(1, n), &body(n))
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut last_user_seq = 0;
+    while (seen.len() as u64) < messages {
+        let frame = raw.next().await.expect("every message before a close");
+        let Body::UpdateEvent(event) = frame.body else {
+            panic!("unexpected frame {frame:?}");
+        };
+        assert_eq!(
+            event.update.user_seq,
+            last_user_seq + 1,
+            "no gap, no repeat"
+        );
+        last_user_seq = event.update.user_seq;
+        if let UpdateKind::Message(m) = event.update.kind {
+            seen.push(m.body[..5].parse::<u64>().unwrap());
+        }
+    }
+    assert_eq!(
+        seen,
+        (1..=messages).collect::<Vec<_>>(),
+        "every message once, in order"
+    );
 }
 
 // Proves a connection closed while its client reads nothing (here a slow consumer that stops

@@ -10,7 +10,7 @@
 use std::cell::RefCell;
 use std::io::{self, Read};
 use std::net::Shutdown;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, RawFd};
 
 use bytes::BytesMut;
 use tokio::io::unix::AsyncFd;
@@ -153,6 +153,22 @@ impl Socket {
             Socket::Uring { stream, .. } => {
                 let (result, _) = stream.write_all(buf).await;
                 result
+            }
+        }
+    }
+
+    /// Writes what the socket takes of `buf` now, without waiting ("would block" when it takes
+    /// nothing). Only while no write of [`Socket::write_all`] is under way, which would be
+    /// overtaken.
+    pub(crate) fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Socket::Epoll(stream) => stream.try_write(buf),
+            // A plain send on the non-blocking socket: with no write operation in flight there
+            // is nothing in the ring to overtake.
+            Socket::Uring { stream, .. } => {
+                // SAFETY: the descriptor is open for as long as `self` lives.
+                let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+                socket2::SockRef::from(&fd).send(buf)
             }
         }
     }

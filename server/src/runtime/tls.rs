@@ -325,6 +325,15 @@ impl Link {
             || self.ws.as_ref().is_some_and(|ws| ws.borrow().wants_write())
     }
 
+    /// Writes what the socket takes of `frames` now, without waiting, on a plain TCP link; `None`
+    /// on a TLS or WebSocket link, whose frames are sealed and framed on the way out.
+    pub(crate) fn try_write_plain(&self, frames: &[u8]) -> Option<io::Result<usize>> {
+        if self.tls.is_some() || self.ws.is_some() {
+            return None;
+        }
+        Some(self.socket.try_write(frames))
+    }
+
     /// Writes all of `frames` (which may be empty, to flush pending TLS records and WebSocket
     /// control frames), as WebSocket messages on a WebSocket link.
     pub(crate) async fn write_all(&self, frames: Vec<u8>) -> io::Result<()> {
