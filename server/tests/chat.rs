@@ -820,8 +820,8 @@ async fn slow_consumer_is_closed_and_loses_nothing(engine: &'static str) {
 }
 
 // Proves frames that the socket does not take at once are all written later, once each and in
-// order: a turn's frames go to the socket straight away as far as it takes them, and a writer
-// sends the rest after. Bob's device reads nothing while Alice sends him far more than the
+// order: the core's flusher sends queued frames to the socket as far as it takes them, and a
+// writer sends the rest after. Bob's device reads nothing while Alice sends him far more than the
 // kernel's socket buffers hold (about 30 MB), then reads it all.
 async fn a_device_that_reads_late_gets_every_frame_once_in_order(engine: &'static str) {
     let dir = tempfile::tempdir().unwrap();
