@@ -177,6 +177,9 @@ pub(crate) struct PhaseResult {
     pub(crate) other_cpu_s: Option<f64>,
     /// Server CPU microseconds per delivery.
     pub(crate) server_cpu_us_per_delivery: Option<f64>,
+    /// The same, by the server's thread names (trailing numbers left out: `ternd-core`,
+    /// `ternd-commit`, `rocksdb:high` for memtable flushes, `rocksdb:low` for compactions).
+    pub(crate) server_cpu_us_per_delivery_by_thread: Option<BTreeMap<String, f64>>,
     /// The change of each server metric over the phase (summed over labels).
     pub(crate) server_metrics_delta: Option<BTreeMap<String, f64>>,
     /// Connections that closed during the phase.
@@ -737,6 +740,15 @@ impl Fleet {
             if r.delivered > 0 {
                 r.server_cpu_us_per_delivery = Some(round_ms(server * 1e6 / r.delivered as f64));
             }
+        }
+        if let (Some(threads), true) = (&used.server_threads, r.delivered > 0) {
+            let per_delivery = |seconds: f64| round_ms(seconds * 1e6 / r.delivered as f64);
+            r.server_cpu_us_per_delivery_by_thread = Some(
+                threads
+                    .iter()
+                    .map(|(name, &seconds)| (name.clone(), per_delivery(seconds)))
+                    .collect(),
+            );
         }
         r.bench_cpu_s = used.bench.map(round_ms);
         if let Some(busy) = used.busy {

@@ -243,7 +243,11 @@ impl Environment {
 
 /// CPU time (user + system) a process has used, in seconds, from `/proc/<pid>/stat`.
 pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_seconds(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// The CPU time (user + system) in seconds of a `/proc/.../stat` line.
+fn stat_cpu_seconds(stat: &str) -> Option<f64> {
     // Fields after the command name, which is in parentheses and may hold spaces.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -253,19 +257,59 @@ pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks as f64 / 100.0)
 }
 
+/// CPU time (user + system) in seconds that a process's live threads have used, summed by
+/// thread name with a trailing `-<number>` left out, so that `ternd-core-0` and `ternd-core-1`
+/// count as `ternd-core`; from `/proc/<pid>/task/*/`.
+pub(crate) fn cpu_seconds_by_thread(pid: u32) -> Option<BTreeMap<String, f64>> {
+    let mut out = BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let dir = task.ok()?.path();
+        // A thread that ended between the listing and these reads is left out.
+        let (Ok(name), Ok(stat)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("stat")),
+        ) else {
+            continue;
+        };
+        let Some(seconds) = stat_cpu_seconds(&stat) else {
+            continue;
+        };
+        *out.entry(thread_kind(name.trim()).to_owned())
+            .or_insert(0.0) += seconds;
+    }
+    Some(out)
+}
+
+/// A thread's name without a trailing number and the `-` before it. Names are cut at 15 bytes,
+/// so `ternd-blocking-0` reads `ternd-blocking-`.
+fn thread_kind(name: &str) -> &str {
+    let kind = name
+        .trim_end_matches(|c: char| c.is_ascii_digit())
+        .trim_end_matches('-');
+    if kind.is_empty() {
+        name
+    } else {
+        kind
+    }
+}
+
 /// CPU seconds used so far by the server, by this process and by the whole machine (busy), at one
 /// instant; two of them tell how much each used in between.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct CpuSample {
     server: Option<f64>,
+    server_threads: Option<BTreeMap<String, f64>>,
     bench: Option<f64>,
     busy: Option<f64>,
 }
 
 /// CPU seconds used between two [`CpuSample`]s: by the server, this process, the whole machine.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct CpuUsed {
     pub(crate) server: Option<f64>,
+    /// The server's, by thread name ([`cpu_seconds_by_thread`]), for threads alive at both
+    /// samples.
+    pub(crate) server_threads: Option<BTreeMap<String, f64>>,
     pub(crate) bench: Option<f64>,
     pub(crate) busy: Option<f64>,
 }
@@ -275,6 +319,7 @@ impl CpuSample {
     pub(crate) fn now(server_pid: Option<u32>) -> CpuSample {
         CpuSample {
             server: server_pid.and_then(cpu_seconds),
+            server_threads: server_pid.and_then(cpu_seconds_by_thread),
             bench: cpu_seconds(std::process::id()),
             busy: machine_busy_seconds(),
         }
@@ -283,8 +328,17 @@ impl CpuSample {
     /// What was used from `earlier` to this sample.
     pub(crate) fn since(&self, earlier: &CpuSample) -> CpuUsed {
         let delta = |b: Option<f64>, a: Option<f64>| Some(b? - a?);
+        let threads = |b: &Option<BTreeMap<String, f64>>, a: &Option<BTreeMap<String, f64>>| {
+            let (b, a) = (b.as_ref()?, a.as_ref()?);
+            Some(
+                b.iter()
+                    .map(|(k, v)| (k.clone(), v - a.get(k).copied().unwrap_or(0.0)))
+                    .collect(),
+            )
+        };
         CpuUsed {
             server: delta(self.server, earlier.server),
+            server_threads: threads(&self.server_threads, &earlier.server_threads),
             bench: delta(self.bench, earlier.bench),
             busy: delta(self.busy, earlier.busy),
         }

@@ -87,6 +87,18 @@ fn every_workload_completes_and_loses_nothing() {
 
     let w1 = &r["w1"];
     check_phase(&w1["closed"]);
+    // The server's CPU by thread: its core threads (busy in a closed loop) and committer by name.
+    let closed = &w1["closed"];
+    let threads = closed["server_cpu_us_per_delivery_by_thread"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no CPU by thread: {closed:#}"));
+    for kind in ["ternd-core", "ternd-commit"] {
+        assert!(
+            threads[kind].as_f64().unwrap() >= 0.0,
+            "{kind}: {threads:?}"
+        );
+    }
+    assert!(threads["ternd-core"].as_f64().unwrap() > 0.0, "{threads:?}");
     let open = w1["open"].as_array().unwrap();
     assert_eq!(open.len(), 2);
     open.iter().for_each(check_phase);
