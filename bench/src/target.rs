@@ -257,13 +257,22 @@ fn stat_cpu_seconds(stat: &str) -> Option<f64> {
     Some(ticks as f64 / 100.0)
 }
 
-/// CPU time (user + system) in seconds that a process's live threads have used, summed by
-/// thread name with a trailing `-<number>` left out, so that `ternd-core-0` and `ternd-core-1`
-/// count as `ternd-core`; from `/proc/<pid>/task/*/`.
-pub(crate) fn cpu_seconds_by_thread(pid: u32) -> Option<BTreeMap<String, f64>> {
+/// CPU time (user + system) in seconds that each live thread of a process has used, by thread
+/// id, with the thread's kind ([`thread_kind`]); from `/proc/<pid>/task/*/`.
+fn thread_cpu_seconds(pid: u32) -> Option<ThreadTimes> {
     let mut out = BTreeMap::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-        let dir = task.ok()?.path();
+        let Ok(task) = task else {
+            continue;
+        };
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let dir = task.path();
         // A thread that ended between the listing and these reads is left out.
         let (Ok(name), Ok(stat)) = (
             std::fs::read_to_string(dir.join("comm")),
@@ -274,11 +283,13 @@ pub(crate) fn cpu_seconds_by_thread(pid: u32) -> Option<BTreeMap<String, f64>> {
         let Some(seconds) = stat_cpu_seconds(&stat) else {
             continue;
         };
-        *out.entry(thread_kind(name.trim()).to_owned())
-            .or_insert(0.0) += seconds;
+        out.insert(tid, (thread_kind(name.trim()).to_owned(), seconds));
     }
     Some(out)
 }
+
+/// Each thread's kind and CPU seconds, by thread id.
+type ThreadTimes = BTreeMap<u32, (String, f64)>;
 
 /// A thread's name without a trailing number and the `-` before it. Names are cut at 15 bytes,
 /// so `ternd-blocking-0` reads `ternd-blocking-`.
@@ -298,7 +309,7 @@ fn thread_kind(name: &str) -> &str {
 #[derive(Clone, Debug)]
 pub(crate) struct CpuSample {
     server: Option<f64>,
-    server_threads: Option<BTreeMap<String, f64>>,
+    server_threads: Option<ThreadTimes>,
     bench: Option<f64>,
     busy: Option<f64>,
 }
@@ -307,8 +318,8 @@ pub(crate) struct CpuSample {
 #[derive(Clone, Debug)]
 pub(crate) struct CpuUsed {
     pub(crate) server: Option<f64>,
-    /// The server's, by thread name ([`cpu_seconds_by_thread`]), for threads alive at both
-    /// samples.
+    /// The server's, summed by thread kind ([`thread_kind`]: `ternd-core-0` and `ternd-core-1`
+    /// are `ternd-core`). Threads that ended in between are not in it.
     pub(crate) server_threads: Option<BTreeMap<String, f64>>,
     pub(crate) bench: Option<f64>,
     pub(crate) busy: Option<f64>,
@@ -319,7 +330,7 @@ impl CpuSample {
     pub(crate) fn now(server_pid: Option<u32>) -> CpuSample {
         CpuSample {
             server: server_pid.and_then(cpu_seconds),
-            server_threads: server_pid.and_then(cpu_seconds_by_thread),
+            server_threads: server_pid.and_then(thread_cpu_seconds),
             bench: cpu_seconds(std::process::id()),
             busy: machine_busy_seconds(),
         }
@@ -328,13 +339,15 @@ impl CpuSample {
     /// What was used from `earlier` to this sample.
     pub(crate) fn since(&self, earlier: &CpuSample) -> CpuUsed {
         let delta = |b: Option<f64>, a: Option<f64>| Some(b? - a?);
-        let threads = |b: &Option<BTreeMap<String, f64>>, a: &Option<BTreeMap<String, f64>>| {
+        let threads = |b: &Option<ThreadTimes>, a: &Option<ThreadTimes>| {
             let (b, a) = (b.as_ref()?, a.as_ref()?);
-            Some(
-                b.iter()
-                    .map(|(k, v)| (k.clone(), v - a.get(k).copied().unwrap_or(0.0)))
-                    .collect(),
-            )
+            let mut by_kind = BTreeMap::<String, f64>::new();
+            for (tid, (kind, seconds)) in b {
+                // A thread that started in between used all its time in between.
+                let before = a.get(tid).map_or(0.0, |(_, s)| *s);
+                *by_kind.entry(kind.clone()).or_insert(0.0) += seconds - before;
+            }
+            Some(by_kind)
         };
         CpuUsed {
             server: delta(self.server, earlier.server),
