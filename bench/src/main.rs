@@ -353,7 +353,7 @@ async fn run(args: RunArgs) -> std::io::Result<()> {
     let prefix = format!("b{}x", report.environment.started_unix % 1_000_000_000);
     let mut server = None;
     let mut ws_addr = args.ws_addr;
-    let addr = match args.addr {
+    let mut addr = match args.addr {
         Some(a) => a,
         None => {
             let path = find_ternd(args.ternd.as_deref())?;
@@ -384,7 +384,6 @@ async fn run(args: RunArgs) -> std::io::Result<()> {
         }
     };
     report.target = addr.to_string();
-    let mut addr = addr;
     let mut pid = server.as_ref().map(|s| s.pid()).or(args.pid);
     let drain = Duration::from_millis(args.drain_ms);
     let duration = Duration::from_millis(args.duration_ms);
