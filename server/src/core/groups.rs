@@ -317,7 +317,7 @@ impl Shard {
             }
             self.set_cached_conversation(conversation_id, record);
         }
-        let result = Ok(Body::Ok(OkFrame {}));
+        let result = Ok(Box::new(Body::Ok(OkFrame {})));
         self.mail_after_commit(
             origin.core,
             Mail::Reply {

@@ -939,7 +939,7 @@ impl Shard {
                 result,
             } => {
                 match result {
-                    Ok(body) => self.reply(origin.conn, request_id, body),
+                    Ok(body) => self.reply(origin.conn, request_id, *body),
                     Err(code) => self.reply_error(origin.conn, request_id, code, "request refused"),
                 }
                 Ok(())
