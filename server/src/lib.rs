@@ -76,7 +76,9 @@
 //!   batches (sorted; a binary search per batch, and a range read goes no further than its range:
 //!   walking the rest of the batch took a fifth of W2's CPU once members fell behind), but
 //!   clients are only ever shown what is durable: `Sync` and `History` read the committed view,
-//!   and a user's `head` moves only when the batch holding an entry is durable.
+//!   and a user's `head` moves only when the batch holding an entry is durable. The one read
+//!   every `Send` makes, its idempotency key, skips the overlay: the chat state keeps the records
+//!   of sends in batches not yet durable, and a miss there goes straight to the backend.
 //! - **A failed commit voids its batch and every later one** (they were built on it): waiting
 //!   replies become `INTERNAL`, requests from other cores are answered the same way, caches reload
 //!   from what is durable, appends to logs that came as mail are made again in their order, and

@@ -755,7 +755,9 @@ impl World {
         self.request(device, send.into());
     }
 
-    /// Sends the oldest unacknowledged message again, under its idempotency key.
+    /// Sends the oldest unacknowledged message again, under its idempotency key. Now and then it
+    /// does so while the first try is still unanswered, as an app whose request timed out would:
+    /// the first try may still be in the pending batch or in one not yet durable.
     fn retry_outbox(&mut self, device: usize) {
         let Some(&(conversation_id, cmid)) = self.devices[device].outbox.first() else {
             return;
@@ -764,7 +766,7 @@ impl World {
             .asked
             .values()
             .any(|a| matches!(a, Asked::Send { cmid: c, .. } if *c == cmid));
-        if !waiting {
+        if !waiting || self.rng.chance(250) {
             self.send(device, conversation_id, cmid);
         }
     }

@@ -47,7 +47,7 @@
 //!   too; after a crash it may lag by up to a checkpoint (their unread count then shows their own
 //!   newest messages until they next read). Moves that announce a receipt are written with it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::{HashMap, HashSet};
 use std::rc::Rc;
@@ -128,6 +128,10 @@ pub(crate) struct ChatState {
     convs: HashMap<u64, ConvState>,
     /// Sends stored in the pending batch, by idempotency key.
     pending_sends: HashMap<[u8; 28], IdempotencyRecord>,
+    /// Sends stored in batches handed to the committer and not yet durable, by batch id, oldest
+    /// first. With `pending_sends` they hold every idempotency record not yet in the backend, so
+    /// a `Send` looks there and then in the backend, never in the overlay's staged batches.
+    sends_in_flight: VecDeque<(u64, HashMap<[u8; 28], IdempotencyRecord>)>,
     /// Direct conversations created in the pending batch, by (lo, hi).
     pending_direct: HashMap<(u64, u64), u64>,
     /// Members still to confirm each message's fan-out, by (conversation, seq).
@@ -243,10 +247,34 @@ impl ChatState {
         self.share_min = min;
     }
 
-    /// The pending batch was committed.
-    pub(crate) fn committed(&mut self) {
-        self.pending_sends.clear();
+    /// The pending batch was handed to the committer as batch `id`.
+    pub(crate) fn committed(&mut self, id: u64) {
+        if !self.pending_sends.is_empty() {
+            let sends = std::mem::take(&mut self.pending_sends);
+            self.sends_in_flight.push_back((id, sends));
+        }
         self.pending_direct.clear();
+    }
+
+    /// Batch `id` and every earlier one are durable: their sends' records are the backend's.
+    pub(crate) fn settled(&mut self, id: u64) {
+        while self
+            .sends_in_flight
+            .front()
+            .is_some_and(|(batch, _)| *batch <= id)
+        {
+            self.sends_in_flight.pop_front();
+        }
+    }
+
+    /// The record of a send stored in the pending batch or in one not yet durable.
+    fn staged_send(&self, key: &[u8; 28]) -> Option<IdempotencyRecord> {
+        self.pending_sends.get(key).copied().or_else(|| {
+            self.sends_in_flight
+                .iter()
+                .rev()
+                .find_map(|(_, sends)| sends.get(key).copied())
+        })
     }
 
     /// The oldest message of the conversation whose fan-out some member has not confirmed.
@@ -526,11 +554,9 @@ impl Shard {
             return Ok(());
         }
         let key = keys::idempotency(user_id, device_id, &send.client_msg_id);
-        let earlier = match self.chat.pending_sends.get(&key) {
-            Some(record) => Some(*record),
-            None => self
-                .store
-                .idempotency(user_id, device_id, &send.client_msg_id)?,
+        let earlier = match self.chat.staged_send(&key) {
+            Some(record) => Some(record),
+            None => self.store.durable_idempotency(&key)?,
         };
         if let Some(earlier) = earlier {
             if earlier.conversation_id != conversation_id {

@@ -1094,8 +1094,10 @@ impl Shard {
             overlay.stage(id, Arc::clone(&batch));
         }
         // What the batch holds is readable through the overlay now, so the bookkeeping of
-        // not-yet-staged writes starts over, and caches may drop what they hold.
-        self.chat.committed();
+        // not-yet-staged writes starts over, and caches may drop what they hold. Its sends'
+        // idempotency records stay with the chat state until it is durable: a `Send` looks them
+        // up there and then in the backend, skipping the overlay's search.
+        self.chat.committed(id);
         self.accounts_committed();
         self.trim_caches();
         let held = self.take_held(id);
@@ -1124,6 +1126,7 @@ impl Shard {
                 if let Some(overlay) = self.store.overlay() {
                     overlay.settle(id);
                 }
+                self.chat.settled(id);
                 let mut outputs = std::mem::take(&mut self.outputs);
                 let mut mail = std::mem::take(&mut self.mail_now);
                 self.release(held, &mut outputs, &mut mail);

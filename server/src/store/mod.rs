@@ -511,17 +511,17 @@ impl Store {
             .unwrap_or_default())
     }
 
-    /// The result of an earlier `Send` with this idempotency key.
-    pub(crate) fn idempotency(
+    /// The durable result of an earlier `Send` with this idempotency key
+    /// ([`keys::idempotency`]), read from the backend past the overlay. Only for a caller that
+    /// keeps every idempotency record of its staged batches itself and has looked there first.
+    pub(crate) fn durable_idempotency(
         &self,
-        user_id: u64,
-        device_id: u32,
-        client_msg_id: &[u8; 16],
+        key: &[u8; 28],
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
-        self.get_record(
-            CF_IDEMPOTENCY,
-            &keys::idempotency(user_id, device_id, client_msg_id),
-        )
+        self.backend
+            .get(CF_IDEMPOTENCY, key)?
+            .map(|v| decode::<IdempotencyRecord>(&v))
+            .transpose()
     }
 
     /// The highest seq of a conversation already in a user's log.
@@ -1737,8 +1737,9 @@ mod tests {
         store.commit(batch).unwrap();
         store.flush().unwrap();
         backend.compact(CF_IDEMPOTENCY);
-        assert_eq!(store.idempotency(1, 1, &[1; 16]).unwrap(), None);
-        assert_eq!(store.idempotency(1, 1, &[2; 16]).unwrap(), Some(fresh));
+        let key = |id| keys::idempotency(1, 1, &[id; 16]);
+        assert_eq!(store.durable_idempotency(&key(1)).unwrap(), None);
+        assert_eq!(store.durable_idempotency(&key(2)).unwrap(), Some(fresh));
     }
 
     fn update(seq: u64) -> UpdateRecord {
