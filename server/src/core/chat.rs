@@ -132,6 +132,9 @@ pub(crate) struct ChatState {
     /// first. With `pending_sends` they hold every idempotency record not yet in the backend, so
     /// a `Send` looks there and then in the backend, never in the overlay's staged batches.
     sends_in_flight: VecDeque<(u64, HashMap<[u8; 28], IdempotencyRecord>)>,
+    /// The map of the last durable batch's sends, emptied, for the next pending batch: batches
+    /// hold much the same number, so `pending_sends` keeps its room instead of regrowing.
+    spare_sends: HashMap<[u8; 28], IdempotencyRecord>,
     /// Direct conversations created in the pending batch, by (lo, hi).
     pending_direct: HashMap<(u64, u64), u64>,
     /// Members still to confirm each message's fan-out, by (conversation, seq).
@@ -250,7 +253,8 @@ impl ChatState {
     /// The pending batch was handed to the committer as batch `id`.
     pub(crate) fn committed(&mut self, id: u64) {
         if !self.pending_sends.is_empty() {
-            let sends = std::mem::take(&mut self.pending_sends);
+            let spare = std::mem::take(&mut self.spare_sends);
+            let sends = std::mem::replace(&mut self.pending_sends, spare);
             self.sends_in_flight.push_back((id, sends));
         }
         self.pending_direct.clear();
@@ -263,7 +267,10 @@ impl ChatState {
             .front()
             .is_some_and(|(batch, _)| *batch <= id)
         {
-            self.sends_in_flight.pop_front();
+            if let Some((_, mut sends)) = self.sends_in_flight.pop_front() {
+                sends.clear();
+                self.spare_sends = sends;
+            }
         }
     }
 
