@@ -134,8 +134,12 @@ pub(crate) struct CoreMetrics {
     /// Times that mail reached its bound, so this core's connections stopped reading.
     pub(crate) mail_backlogs: Counter,
     /// Loop turns of the core thread by duration in microseconds: how long the core was busy at
-    /// a stretch (a store read that goes to disk shows up here).
+    /// a stretch with mail and the commits' results.
     pub(crate) turns: Histogram,
+    /// The frames of one read of a connection by how long the core took to handle them, in
+    /// microseconds: requests are handled as they are read, between loop turns, so a store read
+    /// that goes to disk for a `Sync` or a `History` shows up here.
+    pub(crate) frames: Histogram,
     /// Updates handed to devices as live events.
     pub(crate) delivered_live: Counter,
     /// Updates handed to devices in sync pages.
@@ -171,6 +175,11 @@ impl CoreMetrics {
     /// Counts a loop turn of the core thread that took `micros`.
     pub(crate) fn turn(&self, micros: u64) {
         self.turns.record(&LATENCY_BUCKETS_US, micros);
+    }
+
+    /// Counts the frames of one read, handled in `micros`.
+    pub(crate) fn frames_handled(&self, micros: u64) {
+        self.frames.record(&LATENCY_BUCKETS_US, micros);
     }
 }
 
@@ -409,6 +418,13 @@ impl Metrics {
             "Loop turns of a core thread: how long it was busy at a stretch.",
             &LATENCY_BUCKETS_US,
             &|m| &m.turns,
+        );
+        histogram(
+            &mut out,
+            "tern_core_frames_microseconds",
+            "The frames of one read of a connection, by how long the core thread took to handle them.",
+            &LATENCY_BUCKETS_US,
+            &|m| &m.frames,
         );
         histogram(
             &mut out,

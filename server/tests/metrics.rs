@@ -47,6 +47,9 @@ async fn metrics_count_what_happened(engine: &'static str) {
     assert!(total(&metrics, "tern_frames_out_total") >= 10);
     assert!(total(&metrics, "tern_commit_latency_microseconds_count") >= 3);
     assert!(total(&metrics, "tern_core_turn_microseconds_count") >= 3);
+    // Every read that held a frame is timed once: the requests above came in several reads.
+    let reads = total(&metrics, "tern_core_frames_microseconds_count");
+    assert!(reads >= 3 && reads <= total(&metrics, "tern_frames_in_total"));
     assert_eq!(total(&metrics, "tern_storage_errors_total"), 0);
     // Every delivery was confirmed in time: nothing was delivered again.
     assert!(metrics.contains("# TYPE tern_fanout_retries_total counter"));

@@ -562,15 +562,17 @@ impl Conn {
     /// Decodes and handles the complete frames in the inbox, up to one that needs to wait.
     fn handle_frames(&mut self) -> Flow {
         let decoder = FrameDecoder::new();
-        let mut decoded = false;
+        // When the first frame of this read was decoded.
+        let mut first: Option<Instant> = None;
         loop {
             if self.outbound.closing.get() {
                 return Flow::End(Box::new(End::Closed));
             }
             match decoder.decode(&mut self.inbox) {
                 Ok(Some(frame)) => {
-                    decoded = true;
-                    self.handle.last_rx.set(Instant::now());
+                    let now = Instant::now();
+                    first.get_or_insert(now);
+                    self.handle.last_rx.set(now);
                     self.ctx.metrics.core(self.ctx.core).frames_in.add(1);
                     match self.handle_frame(frame) {
                         Flow::Read => {}
@@ -585,12 +587,22 @@ impl Conn {
                 }
             }
         }
+        let now = first.map(|first| {
+            let now = Instant::now();
+            self.ctx
+                .metrics
+                .core(self.ctx.core)
+                .frames_handled((now - first).as_micros() as u64);
+            now
+        });
         if self.inbox.is_empty() {
             // Idle: hold no buffer while waiting.
             self.inbox = BytesMut::new();
             self.handle.frame_started.set(None);
-        } else if decoded || self.handle.frame_started.get().is_none() {
-            self.handle.frame_started.set(Some(Instant::now()));
+        } else if now.is_some() || self.handle.frame_started.get().is_none() {
+            self.handle
+                .frame_started
+                .set(Some(now.unwrap_or_else(Instant::now)));
         }
         Flow::Read
     }
