@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 use crate::conn::{SetupConn, RPC_TIMEOUT};
 use crate::stats::{now_ns, per_sec};
 use crate::storm::register_users;
-use crate::target::round_ms;
+use crate::target::{device_read_bytes, round_ms, scrape_histogram, Spawned};
 use crate::RunArgs;
 
 /// W5's report.
@@ -43,19 +43,103 @@ pub(crate) struct W5Report {
     pub(crate) sync_s: f64,
     /// Messages caught up per second.
     pub(crate) messages_per_s: f64,
+    /// The longest a page took, from its `Sync` to its arrival.
+    pub(crate) slowest_page_ms: f64,
     /// Every send answered without error and the sync ended.
     pub(crate) completed: bool,
     /// Synced messages equal sent ones.
     pub(crate) delivered_equals_sent: bool,
+    /// The same catch-up again after a restart, with every cache cold (when the harness started
+    /// `ternd` itself).
+    pub(crate) cold: Option<W5Cold>,
+    /// The device that caught up: its resume token.
+    #[serde(skip)]
+    pub(crate) receiver_token: [u8; 32],
+}
+
+/// W5 after a restart: the server killed and started again on its data, the data directory's
+/// files dropped from the page cache, and the device syncing its whole log again. Its reads go to
+/// RocksDB's tables and through them to the device; the core thread serving the `Sync` does
+/// them, so the longest loop turn is how long they held that core.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct W5Cold {
+    /// Files of the data directory dropped from the page cache before the sync.
+    pub(crate) files_evicted: u64,
+    /// Message updates received.
+    pub(crate) synced_messages: u64,
+    /// `SyncPage`s.
+    pub(crate) pages: u64,
+    /// First `Sync` to the last page.
+    pub(crate) sync_s: f64,
+    /// Messages caught up per second.
+    pub(crate) messages_per_s: f64,
+    /// The longest a page took, from its `Sync` to its arrival.
+    pub(crate) slowest_page_ms: f64,
+    /// Bytes `ternd` had read from the device during the sync (`/proc/<pid>/io`).
+    pub(crate) device_read_bytes: Option<u64>,
+    /// How long the core threads were busy at a stretch handling what connections read (the
+    /// `Sync`s) during the sync: `ternd`'s `tern_core_frames_microseconds`.
+    pub(crate) reads: Option<Stretches>,
+    /// The same for their loop turns (`tern_core_turn_microseconds`).
+    pub(crate) turns: Option<Stretches>,
+}
+
+/// Stretches of a core thread's time from the difference of two scrapes of one of `ternd`'s
+/// latency histograms.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct Stretches {
+    /// How many.
+    pub(crate) count: u64,
+    /// Of those, the ones longer than 1 ms.
+    pub(crate) over_1ms: u64,
+    /// The upper bound of the histogram bucket holding the longest, in µs (`None` past the last
+    /// bound, 50 ms).
+    pub(crate) longest_at_most_us: Option<u64>,
 }
 
 impl W5Report {
     /// One line for the table.
     pub(crate) fn summary(&self) -> String {
-        format!(
-            "W5 catch-up: {} messages synced in {:.3} s = {:.0} messages/s ({} pages); filled at {:.0} sends/s",
-            self.synced_messages, self.sync_s, self.messages_per_s, self.pages, self.send_per_s
-        )
+        let mut line = format!(
+            "W5 catch-up: {} messages synced in {:.3} s = {:.0} messages/s ({} pages, the slowest {:.1} ms); filled at {:.0} sends/s",
+            self.synced_messages,
+            self.sync_s,
+            self.messages_per_s,
+            self.pages,
+            self.slowest_page_ms,
+            self.send_per_s
+        );
+        if let Some(cold) = self.cold_summary() {
+            line.push('\n');
+            line.push_str(&cold);
+        }
+        line
+    }
+
+    /// The line of the catch-up after a restart, if it ran.
+    fn cold_summary(&self) -> Option<String> {
+        self.cold.as_ref().map(|c| {
+            format!(
+                "W5 after a restart, caches cold: {} messages in {:.3} s = {:.0} messages/s (the slowest page {:.1} ms), {} read from the device, longest handling of a read {}",
+                c.synced_messages,
+                c.sync_s,
+                c.messages_per_s,
+                c.slowest_page_ms,
+                c.device_read_bytes
+                    .map_or("? bytes".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0)),
+                match c.reads {
+                    None => "?".into(),
+                    Some(Stretches {
+                        longest_at_most_us: None,
+                        ..
+                    }) => "over 50 ms".into(),
+                    Some(Stretches {
+                        longest_at_most_us: Some(us),
+                        ..
+                    }) => format!("≤ {:.1} ms", us as f64 / 1000.0),
+                },
+            )
+        })
     }
 }
 
@@ -172,21 +256,59 @@ pub(crate) async fn run(args: &RunArgs, addr: SocketAddr, prefix: &str) -> io::R
         eprintln!("  filled the log: {sent} messages in {:.2} s", send_secs);
     }
 
+    let synced = sync_all(addr, receiver.token).await?;
+    r.pages = synced.pages;
+    r.synced_updates = synced.updates;
+    r.synced_messages = synced.messages;
+    r.sync_s = round_ms(synced.secs);
+    r.messages_per_s = per_sec(r.synced_messages, synced.secs);
+    r.slowest_page_ms = round_ms(synced.slowest_page_secs * 1000.0);
+    r.receiver_token = receiver.token;
+    r.completed = errors == 0 && sent == args.catchup as u64;
+    r.delivered_equals_sent = r.synced_messages == sent;
+    if !args.quiet {
+        eprintln!("  {}", r.summary());
+    }
+    Ok(r)
+}
+
+/// What one device's catch-up received.
+struct Synced {
+    pages: u64,
+    updates: u64,
+    messages: u64,
+    secs: f64,
+    /// The longest a page took, from its `Sync` to its arrival, in seconds.
+    slowest_page_secs: f64,
+}
+
+/// Resumes the device of `token` and syncs its whole log from the start, acknowledging each page
+/// as a client does.
+async fn sync_all(addr: SocketAddr, token: [u8; 32]) -> io::Result<Synced> {
     let (mut c, _) = SetupConn::open(addr, None).await?;
-    c.resume(receiver.token).await?;
+    c.resume(token).await?;
     let start = now_ns();
+    let mut s = Synced {
+        pages: 0,
+        updates: 0,
+        messages: 0,
+        secs: 0.0,
+        slowest_page_secs: 0.0,
+    };
     let mut since = 0u64;
     loop {
+        let asked = now_ns();
         let reply = c.rpc(Sync { since, limit: 0 }).await?;
+        s.slowest_page_secs = s.slowest_page_secs.max((now_ns() - asked) as f64 / 1e9);
         let Body::SyncPage(SyncPage {
             updates, has_more, ..
         }) = reply
         else {
             return Err(io::Error::other(format!("Sync answered {reply:?}")));
         };
-        r.pages += 1;
-        r.synced_updates += updates.len() as u64;
-        r.synced_messages += updates
+        s.pages += 1;
+        s.updates += updates.len() as u64;
+        s.messages += updates
             .iter()
             .filter(|u| matches!(u.kind, UpdateKind::Message(_)))
             .count() as u64;
@@ -198,13 +320,129 @@ pub(crate) async fn run(args: &RunArgs, addr: SocketAddr, prefix: &str) -> io::R
             break;
         }
     }
-    let sync_secs = (now_ns() - start) as f64 / 1e9;
-    r.sync_s = round_ms(sync_secs);
-    r.messages_per_s = per_sec(r.synced_messages, sync_secs);
-    r.completed = errors == 0 && sent == args.catchup as u64;
-    r.delivered_equals_sent = r.synced_messages == sent;
-    if !args.quiet {
-        eprintln!("  {}", r.summary());
+    s.secs = (now_ns() - start) as f64 / 1e9;
+    Ok(s)
+}
+
+/// W5's catch-up again on `server`, restarted with cold caches (see [`W5Cold`]). The server's
+/// addresses change with the restart.
+pub(crate) async fn cold(
+    args: &RunArgs,
+    server: &mut Spawned,
+    w5: &mut W5Report,
+) -> io::Result<()> {
+    server.restart()?;
+    let files_evicted = server.evict_data_from_page_cache()?;
+    let pid = server.pid();
+    let before = scrape_stretches(server.metrics).await;
+    let read_before = device_read_bytes(pid);
+    let synced = sync_all(server.addr, w5.receiver_token).await?;
+    let read_after = device_read_bytes(pid);
+    let after = scrape_stretches(server.metrics).await;
+    let stretches = |i: usize| {
+        before
+            .as_ref()
+            .zip(after.as_ref())
+            .and_then(|(b, a)| stretches(&b[i], &a[i]))
+    };
+    let cold = W5Cold {
+        files_evicted,
+        synced_messages: synced.messages,
+        pages: synced.pages,
+        sync_s: round_ms(synced.secs),
+        messages_per_s: per_sec(synced.messages, synced.secs),
+        slowest_page_ms: round_ms(synced.slowest_page_secs * 1000.0),
+        device_read_bytes: read_before
+            .zip(read_after)
+            .map(|(b, a)| a.saturating_sub(b)),
+        reads: stretches(0),
+        turns: stretches(1),
+    };
+    w5.delivered_equals_sent &= cold.synced_messages == w5.sent;
+    w5.cold = Some(cold);
+    if let (false, Some(line)) = (args.quiet, w5.cold_summary()) {
+        eprintln!("  {line}");
     }
-    Ok(r)
+    Ok(())
+}
+
+/// `ternd`'s histograms of the frames of one read and of loop turns, in that order.
+async fn scrape_stretches(metrics: Option<SocketAddr>) -> Option<[Vec<(f64, f64)>; 2]> {
+    let metrics = metrics?;
+    Some([
+        scrape_histogram(metrics, "tern_core_frames_microseconds").await?,
+        scrape_histogram(metrics, "tern_core_turn_microseconds").await?,
+    ])
+}
+
+/// The stretches between two scrapes of a cumulative latency histogram in µs.
+fn stretches(before: &[(f64, f64)], after: &[(f64, f64)]) -> Option<Stretches> {
+    let delta: Vec<(f64, u64)> = after
+        .iter()
+        .map(|&(bound, count)| {
+            let was = before
+                .iter()
+                .find(|(b, _)| *b == bound)
+                .map_or(0.0, |(_, c)| *c);
+            (bound, (count - was).max(0.0) as u64)
+        })
+        .collect();
+    let count = delta.last()?.1;
+    let within_1ms = delta
+        .iter()
+        .find(|(bound, _)| *bound == 1000.0)
+        .map_or(0, |(_, c)| *c);
+    let longest_at_most_us = delta
+        .iter()
+        .find(|(_, c)| *c == count)
+        .map(|(bound, _)| *bound)
+        .filter(|bound| bound.is_finite())
+        .map(|bound| bound as u64);
+    Some(Stretches {
+        count,
+        over_1ms: count - within_1ms,
+        longest_at_most_us,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{stretches, Stretches};
+
+    #[test]
+    fn stretches_come_from_the_difference_of_two_scrapes() {
+        let before = [
+            (500.0, 10.0),
+            (1000.0, 10.0),
+            (2500.0, 12.0),
+            (f64::INFINITY, 12.0),
+        ];
+        let after = [
+            (500.0, 15.0),
+            (1000.0, 18.0),
+            (2500.0, 21.0),
+            (f64::INFINITY, 21.0),
+        ];
+        // 9 stretches: 5 up to 500 µs, 3 up to 1 ms, 1 up to 2.5 ms.
+        let expected = Stretches {
+            count: 9,
+            over_1ms: 1,
+            longest_at_most_us: Some(2500),
+        };
+        assert_eq!(stretches(&before, &after), Some(expected));
+        // One more past the last bound.
+        let past = [
+            (500.0, 15.0),
+            (1000.0, 18.0),
+            (2500.0, 21.0),
+            (f64::INFINITY, 22.0),
+        ];
+        let expected = Stretches {
+            count: 10,
+            over_1ms: 2,
+            longest_at_most_us: None,
+        };
+        assert_eq!(stretches(&before, &past), Some(expected));
+        assert_eq!(stretches(&before, &[]), None);
+    }
 }

@@ -19,7 +19,9 @@ pub(crate) struct Spawned {
     pub(crate) metrics: Option<SocketAddr>,
     /// The WebSocket address, when the server has one.
     pub(crate) ws: Option<SocketAddr>,
-    _data: Option<tempfile::TempDir>,
+    data: Option<tempfile::TempDir>,
+    /// For a `ternd`: the binary and its extra flags, to start it again on the same data.
+    ternd: Option<(PathBuf, Vec<String>)>,
 }
 
 impl Spawned {
@@ -28,7 +30,11 @@ impl Spawned {
         self.child.id()
     }
 
-    fn start(mut cmd: Command, data: Option<tempfile::TempDir>) -> io::Result<Spawned> {
+    fn start(
+        mut cmd: Command,
+        data: Option<tempfile::TempDir>,
+        ternd: Option<(PathBuf, Vec<String>)>,
+    ) -> io::Result<Spawned> {
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -56,24 +62,56 @@ impl Spawned {
             metrics: field("metrics="),
             ws: field("ws="),
             child,
-            _data: data,
+            data,
+            ternd,
         })
     }
 
     /// Starts `ternd` on a fresh temporary data directory with these extra flags.
     pub(crate) fn ternd(path: &Path, flags: &[String]) -> io::Result<Spawned> {
         let data = tempfile::Builder::new().prefix("tern-bench-").tempdir()?;
-        let mut cmd = Command::new(path);
-        cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-            .args(["--ws-listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(data.path())
-            .args(flags)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            );
-        Spawned::start(cmd, Some(data))
+        let cmd = ternd_command(path, flags, data.path());
+        Spawned::start(cmd, Some(data), Some((path.to_owned(), flags.to_vec())))
+    }
+
+    /// Kills a `ternd` started here (SIGKILL, as a crash) and starts it again on the same data
+    /// directory and flags; it listens on new ports.
+    pub(crate) fn restart(&mut self) -> io::Result<()> {
+        let (Some(ternd), Some(data)) = (self.ternd.take(), self.data.take()) else {
+            return Err(io::Error::other(
+                "only a ternd started here can be restarted",
+            ));
+        };
+        self.stop();
+        let cmd = ternd_command(&ternd.0, &ternd.1, data.path());
+        *self = Spawned::start(cmd, Some(data), Some(ternd))?;
+        Ok(())
+    }
+
+    /// Writes back and then drops from the kernel's page cache every file of the data directory,
+    /// so that what the server reads next comes from the device. Returns the files dropped.
+    pub(crate) fn evict_data_from_page_cache(&self) -> io::Result<u64> {
+        let Some(data) = &self.data else {
+            return Ok(0);
+        };
+        let mut files = 0;
+        let mut dirs = vec![data.path().to_owned()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir)? {
+                let entry = entry?;
+                let kind = entry.file_type()?;
+                if kind.is_dir() {
+                    dirs.push(entry.path());
+                } else if kind.is_file() {
+                    let file = std::fs::File::open(entry.path())?;
+                    // Dirty pages are not dropped: write them back first.
+                    file.sync_all()?;
+                    rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed)?;
+                    files += 1;
+                }
+            }
+        }
+        Ok(files)
     }
 
     /// Starts this executable's null server.
@@ -86,7 +124,7 @@ impl Spawned {
             "--threads",
             &threads.to_string(),
         ]);
-        Spawned::start(cmd, None)
+        Spawned::start(cmd, None, None)
     }
 
     /// Stops the process (SIGKILL) and waits for it.
@@ -100,6 +138,21 @@ impl Drop for Spawned {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The command that runs `ternd` on `data` with these extra flags, on loopback ports of its own.
+fn ternd_command(path: &Path, flags: &[String], data: &Path) -> Command {
+    let mut cmd = Command::new(path);
+    cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--ws-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data)
+        .args(flags)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        );
+    cmd
 }
 
 /// Where `ternd` is: the given path, else next to this executable.
@@ -129,6 +182,14 @@ pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// Bytes a process has had read from storage devices (`read_bytes` of `/proc/<pid>/io`): reads
+/// the page cache answered do not count.
+pub(crate) fn device_read_bytes(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("read_bytes:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// TCP socket figures from `/proc/net/sockstat`: (sockets in use, memory in bytes).
@@ -366,21 +427,7 @@ pub(crate) fn round_ms(x: f64) -> f64 {
 /// The Prometheus text at `http://addr/metrics`, each series summed over its labels (histogram
 /// buckets left out).
 pub(crate) async fn scrape_metrics(addr: SocketAddr) -> Option<BTreeMap<String, f64>> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let fetch = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .await
-            .ok()?;
-        let mut body = Vec::new();
-        s.read_to_end(&mut body).await.ok()?;
-        Some(body)
-    };
-    let body = tokio::time::timeout(std::time::Duration::from_secs(5), fetch)
-        .await
-        .ok()??;
-    let text = String::from_utf8_lossy(&body);
-    let (_, text) = text.split_once("\r\n\r\n")?;
+    let text = metrics_text(addr).await?;
     let mut out = BTreeMap::new();
     for line in text.lines() {
         if line.starts_with('#') || line.is_empty() {
@@ -398,6 +445,61 @@ pub(crate) async fn scrape_metrics(addr: SocketAddr) -> Option<BTreeMap<String, 
         }
     }
     Some(out)
+}
+
+/// The cumulative buckets of the histogram `name` at `http://addr/metrics`, summed over its other
+/// labels: (upper bound, observations at most that), by bound, `+Inf` last as infinity.
+pub(crate) async fn scrape_histogram(addr: SocketAddr, name: &str) -> Option<Vec<(f64, f64)>> {
+    let text = metrics_text(addr).await?;
+    let prefix = format!("{name}_bucket{{");
+    let mut buckets: Vec<(f64, f64)> = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once(' ') else {
+            continue;
+        };
+        let Some(bound) = labels
+            .split("le=\"")
+            .nth(1)
+            .and_then(|b| b.split('"').next())
+        else {
+            continue;
+        };
+        let bound = if bound == "+Inf" {
+            f64::INFINITY
+        } else {
+            bound.parse().ok()?
+        };
+        let count: f64 = value.parse().ok()?;
+        match buckets.iter_mut().find(|(b, _)| *b == bound) {
+            Some((_, c)) => *c += count,
+            None => buckets.push((bound, count)),
+        }
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Some(buckets)
+}
+
+/// The body of `http://addr/metrics`.
+async fn metrics_text(addr: SocketAddr) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await
+            .ok()?;
+        let mut body = Vec::new();
+        s.read_to_end(&mut body).await.ok()?;
+        Some(body)
+    };
+    let body = tokio::time::timeout(std::time::Duration::from_secs(5), fetch)
+        .await
+        .ok()??;
+    let text = String::from_utf8_lossy(&body);
+    let (_, text) = text.split_once("\r\n\r\n")?;
+    Some(text.to_owned())
 }
 
 /// CPU time all CPUs of the machine spent busy (everything but idle and iowait), in seconds, from

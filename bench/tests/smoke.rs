@@ -138,6 +138,12 @@ fn every_workload_completes_and_loses_nothing() {
     assert!(b(w5, "/completed"), "{w5:#}");
     assert!(b(w5, "/delivered_equals_sent"), "{w5:#}");
     assert_eq!(u(w5, "/synced_messages"), 2000);
+    // Again after a restart with the data dropped from the page cache: the same log, read back
+    // from the tables, and the core's stretches counted from its histograms.
+    assert!(u(w5, "/cold/files_evicted") > 0, "{w5:#}");
+    assert_eq!(u(w5, "/cold/synced_messages"), 2000);
+    assert_eq!(u(w5, "/cold/pages"), u(w5, "/pages"));
+    assert!(u(w5, "/cold/reads/count") >= u(w5, "/cold/pages"), "{w5:#}");
 
     assert!(b(&r, "/all_complete"));
 }
