@@ -1645,12 +1645,31 @@ impl Shard {
                     .cloned(),
             );
         }
+        // The messages the page refers to, read together: a read each took most of a page's
+        // time, and a page holds the core while it is built.
+        let mut wanted: Vec<(u64, u64)> = rows
+            .iter()
+            .filter_map(|(_, record)| match *record {
+                UpdateRecord::Message {
+                    conversation_id,
+                    seq,
+                    ..
+                } => Some((conversation_id, seq)),
+                _ => None,
+            })
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let messages: HashMap<(u64, u64), Arc<MessageRecord>> = wanted
+            .iter()
+            .zip(self.store.messages_at(&wanted)?)
+            .filter_map(|(key, message)| Some((*key, Arc::new(message?))))
+            .collect();
         let mut updates = Vec::with_capacity(rows.len());
         let mut bytes = 0;
         let mut last = sync.since;
         for (user_seq, record) in &rows {
-            let Some((update, size)) =
-                self.materialize_record(*user_seq, record, &HashMap::default())?
+            let Some((update, size)) = self.materialize_record(*user_seq, record, &messages)?
             else {
                 // Unreadable entries are skipped (and logged), never allowed to stall the cursor.
                 last = *user_seq;

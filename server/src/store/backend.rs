@@ -55,6 +55,16 @@ pub(crate) trait Backend: Send + Sync {
     /// The value of `key` in `cf`.
     fn get(&self, cf: &'static str, key: &[u8]) -> Result<Option<Slice<'_>>, StoreError>;
 
+    /// The values of `keys` in `cf`, in the order given; `keys` are sorted and distinct. Read
+    /// together, which can cost less than a `get` each; by default they are read one by one.
+    fn multi_get(
+        &self,
+        cf: &'static str,
+        keys: &[&[u8]],
+    ) -> Result<Vec<Option<Slice<'_>>>, StoreError> {
+        keys.iter().map(|key| self.get(cf, key)).collect()
+    }
+
     /// Pairs of `cf` whose keys start with `prefix` and are at or after `from`, ascending, at most
     /// `limit` (and at most [`RANGE_READ_MAX`]).
     fn scan(

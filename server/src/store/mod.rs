@@ -147,6 +147,10 @@ pub(crate) type DuePushJob = ((u64, u64), PushJobRecord);
 /// Most records one range read returns; callers page past it.
 pub(crate) const RANGE_READ_MAX: usize = 1000;
 
+/// Pairs of an update log [`Store::updates_after`] reads first; each further read takes four
+/// times as many, up to the entries still wanted.
+const UPDATE_PAIRS_FIRST: usize = 8;
+
 /// A storage failure.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
@@ -401,6 +405,27 @@ impl Store {
         self.get_record(CF_MESSAGES, &keys::pair(conversation_id, seq))
     }
 
+    /// The messages at `keys` (conversation, seq), sorted and distinct, read together; in their
+    /// order.
+    pub(crate) fn messages_at(
+        &self,
+        keys: &[(u64, u64)],
+    ) -> Result<Vec<Option<MessageRecord>>, StoreError> {
+        let keys: Vec<[u8; 16]> = keys
+            .iter()
+            .map(|&(conversation_id, seq)| keys::pair(conversation_id, seq))
+            .collect();
+        let keys: Vec<&[u8]> = keys.iter().map(|key| &key[..]).collect();
+        let values = match &self.overlay {
+            Some(overlay) => overlay.get_many(&*self.backend, CF_MESSAGES, &keys)?,
+            None => self.backend.multi_get(CF_MESSAGES, &keys)?,
+        };
+        values
+            .into_iter()
+            .map(|value| value.map(|v| decode::<MessageRecord>(&v)).transpose())
+            .collect()
+    }
+
     /// Messages with `seq < before`, the newest `limit` of them, in ascending order.
     pub(crate) fn messages_before(
         &self,
@@ -454,7 +479,7 @@ impl Store {
         let prefix = keys::user(user_id);
         let start = keys::pair(user_id, from);
         let mut out = Vec::new();
-        let mut take = |key: &[u8], value: &[u8]| {
+        let take = |out: &mut Vec<(u64, UpdateRecord)>, key: &[u8], value: &[u8]| {
             runs::for_each_entry(key, value, |seq, entry| {
                 if seq >= from && out.len() < limit {
                     out.push((seq, decode::<UpdateRecord>(entry)?));
@@ -463,22 +488,35 @@ impl Store {
             })?;
             Ok::<_, StoreError>(out.len() < limit)
         };
-        // Every pair holds at least one entry, so `limit` pairs are enough.
-        let rows = self.scan(CF_UPDATES, &prefix, &start, limit)?;
+        // Pairs are read a few at a time, more each time: a pair may be a run of hundreds of
+        // entries, and reading as many pairs as entries wanted (which is always enough) copied
+        // a hundred times what a page of a log written in long runs needed.
+        let mut pairs = UPDATE_PAIRS_FIRST.min(limit);
+        let mut rows = self.scan(CF_UPDATES, &prefix, &start, pairs)?;
         // Unless a pair starts at `from`, the pair before it may be a run that reaches past it.
         if rows.first().is_none_or(|(key, _)| key[..] != start[..]) {
             for (key, value) in self.scan_back(CF_UPDATES, &prefix, &start, 1)? {
-                if value.first() == Some(&runs::RUN_MARK) && !take(&key, &value)? {
+                if value.first() == Some(&runs::RUN_MARK) && !take(&mut out, &key, &value)? {
                     return Ok(out);
                 }
             }
         }
-        for (key, value) in rows {
-            if !take(&key, &value)? {
-                break;
+        loop {
+            let complete = rows.len() < pairs;
+            let mut next = None;
+            for (key, value) in rows {
+                if !take(&mut out, &key, &value)? {
+                    return Ok(out);
+                }
+                next = keys::pair_second(&key).and_then(|seq| seq.checked_add(1));
             }
+            let Some(next) = next.filter(|_| !complete) else {
+                return Ok(out);
+            };
+            // Each pair holds at least one entry.
+            pairs = (pairs * 4).min(limit - out.len());
+            rows = self.scan(CF_UPDATES, &prefix, &keys::pair(user_id, next), pairs)?;
         }
-        Ok(out)
     }
 
     /// The user's newest `user_seq`, 0 when the log is empty.
@@ -1608,6 +1646,45 @@ mod tests {
                     Store::open(dir.path(), false, 1000, UPDATE_LOG_MEMTABLE_MIB_DEFAULT).unwrap();
                 store.backend.flush().unwrap();
                 check(&store);
+            }
+        }
+    }
+
+    // Proves a log of many pairs (runs of 1 to 4 entries, beside another user's) reads the same
+    // from any `user_seq` with any limit, across the reads of more pairs each that a page takes.
+    #[test]
+    fn a_log_of_many_pairs_reads_on_past_its_first_pairs() {
+        let entry = |user: u64, seq: u64| UpdateRecord::Message {
+            conversation_id: 9,
+            seq,
+            sender: user,
+        };
+        for (_dir, store) in stores() {
+            let mut expected = Vec::new();
+            let mut next = 1;
+            for commit in 0..60u64 {
+                let mut batch = store.batch();
+                for seq in next..next + 1 + commit % 4 {
+                    batch.put_update(2, seq, &entry(2, seq)).unwrap();
+                    batch.put_update(3, seq, &entry(3, seq)).unwrap();
+                    expected.push((seq, entry(2, seq)));
+                }
+                batch.sort();
+                store.commit(batch).unwrap();
+                next = expected.len() as u64 + 1;
+            }
+            let head = next - 1;
+            for since in (0..=head).step_by(7).chain([head - 1, head]) {
+                for limit in [1, 8, 9, 40, 41, 150, 1000] {
+                    let got = store.updates_after(2, since, limit).unwrap();
+                    let want: Vec<_> = expected
+                        .iter()
+                        .filter(|(seq, _)| *seq > since)
+                        .take(limit)
+                        .cloned()
+                        .collect();
+                    assert_eq!(got, want, "since {since} limit {limit}");
+                }
             }
         }
     }

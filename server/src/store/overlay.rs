@@ -98,6 +98,38 @@ impl Overlay {
         backend.get(cf, key)
     }
 
+    /// [`Overlay::get`] for many keys of `cf`, sorted and distinct: those no staged batch wrote
+    /// are read from `backend` together.
+    pub(crate) fn get_many<'a>(
+        &self,
+        backend: &'a dyn Backend,
+        cf: &'static str,
+        keys: &[&[u8]],
+    ) -> Result<Vec<Option<Slice<'a>>>, StoreError> {
+        let mut out: Vec<Option<Option<Slice<'a>>>> = Vec::with_capacity(keys.len());
+        {
+            let staged = self.lock();
+            for key in keys {
+                out.push(staged.iter().rev().find_map(|(_, batch)| {
+                    batch
+                        .lookup(cf, key)
+                        .map(|write| write.map(|v| Slice::Shared(Arc::from(v))))
+                }));
+            }
+        }
+        let unstaged: Vec<&[u8]> = keys
+            .iter()
+            .zip(&out)
+            .filter(|(_, staged)| staged.is_none())
+            .map(|(key, _)| *key)
+            .collect();
+        let mut read = backend.multi_get(cf, &unstaged)?.into_iter();
+        Ok(out
+            .into_iter()
+            .map(|staged| staged.unwrap_or_else(|| read.next().flatten()))
+            .collect())
+    }
+
     /// The staged writes to keys of `cf` in `[lo, hi)`, newest winning.
     fn view(&self, cf: &'static str, lo: &[u8], hi: &[u8]) -> Option<RangeView> {
         let staged = self.lock();

@@ -131,6 +131,20 @@ impl Backend for RocksBackend {
             .map(Slice::Pinned))
     }
 
+    fn multi_get(
+        &self,
+        cf: &'static str,
+        keys: &[&[u8]],
+    ) -> Result<Vec<Option<Slice<'_>>>, StoreError> {
+        // Sorted keys let RocksDB take its view of the family once for them all and search each
+        // memtable and table file once for the keys that fall in it.
+        self.db
+            .batched_multi_get_cf_opt(self.cf(cf), keys.iter().copied(), true, &self.point_read)
+            .into_iter()
+            .map(|value| Ok(value?.map(Slice::Pinned)))
+            .collect()
+    }
+
     fn scan(
         &self,
         cf: &'static str,
