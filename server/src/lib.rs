@@ -137,6 +137,15 @@
 //!   The simulator checks that whatever a device was shown under a `user_seq` is what the log
 //!   holds there in the end, or `Skipped`; without the restaging or without the `Skipped` fill,
 //!   seeds fail.
+//! - **Reads that go to disk are done on the core, in pages that stay short.** A request that
+//!   reads the store (`Sync`, `History`) is handled as its connection reads it, between loop
+//!   turns; `tern_core_frames_microseconds` shows how long that holds the core. Measured by W5
+//!   after a restart with the data dropped from the page cache (`bench/README.md`), a page of
+//!   1,000 updates holds it about 2 ms, the slowest 4–9 ms. That is because a page reads the
+//!   log a few pairs at a time (a pair is often a run of a hundred entries; reading as many
+//!   pairs as entries wanted copied up to a hundred times what the page kept) and the messages
+//!   it refers to with one sorted multi-get: the slowest cold page took 12–13 ms before, and
+//!   pages took half as long again on average (`bench/RESULTS.md`).
 //! - **The simulator is the main test of this logic** (`sim.rs`): the same core code, all shards
 //!   in one thread, faults on a seeded schedule; it found the ordering and checkpoint bugs that the
 //!   real-socket tests had not, and each is fixed.
