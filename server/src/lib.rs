@@ -145,7 +145,9 @@
 //!   log a few pairs at a time (a pair is often a run of a hundred entries; reading as many
 //!   pairs as entries wanted copied up to a hundred times what the page kept) and the messages
 //!   it refers to with one sorted multi-get: the slowest cold page took 12–13 ms before, and
-//!   pages took half as long again on average (`bench/RESULTS.md`).
+//!   pages took half as long again on average (`bench/RESULTS.md`). A `Download` reads an
+//!   upload's chunks the same way: reading a thousand at a time, each 256 KiB download copied
+//!   the rest of the upload, and W6's downloads ran at a ninth of their speed now.
 //! - **The simulator is the main test of this logic** (`sim.rs`): the same core code, all shards
 //!   in one thread, faults on a seeded schedule; it found the ordering and checkpoint bugs that the
 //!   real-socket tests had not, and each is fixed.
