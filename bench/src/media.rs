@@ -135,28 +135,31 @@ async fn download_loop(
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> io::Result<(u64, bool)> {
     let (mut total, mut intact) = (0u64, true);
-    let mut pass = Vec::with_capacity(size as usize);
     // Bounded: at most 1,000 passes, and the chat ends the loop long before.
     for _ in 0..1_000 {
-        pass.clear();
-        while (pass.len() as u64) < size {
+        // Hashed chunk by chunk: hashing a whole pass at its end held this task's thread for
+        // tens of milliseconds, and the chat's replies waited on it, as if the server were slow.
+        let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut offset = 0u64;
+        while offset < size {
             if stop.load(std::sync::atomic::Ordering::Relaxed) {
                 return Ok((total, intact));
             }
             let request = Download {
                 media_id,
-                offset: pass.len() as u64,
+                offset,
                 length: chunk,
             };
             match c.rpc(request).await? {
                 Body::MediaData(d) if !d.data.is_empty() => {
                     total += d.data.len() as u64;
-                    pass.extend_from_slice(&d.data);
+                    offset += d.data.len() as u64;
+                    hash.update(&d.data);
                 }
                 other => return Err(unexpected("Download", &other)),
             }
         }
-        intact &= sha256(&pass) == digest;
+        intact &= offset == size && hash.finish().as_ref() == digest;
     }
     Ok((total, intact))
 }
