@@ -33,18 +33,9 @@ pub(crate) struct W5Report {
     pub(crate) send_s: f64,
     /// Sends per second while filling the log.
     pub(crate) send_per_s: f64,
-    /// Message updates the device received by syncing.
-    pub(crate) synced_messages: u64,
-    /// All updates it received.
-    pub(crate) synced_updates: u64,
-    /// `SyncPage`s.
-    pub(crate) pages: u64,
-    /// First `Sync` to the last page.
-    pub(crate) sync_s: f64,
-    /// Messages caught up per second.
-    pub(crate) messages_per_s: f64,
-    /// The longest a page took, from its `Sync` to its arrival.
-    pub(crate) slowest_page_ms: f64,
+    /// The device's sync.
+    #[serde(flatten)]
+    pub(crate) sync: Catchup,
     /// Every send answered without error and the sync ended.
     pub(crate) completed: bool,
     /// Synced messages equal sent ones.
@@ -57,16 +48,13 @@ pub(crate) struct W5Report {
     pub(crate) receiver_token: [u8; 32],
 }
 
-/// W5 after a restart: the server killed and started again on its data, the data directory's
-/// files dropped from the page cache, and the device syncing its whole log again. Its reads go to
-/// RocksDB's tables and through them to the device; the core thread serving the `Sync` does
-/// them, so the longest loop turn is how long they held that core.
+/// What one sync of the device's whole log received and took.
 #[derive(Debug, Default, Serialize)]
-pub(crate) struct W5Cold {
-    /// Files of the data directory dropped from the page cache before the sync.
-    pub(crate) files_evicted: u64,
+pub(crate) struct Catchup {
     /// Message updates received.
     pub(crate) synced_messages: u64,
+    /// All updates received.
+    pub(crate) synced_updates: u64,
     /// `SyncPage`s.
     pub(crate) pages: u64,
     /// First `Sync` to the last page.
@@ -75,6 +63,19 @@ pub(crate) struct W5Cold {
     pub(crate) messages_per_s: f64,
     /// The longest a page took, from its `Sync` to its arrival.
     pub(crate) slowest_page_ms: f64,
+}
+
+/// W5 after a restart: the server killed and started again on its data, the data directory's
+/// files dropped from the page cache, and the device syncing its whole log again. Its reads go to
+/// RocksDB's tables and through them to the device, on the core thread that handles the `Sync`,
+/// so how long a read's frames held a core is how long those reads stalled it.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct W5Cold {
+    /// Files of the data directory dropped from the page cache before the sync.
+    pub(crate) files_evicted: u64,
+    /// The device's sync.
+    #[serde(flatten)]
+    pub(crate) sync: Catchup,
     /// Bytes `ternd` had read from the device during the sync (`/proc/<pid>/io`).
     pub(crate) device_read_bytes: Option<u64>,
     /// How long the core threads were busy at a stretch handling what connections read (the
@@ -102,11 +103,11 @@ impl W5Report {
     pub(crate) fn summary(&self) -> String {
         let mut line = format!(
             "W5 catch-up: {} messages synced in {:.3} s = {:.0} messages/s ({} pages, the slowest {:.1} ms); filled at {:.0} sends/s",
-            self.synced_messages,
-            self.sync_s,
-            self.messages_per_s,
-            self.pages,
-            self.slowest_page_ms,
+            self.sync.synced_messages,
+            self.sync.sync_s,
+            self.sync.messages_per_s,
+            self.sync.pages,
+            self.sync.slowest_page_ms,
             self.send_per_s
         );
         if let Some(cold) = self.cold_summary() {
@@ -121,10 +122,10 @@ impl W5Report {
         self.cold.as_ref().map(|c| {
             format!(
                 "W5 after a restart, caches cold: {} messages in {:.3} s = {:.0} messages/s (the slowest page {:.1} ms), {} read from the device, longest handling of a read {}",
-                c.synced_messages,
-                c.sync_s,
-                c.messages_per_s,
-                c.slowest_page_ms,
+                c.sync.synced_messages,
+                c.sync.sync_s,
+                c.sync.messages_per_s,
+                c.sync.slowest_page_ms,
                 c.device_read_bytes
                     .map_or("? bytes".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0)),
                 match c.reads {
@@ -256,50 +257,29 @@ pub(crate) async fn run(args: &RunArgs, addr: SocketAddr, prefix: &str) -> io::R
         eprintln!("  filled the log: {sent} messages in {:.2} s", send_secs);
     }
 
-    let synced = sync_all(addr, receiver.token).await?;
-    r.pages = synced.pages;
-    r.synced_updates = synced.updates;
-    r.synced_messages = synced.messages;
-    r.sync_s = round_ms(synced.secs);
-    r.messages_per_s = per_sec(r.synced_messages, synced.secs);
-    r.slowest_page_ms = round_ms(synced.slowest_page_secs * 1000.0);
+    r.sync = sync_all(addr, receiver.token).await?;
     r.receiver_token = receiver.token;
     r.completed = errors == 0 && sent == args.catchup as u64;
-    r.delivered_equals_sent = r.synced_messages == sent;
+    r.delivered_equals_sent = r.sync.synced_messages == sent;
     if !args.quiet {
         eprintln!("  {}", r.summary());
     }
     Ok(r)
 }
 
-/// What one device's catch-up received.
-struct Synced {
-    pages: u64,
-    updates: u64,
-    messages: u64,
-    secs: f64,
-    /// The longest a page took, from its `Sync` to its arrival, in seconds.
-    slowest_page_secs: f64,
-}
-
 /// Resumes the device of `token` and syncs its whole log from the start, acknowledging each page
 /// as a client does.
-async fn sync_all(addr: SocketAddr, token: [u8; 32]) -> io::Result<Synced> {
+async fn sync_all(addr: SocketAddr, token: [u8; 32]) -> io::Result<Catchup> {
     let (mut c, _) = SetupConn::open(addr, None).await?;
     c.resume(token).await?;
     let start = now_ns();
-    let mut s = Synced {
-        pages: 0,
-        updates: 0,
-        messages: 0,
-        secs: 0.0,
-        slowest_page_secs: 0.0,
-    };
+    let mut s = Catchup::default();
+    let mut slowest_ns = 0;
     let mut since = 0u64;
     loop {
         let asked = now_ns();
         let reply = c.rpc(Sync { since, limit: 0 }).await?;
-        s.slowest_page_secs = s.slowest_page_secs.max((now_ns() - asked) as f64 / 1e9);
+        slowest_ns = slowest_ns.max(now_ns() - asked);
         let Body::SyncPage(SyncPage {
             updates, has_more, ..
         }) = reply
@@ -307,8 +287,8 @@ async fn sync_all(addr: SocketAddr, token: [u8; 32]) -> io::Result<Synced> {
             return Err(io::Error::other(format!("Sync answered {reply:?}")));
         };
         s.pages += 1;
-        s.updates += updates.len() as u64;
-        s.messages += updates
+        s.synced_updates += updates.len() as u64;
+        s.synced_messages += updates
             .iter()
             .filter(|u| matches!(u.kind, UpdateKind::Message(_)))
             .count() as u64;
@@ -320,7 +300,10 @@ async fn sync_all(addr: SocketAddr, token: [u8; 32]) -> io::Result<Synced> {
             break;
         }
     }
-    s.secs = (now_ns() - start) as f64 / 1e9;
+    let secs = (now_ns() - start) as f64 / 1e9;
+    s.sync_s = round_ms(secs);
+    s.messages_per_s = per_sec(s.synced_messages, secs);
+    s.slowest_page_ms = round_ms(slowest_ns as f64 / 1e6);
     Ok(s)
 }
 
@@ -336,7 +319,7 @@ pub(crate) async fn cold(
     let pid = server.pid();
     let before = scrape_stretches(server.metrics).await;
     let read_before = device_read_bytes(pid);
-    let synced = sync_all(server.addr, w5.receiver_token).await?;
+    let sync = sync_all(server.addr, w5.receiver_token).await?;
     let read_after = device_read_bytes(pid);
     let after = scrape_stretches(server.metrics).await;
     let stretches = |i: usize| {
@@ -347,18 +330,14 @@ pub(crate) async fn cold(
     };
     let cold = W5Cold {
         files_evicted,
-        synced_messages: synced.messages,
-        pages: synced.pages,
-        sync_s: round_ms(synced.secs),
-        messages_per_s: per_sec(synced.messages, synced.secs),
-        slowest_page_ms: round_ms(synced.slowest_page_secs * 1000.0),
+        sync,
         device_read_bytes: read_before
             .zip(read_after)
             .map(|(b, a)| a.saturating_sub(b)),
         reads: stretches(0),
         turns: stretches(1),
     };
-    w5.delivered_equals_sent &= cold.synced_messages == w5.sent;
+    w5.delivered_equals_sent &= cold.sync.synced_messages == w5.sent;
     w5.cold = Some(cold);
     if let (false, Some(line)) = (args.quiet, w5.cold_summary()) {
         eprintln!("  {line}");

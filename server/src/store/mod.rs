@@ -1588,6 +1588,24 @@ mod tests {
         }
     }
 
+    /// Asserts that user 2's log read after `since`, at most `limit`, is what `expected` holds
+    /// there.
+    fn assert_reads_after(
+        store: &Store,
+        expected: &[(u64, UpdateRecord)],
+        since: u64,
+        limit: usize,
+    ) {
+        let want: Vec<_> = expected
+            .iter()
+            .filter(|(seq, _)| *seq > since)
+            .take(limit)
+            .cloned()
+            .collect();
+        let got = store.updates_after(2, since, limit).unwrap();
+        assert_eq!(got, want, "since {since} limit {limit}");
+    }
+
     // Proves the entries one commit adds to a log are stored as one run and read back entry by
     // entry from any `user_seq`, across runs, single entries and entries still staged, and from
     // the files after a reopen.
@@ -1632,14 +1650,7 @@ mod tests {
             let check = |store: &Store| {
                 for since in 0..=head {
                     for limit in [1, 3, 7, 1000] {
-                        let got = store.updates_after(2, since, limit).unwrap();
-                        let want: Vec<_> = expected
-                            .iter()
-                            .filter(|(seq, _)| *seq > since)
-                            .take(limit)
-                            .cloned()
-                            .collect();
-                        assert_eq!(got, want, "since {since} limit {limit}");
+                        assert_reads_after(store, &expected, since, limit);
                     }
                 }
                 assert_eq!(store.last_user_seq(2).unwrap(), head);
@@ -1685,14 +1696,7 @@ mod tests {
             let head = next - 1;
             for since in (0..=head).step_by(7).chain([head - 1, head]) {
                 for limit in [1, 8, 9, 40, 41, 150, 1000] {
-                    let got = store.updates_after(2, since, limit).unwrap();
-                    let want: Vec<_> = expected
-                        .iter()
-                        .filter(|(seq, _)| *seq > since)
-                        .take(limit)
-                        .cloned()
-                        .collect();
-                    assert_eq!(got, want, "since {since} limit {limit}");
+                    assert_reads_after(&store, &expected, since, limit);
                 }
             }
         }
