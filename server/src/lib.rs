@@ -141,7 +141,7 @@
 //!   reads the store (`Sync`, `History`) is handled as its connection reads it, between loop
 //!   turns; `tern_core_frames_microseconds` shows how long that holds the core. Measured by W5
 //!   after a restart with the data dropped from the page cache (`bench/README.md`), a page of
-//!   1,000 updates holds it about 2 ms, the slowest 4–9 ms. That is because a page reads the
+//!   1,000 updates holds it about 2 ms, the slowest 4–11 ms. That is because a page reads the
 //!   log a few pairs at a time (a pair is often a run of a hundred entries; reading as many
 //!   pairs as entries wanted copied up to a hundred times what the page kept) and the messages
 //!   it refers to with one sorted multi-get: the slowest cold page took 12–13 ms before, and
