@@ -73,6 +73,8 @@ pub(crate) struct Catchup {
 pub(crate) struct W5Cold {
     /// Files of the data directory dropped from the page cache before the sync.
     pub(crate) files_evicted: u64,
+    /// The device's connection and `Resume` before the sync, to its `Authenticated`.
+    pub(crate) resume_ms: f64,
     /// The device's sync.
     #[serde(flatten)]
     pub(crate) sync: Catchup,
@@ -323,7 +325,9 @@ pub(crate) async fn cold(
     let pid = server.pid();
     // The window holds the sync alone: a `Resume` after a restart loads the user from cold
     // storage too, but it is not what is measured here.
+    let asked = now_ns();
     let mut c = resume(server.addr, w5.receiver_token).await?;
+    let resume_ms = round_ms((now_ns() - asked) as f64 / 1e6);
     let before = scrape_stretches(server.metrics).await;
     let read_before = device_read_bytes(pid);
     let sync = sync_all(&mut c).await?;
@@ -337,6 +341,7 @@ pub(crate) async fn cold(
     };
     let cold = W5Cold {
         files_evicted,
+        resume_ms,
         sync,
         device_read_bytes: read_before
             .zip(read_after)
