@@ -46,6 +46,9 @@ pub(crate) struct W5Report {
     /// The device that caught up: its resume token.
     #[serde(skip)]
     pub(crate) receiver_token: [u8; 32],
+    /// A sender's resume token.
+    #[serde(skip)]
+    pub(crate) sender_token: [u8; 32],
 }
 
 /// What one sync of the device's whole log received and took.
@@ -73,8 +76,11 @@ pub(crate) struct Catchup {
 pub(crate) struct W5Cold {
     /// Files of the data directory dropped from the page cache before the sync.
     pub(crate) files_evicted: u64,
-    /// The device's connection and `Resume` before the sync, to its `Authenticated`.
+    /// The device's connection and `Resume` before the sync, to its `Authenticated`: the first
+    /// request after the restart.
     pub(crate) resume_ms: f64,
+    /// The same for a sender's device right after it.
+    pub(crate) second_resume_ms: f64,
     /// The device's sync.
     #[serde(flatten)]
     pub(crate) sync: Catchup,
@@ -261,6 +267,7 @@ pub(crate) async fn run(args: &RunArgs, addr: SocketAddr, prefix: &str) -> io::R
 
     r.sync = sync_all(&mut resume(addr, receiver.token).await?).await?;
     r.receiver_token = receiver.token;
+    r.sender_token = senders_acc.first().map_or([0; 32], |a| a.token);
     r.completed = errors == 0 && sent == args.catchup as u64;
     r.delivered_equals_sent = r.sync.synced_messages == sent;
     if !args.quiet {
@@ -328,6 +335,9 @@ pub(crate) async fn cold(
     let asked = now_ns();
     let mut c = resume(server.addr, w5.receiver_token).await?;
     let resume_ms = round_ms((now_ns() - asked) as f64 / 1e6);
+    let asked = now_ns();
+    drop(resume(server.addr, w5.sender_token).await?);
+    let second_resume_ms = round_ms((now_ns() - asked) as f64 / 1e6);
     let before = scrape_stretches(server.metrics).await;
     let read_before = device_read_bytes(pid);
     let sync = sync_all(&mut c).await?;
@@ -342,6 +352,7 @@ pub(crate) async fn cold(
     let cold = W5Cold {
         files_evicted,
         resume_ms,
+        second_resume_ms,
         sync,
         device_read_bytes: read_before
             .zip(read_after)
