@@ -1198,11 +1198,18 @@ impl Shard {
 
     /// A member's fan-out watermark for a conversation: the highest seq of it in the log. Read
     /// back as the checkpoint's, raised by the log entries after the `user_seq` it covers.
+    ///
+    /// That read-back yields the watermarks of every conversation in those entries, and all of
+    /// them not cached yet are: after a restart, recovery's deliveries asked for a member's
+    /// conversations one by one, and each read the member's log back from its checkpoint (a
+    /// hundred thousand entries in W5), holding the core for tens of milliseconds each time.
     fn fanout_mark(&mut self, user_id: u64, conversation_id: u64) -> Result<u64, StoreError> {
         if let Some(mark) = self.chat.marks.get(&(user_id, conversation_id)) {
             return Ok(*mark);
         }
-        let mut mark = self.store.fanout_mark(user_id, conversation_id)?;
+        // The highest seq of each conversation in the log after the checkpoint.
+        let mut highest: BTreeMap<u64, u64> = BTreeMap::new();
+        highest.insert(conversation_id, 0);
         let mut cursor = self.store.marks_upto(user_id)?;
         loop {
             let rows = self.store.updates_after(user_id, cursor, RANGE_READ_MAX)?;
@@ -1214,9 +1221,8 @@ impl Shard {
                     ..
                 } = *record
                 {
-                    if c == conversation_id {
-                        mark = mark.max(seq);
-                    }
+                    let entry = highest.entry(c).or_insert(0);
+                    *entry = (*entry).max(seq);
                 }
             }
             cursor = last;
@@ -1224,8 +1230,19 @@ impl Shard {
                 break;
             }
         }
-        self.chat.marks.insert((user_id, conversation_id), mark);
-        Ok(mark)
+        let mut requested = 0;
+        for (c, seq) in highest {
+            // A cached watermark is kept up to date as the log grows: it stays.
+            if self.chat.marks.contains_key(&(user_id, c)) {
+                continue;
+            }
+            let mark = self.store.fanout_mark(user_id, c)?.max(seq);
+            self.chat.marks.insert((user_id, c), mark);
+            if c == conversation_id {
+                requested = mark;
+            }
+        }
+        Ok(requested)
     }
 
     /// On the members' core: appends the message to each member's log unless it is there
