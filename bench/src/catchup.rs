@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 use crate::conn::{SetupConn, RPC_TIMEOUT};
 use crate::stats::{now_ns, per_sec};
 use crate::storm::register_users;
-use crate::target::{device_read_bytes, round_ms, scrape_histogram, Spawned};
+use crate::target::{device_read_bytes, histogram_buckets, metrics_text, round_ms, Spawned};
 use crate::RunArgs;
 
 /// W5's report.
@@ -330,8 +330,8 @@ pub(crate) async fn cold(
     server.restart()?;
     let files_evicted = server.evict_data_from_page_cache()?;
     let pid = server.pid();
-    // The window holds the sync alone: a `Resume` after a restart loads the user from cold
-    // storage too, but it is not what is measured here.
+    // The resumes are timed on their own; the histograms' and the device's window holds the
+    // sync alone.
     let asked = now_ns();
     let mut c = resume(server.addr, w5.receiver_token).await?;
     let resume_ms = round_ms((now_ns() - asked) as f64 / 1e6);
@@ -368,12 +368,13 @@ pub(crate) async fn cold(
     Ok(())
 }
 
-/// `ternd`'s histograms of the frames of one read and of loop turns, in that order.
+/// `ternd`'s histograms of the frames of one read and of loop turns, in that order, from one
+/// scrape.
 async fn scrape_stretches(metrics: Option<SocketAddr>) -> Option<[Vec<(f64, f64)>; 2]> {
-    let metrics = metrics?;
+    let text = metrics_text(metrics?).await?;
     Some([
-        scrape_histogram(metrics, "tern_core_frames_microseconds").await?,
-        scrape_histogram(metrics, "tern_core_turn_microseconds").await?,
+        histogram_buckets(&text, "tern_core_frames_microseconds")?,
+        histogram_buckets(&text, "tern_core_turn_microseconds")?,
     ])
 }
 
@@ -413,18 +414,15 @@ mod tests {
 
     #[test]
     fn stretches_come_from_the_difference_of_two_scrapes() {
-        let before = [
-            (500.0, 10.0),
-            (1000.0, 10.0),
-            (2500.0, 12.0),
-            (f64::INFINITY, 12.0),
-        ];
-        let after = [
-            (500.0, 15.0),
-            (1000.0, 18.0),
-            (2500.0, 21.0),
-            (f64::INFINITY, 21.0),
-        ];
+        // Cumulative counts at the bounds 500 µs, 1 ms, 2.5 ms and past the last.
+        let scrape = |counts: [f64; 4]| -> Vec<(f64, f64)> {
+            [500.0, 1000.0, 2500.0, f64::INFINITY]
+                .into_iter()
+                .zip(counts)
+                .collect()
+        };
+        let before = scrape([10.0, 10.0, 12.0, 12.0]);
+        let after = scrape([15.0, 18.0, 21.0, 21.0]);
         // 9 stretches: 5 up to 500 µs, 3 up to 1 ms, 1 up to 2.5 ms.
         let expected = Stretches {
             count: 9,
@@ -433,12 +431,7 @@ mod tests {
         };
         assert_eq!(stretches(&before, &after), Some(expected));
         // One more past the last bound.
-        let past = [
-            (500.0, 15.0),
-            (1000.0, 18.0),
-            (2500.0, 21.0),
-            (f64::INFINITY, 22.0),
-        ];
+        let past = scrape([15.0, 18.0, 21.0, 22.0]);
         let expected = Stretches {
             count: 10,
             over_1ms: 2,

@@ -447,10 +447,9 @@ pub(crate) async fn scrape_metrics(addr: SocketAddr) -> Option<BTreeMap<String, 
     Some(out)
 }
 
-/// The cumulative buckets of the histogram `name` at `http://addr/metrics`, summed over its other
+/// The cumulative buckets of the histogram `name` in the Prometheus `text`, summed over its other
 /// labels: (upper bound, observations at most that), by bound, `+Inf` last as infinity.
-pub(crate) async fn scrape_histogram(addr: SocketAddr, name: &str) -> Option<Vec<(f64, f64)>> {
-    let text = metrics_text(addr).await?;
+pub(crate) fn histogram_buckets(text: &str, name: &str) -> Option<Vec<(f64, f64)>> {
     let prefix = format!("{name}_bucket{{");
     let mut buckets: Vec<(f64, f64)> = Vec::new();
     for line in text.lines() {
@@ -483,7 +482,7 @@ pub(crate) async fn scrape_histogram(addr: SocketAddr, name: &str) -> Option<Vec
 }
 
 /// The body of `http://addr/metrics`.
-async fn metrics_text(addr: SocketAddr) -> Option<String> {
+pub(crate) async fn metrics_text(addr: SocketAddr) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let fetch = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;

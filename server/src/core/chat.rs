@@ -1142,9 +1142,12 @@ impl Shard {
         conversations: &mut Vec<u64>,
     ) -> Result<(), StoreError> {
         if !self.chat.tracked.contains(&user_id) {
-            conversations.extend(self.conversations_since_checkpoint(user_id)?);
+            // One read-back of the log finds the conversations and their watermarks both.
+            let highest = self.highest_since_checkpoint(user_id)?;
+            conversations.extend(highest.keys());
             conversations.sort_unstable();
             conversations.dedup();
+            self.cache_marks(user_id, highest)?;
         }
         let mut marks = Vec::with_capacity(conversations.len());
         for &conversation_id in conversations.iter() {
@@ -1161,20 +1164,23 @@ impl Shard {
         Ok(())
     }
 
-    /// The conversations of the message entries in a user's log after the `user_seq` the stored
-    /// fan-out watermarks cover.
-    fn conversations_since_checkpoint(&self, user_id: u64) -> Result<BTreeSet<u64>, StoreError> {
-        let mut conversations = BTreeSet::new();
+    /// The highest seq of each conversation in the message entries of a user's log after the
+    /// `user_seq` the stored fan-out watermarks cover.
+    fn highest_since_checkpoint(&self, user_id: u64) -> Result<BTreeMap<u64, u64>, StoreError> {
+        let mut highest = BTreeMap::new();
         let mut cursor = self.store.marks_upto(user_id)?;
         loop {
             let rows = self.store.updates_after(user_id, cursor, RANGE_READ_MAX)?;
             let Some(&(last, _)) = rows.last() else { break };
             for (_, record) in &rows {
                 if let UpdateRecord::Message {
-                    conversation_id, ..
+                    conversation_id,
+                    seq,
+                    ..
                 } = *record
                 {
-                    conversations.insert(conversation_id);
+                    let entry = highest.entry(conversation_id).or_insert(0);
+                    *entry = (*entry).max(seq);
                 }
             }
             cursor = last;
@@ -1182,7 +1188,21 @@ impl Shard {
                 break;
             }
         }
-        Ok(conversations)
+        Ok(highest)
+    }
+
+    /// Caches the fan-out watermark of each conversation in `highest` (what
+    /// [`Shard::highest_since_checkpoint`] found) that is not cached yet: the checkpoint's, raised
+    /// by the log after it. A cached watermark is kept up to date as the log grows: it stays.
+    fn cache_marks(&mut self, user_id: u64, highest: BTreeMap<u64, u64>) -> Result<(), StoreError> {
+        for (conversation_id, seq) in highest {
+            if self.chat.marks.contains_key(&(user_id, conversation_id)) {
+                continue;
+            }
+            let mark = self.store.fanout_mark(user_id, conversation_id)?.max(seq);
+            self.chat.marks.insert((user_id, conversation_id), mark);
+        }
+        Ok(())
     }
 
     /// Whether a checkpoint is due.
@@ -1207,42 +1227,15 @@ impl Shard {
         if let Some(mark) = self.chat.marks.get(&(user_id, conversation_id)) {
             return Ok(*mark);
         }
-        // The highest seq of each conversation in the log after the checkpoint.
-        let mut highest: BTreeMap<u64, u64> = BTreeMap::new();
-        highest.insert(conversation_id, 0);
-        let mut cursor = self.store.marks_upto(user_id)?;
-        loop {
-            let rows = self.store.updates_after(user_id, cursor, RANGE_READ_MAX)?;
-            let Some(&(last, _)) = rows.last() else { break };
-            for (_, record) in &rows {
-                if let UpdateRecord::Message {
-                    conversation_id: c,
-                    seq,
-                    ..
-                } = *record
-                {
-                    let entry = highest.entry(c).or_insert(0);
-                    *entry = (*entry).max(seq);
-                }
-            }
-            cursor = last;
-            if rows.len() < RANGE_READ_MAX {
-                break;
-            }
-        }
-        let mut requested = 0;
-        for (c, seq) in highest {
-            // A cached watermark is kept up to date as the log grows: it stays.
-            if self.chat.marks.contains_key(&(user_id, c)) {
-                continue;
-            }
-            let mark = self.store.fanout_mark(user_id, c)?.max(seq);
-            self.chat.marks.insert((user_id, c), mark);
-            if c == conversation_id {
-                requested = mark;
-            }
-        }
-        Ok(requested)
+        let mut highest = self.highest_since_checkpoint(user_id)?;
+        highest.entry(conversation_id).or_insert(0);
+        self.cache_marks(user_id, highest)?;
+        Ok(self
+            .chat
+            .marks
+            .get(&(user_id, conversation_id))
+            .copied()
+            .unwrap_or(0))
     }
 
     /// On the members' core: appends the message to each member's log unless it is there
@@ -1557,13 +1550,14 @@ impl Shard {
         Ok(())
     }
 
-    /// Builds the wire form of a stored update.
-    /// `fresh` holds messages just delivered, which need not be read back.
+    /// Builds the wire form of a stored update. `known` gives the message of a (conversation,
+    /// seq) the caller has at hand (just delivered, or read with others), which is then not read
+    /// back.
     pub(crate) fn materialize_record(
         &self,
         user_seq: u64,
         record: &UpdateRecord,
-        fresh: &HashMap<(u64, u64), Arc<MessageRecord>>,
+        known: impl FnOnce(u64, u64) -> Option<MessageRecord>,
     ) -> Result<Option<(Update, usize)>, StoreError> {
         let (kind, bytes) = match *record {
             UpdateRecord::Message {
@@ -1571,8 +1565,8 @@ impl Shard {
                 seq,
                 ..
             } => {
-                let stored = match fresh.get(&(conversation_id, seq)) {
-                    Some(fresh) => MessageRecord::clone(fresh),
+                let stored = match known(conversation_id, seq) {
+                    Some(known) => known,
                     None => match self.store.message(conversation_id, seq)? {
                         Some(stored) => stored,
                         None => {
@@ -1677,16 +1671,17 @@ impl Shard {
             .collect();
         wanted.sort_unstable();
         wanted.dedup();
-        let messages: HashMap<(u64, u64), Arc<MessageRecord>> = wanted
+        let mut messages: HashMap<(u64, u64), MessageRecord> = wanted
             .iter()
             .zip(self.store.messages_at(&wanted)?)
-            .filter_map(|(key, message)| Some((*key, Arc::new(message?))))
+            .filter_map(|(key, message)| Some((*key, message?)))
             .collect();
         let mut updates = Vec::with_capacity(rows.len());
         let mut bytes = 0;
         let mut last = sync.since;
         for (user_seq, record) in &rows {
-            let Some((update, size)) = self.materialize_record(*user_seq, record, &messages)?
+            let Some((update, size)) =
+                self.materialize_record(*user_seq, record, |c, s| messages.remove(&(c, s)))?
             else {
                 // Unreadable entries are skipped (and logged), never allowed to stall the cursor.
                 last = *user_seq;

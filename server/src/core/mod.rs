@@ -1463,7 +1463,9 @@ impl Shard {
             } => match messages.get(&(*conversation_id, *seq)) {
                 Some(event) => Ok(Some(event.clone())),
                 None => self
-                    .materialize_record(user_seq, record, fresh)
+                    .materialize_record(user_seq, record, |c, s| {
+                        fresh.get(&(c, s)).map(|m| MessageRecord::clone(m))
+                    })
                     .map(|made| {
                         let (update, _) = made?;
                         let event = self.encode_event(update)?;
@@ -1472,7 +1474,9 @@ impl Shard {
                     }),
             },
             _ => self
-                .materialize_record(user_seq, record, fresh)
+                .materialize_record(user_seq, record, |c, s| {
+                    fresh.get(&(c, s)).map(|m| MessageRecord::clone(m))
+                })
                 .map(|made| made.and_then(|(update, _)| self.encode_event(update))),
         };
         match encoded {

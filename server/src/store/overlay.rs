@@ -23,6 +23,20 @@ pub(crate) struct Overlay {
     staged: Mutex<VecDeque<(u64, Arc<Batch>)>>,
 }
 
+/// The newest staged write to `key` of `cf`, if a staged batch wrote it: `Some(None)` for a
+/// delete.
+fn staged_write<'a>(
+    staged: &VecDeque<(u64, Arc<Batch>)>,
+    cf: &'static str,
+    key: &[u8],
+) -> Option<Option<Slice<'a>>> {
+    staged.iter().rev().find_map(|(_, batch)| {
+        batch
+            .lookup(cf, key)
+            .map(|write| write.map(|v| Slice::Shared(Arc::from(v))))
+    })
+}
+
 /// A key range `[from, to)`.
 type KeyRange = (Box<[u8]>, Box<[u8]>);
 
@@ -87,13 +101,8 @@ impl Overlay {
         cf: &'static str,
         key: &[u8],
     ) -> Result<Option<Slice<'a>>, StoreError> {
-        {
-            let staged = self.lock();
-            for (_, batch) in staged.iter().rev() {
-                if let Some(write) = batch.lookup(cf, key) {
-                    return Ok(write.map(|v| Slice::Shared(Arc::from(v))));
-                }
-            }
+        if let Some(staged) = staged_write(&self.lock(), cf, key) {
+            return Ok(staged);
         }
         backend.get(cf, key)
     }
@@ -109,13 +118,7 @@ impl Overlay {
         let mut out: Vec<Option<Option<Slice<'a>>>> = Vec::with_capacity(keys.len());
         {
             let staged = self.lock();
-            for key in keys {
-                out.push(staged.iter().rev().find_map(|(_, batch)| {
-                    batch
-                        .lookup(cf, key)
-                        .map(|write| write.map(|v| Slice::Shared(Arc::from(v))))
-                }));
-            }
+            out.extend(keys.iter().map(|key| staged_write(&staged, cf, key)));
         }
         let unstaged: Vec<&[u8]> = keys
             .iter()
