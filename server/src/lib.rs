@@ -100,6 +100,9 @@
 //!   records, for each of those, the members still to confirm it; recovery after a crash
 //!   delivers those messages only to them, and later ones to the members it finds. Without this
 //!   a member added after a send could be given the message, and one removed could miss it.
+//!   Recovery first reads each recipient's log back from their checkpoint, once, and skips what
+//!   every recipient holds already: the fan-out progress lags by up to a checkpoint's interval,
+//!   and delivering all of that again held the cores before they served (`core/chat.rs`).
 //! - **Four writes per one-to-one message.** Fan-out progress, fan-out watermarks and a sender's
 //!   own read watermark are written by a checkpoint once a second, in small shares spread over
 //!   half a second so no batch holds it all, and rebuilt at start from the checkpoint and the log

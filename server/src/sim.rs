@@ -299,6 +299,9 @@ pub(crate) struct Stats {
     pub(crate) cursors_reset: u64,
     /// `Skipped` updates in the logs at the end.
     pub(crate) skipped: u64,
+    /// Messages recovery delivered again, and those it found in every recipient's log.
+    pub(crate) recovery_resumed: u64,
+    pub(crate) recovery_held: u64,
 }
 
 impl World {
@@ -376,9 +379,11 @@ impl World {
             // One of each per share, so a checkpoint of the few users here spans turns too.
             shard.chat.set_share_min(1);
             shard.unacked_budget = self.unacked_budget;
-            shard
+            let found = shard
                 .recover_fanouts(now)
                 .expect("memory reads do not fail");
+            self.stats.recovery_resumed += found.resumed as u64;
+            self.stats.recovery_held += found.held as u64;
             shard
                 .recover_push_jobs(now)
                 .expect("memory reads do not fail");
@@ -1817,6 +1822,66 @@ mod tests {
         assert_eq!(copies(&world, added), 0, "the added member joined after it");
     }
 
+    // Proves that recovery does not deliver again what every recipient's log holds: after a
+    // crash before any checkpoint moved the fan-out progress, messages all members hold are
+    // counted as held, and one whose delivery to a member was lost goes again to that member
+    // alone. Each member's log then holds each message once.
+    #[test]
+    fn recovery_skips_messages_every_recipient_holds() {
+        let mut world = quiet(4, Config::default());
+        let group = world.users[0].groups[0];
+        let members: Vec<u64> = world
+            .store
+            .conversation(group)
+            .unwrap()
+            .unwrap()
+            .members
+            .iter()
+            .map(|m| m.user_id)
+            .collect();
+        assert!(members.len() >= 3, "a group of at least three");
+        let copies = |world: &World, user_id: u64| {
+            world
+                .log(user_id)
+                .iter()
+                .filter(|(_, r)| {
+                    matches!(r, UpdateRecord::Message { conversation_id, .. } if *conversation_id == group)
+                })
+                .count()
+        };
+        let before: Vec<usize> = members.iter().map(|&u| copies(&world, u)).collect();
+        for i in 0..5u8 {
+            world.send(0, group, [40 + i; 16]);
+            world.settle();
+        }
+        let last = members[members.len() - 1];
+        world.send(0, group, [50; 16]);
+        assert!(lose_delivery_to(&mut world, last), "the delivery went out");
+        world.settle();
+        assert!(
+            world.acknowledged.contains_key(&[50; 16]),
+            "the send is durable"
+        );
+        // Settling moves no clock: no checkpoint has written the fan-out progress.
+        world.crash();
+        assert_eq!(world.stats.recovery_held, 5, "held by every recipient");
+        assert_eq!(
+            world.stats.recovery_resumed, 1,
+            "lost on its way to one member"
+        );
+        // Devices reconnect and catch up, and every fan-out retry has had its time.
+        world.quiesce();
+        for (at, &user_id) in members.iter().enumerate() {
+            assert_eq!(
+                copies(&world, user_id),
+                before[at] + 6,
+                "member {user_id} holds each message once"
+            );
+        }
+        world.check();
+        assert!(world.violations.is_empty(), "{:?}", world.violations);
+    }
+
     // Proves, on the virtual clock, that a delivery lost on its way to a member's core is made
     // again while the server runs, once the member's core has confirmed nothing for the retry
     // wait: the message reaches the member's log with no restart.
@@ -2245,6 +2310,8 @@ mod tests {
             total.shown_again += stats.shown_again;
             total.cursors_reset += stats.cursors_reset;
             total.skipped += stats.skipped;
+            total.recovery_resumed += stats.recovery_resumed;
+            total.recovery_held += stats.recovery_held;
         }
         println!("{total:?}");
         if seeds().count() >= 50 {
@@ -2254,6 +2321,9 @@ mod tests {
             assert!(total.acknowledged > 1000, "{total:?}");
             assert!(total.group_changes > 0, "{total:?}");
             assert!(total.removed > 0 && total.added_back > 0, "{total:?}");
+            // Crashes left fan-outs for recovery, both unfinished and finished but not recorded.
+            assert!(total.recovery_resumed > 0, "{total:?}");
+            assert!(total.recovery_held > 0, "{total:?}");
         }
     }
 

@@ -30,7 +30,8 @@
 //! - C keeps a row in `fanout` for each conversation whose fan-out may be unfinished, holding the
 //!   seq up to which every member confirmed. The row is written with the first message after the
 //!   fan-out was finished, moved forward by checkpoints, and deleted by the checkpoint that finds
-//!   nothing pending. At start C re-delivers every message above each row, in order.
+//!   nothing pending. At start C re-delivers every message above each row, in order, to the
+//!   members whose logs do not hold it (each member's log is read back once to tell).
 //! - M's fan-out watermarks (per member and conversation, the highest seq in the log) are written
 //!   by checkpoints, with the `user_seq` they cover. A watermark M does not hold in memory is read
 //!   back as the stored one raised by the log entries after that `user_seq`.
@@ -218,6 +219,26 @@ struct Fanout {
     /// Its last delivery was void (this core's batch failed): the message, which
     /// [`Shard::resend_voided`] delivers again before anything else.
     resend: Option<(Arc<MessageRecord>, Option<[u64; 2]>)>,
+}
+
+/// What [`Shard::recover_fanouts`] found above the conversations' fan-out progress.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RecoveredFanouts {
+    /// Messages delivered again, to the recipients whose logs did not hold them.
+    pub(crate) resumed: usize,
+    /// Messages every recipient's log held already: not delivered again.
+    pub(crate) held: usize,
+    /// Recipients whose logs were read back from their checkpoint to tell.
+    pub(crate) members_read: usize,
+}
+
+/// Recovery's running state: the counts so far, and each recipient's log as read back.
+#[derive(Default)]
+struct Recovery {
+    resumed: usize,
+    held: usize,
+    /// Per user, the highest seq of each conversation in their log after their checkpoint.
+    logs: HashMap<u64, BTreeMap<u64, u64>>,
 }
 
 /// A message to append to members' logs (`Mail::Deliver` without the members and the message).
@@ -916,9 +937,17 @@ impl Shard {
     }
 
     /// At start: re-delivers, in order, every message above each conversation's `fanout` row (up
-    /// to where its recipients are fixed, only those with recipients, and to them). Rows of the
-    /// format before 0.2 (one per message) are replaced by the conversation's row.
-    pub(crate) fn recover_fanouts(&mut self, now_ms: u64) -> Result<usize, StoreError> {
+    /// to where its recipients are fixed, only those with recipients, and to them) to the
+    /// recipients whose logs do not hold it yet. Rows of the format before 0.2 (one per message)
+    /// are replaced by the conversation's row.
+    ///
+    /// Fan-out progress is written by checkpoints, so after a crash the rows lag by up to a
+    /// checkpoint's interval of traffic, nearly all of it in every recipient's log already.
+    /// Delivering all of that again held the cores before they served (W5: 16,000 to 49,000
+    /// messages, after a sync that had read every one of them), and the first `Resume`s behind
+    /// the deliveries' turns. Each recipient's log is read back from their checkpoint once
+    /// instead ([`Shard::held_mark`]), and what every recipient holds is not delivered again.
+    pub(crate) fn recover_fanouts(&mut self, now_ms: u64) -> Result<RecoveredFanouts, StoreError> {
         let mut from: Vec<u8> = Vec::new();
         // (done, fixed) by conversation, and the recipients rows.
         let mut open: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
@@ -977,7 +1006,7 @@ impl Shard {
                     .delete_fanout_row(&keys::pair(conversation_id, seq));
             }
         }
-        let mut resumed = 0;
+        let mut recovery = Recovery::default();
         for (conversation_id, (done, fixed)) in open {
             if fixed > done {
                 self.chat.fixed.insert(conversation_id, fixed);
@@ -989,8 +1018,10 @@ impl Shard {
             let members: Vec<u64> = conv.record.members.iter().map(|m| m.user_id).collect();
             let direct = direct_members(&conv.record);
             let last_seq = conv.last_seq;
+            // Each recipient's watermark in this conversation: what its log holds already.
+            let mut marks: BTreeMap<u64, u64> = BTreeMap::new();
             for seq in done + 1..=last_seq {
-                let to = if seq <= fixed {
+                let all = if seq <= fixed {
                     // Sent before the membership changed: to whom it was sent, if unfinished.
                     match recipients.get(&(conversation_id, seq)) {
                         Some(to) => to.as_slice(),
@@ -999,11 +1030,29 @@ impl Shard {
                 } else {
                     members.as_slice()
                 };
+                let mut to = Vec::with_capacity(all.len());
+                for &user_id in all {
+                    let mark = match marks.get(&user_id) {
+                        Some(&mark) => mark,
+                        None => {
+                            let mark = self.held_mark(&mut recovery, user_id, conversation_id)?;
+                            marks.insert(user_id, mark);
+                            mark
+                        }
+                    };
+                    if mark < seq {
+                        to.push(user_id);
+                    }
+                }
+                if to.is_empty() {
+                    recovery.held += 1;
+                    continue;
+                }
                 let Some(message) = self.store.message(conversation_id, seq)? else {
                     continue;
                 };
-                self.fan_out(now_ms, conversation_id, seq, Arc::new(message), to, direct);
-                resumed += 1;
+                self.fan_out(now_ms, conversation_id, seq, Arc::new(message), &to, direct);
+                recovery.resumed += 1;
             }
         }
         // The members on this core get their copies now, in order, before any mail: another
@@ -1016,7 +1065,38 @@ impl Shard {
         for (_, mail) in own {
             self.handle_mail(now_ms, mail);
         }
-        Ok(resumed)
+        Ok(RecoveredFanouts {
+            resumed: recovery.resumed,
+            held: recovery.held,
+            members_read: recovery.logs.len(),
+        })
+    }
+
+    /// During recovery: the highest seq of the conversation that the user's log holds (0: none),
+    /// read as [`Shard::fanout_mark`] would but without caching, since the user may live on
+    /// another core. Each user's log is read back from their checkpoint once per recovery.
+    ///
+    /// A log holds a conversation's messages in seq order, so a recipient whose log holds a seq
+    /// holds every one before it that was sent to them: a delivery of those would be a duplicate
+    /// their core drops. Another core's appends that are not yet written are not seen; the
+    /// message then goes to that member again, and their core drops it as it always has.
+    fn held_mark(
+        &self,
+        recovery: &mut Recovery,
+        user_id: u64,
+        conversation_id: u64,
+    ) -> Result<u64, StoreError> {
+        let since_checkpoint = match recovery.logs.get(&user_id) {
+            Some(highest) => highest.get(&conversation_id).copied(),
+            None => {
+                let highest = self.highest_since_checkpoint(user_id)?;
+                let seq = highest.get(&conversation_id).copied();
+                recovery.logs.insert(user_id, highest);
+                seq
+            }
+        };
+        let stored = self.store.fanout_mark(user_id, conversation_id)?;
+        Ok(stored.max(since_checkpoint.unwrap_or(0)))
     }
 
     /// Writes a whole checkpoint into the pending batch at once (at shutdown).

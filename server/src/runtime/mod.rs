@@ -731,11 +731,15 @@ async fn core_main(
     ready: std::sync::mpsc::Sender<usize>,
 ) {
     let now = ctx.now_ms();
+    let started = std::time::Instant::now();
     match ctx.shard.borrow_mut().recover_fanouts(now) {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(
+        Ok(found) if found == Default::default() => {}
+        Ok(found) => tracing::info!(
             core = ctx.core,
-            messages = n,
+            messages = found.resumed,
+            held = found.held,
+            logs_read = found.members_read,
+            ms = started.elapsed().as_millis() as u64,
             "resuming interrupted fan-outs"
         ),
         Err(e) => tracing::error!(core = ctx.core, error = %e, "cannot scan interrupted fan-outs"),
