@@ -74,6 +74,9 @@ pub(crate) struct Catchup {
 /// so how long a read's frames held a core is how long those reads stalled it.
 #[derive(Debug, Default, Serialize)]
 pub(crate) struct W5Cold {
+    /// From the kill to the restarted server's `listening` line: RocksDB replaying its
+    /// write-ahead log, then each core's recovery of fan-outs the kill cut short.
+    pub(crate) restart_ms: f64,
     /// Files of the data directory dropped from the page cache before the sync.
     pub(crate) files_evicted: u64,
     /// The device's connection and `Resume` before the sync, to its `Authenticated`: the first
@@ -129,7 +132,8 @@ impl W5Report {
     fn cold_summary(&self) -> Option<String> {
         self.cold.as_ref().map(|c| {
             format!(
-                "W5 after a restart, caches cold: {} messages in {:.3} s = {:.0} messages/s (the slowest page {:.1} ms), {} read from the device, longest handling of a read {}",
+                "W5 after a restart ({:.0} ms to serve), caches cold: {} messages in {:.3} s = {:.0} messages/s (the slowest page {:.1} ms), {} read from the device, longest handling of a read {}",
+                c.restart_ms,
                 c.sync.synced_messages,
                 c.sync.sync_s,
                 c.sync.messages_per_s,
@@ -327,7 +331,9 @@ pub(crate) async fn cold(
     server: &mut Spawned,
     w5: &mut W5Report,
 ) -> io::Result<()> {
+    let killed = now_ns();
     server.restart()?;
+    let restart_ms = round_ms((now_ns() - killed) as f64 / 1e6);
     let files_evicted = server.evict_data_from_page_cache()?;
     let pid = server.pid();
     // The resumes are timed on their own; the histograms' and the device's window holds the
@@ -350,6 +356,7 @@ pub(crate) async fn cold(
             .and_then(|(b, a)| stretches(&b[i], &a[i]))
     };
     let cold = W5Cold {
+        restart_ms,
         files_evicted,
         resume_ms,
         second_resume_ms,

@@ -141,6 +141,10 @@ fn every_workload_completes_and_loses_nothing() {
     // Again after a restart with the data dropped from the page cache: the same log, read back
     // from the tables, and the core's stretches counted from its histograms.
     assert!(u(w5, "/cold/files_evicted") > 0, "{w5:#}");
+    assert!(
+        w5["cold"]["restart_ms"].as_f64().is_some_and(|ms| ms > 0.0),
+        "{w5:#}"
+    );
     assert_eq!(u(w5, "/cold/synced_messages"), 2000);
     assert_eq!(u(w5, "/cold/pages"), u(w5, "/pages"));
     assert!(u(w5, "/cold/reads/count") >= u(w5, "/cold/pages"), "{w5:#}");
