@@ -1753,6 +1753,17 @@ mod tests {
 
     /// Runs without faults until the first `Deliver` to `user_id` goes out, and drops it; false
     /// if none went out.
+    /// How many of the conversation's messages the user's log holds (copies counted).
+    fn messages_in_log(world: &World, user_id: u64, conversation: u64) -> usize {
+        world
+            .log(user_id)
+            .iter()
+            .filter(|(_, r)| {
+                matches!(r, UpdateRecord::Message { conversation_id, .. } if *conversation_id == conversation)
+            })
+            .count()
+    }
+
     fn lose_delivery_to(world: &mut World, user_id: u64) -> bool {
         for _ in 0..1_000 {
             // Mail goes out as a turn ends: catch the delivery before it is handed over.
@@ -1784,15 +1795,7 @@ mod tests {
         let mut world = quiet(4, Config::default());
         let group = world.users[0].groups[0];
         let (removed, added) = (world.users[1].user_id, world.users[3].user_id);
-        let copies = |world: &World, user_id: u64| {
-            world
-                .log(user_id)
-                .iter()
-                .filter(|(_, r)| {
-                    matches!(r, UpdateRecord::Message { conversation_id, .. } if *conversation_id == group)
-                })
-                .count()
-        };
+        let copies = |world: &World, user_id: u64| messages_in_log(world, user_id, group);
         assert_eq!(copies(&world, removed), 0);
         world.send(0, group, [3; 16]);
         assert!(
@@ -1840,15 +1843,7 @@ mod tests {
             .map(|m| m.user_id)
             .collect();
         assert!(members.len() >= 3, "a group of at least three");
-        let copies = |world: &World, user_id: u64| {
-            world
-                .log(user_id)
-                .iter()
-                .filter(|(_, r)| {
-                    matches!(r, UpdateRecord::Message { conversation_id, .. } if *conversation_id == group)
-                })
-                .count()
-        };
+        let copies = |world: &World, user_id: u64| messages_in_log(world, user_id, group);
         let before: Vec<usize> = members.iter().map(|&u| copies(&world, u)).collect();
         for i in 0..5u8 {
             world.send(0, group, [40 + i; 16]);
