@@ -1819,6 +1819,51 @@ mod tests {
         assert_eq!(store.id_high_water(0).unwrap(), 0);
     }
 
+    // Proves the write-ahead log stays near its bound while a column family is written once
+    // and then never: that family's memtable would otherwise keep every log file after its write,
+    // and a restart would replay them all.
+    #[test]
+    fn the_write_ahead_log_stays_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        // The smallest update-log memtables: a bound of 64 MiB.
+        let mib = 16;
+        let bound = rocks::wal_max_bytes(mib);
+        let store = Store::open(dir.path(), false, 1000, mib).unwrap();
+        let mut batch = store.batch();
+        batch.put(CF_USERS, b"written once", b"and never again");
+        store.commit(batch).unwrap();
+        let wal_bytes = || -> u64 {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                .map(|e| e.metadata().map_or(0, |m| m.len()))
+                .sum()
+        };
+        // Four times the bound into the update logs, in 64 KiB entries.
+        let value = vec![7u8; 64 << 10];
+        let mut most = 0;
+        for i in 0..(4 * bound / (64 << 10)) {
+            let mut batch = store.batch();
+            batch.put(CF_UPDATES, &i.to_be_bytes(), &value);
+            store.commit(batch).unwrap();
+            if i % 64 == 0 {
+                most = most.max(wal_bytes());
+            }
+        }
+        // Past the bound RocksDB flushes the family holding the oldest file; the log may run a
+        // memtable or two over while that flush and the files' deletion finish.
+        assert!(
+            most <= bound + (32 << 20),
+            "the write-ahead log reached {} MiB",
+            most >> 20
+        );
+        assert_eq!(
+            store.get(CF_USERS, b"written once").unwrap().as_deref(),
+            Some(&b"and never again"[..])
+        );
+    }
+
     // Proves the upper bound helper handles carries and all-0xFF prefixes.
     #[test]
     fn prefix_upper_bounds() {
