@@ -74,8 +74,8 @@ impl RocksBackend {
         options.set_allow_concurrent_memtable_write(false);
         // RocksDB keeps a write-ahead log file until every column family with writes in it has
         // flushed them, and the families written rarely (users, devices, sessions, fan-out rows)
-        // fill their memtables slowly. Unbounded, the log grew to 550 MiB in W1's two 10-second
-        // phases (85 MiB of tables), and a restart after a crash replayed all of it: 3.8 to 5.2 s
+        // fill their memtables slowly. Unbounded, the log grew to 370-550 MiB in W1's two 10-second
+        // phases (57-86 MiB of tables), and a restart after a crash replayed all of it: 3.8-5.2 s
         // (RocksDB's own bound is four times every family's memtables, gigabytes). Past this
         // bound RocksDB flushes the families holding the oldest file. Four update-log memtables,
         // so that the busiest family still fills its own before the bound flushes it.
