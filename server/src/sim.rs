@@ -1751,8 +1751,6 @@ mod tests {
         assert!(world.now_ms >= first + 60_000);
     }
 
-    /// Runs without faults until the first `Deliver` to `user_id` goes out, and drops it; false
-    /// if none went out.
     /// How many of the conversation's messages the user's log holds (copies counted).
     fn messages_in_log(world: &World, user_id: u64, conversation: u64) -> usize {
         world
@@ -1764,6 +1762,8 @@ mod tests {
             .count()
     }
 
+    /// Runs without faults until the first `Deliver` to `user_id` goes out, and drops it; false
+    /// if none went out.
     fn lose_delivery_to(world: &mut World, user_id: u64) -> bool {
         for _ in 0..1_000 {
             // Mail goes out as a turn ends: catch the delivery before it is handed over.

@@ -232,13 +232,15 @@ pub(crate) struct RecoveredFanouts {
     pub(crate) members_read: usize,
 }
 
-/// Recovery's running state: the counts so far, and each recipient's log as read back.
+/// Recovery's running state: the counts so far, each recipient's log as read back, and the
+/// watermarks worked out from them.
 #[derive(Default)]
 struct Recovery {
-    resumed: usize,
-    held: usize,
+    found: RecoveredFanouts,
     /// Per user, the highest seq of each conversation in their log after their checkpoint.
     logs: HashMap<u64, BTreeMap<u64, u64>>,
+    /// Per (user, conversation), the highest seq the user's log holds.
+    marks: HashMap<(u64, u64), u64>,
 }
 
 /// A message to append to members' logs (`Mail::Deliver` without the members and the message).
@@ -1018,8 +1020,6 @@ impl Shard {
             let members: Vec<u64> = conv.record.members.iter().map(|m| m.user_id).collect();
             let direct = direct_members(&conv.record);
             let last_seq = conv.last_seq;
-            // Each recipient's watermark in this conversation: what its log holds already.
-            let mut marks: BTreeMap<u64, u64> = BTreeMap::new();
             for seq in done + 1..=last_seq {
                 let all = if seq <= fixed {
                     // Sent before the membership changed: to whom it was sent, if unfinished.
@@ -1032,27 +1032,19 @@ impl Shard {
                 };
                 let mut to = Vec::with_capacity(all.len());
                 for &user_id in all {
-                    let mark = match marks.get(&user_id) {
-                        Some(&mark) => mark,
-                        None => {
-                            let mark = self.held_mark(&mut recovery, user_id, conversation_id)?;
-                            marks.insert(user_id, mark);
-                            mark
-                        }
-                    };
-                    if mark < seq {
+                    if self.held_mark(&mut recovery, user_id, conversation_id)? < seq {
                         to.push(user_id);
                     }
                 }
                 if to.is_empty() {
-                    recovery.held += 1;
+                    recovery.found.held += 1;
                     continue;
                 }
                 let Some(message) = self.store.message(conversation_id, seq)? else {
                     continue;
                 };
                 self.fan_out(now_ms, conversation_id, seq, Arc::new(message), &to, direct);
-                recovery.resumed += 1;
+                recovery.found.resumed += 1;
             }
         }
         // The members on this core get their copies now, in order, before any mail: another
@@ -1066,15 +1058,15 @@ impl Shard {
             self.handle_mail(now_ms, mail);
         }
         Ok(RecoveredFanouts {
-            resumed: recovery.resumed,
-            held: recovery.held,
             members_read: recovery.logs.len(),
+            ..recovery.found
         })
     }
 
     /// During recovery: the highest seq of the conversation that the user's log holds (0: none),
-    /// read as [`Shard::fanout_mark`] would but without caching, since the user may live on
-    /// another core. Each user's log is read back from their checkpoint once per recovery.
+    /// read as [`Shard::fanout_mark`] would but kept in `recovery`, not in the shard's cache,
+    /// since the user may live on another core. Each user's log is read back from their
+    /// checkpoint once per recovery.
     ///
     /// A log holds a conversation's messages in seq order, so a recipient whose log holds a seq
     /// holds every one before it that was sent to them: a delivery of those would be a duplicate
@@ -1086,17 +1078,33 @@ impl Shard {
         user_id: u64,
         conversation_id: u64,
     ) -> Result<u64, StoreError> {
-        let since_checkpoint = match recovery.logs.get(&user_id) {
-            Some(highest) => highest.get(&conversation_id).copied(),
-            None => {
-                let highest = self.highest_since_checkpoint(user_id)?;
-                let seq = highest.get(&conversation_id).copied();
-                recovery.logs.insert(user_id, highest);
-                seq
-            }
-        };
-        let stored = self.store.fanout_mark(user_id, conversation_id)?;
-        Ok(stored.max(since_checkpoint.unwrap_or(0)))
+        if let Some(&mark) = recovery.marks.get(&(user_id, conversation_id)) {
+            return Ok(mark);
+        }
+        if let std::collections::hash_map::Entry::Vacant(log) = recovery.logs.entry(user_id) {
+            log.insert(self.highest_since_checkpoint(user_id)?);
+        }
+        let since_checkpoint = recovery.logs[&user_id]
+            .get(&conversation_id)
+            .copied()
+            .unwrap_or(0);
+        let mark = self.mark_from(user_id, conversation_id, since_checkpoint)?;
+        recovery.marks.insert((user_id, conversation_id), mark);
+        Ok(mark)
+    }
+
+    /// A fan-out watermark as stored by the last checkpoint, raised by the highest seq the log
+    /// holds after the `user_seq` that checkpoint covers.
+    fn mark_from(
+        &self,
+        user_id: u64,
+        conversation_id: u64,
+        since_checkpoint: u64,
+    ) -> Result<u64, StoreError> {
+        Ok(self
+            .store
+            .fanout_mark(user_id, conversation_id)?
+            .max(since_checkpoint))
     }
 
     /// Writes a whole checkpoint into the pending batch at once (at shutdown).
@@ -1279,7 +1287,7 @@ impl Shard {
             if self.chat.marks.contains_key(&(user_id, conversation_id)) {
                 continue;
             }
-            let mark = self.store.fanout_mark(user_id, conversation_id)?.max(seq);
+            let mark = self.mark_from(user_id, conversation_id, seq)?;
             self.chat.marks.insert((user_id, conversation_id), mark);
         }
         Ok(())
