@@ -94,6 +94,9 @@ pub(crate) struct W5Cold {
     pub(crate) reads: Option<Stretches>,
     /// The same for their loop turns (`tern_core_turn_microseconds`).
     pub(crate) turns: Option<Stretches>,
+    /// How long the sync's store reads took on `ternd`'s reader threads, off the cores
+    /// (`tern_core_store_reads_microseconds`; none from a `ternd` without them).
+    pub(crate) store_reads: Option<Stretches>,
 }
 
 /// Stretches of a core thread's time from the difference of two scrapes of one of `ternd`'s
@@ -132,7 +135,7 @@ impl W5Report {
     fn cold_summary(&self) -> Option<String> {
         self.cold.as_ref().map(|c| {
             format!(
-                "W5 after a restart ({:.0} ms to serve), caches cold: {} messages in {:.3} s = {:.0} messages/s (the slowest page {:.1} ms), {} read from the device, longest handling of a read {}",
+                "W5 after a restart ({:.0} ms to serve), caches cold: {} messages in {:.3} s = {:.0} messages/s (the slowest page {:.1} ms), {} read from the device, longest handling of a read {}, longest store read off the cores {}",
                 c.restart_ms,
                 c.sync.synced_messages,
                 c.sync.sync_s,
@@ -140,19 +143,25 @@ impl W5Report {
                 c.sync.slowest_page_ms,
                 c.device_read_bytes
                     .map_or("? bytes".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0)),
-                match c.reads {
-                    None => "?".into(),
-                    Some(Stretches {
-                        longest_at_most_us: None,
-                        ..
-                    }) => "over 50 ms".into(),
-                    Some(Stretches {
-                        longest_at_most_us: Some(us),
-                        ..
-                    }) => format!("≤ {:.1} ms", us as f64 / 1000.0),
-                },
+                longest(c.reads),
+                longest(c.store_reads),
             )
         })
+    }
+}
+
+/// The longest of some stretches, as the summary gives it.
+fn longest(stretches: Option<Stretches>) -> String {
+    match stretches {
+        None => "?".into(),
+        Some(Stretches {
+            longest_at_most_us: None,
+            ..
+        }) => "over 50 ms".into(),
+        Some(Stretches {
+            longest_at_most_us: Some(us),
+            ..
+        }) => format!("≤ {:.1} ms", us as f64 / 1000.0),
     }
 }
 
@@ -353,7 +362,7 @@ pub(crate) async fn cold(
         before
             .as_ref()
             .zip(after.as_ref())
-            .and_then(|(b, a)| stretches(&b[i], &a[i]))
+            .and_then(|(b, a)| stretches(b[i].as_ref()?, a[i].as_ref()?))
     };
     let cold = W5Cold {
         restart_ms,
@@ -366,6 +375,7 @@ pub(crate) async fn cold(
             .map(|(b, a)| a.saturating_sub(b)),
         reads: stretches(0),
         turns: stretches(1),
+        store_reads: stretches(2),
     };
     w5.delivered_equals_sent &= cold.sync.synced_messages == w5.sent;
     w5.cold = Some(cold);
@@ -375,13 +385,14 @@ pub(crate) async fn cold(
     Ok(())
 }
 
-/// `ternd`'s histograms of the frames of one read and of loop turns, in that order, from one
-/// scrape.
-async fn scrape_stretches(metrics: Option<SocketAddr>) -> Option<[Vec<(f64, f64)>; 2]> {
+/// `ternd`'s histograms of the frames of one read, of loop turns and of the store reads off the
+/// cores, in that order, from one scrape (each `None` if `ternd` has no such histogram).
+async fn scrape_stretches(metrics: Option<SocketAddr>) -> Option<[Option<Vec<(f64, f64)>>; 3]> {
     let text = metrics_text(metrics?).await?;
     Some([
-        histogram_buckets(&text, "tern_core_frames_microseconds")?,
-        histogram_buckets(&text, "tern_core_turn_microseconds")?,
+        histogram_buckets(&text, "tern_core_frames_microseconds"),
+        histogram_buckets(&text, "tern_core_turn_microseconds"),
+        histogram_buckets(&text, "tern_core_store_reads_microseconds"),
     ])
 }
 

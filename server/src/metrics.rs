@@ -140,6 +140,9 @@ pub(crate) struct CoreMetrics {
     /// microseconds: requests are handled as they are read, between loop turns, so a store read
     /// that goes to disk for a `Sync` or a `History` shows up here.
     pub(crate) frames: Histogram,
+    /// The core's reads that reader threads ran (`Sync` and `History` pages), by how long they
+    /// took in microseconds; recorded by the core as their answers come back.
+    pub(crate) reads: Histogram,
     /// Updates handed to devices as live events.
     pub(crate) delivered_live: Counter,
     /// Updates handed to devices in sync pages.
@@ -180,6 +183,11 @@ impl CoreMetrics {
     /// Counts the frames of one read, handled in `micros`.
     pub(crate) fn frames_handled(&self, micros: u64) {
         self.frames.record(&LATENCY_BUCKETS_US, micros);
+    }
+
+    /// Counts a read a reader ran for this core in `micros`.
+    pub(crate) fn read_done(&self, micros: u64) {
+        self.reads.record(&LATENCY_BUCKETS_US, micros);
     }
 }
 
@@ -425,6 +433,13 @@ impl Metrics {
             "The frames of one read of a connection, by how long the core thread took to handle them.",
             &LATENCY_BUCKETS_US,
             &|m| &m.frames,
+        );
+        histogram(
+            &mut out,
+            "tern_core_store_reads_microseconds",
+            "Store reads a core handed to the reader threads (Sync and History pages), by how long they took there.",
+            &LATENCY_BUCKETS_US,
+            &|m| &m.reads,
         );
         histogram(
             &mut out,

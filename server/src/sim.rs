@@ -8,12 +8,14 @@
 //!
 //! - the committer answers a core's oldest batch (durable, failed, or refused for a full disk;
 //!   the runtime's committer writes several cores' batches at once, which is one of these orders);
+//! - a reader answers one of the reads the cores handed out (`Sync` and `History` pages), any one
+//!   of them, from what is durable by then, or fails it;
 //! - one piece of mail moves from one core to another (FIFO per pair of cores, as the real
 //!   mailboxes are, but any pair may go first, so mail is delayed and reordered across pairs;
 //!   only mail a core sent itself goes before anything that comes after it, as in the runtime);
 //! - a core ends its loop turn (so turns batch any number of requests);
 //! - a device sends a message (new, or again under the same `client_msg_id`), syncs, acks, marks
-//!   read, renames a group, removes a member from a group it owns or adds one back, or drops its
+//!   read, reads a page of history, renames a group, removes a member from a group it owns or adds one back, or drops its
 //!   connection and resumes;
 //! - the clock moves on and every core ticks (fan-out retries);
 //! - the disk fills or frees, or the whole server crashes and restarts from what is durable.
@@ -23,7 +25,8 @@
 //! once, and in no log of a user who was not a member when it was sent (membership is known from
 //! the changes' requests and replies: a message whose send overlaps a change of that user's
 //! membership may go either way, but never twice); `seq` and `user_seq` are gapless; no request on a live connection is left unanswered;
-//! watermarks only move forward; no device is handed an update or a message twice, or misses one.
+//! watermarks only move forward; no device is handed an update or a message twice, or misses one;
+//! a history page holds consecutive messages, each as it is durable.
 //!
 //! The same seed replays the same run: `TERN_SIM_SEED=N cargo test -p tern-server --lib sim::`
 //! runs one seed, `TERN_SIM_SEEDS=N` runs N seeds from 1 (CI runs a few hundred).
@@ -40,6 +43,7 @@ use tern_protocol::{Body, ErrorCode, Frame, Update, UpdateKind};
 use crate::config::Config;
 use crate::core::accounts::token_hash;
 use crate::core::mail::{AdoptAuth, ConnRef, Mail};
+use crate::core::reads::{Read, ReadState};
 use crate::core::{name_owner, owner, Commit, ConnId, Output, Shard, TICK_MS};
 use crate::metrics::Metrics;
 use crate::store::backend::{Backend, Faults, FaultyBackend, MemBackend};
@@ -85,6 +89,10 @@ pub(crate) struct Options {
     pub(crate) crashes_per_100k: u64,
     /// Steps that fill (or free) the disk, per hundred thousand.
     pub(crate) disk_full_per_100k: u64,
+    /// Reads that fail, per thousand.
+    pub(crate) read_failures_per_mille: u64,
+    /// Every core reads on its own thread, as with no readers (else readers run the reads).
+    pub(crate) reads_on_core: bool,
 }
 
 impl Default for Options {
@@ -96,6 +104,8 @@ impl Default for Options {
             commit_failures_per_mille: 20,
             crashes_per_100k: 30,
             disk_full_per_100k: 40,
+            read_failures_per_mille: 20,
+            reads_on_core: false,
         }
     }
 }
@@ -109,6 +119,8 @@ enum Asked {
         cmid: [u8; 16],
     },
     Sync,
+    /// A page of a conversation's history.
+    History(u64),
     /// A membership change, by its index in [`World::changes`].
     Members(usize),
     Other,
@@ -248,6 +260,10 @@ pub(crate) struct World {
     commits: Vec<VecDeque<Commit>>,
     /// Per core: the committer refuses batches of this epoch and older.
     failed_epoch: Vec<Option<u64>>,
+    /// Reads the cores handed to readers, by core, not yet answered; answered in any order.
+    reads: Vec<(usize, Read)>,
+    /// Settling leaves the reads out unanswered (tests that answer them late).
+    hold_reads: bool,
     users: Vec<User>,
     devices: Vec<Device>,
     /// Registration connections waiting for `UserCreated`, by (core, conn): the device.
@@ -302,6 +318,11 @@ pub(crate) struct Stats {
     /// Messages recovery delivered again, and those it found in every recipient's log.
     pub(crate) recovery_resumed: u64,
     pub(crate) recovery_held: u64,
+    /// Reads a reader answered, and those it failed on purpose.
+    pub(crate) reads: u64,
+    pub(crate) failed_reads: u64,
+    /// History pages devices were answered.
+    pub(crate) history_pages: u64,
 }
 
 impl World {
@@ -336,6 +357,8 @@ impl World {
             links: BTreeMap::new(),
             commits: (0..options.cores).map(|_| VecDeque::new()).collect(),
             failed_epoch: vec![None; options.cores],
+            reads: Vec::new(),
+            hold_reads: false,
             users: Vec::new(),
             devices: Vec::new(),
             registering: HashMap::new(),
@@ -379,6 +402,9 @@ impl World {
             // One of each per share, so a checkpoint of the few users here spans turns too.
             shard.chat.set_share_min(1);
             shard.unacked_budget = self.unacked_budget;
+            if self.options.reads_on_core {
+                shard.reads = ReadState::on_core();
+            }
             let found = shard
                 .recover_fanouts(now)
                 .expect("memory reads do not fail");
@@ -566,6 +592,10 @@ impl World {
             self.deliver_mail(link);
             moved = true;
         }
+        while !self.hold_reads && !self.reads.is_empty() {
+            self.answer_read(0, false);
+            moved = true;
+        }
         moved
     }
 
@@ -725,6 +755,7 @@ impl World {
             7 => self.mark_read(device),
             8 => self.disconnect(device),
             _ if self.rng.chance(300) => self.rename_group(device),
+            _ if self.rng.chance(400) => self.history(device),
             _ if self.rng.chance(700) => self.change_members(device),
             _ => self.retry_outbox(device),
         }
@@ -917,6 +948,50 @@ impl World {
         member.map(usize::from)
     }
 
+    /// A page of one of the user's conversations: the newest messages, or those after a seq.
+    fn history(&mut self, device: usize) {
+        let user = self.devices[device].user;
+        let conversations = &self.users[user].conversations;
+        if conversations.is_empty() {
+            return;
+        }
+        let conversation_id = conversations[self.rng.below(conversations.len())];
+        let after = self.rng.chance(500).then(|| self.rng.below(8) as u64);
+        let history = frames::History {
+            conversation_id,
+            before: 0,
+            limit: 1 + self.rng.below(6) as u32,
+            after,
+        };
+        self.request_as(device, history.into(), Asked::History(conversation_id));
+    }
+
+    /// A history page holds consecutive messages of its conversation, each as it is durable.
+    fn on_history_page(&mut self, device: usize, conversation_id: u64, page: frames::HistoryPage) {
+        self.stats.history_pages += 1;
+        if page.conversation_id != conversation_id {
+            self.violation(format!(
+                "device {device}: a history page of another conversation"
+            ));
+        }
+        for (i, message) in page.messages.iter().enumerate() {
+            if i > 0 && message.seq != page.messages[i - 1].seq + 1 {
+                let what = format!("device {device}: history seqs not consecutive: {page:?}");
+                self.violation(what);
+                return;
+            }
+            let durable = self
+                .store
+                .message(conversation_id, message.seq)
+                .expect("memory reads do not fail");
+            if durable.is_none_or(|m| m.message_id != message.message_id) {
+                let what =
+                    format!("device {device}: history shows a message not durable: {message:?}");
+                self.violation(what);
+            }
+        }
+    }
+
     fn mark_read(&mut self, device: usize) {
         let mut seen: Vec<(u64, u64)> = self.devices[device].messages.iter().copied().collect();
         seen.sort_unstable();
@@ -1018,6 +1093,9 @@ impl World {
                 self.devices[device].outbox.retain(|(_, c)| *c != cmid);
             }
             (Asked::Sync, Body::Error(_)) => self.devices[device].syncing = false,
+            (Asked::History(conversation_id), Body::HistoryPage(page)) => {
+                self.on_history_page(device, conversation_id, page)
+            }
             // Not authenticated after all: the device connects again later.
             (Asked::Auth, Body::Error(_)) => self.disconnect(device),
             (_, Body::Error(error)) if error.code == ErrorCode::INTERNAL => {}
@@ -1121,6 +1199,8 @@ impl World {
         if let Some(commit) = turn.commit {
             self.commits[core].push_back(commit);
         }
+        self.reads
+            .extend(turn.reads.into_iter().map(|read| (core, read)));
         for output in turn.outputs {
             match output {
                 Output::Frame { conn, frame } => self.on_frame(core, conn, frame),
@@ -1167,6 +1247,19 @@ impl World {
         self.shards[core].handle_committed(commit.id, result);
     }
 
+    /// A reader answers read `index` of those out: it reads what is durable now, or fails.
+    fn answer_read(&mut self, index: usize, faults: bool) {
+        let (core, read) = self.reads.remove(index);
+        let result = if faults && self.rng.chance(self.options.read_failures_per_mille) {
+            self.stats.failed_reads += 1;
+            Err(StoreError::Io("a read failed on purpose".into()))
+        } else {
+            read.job.run(&self.store)
+        };
+        self.stats.reads += 1;
+        self.shards[core].handle_read(read.id, result);
+    }
+
     fn deliver_mail(&mut self, link: (usize, usize)) {
         let (from, to) = link;
         if from != to {
@@ -1201,6 +1294,7 @@ impl World {
     fn crash(&mut self) {
         self.stats.crashes += 1;
         self.links.clear();
+        self.reads.clear();
         for queue in &mut self.commits {
             queue.clear();
         }
@@ -1230,9 +1324,15 @@ impl World {
         self.clock += 1;
         let cores = self.options.cores;
         match self.rng.below(100) {
-            0..=19 => {
+            0..=16 => {
                 let core = self.rng.below(cores);
                 self.commit(core, true);
+            }
+            17..=19 => {
+                if !self.reads.is_empty() {
+                    let index = self.rng.below(self.reads.len());
+                    self.answer_read(index, true);
+                }
             }
             20..=44 => {
                 let links: Vec<(usize, usize)> = self
@@ -1288,7 +1388,8 @@ impl World {
                 d.outbox.is_empty() && d.authenticated && d.asked.is_empty() && !d.syncing
             });
             let fanned_out = self.shards.iter().all(|s| s.fanouts_pending() == 0);
-            if done && fanned_out && self.shards.iter().all(Shard::idle) && !self.links_busy() {
+            let quiet = self.shards.iter().all(Shard::idle) && self.reads.is_empty();
+            if done && fanned_out && quiet && !self.links_busy() {
                 // One more sync round: each device catches up to its head.
                 for device in 0..self.devices.len() {
                     self.sync(device);
@@ -1641,6 +1742,8 @@ mod tests {
             commit_failures_per_mille: 0,
             crashes_per_100k: 0,
             disk_full_per_100k: 0,
+            read_failures_per_mille: 0,
+            reads_on_core: false,
         };
         let mut world = World::with_config(1, options, config);
         world.setup();
@@ -2269,6 +2372,74 @@ mod tests {
         }
     }
 
+    // Proves a `Sync` page whose read comes back after the log grew ends at the head it was read
+    // to and says there is more, so the device asks again and catches up without a gap; and that
+    // a read whose connection closed meanwhile sends nothing.
+    #[test]
+    fn a_sync_read_that_comes_back_late_ends_where_it_was_read() {
+        let mut world = quiet(2, Config::default());
+        let peer = world.users[1].user_id;
+        let conversation_id = conversation_with(&world, 0, peer);
+        let peer_devices: Vec<usize> = (0..world.devices.len())
+            .filter(|d| world.devices[*d].user == 1)
+            .collect();
+        let device = peer_devices[0];
+        for &d in &peer_devices {
+            world.disconnect(d);
+        }
+        world.settle();
+        for n in 0..3u8 {
+            world.send(0, conversation_id, [n + 1; 16]);
+            world.settle();
+        }
+        let head_then = world.log(peer).last().map_or(0, |(user_seq, _)| *user_seq);
+        assert!(head_then > world.devices[device].cursor, "nothing to sync");
+        world.hold_reads = true;
+        world.authenticate(device, false);
+        world.settle();
+        // The sync was asked in the last step; its read goes out as its core's turn ends.
+        world.end_turn(owner(peer, world.options.cores));
+        assert_eq!(
+            world.reads.len(),
+            1,
+            "the sync's read did not go to a reader"
+        );
+        assert!(world.devices[device].syncing);
+        // The log grows while the read is out.
+        for n in 3..6u8 {
+            world.send(0, conversation_id, [n + 1; 16]);
+            world.settle();
+        }
+        let head_now = world.log(peer).last().map_or(0, |(user_seq, _)| *user_seq);
+        assert!(head_now > head_then);
+        let (core, _) = world.reads[0];
+        world.answer_read(0, false);
+        world.end_turn(core);
+        let d = &world.devices[device];
+        assert_eq!(
+            d.cursor, head_then,
+            "the page did not end at the head it was read to"
+        );
+        assert!(
+            !d.live,
+            "a page that ended early turned the connection live"
+        );
+        assert!(d.syncing, "the device did not ask for the rest");
+        world.end_turn(core);
+        assert_eq!(world.reads.len(), 1, "the next page's read did not go out");
+        // The device goes away while that read is out: its answer sends nothing.
+        let delivered = world.metrics.core(core).delivered_sync.get();
+        world.disconnect(device);
+        world.answer_read(0, false);
+        world.end_turn(core);
+        assert_eq!(world.metrics.core(core).delivered_sync.get(), delivered);
+        world.hold_reads = false;
+        world.quiesce();
+        assert_eq!(world.devices[device].cursor, head_now);
+        world.check();
+        assert!(world.violations.is_empty(), "{:?}", world.violations);
+    }
+
     fn seeds() -> std::ops::RangeInclusive<u64> {
         if let Some(seed) = std::env::var("TERN_SIM_SEED")
             .ok()
@@ -2289,7 +2460,12 @@ mod tests {
     fn delivery_invariants_hold_under_faults() {
         let mut total = Stats::default();
         for seed in seeds() {
-            let stats = run_seed(seed, Options::default());
+            // One run in five reads on the cores, as `ternd` does when its readers are busy.
+            let options = Options {
+                reads_on_core: seed % 5 == 0,
+                ..Options::default()
+            };
+            let stats = run_seed(seed, options);
             total.commits += stats.commits;
             total.sends += stats.sends;
             total.repeats += stats.repeats;
@@ -2307,6 +2483,9 @@ mod tests {
             total.skipped += stats.skipped;
             total.recovery_resumed += stats.recovery_resumed;
             total.recovery_held += stats.recovery_held;
+            total.reads += stats.reads;
+            total.failed_reads += stats.failed_reads;
+            total.history_pages += stats.history_pages;
         }
         println!("{total:?}");
         if seeds().count() >= 50 {
@@ -2319,6 +2498,9 @@ mod tests {
             // Crashes left fan-outs for recovery, both unfinished and finished but not recorded.
             assert!(total.recovery_resumed > 0, "{total:?}");
             assert!(total.recovery_held > 0, "{total:?}");
+            // Syncs went to readers, whose answers came late and out of order, and some failed.
+            assert!(total.reads > 100 && total.failed_reads > 0, "{total:?}");
+            assert!(total.history_pages > 100, "{total:?}");
         }
     }
 

@@ -1,6 +1,6 @@
 //! Integration test of the metrics and health endpoint of a real `ternd`: `/healthz` answers, and
 //! `/metrics` counts what the test did (connections, frames, messages, appended updates, group
-//! commits, errors by code) and shows the RocksDB gauges.
+//! commits, reads off the cores, errors by code) and shows the RocksDB gauges.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -50,6 +50,8 @@ async fn metrics_count_what_happened(engine: &'static str) {
     // Every read that held a frame is timed once: the requests above came in several reads.
     let reads = total(&metrics, "tern_core_frames_microseconds_count");
     assert!(reads >= 3 && reads <= total(&metrics, "tern_frames_in_total"));
+    // Both syncs read a log that was not empty: the reader threads ran those reads.
+    assert!(total(&metrics, "tern_core_store_reads_microseconds_count") >= 2);
     assert_eq!(total(&metrics, "tern_storage_errors_total"), 0);
     // Every delivery was confirmed in time: nothing was delivered again.
     assert!(metrics.contains("# TYPE tern_fanout_retries_total counter"));

@@ -68,12 +68,12 @@ use tern_protocol::update::Receipt;
 use tern_protocol::{ErrorCode, Update, UpdateKind};
 
 use super::mail::{ConnRef, Mail};
-use super::{owner, ConnId, Shard};
+use super::{owner, reads, ConnId, Shard};
 use crate::store::keys;
 use crate::store::records::{
     ConversationRecord, IdempotencyRecord, MemberRecord, MessageRecord, ReceiptRecord, UpdateRecord,
 };
-use crate::store::{FanoutRow, StoreError, RANGE_READ_MAX};
+use crate::store::{FanoutRow, Store, StoreError, RANGE_READ_MAX};
 
 /// Bytes a page may fill, leaving room for its own fields inside the frame.
 const PAGE_BYTES_MAX: usize = FRAME_BYTES_MAX as usize - 4096;
@@ -1722,51 +1722,62 @@ impl Shard {
         } else {
             (sync.limit as usize).min(max)
         };
-        let state = self.user_state(user_id)?;
-        let head = state.head;
-        let shown_head = state.shown_head();
-        let mut rows = if sync.since >= head {
-            Vec::new()
-        } else {
-            self.committed.updates_after(user_id, sync.since, limit)?
+        let head = self.user_state(user_id)?.head;
+        // What is durable is read off the core's thread, where a read that goes to the device
+        // holds no connection but this one (`core/reads.rs`).
+        let job = reads::ReadJob::Log {
+            user_id,
+            since: sync.since,
+            head,
+            limit,
         };
-        rows.retain(|(user_seq, _)| *user_seq <= head);
-        if rows.len() < limit && rows.last().is_none_or(|(last, _)| *last == head) {
-            // Updates shown before they were durable come after the durable ones, from memory.
+        if sync.since < head && self.read_off_core(conn, request_id, user_id, job) {
+            return Ok(());
+        }
+        let read = reads::read_log(&self.committed, user_id, sync.since, head, limit)?;
+        self.send_sync_page(conn, request_id, user_id, sync.since, limit, head, read)
+    }
+
+    /// Replies to a `Sync` with the page that starts with `read`, the log as it was durable up to
+    /// `head`; the updates shown before they were durable follow it from memory if the page
+    /// reaches `head` and `head` is still the log's.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn send_sync_page(
+        &mut self,
+        conn: ConnId,
+        request_id: u32,
+        user_id: u64,
+        since: u64,
+        limit: usize,
+        head: u64,
+        read: reads::LogRead,
+    ) -> Result<(), StoreError> {
+        let reads::LogRead {
+            mut rows,
+            mut messages,
+        } = read;
+        let state = self.user_state(user_id)?;
+        let shown_head = state.shown_head();
+        if state.head == head
+            && rows.len() < limit
+            && rows.last().is_none_or(|(last, _)| *last == head)
+        {
+            // Updates shown before they were durable come after the durable ones, from memory
+            // (their messages are read through this core's staged writes below). If the head
+            // moved since the read went out, the page ends where the read did: there is more.
             let room = limit - rows.len();
-            let state = self.user_state(user_id)?;
             rows.extend(
                 state
                     .early
                     .iter()
-                    .filter(|(user_seq, _)| *user_seq > sync.since.max(head))
+                    .filter(|(user_seq, _)| *user_seq > since.max(head))
                     .take(room)
                     .cloned(),
             );
         }
-        // The messages the page refers to, read together: a read each took most of a page's
-        // time, and a page holds the core while it is built.
-        let mut wanted: Vec<(u64, u64)> = rows
-            .iter()
-            .filter_map(|(_, record)| match *record {
-                UpdateRecord::Message {
-                    conversation_id,
-                    seq,
-                    ..
-                } => Some((conversation_id, seq)),
-                _ => None,
-            })
-            .collect();
-        wanted.sort_unstable();
-        wanted.dedup();
-        let mut messages: HashMap<(u64, u64), MessageRecord> = wanted
-            .iter()
-            .zip(self.store.messages_at(&wanted)?)
-            .filter_map(|(key, message)| Some((*key, message?)))
-            .collect();
         let mut updates = Vec::with_capacity(rows.len());
         let mut bytes = 0;
-        let mut last = sync.since;
+        let mut last = since;
         for (user_seq, record) in &rows {
             let Some((update, size)) =
                 self.materialize_record(*user_seq, record, |c, s| messages.remove(&(c, s)))?
@@ -1782,7 +1793,7 @@ impl Shard {
             last = *user_seq;
             updates.push(update);
         }
-        let has_more = last.max(sync.since) < shown_head;
+        let has_more = last.max(since) < shown_head;
         self.metrics
             .core(self.core)
             .delivered_sync
@@ -1974,11 +1985,38 @@ impl Shard {
         } else {
             history.before
         };
-        let (rows, has_more) = match history.after {
-            None => self.history_backwards(conversation_id, before, limit)?,
-            Some(after) => self.history_forwards(conversation_id, after, before, limit)?,
+        let job = reads::ReadJob::History {
+            conversation_id,
+            before,
+            after: history.after,
+            limit,
         };
-        let messages = rows
+        // Read off the core's thread, as a `Sync` page is (`core/reads.rs`).
+        if self.read_off_core(conn, request_id, user_id, job) {
+            return Ok(());
+        }
+        let read = read_history(
+            &self.committed,
+            conversation_id,
+            before,
+            history.after,
+            limit,
+        )?;
+        self.send_history_page(conn, request_id, conversation_id, history.after, read);
+        Ok(())
+    }
+
+    /// Replies to a `History` with the page read.
+    pub(crate) fn send_history_page(
+        &mut self,
+        conn: ConnId,
+        request_id: u32,
+        conversation_id: u64,
+        after: Option<u64>,
+        read: reads::HistoryRead,
+    ) {
+        let messages = read
+            .rows
             .into_iter()
             .map(|(seq, m)| wire_message(&self.store, conversation_id, seq, m))
             .collect();
@@ -1988,88 +2026,101 @@ impl Shard {
             HistoryPage {
                 conversation_id,
                 messages,
-                has_more,
+                has_more: read.has_more,
                 // Echoed so the client knows the page was read forwards (spec §4.1, §10.7).
-                after: history.after,
+                after,
             },
         );
-        Ok(())
     }
+}
 
-    /// The newest messages with `seq < before`, at most `limit` and what fits in a frame, oldest
-    /// first; and whether older ones exist. Only what is durable: a message whose batch may still
-    /// fail is never shown.
-    fn history_backwards(
-        &self,
-        conversation_id: u64,
-        before: u64,
-        limit: usize,
-    ) -> Result<(Vec<(u64, MessageRecord)>, bool), StoreError> {
-        let mut rows = self
-            .committed
-            .messages_before(conversation_id, before, limit)?;
-        // Keep the newest messages that fit in one frame.
-        let mut bytes = 0;
-        let mut keep = 0;
-        for (_, message) in rows.iter().rev() {
-            let size = approx_message_bytes(message);
-            if keep > 0 && bytes + size > PAGE_BYTES_MAX {
-                break;
-            }
-            bytes += size;
-            keep += 1;
+/// A `History` page of what is durable: the newest messages below `before` (`after` absent) or
+/// the oldest above `after`, at most `limit` and what fits in a frame.
+pub(crate) fn read_history(
+    store: &Store,
+    conversation_id: u64,
+    before: u64,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<reads::HistoryRead, StoreError> {
+    let (rows, has_more) = match after {
+        None => history_backwards(store, conversation_id, before, limit)?,
+        Some(after) => history_forwards(store, conversation_id, after, before, limit)?,
+    };
+    Ok(reads::HistoryRead { rows, has_more })
+}
+
+/// The newest messages with `seq < before`, at most `limit` and what fits in a frame, oldest
+/// first; and whether older ones exist. Only what is durable: a message whose batch may still
+/// fail is never shown.
+fn history_backwards(
+    store: &Store,
+    conversation_id: u64,
+    before: u64,
+    limit: usize,
+) -> Result<(Vec<(u64, MessageRecord)>, bool), StoreError> {
+    let mut rows = store.messages_before(conversation_id, before, limit)?;
+    // Keep the newest messages that fit in one frame.
+    let mut bytes = 0;
+    let mut keep = 0;
+    for (_, message) in rows.iter().rev() {
+        let size = approx_message_bytes(message);
+        if keep > 0 && bytes + size > PAGE_BYTES_MAX {
+            break;
         }
-        let rows = rows.split_off(rows.len() - keep);
-        let has_more = rows.first().is_some_and(|(seq, _)| *seq > 1);
-        Ok((rows, has_more))
+        bytes += size;
+        keep += 1;
     }
+    let rows = rows.split_off(rows.len() - keep);
+    let has_more = rows.first().is_some_and(|(seq, _)| *seq > 1);
+    Ok((rows, has_more))
+}
 
-    /// The oldest messages with `after < seq < before`, at most `limit` and what fits in a frame,
-    /// oldest first; and whether newer ones in that range exist. Only what is durable.
-    fn history_forwards(
-        &self,
-        conversation_id: u64,
-        after: u64,
-        before: u64,
-        limit: usize,
-    ) -> Result<(Vec<(u64, MessageRecord)>, bool), StoreError> {
-        let Some(first) = after.checked_add(1) else {
-            return Ok((Vec::new(), false));
-        };
-        // Seqs are gapless, so the range `first..end` holds at most `limit` messages, and the
-        // newest `limit` below `end` (one backward scan) include every one of them.
-        let end = before.min(first.saturating_add(limit as u64));
-        if end <= first {
-            return Ok((Vec::new(), false));
-        }
-        let mut rows = self
-            .committed
-            .messages_before(conversation_id, end, limit)?;
-        rows.retain(|(seq, _)| *seq > after);
-        // Keep the oldest messages that fit in one frame.
-        let mut bytes = 0;
-        let mut keep = 0;
-        for (_, message) in &rows {
-            let size = approx_message_bytes(message);
-            if keep > 0 && bytes + size > PAGE_BYTES_MAX {
-                break;
-            }
-            bytes += size;
-            keep += 1;
-        }
-        rows.truncate(keep);
-        // An empty page means nothing is left in range; saying so also keeps a client from asking
-        // again with the same `after` for ever.
-        let has_more = match rows.last() {
-            Some((last, _)) => {
-                let newest = self.committed.last_seq(conversation_id)?;
-                *last < newest.min(before - 1)
-            }
-            None => false,
-        };
-        Ok((rows, has_more))
+/// The oldest messages with `after < seq < before`, at most `limit` and what fits in a frame,
+/// oldest first; and whether newer ones in that range exist. Only what is durable.
+fn history_forwards(
+    store: &Store,
+    conversation_id: u64,
+    after: u64,
+    before: u64,
+    limit: usize,
+) -> Result<(Vec<(u64, MessageRecord)>, bool), StoreError> {
+    let Some(first) = after.checked_add(1) else {
+        return Ok((Vec::new(), false));
+    };
+    // Seqs are gapless, so the range `first..end` holds at most `limit` messages, and the
+    // newest `limit` below `end` (one backward scan) include every one of them.
+    let end = before.min(first.saturating_add(limit as u64));
+    if end <= first {
+        return Ok((Vec::new(), false));
     }
+    let mut rows = store.messages_before(conversation_id, end, limit)?;
+    rows.retain(|(seq, _)| *seq > after);
+    // Keep the oldest messages that fit in one frame.
+    let mut bytes = 0;
+    let mut keep = 0;
+    for (_, message) in &rows {
+        let size = approx_message_bytes(message);
+        if keep > 0 && bytes + size > PAGE_BYTES_MAX {
+            break;
+        }
+        bytes += size;
+        keep += 1;
+    }
+    rows.truncate(keep);
+    // An empty page means nothing is left in range; saying so also keeps a client from asking
+    // again with the same `after` for ever.
+    let has_more = match rows.last() {
+        Some((last, _)) => {
+            let newest = store.last_seq(conversation_id)?;
+            *last < newest.min(before - 1)
+        }
+        None => false,
+    };
+    Ok((rows, has_more))
+}
 
+impl Shard {
     pub(crate) fn handle_mark_read(
         &mut self,
         now_ms: u64,

@@ -1,9 +1,9 @@
 //! Per-core chat logic: sessions, accounts, conversations, the message path, sync and receipts.
 //!
 //! A [`Shard`] is one core's state. It never touches sockets, threads, the clock or the disk: the
-//! runtime hands it decoded frames, mail and commit results together with the current time, and
-//! collects what it produced: frames for connections ([`Output`]), mail for other cores, and a
-//! batch of writes for the committer ([`Commit`]).
+//! runtime hands it decoded frames, mail, commit results and read results together with the
+//! current time, and collects what it produced: frames for connections ([`Output`]), mail for
+//! other cores, a batch of writes for the committer ([`Commit`]) and reads for readers.
 //!
 //! # Commits, in the order the calls come
 //!
@@ -20,6 +20,12 @@
 //!
 //! So an acknowledgement always means durable, and no request waits forever.
 //!
+//! # Reads off the core
+//!
+//! A `Sync` or `History` page's reads of what is durable go out with the turn as a
+//! [`reads::Read`]; a reader runs it and [`Shard::handle_read`] sends the page from its answer. So a read that goes to the
+//! device holds no other connection of the core ([`reads`]).
+//!
 //! Ownership: a user belongs to core `owner(user_id)`, a conversation to `owner(conversation_id)`.
 //! Only the owner core writes a user's devices, update log and watermarks, or a conversation's
 //! messages; see the store's schema for who writes what.
@@ -33,6 +39,7 @@ pub(crate) mod mail;
 pub(crate) mod media;
 pub(crate) mod presence;
 pub(crate) mod push;
+pub(crate) mod reads;
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -78,11 +85,13 @@ pub(crate) struct Commit {
     pub(crate) batch: Arc<Batch>,
 }
 
-/// What a loop turn produced: frames and mail to send now, and perhaps a batch to commit.
+/// What a loop turn produced: frames and mail to send now, perhaps a batch to commit, and reads
+/// for readers ([`reads`]).
 pub(crate) struct Turn {
     pub(crate) outputs: Vec<Output>,
     pub(crate) mail: Vec<(usize, Mail)>,
     pub(crate) commit: Option<Commit>,
+    pub(crate) reads: Vec<reads::Read>,
 }
 
 /// What waits for one batch in flight.
@@ -368,6 +377,8 @@ pub(crate) struct Shard {
     pub(crate) push: push::PushState,
     pub(crate) media: media::MediaState,
     pub(crate) keys: keys::KeysState,
+    /// Reads handed to readers and the requests waiting for them.
+    pub(crate) reads: reads::ReadState,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -420,6 +431,7 @@ impl Shard {
             push: push::PushState::default(),
             media: media::MediaState::default(),
             keys: keys::KeysState::default(),
+            reads: reads::ReadState::default(),
             metrics,
         }
     }
@@ -1039,6 +1051,7 @@ impl Shard {
             outputs: take_like(&mut self.outputs),
             mail: take_like(&mut self.mail_now),
             commit: None,
+            reads: self.reads.take_out(),
         };
         let high_water = self.ids.high_water();
         if high_water > self.ids_sealed {
@@ -1139,6 +1152,7 @@ impl Shard {
                     outputs: std::mem::take(&mut self.outputs),
                     mail: std::mem::take(&mut self.mail_now),
                     commit: None,
+                    reads: Vec::new(),
                 };
                 self.fail_in_flight(&mut turn);
                 // The replay in `fail_in_flight` may have produced output of its own (updates

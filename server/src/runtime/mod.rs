@@ -16,6 +16,7 @@ pub(crate) mod committer;
 pub(crate) mod conn;
 pub(crate) mod guard;
 pub(crate) mod mailbox;
+pub(crate) mod reader;
 pub(crate) mod socket;
 pub(crate) mod tls;
 pub(crate) mod ws;
@@ -43,6 +44,7 @@ use blocking::BlockingPool;
 use committer::Committer;
 use conn::{ConnHandle, Start};
 use mailbox::{Inbox, Letter, Mailboxes};
+use reader::Reader;
 use socket::Socket;
 use tern_protocol::frames::Error as ErrorFrame;
 use tls::Link;
@@ -51,6 +53,9 @@ use tls::Link;
 const LISTEN_BACKLOG: i32 = 1024;
 /// Threads of the blocking pool (password hashing).
 const BLOCKING_THREADS: usize = 2;
+/// Reader threads: the cores' reads of what is durable (`Sync` and `History` pages), off their
+/// threads.
+const READ_THREADS: usize = 2;
 /// How long the start waits for every core to serve.
 const CORE_START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Entries of each core's io_uring submission queue.
@@ -100,6 +105,8 @@ pub(crate) struct CoreCtx {
     pub(crate) shard: RefCell<Shard>,
     /// Writes the shard's batches off this thread.
     committer: Committer,
+    /// Runs the shard's reads off this thread.
+    reader: Reader,
     pub(crate) conns: RefCell<HashMap<ConnId, Rc<ConnHandle>>>,
     pub(crate) pool: BlockingPool,
     pub(crate) dummy_user: UserRecord,
@@ -354,6 +361,7 @@ impl CoreCtx {
     fn turn(self: &Rc<Self>, inbox: &Inbox) {
         let started = Instant::now();
         self.take_answers();
+        self.take_reads();
         let mut clock = TurnClock::default();
         let mut own = std::mem::take(&mut *self.own.borrow_mut());
         for mail in own.drain(..) {
@@ -383,6 +391,9 @@ impl CoreCtx {
         if let Some(commit) = turn.commit {
             self.committer.submit(commit);
         }
+        for read in turn.reads {
+            self.reader.submit(read);
+        }
         self.dispatch(turn.outputs);
         self.post(turn.mail);
         self.metrics
@@ -396,6 +407,16 @@ impl CoreCtx {
             self.shard
                 .borrow_mut()
                 .handle_committed(answer.id, answer.result);
+        }
+    }
+
+    /// Hands the readers' answers to the shard.
+    fn take_reads(&self) {
+        while let Ok(answer) = self.reader.answers.try_recv() {
+            self.metrics.core(self.core).read_done(answer.micros);
+            self.shard
+                .borrow_mut()
+                .handle_read(answer.id, answer.result);
         }
     }
 
@@ -815,6 +836,8 @@ pub struct Server {
     threads: Vec<JoinHandle<()>>,
     /// Ends once every core thread has (their committers dropped, their batches written).
     committer: JoinHandle<()>,
+    /// End once every core thread has (their readers dropped).
+    readers: Vec<JoinHandle<()>>,
     blocking: Vec<JoinHandle<()>>,
     push: Option<crate::push::PushWorker>,
     metrics_server: MetricsServer,
@@ -935,8 +958,20 @@ impl Server {
                 .map(|inbox| Arc::clone(&inbox.wake))
                 .collect(),
         )?;
-        let cores = listeners.into_iter().zip(inboxes).zip(committers);
-        for (core, ((listeners, inbox), committer)) in cores.enumerate() {
+        let (readers, reader_threads) = reader::start(
+            store.clone(),
+            READ_THREADS,
+            inboxes
+                .iter()
+                .map(|inbox| Arc::clone(&inbox.wake))
+                .collect(),
+        )?;
+        let cores = listeners
+            .into_iter()
+            .zip(inboxes)
+            .zip(committers)
+            .zip(readers);
+        for (core, (((listeners, inbox), committer), reader)) in cores.enumerate() {
             let parts = CoreParts {
                 core,
                 uring,
@@ -950,6 +985,7 @@ impl Server {
                 mailboxes: mailboxes.clone(),
                 shared: Arc::clone(&shared),
                 committer,
+                reader,
             };
             let cpu = cpus.get(core % cpus.len().max(1)).copied();
             let thread = std::thread::Builder::new()
@@ -999,6 +1035,7 @@ impl Server {
             mailboxes,
             threads,
             committer: committer_thread,
+            readers: reader_threads,
             blocking,
             push,
             metrics_server,
@@ -1015,6 +1052,9 @@ impl Server {
             let _ = thread.join();
         }
         let _ = self.committer.join();
+        for thread in self.readers {
+            let _ = thread.join();
+        }
         if let Some(push) = self.push {
             push.stop();
         }
@@ -1046,6 +1086,7 @@ struct CoreParts {
     /// Told when the core serves.
     ready: std::sync::mpsc::Sender<usize>,
     committer: Committer,
+    reader: Reader,
 }
 
 fn run_core(parts: CoreParts, listeners: CoreListeners, inbox: Inbox) {
@@ -1076,6 +1117,7 @@ fn run_core(parts: CoreParts, listeners: CoreListeners, inbox: Inbox) {
         store: parts.store,
         shard: RefCell::new(shard),
         committer,
+        reader: parts.reader,
         conns: RefCell::new(HashMap::default()),
         pool: parts.pool,
         buffers: socket::BufferPool::default(),

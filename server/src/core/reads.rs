@@ -1,0 +1,245 @@
+//! Reads off the core's thread: the store reads of a `Sync` page and of a `History` page.
+//!
+//! A core serves every connection it holds from one thread, so a store read that goes to the
+//! device holds all of them: a cold `Sync` on a large database held a core 10 to 50 ms at a time.
+//! So these pages' reads of what is durable run elsewhere. The handler hands a [`Read`] out with
+//! the turn ([`Turn::reads`](super::Turn)), a reader thread runs [`ReadJob::run`] on the durable
+//! store, and [`Shard::handle_read`] sends the page from its answer, on the core, where the
+//! updates shown before they were durable are. The core goes on serving in between.
+//!
+//! What a read sees: a log up to the head the core had when it handed the read out, or a
+//! conversation's messages. Neither is rewritten once durable, so the answer is still true when
+//! it comes back, however late. If a log's head moved meanwhile, the `Sync` page ends at the old
+//! one and says there is more (the spec's `has_more`: "existed when the page was made"), and the
+//! device asks again. A connection gone by then gets nothing, and the answer is dropped.
+//!
+//! At most [`READS_IN_FLIGHT_MAX`] reads of a core are out at once; past that a page is read on
+//! the core as before, so nothing waits on a queue of its own. A read that fails answers its
+//! request with `INTERNAL` (retryable), as a read on the core did.
+
+use super::chat::read_history;
+use super::{ConnId, HashMap, Shard};
+use crate::store::records::{MessageRecord, UpdateRecord};
+use crate::store::{Store, StoreError};
+
+/// Reads a core may have handed out and not yet seen answered.
+pub(crate) const READS_IN_FLIGHT_MAX: usize = 16;
+
+/// A read of what is durable, for a reader: run it, then answer [`Shard::handle_read`] with `id`.
+#[derive(Debug)]
+pub(crate) struct Read {
+    pub(crate) id: u64,
+    pub(crate) job: ReadJob,
+}
+
+/// What to read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ReadJob {
+    /// A user's log after `since` up to `head`, at most `limit` entries, and the messages they
+    /// name (a `Sync` page).
+    Log {
+        user_id: u64,
+        since: u64,
+        head: u64,
+        limit: usize,
+    },
+    /// A conversation's messages below `before`, the newest (`after` absent) or the oldest above
+    /// `after`, at most `limit` (a `History` page).
+    History {
+        conversation_id: u64,
+        before: u64,
+        after: Option<u64>,
+        limit: usize,
+    },
+}
+
+/// What a read found.
+#[derive(Debug)]
+pub(crate) enum ReadDone {
+    Log(LogRead),
+    History(HistoryRead),
+}
+
+/// A page of a log as read: its entries, and the messages they name that were found.
+#[derive(Debug, Default)]
+pub(crate) struct LogRead {
+    pub(crate) rows: Vec<(u64, UpdateRecord)>,
+    pub(crate) messages: HashMap<(u64, u64), MessageRecord>,
+}
+
+/// A page of a conversation's messages, by seq, and whether there are more in its direction.
+#[derive(Debug, Default)]
+pub(crate) struct HistoryRead {
+    pub(crate) rows: Vec<(u64, MessageRecord)>,
+    pub(crate) has_more: bool,
+}
+
+impl ReadJob {
+    /// Runs the read on `store`, which holds what is durable (no core's staged writes).
+    pub(crate) fn run(&self, store: &Store) -> Result<ReadDone, StoreError> {
+        match *self {
+            ReadJob::Log {
+                user_id,
+                since,
+                head,
+                limit,
+            } => read_log(store, user_id, since, head, limit).map(ReadDone::Log),
+            ReadJob::History {
+                conversation_id,
+                before,
+                after,
+                limit,
+            } => read_history(store, conversation_id, before, after, limit).map(ReadDone::History),
+        }
+    }
+}
+
+/// The log's entries in `(since, head]`, at most `limit`, with the messages they name (read
+/// together: a read each took most of a page's time).
+pub(crate) fn read_log(
+    store: &Store,
+    user_id: u64,
+    since: u64,
+    head: u64,
+    limit: usize,
+) -> Result<LogRead, StoreError> {
+    let mut rows = if since >= head {
+        Vec::new()
+    } else {
+        store.updates_after(user_id, since, limit)?
+    };
+    rows.retain(|(user_seq, _)| *user_seq <= head);
+    let mut wanted: Vec<(u64, u64)> = rows
+        .iter()
+        .filter_map(|(_, record)| match *record {
+            UpdateRecord::Message {
+                conversation_id,
+                seq,
+                ..
+            } => Some((conversation_id, seq)),
+            _ => None,
+        })
+        .collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let messages = wanted
+        .iter()
+        .zip(store.messages_at(&wanted)?)
+        .filter_map(|(key, message)| Some((*key, message?)))
+        .collect();
+    Ok(LogRead { rows, messages })
+}
+
+/// A request waiting for its read.
+#[derive(Debug)]
+struct Waiting {
+    conn: ConnId,
+    request_id: u32,
+    user_id: u64,
+    job: ReadJob,
+}
+
+/// A core's reads out and waiting.
+#[derive(Debug, Default)]
+pub(crate) struct ReadState {
+    /// Every read runs on the core (no reader runs them).
+    on_core: bool,
+    last_id: u64,
+    /// Reads handed out by this turn, for [`Shard::end_turn`].
+    out: Vec<Read>,
+    waiting: HashMap<u64, Waiting>,
+}
+
+impl ReadState {
+    /// A core that runs every read itself.
+    #[cfg(test)]
+    pub(crate) fn on_core() -> ReadState {
+        ReadState {
+            on_core: true,
+            ..ReadState::default()
+        }
+    }
+
+    /// The reads handed out since the last call.
+    pub(crate) fn take_out(&mut self) -> Vec<Read> {
+        std::mem::take(&mut self.out)
+    }
+}
+
+impl Shard {
+    /// Hands a request's read to a reader, unless readers are off or busy; false then, and the
+    /// caller reads on the core.
+    pub(crate) fn read_off_core(
+        &mut self,
+        conn: ConnId,
+        request_id: u32,
+        user_id: u64,
+        job: ReadJob,
+    ) -> bool {
+        let reads = &mut self.reads;
+        if reads.on_core || reads.waiting.len() >= READS_IN_FLIGHT_MAX {
+            return false;
+        }
+        reads.last_id += 1;
+        let id = reads.last_id;
+        reads.out.push(Read { id, job });
+        let waiting = Waiting {
+            conn,
+            request_id,
+            user_id,
+            job,
+        };
+        reads.waiting.insert(id, waiting);
+        true
+    }
+
+    /// A reader's answer to read `id`: the request that waited for it gets its page, or
+    /// `INTERNAL` if the read failed. What this produces goes out with the next
+    /// [`Shard::end_turn`].
+    pub(crate) fn handle_read(&mut self, id: u64, result: Result<ReadDone, StoreError>) {
+        let Some(Waiting {
+            conn,
+            request_id,
+            user_id,
+            job,
+        }) = self.reads.waiting.remove(&id)
+        else {
+            return;
+        };
+        if self.session(conn).is_none_or(|s| s.user_id != user_id) {
+            // The connection closed (or signed out) while its read was out.
+            return;
+        }
+        let result = result.and_then(|done| match (job, done) {
+            (
+                ReadJob::Log {
+                    since, head, limit, ..
+                },
+                ReadDone::Log(read),
+            ) => self.send_sync_page(conn, request_id, user_id, since, limit, head, read),
+            (
+                ReadJob::History {
+                    conversation_id,
+                    after,
+                    ..
+                },
+                ReadDone::History(read),
+            ) => {
+                self.send_history_page(conn, request_id, conversation_id, after, read);
+                Ok(())
+            }
+            _ => Err(StoreError::Corrupt(
+                "a read answered with another kind".into(),
+            )),
+        });
+        if let Err(e) = result {
+            tracing::error!(core = self.core, error = %e, "storage error while reading a page");
+            self.reply_error(
+                conn,
+                request_id,
+                tern_protocol::ErrorCode::INTERNAL,
+                "storage error",
+            );
+        }
+    }
+}
