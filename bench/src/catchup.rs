@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use serde::Serialize;
-use tern_protocol::frames::{Ack, OpenDirect, Send, Sync, SyncPage};
+use tern_protocol::frames::{Ack, OpenDirect, Ping, Send, Sync, SyncPage};
 use tern_protocol::{Body, Frame, UpdateKind};
 use tokio::io::AsyncWriteExt;
 
@@ -97,6 +97,11 @@ pub(crate) struct W5Cold {
     /// How long the sync's store reads took on `ternd`'s reader threads, off the cores
     /// (`tern_core_store_reads_microseconds`; none from a `ternd` without them).
     pub(crate) store_reads: Option<Stretches>,
+    /// `Ping`s other connections sent during the sync, one at a time (see [`ping_beside`]), and
+    /// their round trips: what a core held by the sync's reads costs everyone else on it.
+    pub(crate) pings: u64,
+    pub(crate) ping_p99_ms: f64,
+    pub(crate) ping_max_ms: f64,
 }
 
 /// Stretches of a core thread's time from the difference of two scrapes of one of `ternd`'s
@@ -135,7 +140,7 @@ impl W5Report {
     fn cold_summary(&self) -> Option<String> {
         self.cold.as_ref().map(|c| {
             format!(
-                "W5 after a restart ({:.0} ms to serve), caches cold: {} messages in {:.3} s = {:.0} messages/s (the slowest page {:.1} ms), {} read from the device, longest handling of a read {}, longest store read off the cores {}",
+                "W5 after a restart ({:.0} ms to serve), caches cold: {} messages in {:.3} s = {:.0} messages/s (the slowest page {:.1} ms), {} read from the device, longest handling of a read {}, longest store read off the cores {}; {} Pings beside it, p99 {:.2} ms, max {:.2} ms",
                 c.restart_ms,
                 c.sync.synced_messages,
                 c.sync.sync_s,
@@ -145,6 +150,9 @@ impl W5Report {
                     .map_or("? bytes".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0)),
                 longest(c.reads),
                 longest(c.store_reads),
+                c.pings,
+                c.ping_p99_ms,
+                c.ping_max_ms,
             )
         })
     }
@@ -353,9 +361,22 @@ pub(crate) async fn cold(
     let asked = now_ns();
     drop(resume(server.addr, w5.sender_token).await?);
     let second_resume_ms = round_ms((now_ns() - asked) as f64 / 1e6);
+    let mut pingers = Vec::with_capacity(PINGERS);
+    for _ in 0..PINGERS {
+        pingers.push(SetupConn::open(server.addr, None).await?.0);
+    }
     let before = scrape_stretches(server.metrics).await;
     let read_before = device_read_bytes(pid);
-    let sync = sync_all(&mut c).await?;
+    let done = std::cell::Cell::new(false);
+    let (sync, pings) = tokio::join!(
+        async {
+            let sync = sync_all(&mut c).await;
+            done.set(true);
+            sync
+        },
+        ping_beside(&mut pingers, &done)
+    );
+    let (sync, mut pings) = (sync?, pings?);
     let read_after = device_read_bytes(pid);
     let after = scrape_stretches(server.metrics).await;
     let stretches = |i: usize| {
@@ -376,6 +397,9 @@ pub(crate) async fn cold(
         reads: stretches(0),
         turns: stretches(1),
         store_reads: stretches(2),
+        pings: pings.len() as u64,
+        ping_p99_ms: round_ms(percentile(&mut pings, 0.99) as f64 / 1e6),
+        ping_max_ms: round_ms(pings.iter().max().copied().unwrap_or(0) as f64 / 1e6),
     };
     w5.delivered_equals_sent &= cold.sync.synced_messages == w5.sent;
     w5.cold = Some(cold);
@@ -383,6 +407,46 @@ pub(crate) async fn cold(
         eprintln!("  {line}");
     }
     Ok(())
+}
+
+/// Connections that send `Ping`s during the cold sync. Before they authenticate they stay on the
+/// core that accepted them, so several of them are on each core.
+const PINGERS: usize = 8;
+/// At most this many `Ping`s beside one sync.
+const PINGS_MAX: usize = 200_000;
+
+/// Sends `Ping`s on `pingers` in turn, one at a time, until `done`, and returns their round trips
+/// in ns.
+async fn ping_beside(
+    pingers: &mut [SetupConn],
+    done: &std::cell::Cell<bool>,
+) -> io::Result<Vec<u64>> {
+    let mut rtts = Vec::new();
+    for nonce in 0..PINGS_MAX as u64 {
+        if done.get() {
+            break;
+        }
+        let c = &mut pingers[nonce as usize % pingers.len()];
+        let asked = now_ns();
+        let reply = c.rpc(Ping { nonce }).await?;
+        rtts.push(now_ns() - asked);
+        if !matches!(reply, Body::Pong(ref p) if p.nonce == nonce) {
+            return Err(io::Error::other(format!("Ping answered {reply:?}")));
+        }
+        // Light next to the sync: the timer rounds this up to about a millisecond.
+        tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+    }
+    Ok(rtts)
+}
+
+/// The `q` quantile of `values` (0 when empty).
+fn percentile(values: &mut [u64], q: f64) -> u64 {
+    if values.is_empty() {
+        return 0;
+    }
+    values.sort_unstable();
+    let rank = ((values.len() as f64 * q).ceil() as usize).clamp(1, values.len());
+    values[rank - 1]
 }
 
 /// `ternd`'s histograms of the frames of one read, of loop turns and of the store reads off the
