@@ -140,20 +140,22 @@
 //!   The simulator checks that whatever a device was shown under a `user_seq` is what the log
 //!   holds there in the end, or `Skipped`; without the restaging or without the `Skipped` fill,
 //!   seeds fail.
-//! - **`Sync` and `History` pages are read off the core; every page stays short.** A request is
-//!   handled as its connection reads it, between loop turns, so a store read that goes to the
+//! - **`Sync`, `History` and `Download` read off the core; every page stays short.** A request
+//!   is handled as its connection reads it, between loop turns, so a store read that goes to the
 //!   device holds every connection of the core (`tern_core_frames_microseconds` shows how long).
-//!   A `Sync` page's reads of what is durable, the log up to the head and the messages it names,
-//!   and a `History` page's read of a conversation's messages go to two reader threads as a
-//!   `Read` the turn hands out (`core/reads.rs`, `runtime/reader.rs`); the answer comes back like
-//!   a commit's, and the core adds what was shown before it was durable and sends the page. Entries below a head are never rewritten, so a late answer is
+//!   A `Sync` page's reads of what is durable (the log up to the head and the messages it names),
+//!   a `History` page's read of a conversation's messages and a `Download`'s read of a complete
+//!   upload go to two reader threads as a `Read` the turn hands out (`core/reads.rs`,
+//!   `runtime/reader.rs`); the answer comes back like a commit's, and the core adds what was
+//!   shown before it was durable and replies (a `Download` whose upload was discarded meanwhile
+//!   gets `NOT_FOUND`). Entries below a head are never rewritten, so a late answer is
 //!   still true; if the head moved meanwhile, the page ends at the old one and says there is
 //!   more. Measured by W5 after W1 and W2 with the data dropped from the page cache
 //!   (`bench/README.md`), the cold sync held a core at most 0.5–1 ms at a stretch, against
 //!   10–50 ms with the reads on the core; the readers' longest read took 5–10 ms
 //!   (`tern_core_store_reads_microseconds`). The simulator answers reads late, in any order,
-//!   or fails them, and checks that a history page shows only what is durable. `Download` still
-//!   reads on the core. The pages stay short
+//!   or fails them, and checks that a history page shows only what is durable. The pages stay
+//!   short
 //!   because a page reads the log a few pairs at a time (a pair is often a run of a hundred entries; reading as many
 //!   pairs as entries wanted copied up to a hundred times what the page kept) and the messages
 //!   it refers to with one sorted multi-get: the slowest cold page took 12–13 ms before, and

@@ -140,8 +140,8 @@ pub(crate) struct CoreMetrics {
     /// microseconds: requests are handled as they are read, between loop turns, so a store read
     /// that goes to disk for a `Sync` or a `History` shows up here.
     pub(crate) frames: Histogram,
-    /// The core's reads that reader threads ran (`Sync` and `History` pages), by how long they
-    /// took in microseconds; recorded by the core as their answers come back.
+    /// The core's reads that reader threads ran (`Sync` and `History` pages, `Download`s), by how
+    /// long they took in microseconds; recorded by the core as their answers come back.
     pub(crate) reads: Histogram,
     /// Updates handed to devices as live events.
     pub(crate) delivered_live: Counter,
@@ -437,7 +437,7 @@ impl Metrics {
         histogram(
             &mut out,
             "tern_core_store_reads_microseconds",
-            "Store reads a core handed to the reader threads (Sync and History pages), by how long they took there.",
+            "Store reads a core handed to the reader threads (Sync and History pages, Downloads), by how long they took there.",
             &LATENCY_BUCKETS_US,
             &|m| &m.reads,
         );

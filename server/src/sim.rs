@@ -8,8 +8,8 @@
 //!
 //! - the committer answers a core's oldest batch (durable, failed, or refused for a full disk;
 //!   the runtime's committer writes several cores' batches at once, which is one of these orders);
-//! - a reader answers one of the reads the cores handed out (`Sync` and `History` pages), any one
-//!   of them, from what is durable by then, or fails it;
+//! - a reader answers one of the reads the cores handed out (`Sync` and `History` pages,
+//!   `Download`s), any one of them, from what is durable by then, or fails it;
 //! - one piece of mail moves from one core to another (FIFO per pair of cores, as the real
 //!   mailboxes are, but any pair may go first, so mail is delayed and reordered across pairs;
 //!   only mail a core sent itself goes before anything that comes after it, as in the runtime);
@@ -1729,7 +1729,7 @@ pub(crate) fn run_seed(seed: u64, options: Options) -> Stats {
 mod tests {
     use super::*;
     use tern_protocol::frames::{
-        GetMedia, ListDevices, RegisterPushToken, UploadBegin, UploadChunk, UploadFinish,
+        Download, GetMedia, ListDevices, RegisterPushToken, UploadBegin, UploadChunk, UploadFinish,
     };
     use tern_protocol::types::PushPlatform;
 
@@ -1776,6 +1776,74 @@ mod tests {
         reply
     }
 
+    /// Uploads `data` from `device` in one chunk; the upload's id.
+    fn upload(world: &mut World, device: usize, data: Vec<u8>) -> u64 {
+        let sha256: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &data)
+            .as_ref()
+            .try_into()
+            .expect("32 bytes");
+        let begin = UploadBegin {
+            size: data.len() as u64,
+            mime: "text/plain".into(),
+            sha256,
+        };
+        let Body::UploadState(info) = ask(world, device, begin.into()) else {
+            panic!("UploadBegin answers UploadState");
+        };
+        let media_id = info.media_id;
+        let chunk = UploadChunk {
+            media_id,
+            offset: 0,
+            data,
+        };
+        ask(world, device, chunk.into());
+        ask(world, device, UploadFinish { media_id }.into());
+        media_id
+    }
+
+    // Proves a `Download` of a complete upload is read by a reader, and that one whose read comes
+    // back after the upload was discarded (its chunks perhaps half read) is answered `NOT_FOUND`,
+    // not with what the read found.
+    #[test]
+    fn a_download_read_after_its_upload_was_discarded_finds_nothing() {
+        let config = Config::default();
+        let wait = config.media_unreferenced_ttl_ms + 2 * config.media_sweep_interval_ms;
+        let mut world = quiet(2, config);
+        let data = b"hello, world".to_vec();
+        let media_id = upload(&mut world, 0, data.clone());
+        let download = Download {
+            media_id,
+            offset: 0,
+            length: 1 << 16,
+        };
+        let reads = world.stats.reads;
+        match ask(&mut world, 0, download.clone().into()) {
+            Body::MediaData(got) => assert_eq!(got.data, data),
+            other => panic!("Download answered {other:?}"),
+        }
+        assert_eq!(
+            world.stats.reads,
+            reads + 1,
+            "the download was not read by a reader"
+        );
+        world.hold_reads = true;
+        world.replies.clear();
+        world.request(0, download.into());
+        let (core, _) = world.devices[0].conn.expect("connected");
+        world.end_turn(core);
+        assert_eq!(world.reads.len(), 1, "the download's read did not go out");
+        // The sweep discards the upload while the read is out.
+        world.tick(wait);
+        world.settle();
+        world.hold_reads = false;
+        world.answer_read(0, false);
+        world.end_turn(core);
+        match world.replies.pop() {
+            Some((0, Body::Error(error))) => assert_eq!(error.code, ErrorCode::NOT_FOUND),
+            other => panic!("a download of a discarded upload answered {other:?}"),
+        }
+    }
+
     // Proves, on the virtual clock, that a completed upload no message attaches is kept through
     // its time to live and discarded by the first sweep after it: a day passes in no time.
     #[test]
@@ -1786,27 +1854,7 @@ mod tests {
             config.media_sweep_interval_ms,
         );
         let mut world = quiet(2, config);
-        let data = b"hello, world".to_vec();
-        let sha256: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &data)
-            .as_ref()
-            .try_into()
-            .expect("32 bytes");
-        let begin = UploadBegin {
-            size: data.len() as u64,
-            mime: "text/plain".into(),
-            sha256,
-        };
-        let Body::UploadState(info) = ask(&mut world, 0, begin.into()) else {
-            panic!("UploadBegin answers UploadState");
-        };
-        let media_id = info.media_id;
-        let chunk = UploadChunk {
-            media_id,
-            offset: 0,
-            data,
-        };
-        ask(&mut world, 0, chunk.into());
-        ask(&mut world, 0, UploadFinish { media_id }.into());
+        let media_id = upload(&mut world, 0, b"hello, world".to_vec());
         let exists = |world: &mut World| {
             matches!(
                 ask(world, 0, GetMedia { media_id }.into()),

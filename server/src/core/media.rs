@@ -20,6 +20,7 @@ use tern_protocol::limits::MEDIA_CHUNK_BYTES_MAX;
 use tern_protocol::types::Attachment;
 use tern_protocol::ErrorCode;
 
+use super::reads::ReadJob;
 use super::{ConnId, Shard};
 use crate::store::records::MediaRecord;
 use crate::store::{Store, StoreError, RANGE_READ_MAX};
@@ -384,17 +385,57 @@ impl Shard {
             .size
             .min(download.offset.saturating_add(u64::from(download.length)));
         let length = end.saturating_sub(download.offset) as usize;
-        let mut data = Vec::with_capacity(length);
-        if length > 0 {
-            self.store
-                .read_media(download.media_id, download.offset, length, &mut data)?;
+        let (media_id, offset) = (download.media_id, download.offset);
+        // Off the core's thread once the upload is complete in what is durable (so are all its
+        // chunks: they were committed before, by the same core), as a `Sync` page is
+        // (`core/reads.rs`).
+        let job = ReadJob::Media {
+            media_id,
+            offset,
+            length,
+        };
+        if length > 0
+            && self
+                .committed
+                .media(media_id)?
+                .is_some_and(|durable| durable.complete)
+            && self.read_off_core(conn, request_id, user_id, job)
+        {
+            return Ok(());
+        }
+        let data = read_media(&self.store, media_id, offset, length)?;
+        self.reply(
+            conn,
+            request_id,
+            MediaData {
+                media_id,
+                offset,
+                data,
+            },
+        );
+        Ok(())
+    }
+
+    /// Replies to a `Download` with the bytes a reader read, unless the upload was discarded
+    /// meanwhile (the read may then have missed chunks): `NOT_FOUND` then.
+    pub(crate) fn send_media_data(
+        &mut self,
+        conn: ConnId,
+        request_id: u32,
+        media_id: u64,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        if self.store.media(media_id)?.is_none() {
+            self.reply_error(conn, request_id, ErrorCode::NOT_FOUND, "no such media");
+            return Ok(());
         }
         self.reply(
             conn,
             request_id,
             MediaData {
-                media_id: download.media_id,
-                offset: download.offset,
+                media_id,
+                offset,
                 data,
             },
         );
@@ -458,4 +499,18 @@ impl Shard {
         }
         Ok(expired)
     }
+}
+
+/// The bytes `[offset, offset + length)` of an upload (fewer at its end).
+pub(crate) fn read_media(
+    store: &Store,
+    media_id: u64,
+    offset: u64,
+    length: usize,
+) -> Result<Vec<u8>, StoreError> {
+    let mut data = Vec::with_capacity(length);
+    if length > 0 {
+        store.read_media(media_id, offset, length, &mut data)?;
+    }
+    Ok(data)
 }

@@ -22,8 +22,9 @@
 //!
 //! # Reads off the core
 //!
-//! A `Sync` or `History` page's reads of what is durable go out with the turn as a
-//! [`reads::Read`]; a reader runs it and [`Shard::handle_read`] sends the page from its answer. So a read that goes to the
+//! The reads of what is durable for a `Sync` page, a `History` page or a `Download` go out with
+//! the turn as a [`reads::Read`]; a reader runs it and [`Shard::handle_read`] replies from its
+//! answer. So a read that goes to the
 //! device holds no other connection of the core ([`reads`]).
 //!
 //! Ownership: a user belongs to core `owner(user_id)`, a conversation to `owner(conversation_id)`.

@@ -1,15 +1,17 @@
-//! Reads off the core's thread: the store reads of a `Sync` page and of a `History` page.
+//! Reads off the core's thread: the store reads of a `Sync` page, a `History` page and a
+//! `Download`.
 //!
 //! A core serves every connection it holds from one thread, so a store read that goes to the
 //! device holds all of them: a cold `Sync` on a large database held a core 10 to 50 ms at a time.
-//! So these pages' reads of what is durable run elsewhere. The handler hands a [`Read`] out with
+//! So these reads of what is durable run elsewhere. The handler hands a [`Read`] out with
 //! the turn ([`Turn::reads`](super::Turn)), a reader thread runs [`ReadJob::run`] on the durable
 //! store, and [`Shard::handle_read`] sends the page from its answer, on the core, where the
 //! updates shown before they were durable are. The core goes on serving in between.
 //!
-//! What a read sees: a log up to the head the core had when it handed the read out, or a
-//! conversation's messages. Neither is rewritten once durable, so the answer is still true when
-//! it comes back, however late. If a log's head moved meanwhile, the `Sync` page ends at the old
+//! What a read sees: a log up to the head the core had when it handed the read out, a
+//! conversation's messages, or a complete upload's bytes. None is rewritten once durable, so the
+//! answer is still true when it comes back, however late (an upload may be discarded meanwhile:
+//! the `Download` is then answered `NOT_FOUND`). If a log's head moved meanwhile, the `Sync` page ends at the old
 //! one and says there is more (the spec's `has_more`: "existed when the page was made"), and the
 //! device asks again. A connection gone by then gets nothing, and the answer is dropped.
 //!
@@ -18,6 +20,7 @@
 //! request with `INTERNAL` (retryable), as a read on the core did.
 
 use super::chat::read_history;
+use super::media::read_media;
 use super::{ConnId, HashMap, Shard};
 use crate::store::records::{MessageRecord, UpdateRecord};
 use crate::store::{Store, StoreError};
@@ -51,6 +54,12 @@ pub(crate) enum ReadJob {
         after: Option<u64>,
         limit: usize,
     },
+    /// The bytes `[offset, offset + length)` of a complete upload (a `Download`).
+    Media {
+        media_id: u64,
+        offset: u64,
+        length: usize,
+    },
 }
 
 /// What a read found.
@@ -58,6 +67,7 @@ pub(crate) enum ReadJob {
 pub(crate) enum ReadDone {
     Log(LogRead),
     History(HistoryRead),
+    Media(Vec<u8>),
 }
 
 /// A page of a log as read: its entries, and the messages they name that were found.
@@ -90,6 +100,11 @@ impl ReadJob {
                 after,
                 limit,
             } => read_history(store, conversation_id, before, after, limit).map(ReadDone::History),
+            ReadJob::Media {
+                media_id,
+                offset,
+                length,
+            } => read_media(store, media_id, offset, length).map(ReadDone::Media),
         }
     }
 }
@@ -228,6 +243,12 @@ impl Shard {
                 self.send_history_page(conn, request_id, conversation_id, after, read);
                 Ok(())
             }
+            (
+                ReadJob::Media {
+                    media_id, offset, ..
+                },
+                ReadDone::Media(data),
+            ) => self.send_media_data(conn, request_id, media_id, offset, data),
             _ => Err(StoreError::Corrupt(
                 "a read answered with another kind".into(),
             )),

@@ -53,8 +53,8 @@ use tls::Link;
 const LISTEN_BACKLOG: i32 = 1024;
 /// Threads of the blocking pool (password hashing).
 const BLOCKING_THREADS: usize = 2;
-/// Reader threads: the cores' reads of what is durable (`Sync` and `History` pages), off their
-/// threads.
+/// Reader threads: the cores' reads of what is durable (`Sync` and `History` pages,
+/// `Download`s), off their threads.
 const READ_THREADS: usize = 2;
 /// How long the start waits for every core to serve.
 const CORE_START_TIMEOUT: Duration = Duration::from_secs(60);
