@@ -143,6 +143,8 @@ pub(crate) struct CoreMetrics {
     /// The core's reads that reader threads ran (`Sync` and `History` pages, `Download`s), by how
     /// long they took in microseconds; recorded by the core as their answers come back.
     pub(crate) reads: Histogram,
+    /// Those reads the core found all in memory and did itself.
+    pub(crate) reads_in_memory: Counter,
     /// Updates handed to devices as live events.
     pub(crate) delivered_live: Counter,
     /// Updates handed to devices in sync pages.
@@ -383,6 +385,13 @@ impl Metrics {
             "counter",
             "Times the mail held for full mailboxes reached its bound and connections stopped reading.",
             &|m| load(&m.mail_backlogs),
+        );
+        per_core(
+            &mut out,
+            "tern_core_reads_in_memory_total",
+            "counter",
+            "Store reads of Sync and History pages and Downloads a core found all in memory and did itself (the rest go to the reader threads).",
+            &|m| load(&m.reads_in_memory),
         );
         per_core(
             &mut out,

@@ -9,7 +9,8 @@
 //! - the committer answers a core's oldest batch (durable, failed, or refused for a full disk;
 //!   the runtime's committer writes several cores' batches at once, which is one of these orders);
 //! - a reader answers one of the reads the cores handed out (`Sync` and `History` pages,
-//!   `Download`s), any one of them, from what is durable by then, or fails it;
+//!   `Download`s), any one of them, from what is durable by then, or fails it (the cores hand
+//!   them out while their memory-only reads miss, which steps turn on and off);
 //! - one piece of mail moves from one core to another (FIFO per pair of cores, as the real
 //!   mailboxes are, but any pair may go first, so mail is delayed and reordered across pairs;
 //!   only mail a core sent itself goes before anything that comes after it, as in the runtime);
@@ -91,6 +92,9 @@ pub(crate) struct Options {
     pub(crate) disk_full_per_100k: u64,
     /// Reads that fail, per thousand.
     pub(crate) read_failures_per_mille: u64,
+    /// Steps that turn reads from memory on (or off), per hundred thousand: while on, the cores
+    /// read what they need from memory themselves; while off, readers do.
+    pub(crate) memory_flips_per_100k: u64,
     /// Every core reads on its own thread, as with no readers (else readers run the reads).
     pub(crate) reads_on_core: bool,
 }
@@ -105,6 +109,7 @@ impl Default for Options {
             crashes_per_100k: 30,
             disk_full_per_100k: 40,
             read_failures_per_mille: 20,
+            memory_flips_per_100k: 100,
             reads_on_core: false,
         }
     }
@@ -323,6 +328,8 @@ pub(crate) struct Stats {
     pub(crate) failed_reads: u64,
     /// History pages devices were answered.
     pub(crate) history_pages: u64,
+    /// Times reads from memory were turned on or off.
+    pub(crate) memory_flips: u64,
 }
 
 impl World {
@@ -340,6 +347,8 @@ impl World {
         });
         let memory: Arc<dyn Backend> = Arc::new(MemBackend::new());
         let faults = Arc::new(Faults::default());
+        // Reads miss memory and go to readers, until a step says otherwise.
+        faults.set_uncached(true);
         let store = Store::with_backend(
             Arc::new(FaultyBackend::new(memory, Arc::clone(&faults))),
             false,
@@ -1367,6 +1376,11 @@ impl World {
             self.faults.set_no_space(full);
             self.stats.disk_full += 1;
         }
+        if self.rng.next() % 100_000 < self.options.memory_flips_per_100k {
+            let in_memory = self.stats.memory_flips.is_multiple_of(2);
+            self.faults.set_uncached(!in_memory);
+            self.stats.memory_flips += 1;
+        }
     }
 
     /// The faults stop; every device reconnects, sends what its outbox holds and catches up.
@@ -1743,6 +1757,7 @@ mod tests {
             crashes_per_100k: 0,
             disk_full_per_100k: 0,
             read_failures_per_mille: 0,
+            memory_flips_per_100k: 0,
             reads_on_core: false,
         };
         let mut world = World::with_config(1, options, config);
@@ -2420,6 +2435,40 @@ mod tests {
         }
     }
 
+    // Proves a `Sync` whose reads find everything in memory is answered on the core, with nothing
+    // handed to a reader.
+    #[test]
+    fn a_sync_found_in_memory_is_answered_on_the_core() {
+        let mut world = quiet(2, Config::default());
+        let peer = world.users[1].user_id;
+        let conversation_id = conversation_with(&world, 0, peer);
+        let device = (0..world.devices.len())
+            .find(|d| world.devices[*d].user == 1)
+            .expect("the peer has a device");
+        world.disconnect(device);
+        world.settle();
+        for n in 0..3u8 {
+            world.send(0, conversation_id, [n + 1; 16]);
+            world.settle();
+        }
+        let head = world.log(peer).last().map_or(0, |(user_seq, _)| *user_seq);
+        assert!(head > world.devices[device].cursor, "nothing to sync");
+        world.faults.set_uncached(false);
+        let reads = world.stats.reads;
+        world.authenticate(device, false);
+        let started = world.clock;
+        while world.devices[device].syncing || !world.devices[device].live {
+            world.settle();
+            for core in 0..world.options.cores {
+                world.end_turn(core);
+            }
+            assert!(world.clock < started + 10_000, "the sync never ended");
+        }
+        assert_eq!(world.devices[device].cursor, head);
+        assert_eq!(world.stats.reads, reads, "a read went to a reader");
+        assert!(world.reads.is_empty());
+    }
+
     // Proves a `Sync` page whose read comes back after the log grew ends at the head it was read
     // to and says there is more, so the device asks again and catches up without a gap; and that
     // a read whose connection closed meanwhile sends nothing.
@@ -2534,6 +2583,7 @@ mod tests {
             total.reads += stats.reads;
             total.failed_reads += stats.failed_reads;
             total.history_pages += stats.history_pages;
+            total.memory_flips += stats.memory_flips;
         }
         println!("{total:?}");
         if seeds().count() >= 50 {
@@ -2549,6 +2599,7 @@ mod tests {
             // Syncs went to readers, whose answers came late and out of order, and some failed.
             assert!(total.reads > 100 && total.failed_reads > 0, "{total:?}");
             assert!(total.history_pages > 100, "{total:?}");
+            assert!(total.memory_flips > 0, "{total:?}");
         }
     }
 

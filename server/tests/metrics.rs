@@ -1,6 +1,7 @@
 //! Integration test of the metrics and health endpoint of a real `ternd`: `/healthz` answers, and
 //! `/metrics` counts what the test did (connections, frames, messages, appended updates, group
-//! commits, reads off the cores, errors by code) and shows the RocksDB gauges.
+//! commits, reads in memory and off the cores, errors by code) and shows the RocksDB gauges; and
+//! that reads that miss memory after a restart go to the reader threads.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,7 +10,10 @@ mod common;
 
 use common::*;
 
-on_both_engines!(metrics_count_what_happened);
+on_both_engines!(
+    metrics_count_what_happened,
+    reads_that_miss_memory_go_to_the_readers
+);
 
 // Proves /healthz answers 200, and /metrics reflects a known workload: 3 messages stored, each
 // appended to 2 logs, frames both ways, commits and their batch sizes, updates delivered by sync and
@@ -50,8 +54,13 @@ async fn metrics_count_what_happened(engine: &'static str) {
     // Every read that held a frame is timed once: the requests above came in several reads.
     let reads = total(&metrics, "tern_core_frames_microseconds_count");
     assert!(reads >= 3 && reads <= total(&metrics, "tern_frames_in_total"));
-    // Both syncs read a log that was not empty: the reader threads ran those reads.
-    assert!(total(&metrics, "tern_core_store_reads_microseconds_count") >= 2);
+    // Both syncs read a log that was not empty, all of it still in the memtables: the cores
+    // read it themselves.
+    assert!(total(&metrics, "tern_core_reads_in_memory_total") >= 2);
+    assert_eq!(
+        total(&metrics, "tern_core_store_reads_microseconds_count"),
+        0
+    );
     assert_eq!(total(&metrics, "tern_storage_errors_total"), 0);
     // Every delivery was confirmed in time: nothing was delivered again.
     assert!(metrics.contains("# TYPE tern_fanout_retries_total counter"));
@@ -91,4 +100,46 @@ async fn metrics_count_what_happened(engine: &'static str) {
 
     let (status, _) = get(server.metrics_addr, "/nothing").await;
     assert_eq!(status, "HTTP/1.1 404 Not Found");
+}
+
+// Proves that after a clean restart, when the messages are only in table files, a `History` is
+// read by the reader threads and answers with everything, that a sync after it answers with
+// everything too, and that the same `History` again, its blocks now cached, is read by the core.
+async fn reads_that_miss_memory_go_to_the_readers(engine: &'static str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Ternd::start_in(engine, dir.path(), &[]);
+    let (alice, _) = server.register("alice").await;
+    let (bob, bob_auth) = server.register("bob").await;
+    let token = bob_auth.token.unwrap();
+    let conv = alice.open_direct(bob_auth.user_id).await.unwrap();
+    for n in 1..=5u64 {
+        alice
+            .send(conv.conversation_id, cmid(1, n), &format!("kept {n}"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(bodies(&sync_until(&bob, 5).await).len(), 5);
+    drop((alice, bob));
+    // A clean shutdown flushes the memtables to table files; the restart starts with empty caches.
+    assert!(server.terminate().success());
+    let server = Ternd::start_in(engine, dir.path(), &[]);
+    let bob = server.client().await;
+    bob.resume(token).await.unwrap();
+    // History first: the sync's read of the messages would bring their blocks into the cache.
+    let expected: Vec<String> = (1..=5).map(|n| format!("kept {n}")).collect();
+    let page = bob.history(conv.conversation_id, 0, 0).await.unwrap();
+    let history: Vec<&str> = page.messages.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(history, expected);
+    let synced = sync_all(&bob, 0).await;
+    assert_eq!(bodies(&synced), expected);
+    let (_, metrics) = get(server.metrics_addr, "/metrics").await;
+    assert!(
+        total(&metrics, "tern_core_store_reads_microseconds_count") >= 1,
+        "{metrics}"
+    );
+    let in_memory = total(&metrics, "tern_core_reads_in_memory_total");
+    let again = bob.history(conv.conversation_id, 0, 0).await.unwrap();
+    assert_eq!(again.messages.len(), 5);
+    let (_, metrics) = get(server.metrics_addr, "/metrics").await;
+    assert!(total(&metrics, "tern_core_reads_in_memory_total") > in_memory);
 }

@@ -1723,19 +1723,15 @@ impl Shard {
             (sync.limit as usize).min(max)
         };
         let head = self.user_state(user_id)?.head;
-        // What is durable is read off the core's thread, where a read that goes to the device
-        // holds no connection but this one (`core/reads.rs`).
+        // What is durable is read here if it is all in memory, else off the core's thread, where
+        // a read that goes to the device holds no connection but this one (`core/reads.rs`).
         let job = reads::ReadJob::Log {
             user_id,
             since: sync.since,
             head,
             limit,
         };
-        if sync.since < head && self.read_off_core(conn, request_id, user_id, job) {
-            return Ok(());
-        }
-        let read = reads::read_log(&self.committed, user_id, sync.since, head, limit)?;
-        self.send_sync_page(conn, request_id, user_id, sync.since, limit, head, read)
+        self.read_and_reply(conn, request_id, user_id, job)
     }
 
     /// Replies to a `Sync` with the page that starts with `read`, the log as it was durable up to
@@ -1991,19 +1987,8 @@ impl Shard {
             after: history.after,
             limit,
         };
-        // Read off the core's thread, as a `Sync` page is (`core/reads.rs`).
-        if self.read_off_core(conn, request_id, user_id, job) {
-            return Ok(());
-        }
-        let read = read_history(
-            &self.committed,
-            conversation_id,
-            before,
-            history.after,
-            limit,
-        )?;
-        self.send_history_page(conn, request_id, conversation_id, history.after, read);
-        Ok(())
+        // Read as a `Sync` page is (`core/reads.rs`).
+        self.read_and_reply(conn, request_id, user_id, job)
     }
 
     /// Replies to a `History` with the page read.

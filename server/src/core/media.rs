@@ -386,22 +386,20 @@ impl Shard {
             .min(download.offset.saturating_add(u64::from(download.length)));
         let length = end.saturating_sub(download.offset) as usize;
         let (media_id, offset) = (download.media_id, download.offset);
-        // Off the core's thread once the upload is complete in what is durable (so are all its
-        // chunks: they were committed before, by the same core), as a `Sync` page is
-        // (`core/reads.rs`).
-        let job = ReadJob::Media {
-            media_id,
-            offset,
-            length,
-        };
+        // Read as a `Sync` page is (`core/reads.rs`) once the upload is complete in what is
+        // durable (so are all its chunks: they were committed before, by the same core).
         if length > 0
             && self
                 .committed
                 .media(media_id)?
                 .is_some_and(|durable| durable.complete)
-            && self.read_off_core(conn, request_id, user_id, job)
         {
-            return Ok(());
+            let job = ReadJob::Media {
+                media_id,
+                offset,
+                length,
+            };
+            return self.read_and_reply(conn, request_id, user_id, job);
         }
         let data = read_media(&self.store, media_id, offset, length)?;
         self.reply(

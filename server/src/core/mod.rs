@@ -22,9 +22,9 @@
 //!
 //! # Reads off the core
 //!
-//! The reads of what is durable for a `Sync` page, a `History` page or a `Download` go out with
-//! the turn as a [`reads::Read`]; a reader runs it and [`Shard::handle_read`] replies from its
-//! answer. So a read that goes to the
+//! The reads of what is durable for a `Sync` page, a `History` page or a `Download` run on the
+//! core if they find everything in memory; otherwise they go out with the turn as a
+//! [`reads::Read`], a reader runs it and [`Shard::handle_read`] replies from its answer. So a read that goes to the
 //! device holds no other connection of the core ([`reads`]).
 //!
 //! Ownership: a user belongs to core `owner(user_id)`, a conversation to `owner(conversation_id)`.
@@ -324,6 +324,9 @@ pub(crate) struct Shard {
     pub(crate) store: Store,
     /// What is durable only: what clients may be shown (logs and history).
     pub(crate) committed: Store,
+    /// The same, read from memory only: a read that needs the device goes to a reader instead
+    /// ([`reads`]).
+    pub(crate) cached: Store,
     pub(crate) ids: IdGen,
     /// The id high-water mark the batches handed to the committer carry, so that each batch
     /// writes it once, not once per id.
@@ -400,6 +403,7 @@ impl Shard {
             cores,
             config,
             committed: store.clone(),
+            cached: store.memory_only(),
             store: store.for_core(),
             ids: IdGen::new(core, high_water),
             ids_sealed: high_water,

@@ -11,8 +11,8 @@
 //!   no disk. What it holds is exactly what was committed, so dropping everything else (the
 //!   shards, the batches in flight) and keeping it is a crash;
 //! - `FaultyBackend` (tests and the simulator): any backend with faults switched on from outside
-//!   (`Faults`): the next
-//!   commits fail, or every commit fails with "no space" until there is room again.
+//!   (`Faults`): the next commits fail, or every commit fails with "no space" until there is room
+//!   again, or reads of its memory-only view miss as if nothing were in memory.
 
 #[cfg(test)]
 use std::collections::BTreeMap;
@@ -100,6 +100,12 @@ pub(crate) trait Backend: Send + Sync {
     /// Figures worth exporting as metrics, by name.
     fn properties(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
+    }
+
+    /// A view of the same data whose reads fail with [`StoreError::NotCached`] rather than go to
+    /// the device; `None` when every read is in memory anyway.
+    fn memory_only(&self) -> Option<Arc<dyn Backend>> {
+        None
     }
 }
 
@@ -230,6 +236,8 @@ pub(crate) struct Faults {
     no_space: AtomicBool,
     /// Writes refused so far.
     refused: AtomicU64,
+    /// While set, reads of the memory-only view fail as if the data were not in memory.
+    uncached: AtomicBool,
 }
 
 #[cfg(test)]
@@ -242,6 +250,11 @@ impl Faults {
     /// Fills the disk (`true`) or frees it (`false`).
     pub(crate) fn set_no_space(&self, full: bool) {
         self.no_space.store(full, Ordering::SeqCst);
+    }
+
+    /// Makes the memory-only view miss every read (`true`) or find everything (`false`).
+    pub(crate) fn set_uncached(&self, uncached: bool) {
+        self.uncached.store(uncached, Ordering::SeqCst);
     }
 
     /// How many writes were refused.
@@ -319,5 +332,71 @@ impl Backend for FaultyBackend {
 
     fn properties(&self) -> Vec<(&'static str, u64)> {
         self.inner.properties()
+    }
+
+    fn memory_only(&self) -> Option<Arc<dyn Backend>> {
+        let inner = self
+            .inner
+            .memory_only()
+            .unwrap_or_else(|| Arc::clone(&self.inner));
+        Some(Arc::new(MissingBackend {
+            inner,
+            faults: Arc::clone(&self.faults),
+        }))
+    }
+}
+
+#[cfg(test)]
+/// A memory-only view whose reads miss while its [`Faults`] say so.
+struct MissingBackend {
+    inner: Arc<dyn Backend>,
+    faults: Arc<Faults>,
+}
+
+#[cfg(test)]
+impl MissingBackend {
+    fn check(&self) -> Result<(), StoreError> {
+        if self.faults.uncached.load(Ordering::SeqCst) {
+            return Err(StoreError::NotCached);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+impl Backend for MissingBackend {
+    fn get(&self, cf: &'static str, key: &[u8]) -> Result<Option<Slice<'_>>, StoreError> {
+        self.check()?;
+        self.inner.get(cf, key)
+    }
+
+    fn scan(
+        &self,
+        cf: &'static str,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Rows, StoreError> {
+        self.check()?;
+        self.inner.scan(cf, prefix, from, limit)
+    }
+
+    fn scan_back(
+        &self,
+        cf: &'static str,
+        prefix: &[u8],
+        before: &[u8],
+        limit: usize,
+    ) -> Result<Rows, StoreError> {
+        self.check()?;
+        self.inner.scan_back(cf, prefix, before, limit)
+    }
+
+    fn write_group(&self, _batches: &[&Batch], _sync: bool) -> Result<(), StoreError> {
+        Err(StoreError::Io("a memory-only view is not written".into()))
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 }

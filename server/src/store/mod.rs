@@ -170,6 +170,9 @@ pub enum StoreError {
     /// A record could not be encoded.
     #[error("encoding a record: {0}")]
     Encode(String),
+    /// A read of a memory-only view ([`Store::memory_only`]) needed the device.
+    #[error("not in memory")]
+    NotCached,
 }
 
 /// The database, shared by every core: typed reads and commits over a [`Backend`].
@@ -228,6 +231,19 @@ impl Store {
             backend: Arc::clone(&self.backend),
             fsync: self.fsync,
             overlay: Some(Arc::new(Overlay::new())),
+        }
+    }
+
+    /// What is durable, read from memory only: a read that would need the device fails with
+    /// [`StoreError::NotCached`] instead (RocksDB: memtables and block cache).
+    pub(crate) fn memory_only(&self) -> Store {
+        Store {
+            backend: self
+                .backend
+                .memory_only()
+                .unwrap_or_else(|| Arc::clone(&self.backend)),
+            fsync: self.fsync,
+            overlay: None,
         }
     }
 
@@ -1817,6 +1833,75 @@ mod tests {
         assert_eq!(store.session(&[5; 32]).unwrap(), Some((42, 3)));
         assert_eq!(store.id_high_water(1).unwrap(), 777);
         assert_eq!(store.id_high_water(0).unwrap(), 0);
+    }
+
+    // Proves RocksDB's memory-only view reads what the memtables and the block cache hold, and
+    // answers `NotCached` (never a short or empty answer) for what only the table files hold:
+    // after a reopen, until a full read has brought the blocks in. Its multi-get reads key by key:
+    // RocksDB's own read the table file at the block-cache tier.
+    #[test]
+    fn the_memory_only_view_misses_what_only_the_table_files_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = |seq: u64| UpdateRecord::Message {
+            conversation_id: 9,
+            seq,
+            sender: 3,
+        };
+        let message = MessageRecord {
+            message_id: 77,
+            sender: 3,
+            sender_device: 1,
+            ts: 5,
+            client_msg_id: [1; 16],
+            body: "kept on disk".into(),
+            attachments: Vec::new(),
+        };
+        {
+            let store = Store::open(dir.path(), false, 1000, 16).unwrap();
+            let mut batch = store.batch();
+            for seq in 1..=50 {
+                batch.put_update(2, seq, &entry(seq)).unwrap();
+            }
+            batch.put_message(9, 1, &message).unwrap();
+            batch.put_media_chunk(5, 0, &[3; 8192]);
+            batch.sort();
+            store.commit(batch).unwrap();
+            // Into table files; the next open starts with empty memtables and caches.
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path(), false, 1000, 16).unwrap();
+        let memory = store.memory_only();
+        assert!(matches!(
+            memory.updates_after(2, 0, 100),
+            Err(StoreError::NotCached)
+        ));
+        assert!(matches!(
+            memory.messages_at(&[(9, 1)]),
+            Err(StoreError::NotCached)
+        ));
+        assert!(matches!(memory.message(9, 1), Err(StoreError::NotCached)));
+        // Media chunks live in blob files, of which no cache keeps values: a download's read is
+        // never in memory, before a full read or after it.
+        let mut bytes = Vec::new();
+        let missed = memory.read_media(5, 0, 8192, &mut bytes);
+        assert!(matches!(missed, Err(StoreError::NotCached)));
+        bytes.clear();
+        store.read_media(5, 0, 8192, &mut bytes).unwrap();
+        assert_eq!(bytes, vec![3; 8192]);
+        bytes.clear();
+        let missed = memory.read_media(5, 0, 8192, &mut bytes);
+        assert!(matches!(missed, Err(StoreError::NotCached)));
+        let log = store.updates_after(2, 0, 100).unwrap();
+        assert_eq!(log.len(), 50);
+        assert_eq!(store.message(9, 1).unwrap(), Some(message.clone()));
+        // The full reads brought the blocks into the cache: now they are in memory.
+        assert_eq!(memory.updates_after(2, 0, 100).unwrap(), log);
+        assert_eq!(memory.messages_at(&[(9, 1)]).unwrap(), vec![Some(message)]);
+        // What a later commit wrote is in the memtable.
+        let mut batch = store.batch();
+        batch.put_update(4, 1, &entry(1)).unwrap();
+        store.commit(batch).unwrap();
+        assert_eq!(memory.updates_after(4, 0, 10).unwrap(), vec![(1, entry(1))]);
     }
 
     // Proves the write-ahead log stays near its bound while a column family is written once

@@ -13,10 +13,12 @@
 //! ([`StoreError::NoSpace`]); `server/tests/disk_full.rs` fills a real tmpfs.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use rocksdb::{
     BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBWithThreadMode, Direction,
-    IteratorMode, Options, ReadOptions, SingleThreaded, WriteBatch, WriteOptions,
+    ErrorKind, IteratorMode, Options, ReadOptions, ReadTier, SingleThreaded, WriteBatch,
+    WriteOptions,
 };
 
 use super::backend::{Backend, Rows, Slice};
@@ -35,16 +37,22 @@ type Db = DBWithThreadMode<SingleThreaded>;
 /// How often RocksDB rewrites files nothing else compacted, so expiry also reaches idle data.
 const PERIODIC_COMPACTION_SECONDS: u64 = 24 * 3600;
 
-/// One RocksDB database.
+/// One RocksDB database, or a view of it that reads from memory only.
 pub(crate) struct RocksBackend {
-    db: Db,
+    db: Arc<Db>,
     /// The options of every point read, made once: `get_pinned_cf` makes and frees a fresh set
     /// (two trips through the allocator) on each call, and every `Send` makes one.
     point_read: ReadOptions,
+    /// Reads go no further than the memtables and the block cache ([`Backend::memory_only`]).
+    memory_only: bool,
 }
 
 impl From<rocksdb::Error> for StoreError {
     fn from(error: rocksdb::Error) -> StoreError {
+        if error.kind() == ErrorKind::Incomplete {
+            // A read of the memory-only view needed the device.
+            return StoreError::NotCached;
+        }
         let text = error.into_string();
         if text.contains("No space left") || text.contains("NoSpace") {
             StoreError::NoSpace(text)
@@ -91,9 +99,19 @@ impl RocksBackend {
             .collect::<Result<Vec<_>, StoreError>>()?;
         let db = Db::open_cf_descriptors(&options, path, descriptors)?;
         Ok(RocksBackend {
-            db,
+            db: Arc::new(db),
             point_read: ReadOptions::default(),
+            memory_only: false,
         })
+    }
+
+    /// Options for a read of this view.
+    fn read_options(&self) -> ReadOptions {
+        let mut read = ReadOptions::default();
+        if self.memory_only {
+            read.set_read_tier(ReadTier::BlockCache);
+        }
+        read
     }
 
     fn cf(&self, name: &str) -> &ColumnFamily {
@@ -144,6 +162,11 @@ impl Backend for RocksBackend {
         cf: &'static str,
         keys: &[&[u8]],
     ) -> Result<Vec<Option<Slice<'_>>>, StoreError> {
+        if self.memory_only {
+            // RocksDB's multi-get reads the table files even at the block-cache read tier (a
+            // store test shows it), so the memory-only view reads key by key.
+            return keys.iter().map(|key| self.get(cf, key)).collect();
+        }
         // Sorted keys let RocksDB take its view of the family once for them all and search each
         // memtable and table file once for the keys that fall in it.
         self.db
@@ -160,7 +183,7 @@ impl Backend for RocksBackend {
         from: &[u8],
         limit: usize,
     ) -> Result<Rows, StoreError> {
-        let mut read = ReadOptions::default();
+        let mut read = self.read_options();
         read.set_iterate_upper_bound(prefix_upper_bound(prefix));
         let iter = self.db.iterator_cf_opt(
             self.cf(cf),
@@ -185,7 +208,7 @@ impl Backend for RocksBackend {
         before: &[u8],
         limit: usize,
     ) -> Result<Rows, StoreError> {
-        let mut read = ReadOptions::default();
+        let mut read = self.read_options();
         read.set_iterate_lower_bound(prefix.to_vec());
         read.set_iterate_upper_bound(before.to_vec());
         let iter = self
@@ -214,6 +237,19 @@ impl Backend for RocksBackend {
             self.db.flush_cf(self.cf(name))?;
         }
         Ok(())
+    }
+
+    fn memory_only(&self) -> Option<Arc<dyn Backend>> {
+        let view = RocksBackend {
+            db: Arc::clone(&self.db),
+            point_read: {
+                let mut read = ReadOptions::default();
+                read.set_read_tier(ReadTier::BlockCache);
+                read
+            },
+            memory_only: true,
+        };
+        Some(Arc::new(view))
     }
 
     fn properties(&self) -> Vec<(&'static str, u64)> {
