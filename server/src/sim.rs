@@ -44,7 +44,7 @@ use tern_protocol::{Body, ErrorCode, Frame, Update, UpdateKind};
 use crate::config::Config;
 use crate::core::accounts::token_hash;
 use crate::core::mail::{AdoptAuth, ConnRef, Mail};
-use crate::core::reads::{Read, ReadState};
+use crate::core::reads::{Read, ReadState, READ_ON_CORE_ENTRIES_MAX};
 use crate::core::{name_owner, owner, Commit, ConnId, Output, Shard, TICK_MS};
 use crate::metrics::Metrics;
 use crate::store::backend::{Backend, Faults, FaultyBackend, MemBackend};
@@ -2435,8 +2435,8 @@ mod tests {
         }
     }
 
-    // Proves a `Sync` whose reads find everything in memory is answered on the core, with nothing
-    // handed to a reader.
+    // Proves a small `Sync` whose reads find everything in memory is answered on the core, with
+    // nothing handed to a reader, and that a large one goes to a reader all the same.
     #[test]
     fn a_sync_found_in_memory_is_answered_on_the_core() {
         let mut world = quiet(2, Config::default());
@@ -2467,6 +2467,38 @@ mod tests {
         assert_eq!(world.devices[device].cursor, head);
         assert_eq!(world.stats.reads, reads, "a read went to a reader");
         assert!(world.reads.is_empty());
+        // A page larger than the core builds itself goes to a reader, in memory or not.
+        world.disconnect(device);
+        world.settle();
+        for n in 0..READ_ON_CORE_ENTRIES_MAX as u64 + 1 {
+            let mut cmid = [0xAB; 16];
+            cmid[..8].copy_from_slice(&n.to_be_bytes());
+            world.send(0, conversation_id, cmid);
+            world.settle();
+        }
+        world.authenticate(device, false);
+        world.quiesce();
+        assert_eq!(
+            world.stats.reads, reads,
+            "the device pages in sevens, on the core"
+        );
+        // An app asks for the server's largest page.
+        world.replies.clear();
+        let whole = Sync { since: 0, limit: 0 };
+        assert!(world.request_as(device, whole.into(), Asked::Other));
+        world.settle();
+        match world.replies.pop() {
+            Some((_, Body::SyncPage(page))) => {
+                assert!(page.updates.len() > READ_ON_CORE_ENTRIES_MAX)
+            }
+            other => panic!("Sync answered {other:?}"),
+        }
+        assert!(
+            world.stats.reads > reads,
+            "a large page was built on the core"
+        );
+        world.check();
+        assert!(world.violations.is_empty(), "{:?}", world.violations);
     }
 
     // Proves a `Sync` page whose read comes back after the log grew ends at the head it was read

@@ -127,7 +127,7 @@ async fn reads_that_miss_memory_go_to_the_readers(engine: &'static str) {
     bob.resume(token).await.unwrap();
     // History first: the sync's read of the messages would bring their blocks into the cache.
     let expected: Vec<String> = (1..=5).map(|n| format!("kept {n}")).collect();
-    let page = bob.history(conv.conversation_id, 0, 0).await.unwrap();
+    let page = bob.history(conv.conversation_id, 0, 50).await.unwrap();
     let history: Vec<&str> = page.messages.iter().map(|m| m.body.as_str()).collect();
     assert_eq!(history, expected);
     let synced = sync_all(&bob, 0).await;
@@ -138,7 +138,7 @@ async fn reads_that_miss_memory_go_to_the_readers(engine: &'static str) {
         "{metrics}"
     );
     let in_memory = total(&metrics, "tern_core_reads_in_memory_total");
-    let again = bob.history(conv.conversation_id, 0, 0).await.unwrap();
+    let again = bob.history(conv.conversation_id, 0, 50).await.unwrap();
     assert_eq!(again.messages.len(), 5);
     let (_, metrics) = get(server.metrics_addr, "/metrics").await;
     assert!(total(&metrics, "tern_core_reads_in_memory_total") > in_memory);

@@ -3,10 +3,11 @@
 //!
 //! A core serves every connection it holds from one thread, so a store read that goes to the
 //! device holds all of them: a cold `Sync` on a large database held a core 10 to 50 ms at a time.
-//! So these reads of what is durable run elsewhere unless they find everything in memory. The
-//! handler first runs the read on the core against a view that never goes to the device (RocksDB's
-//! memtables and block cache); that answers a warm read at no extra cost. If that view misses,
-//! the handler hands a [`Read`] out with the turn ([`Turn::reads`](super::Turn)), a reader thread
+//! So these reads of what is durable run elsewhere, unless they are small and find everything in
+//! memory. The handler first runs a small read ([`READ_ON_CORE_ENTRIES_MAX`]: a device
+//! reconnecting after a short while, an app's page of history) on the core against a view that
+//! never goes to the device (RocksDB's memtables and block cache); that answers it sooner than a
+//! trip to a reader would. Otherwise the handler hands a [`Read`] out with the turn ([`Turn::reads`](super::Turn)), a reader thread
 //! runs [`ReadJob::run`] on the durable store, and [`Shard::handle_read`] replies from its answer,
 //! on the core, where the updates shown before they were durable are. The core goes on serving in
 //! between.
@@ -30,6 +31,12 @@ use crate::store::{Store, StoreError};
 
 /// Reads a core may have handed out and not yet seen answered.
 pub(crate) const READS_IN_FLIGHT_MAX: usize = 16;
+
+/// Entries (log entries, messages) a read may want and still be tried in memory on the core.
+/// Such a page takes the core tens of microseconds, less than the trip to a reader and back; a
+/// larger one goes to a reader even when it is in memory, since building it on the core held the
+/// core up to 5–10 ms in W5 (`bench/RESULTS.md`).
+pub(crate) const READ_ON_CORE_ENTRIES_MAX: usize = 64;
 
 /// A read of what is durable, for a reader: run it, then answer [`Shard::handle_read`] with `id`.
 #[derive(Debug)]
@@ -88,6 +95,19 @@ pub(crate) struct HistoryRead {
 }
 
 impl ReadJob {
+    /// Whether the read is small enough to try in memory on the core
+    /// ([`READ_ON_CORE_ENTRIES_MAX`]). A download never is: media chunks are in blob files, which
+    /// no cache keeps.
+    fn small(&self) -> bool {
+        match *self {
+            ReadJob::Log {
+                since, head, limit, ..
+            } => head.saturating_sub(since).min(limit as u64) <= READ_ON_CORE_ENTRIES_MAX as u64,
+            ReadJob::History { limit, .. } => limit <= READ_ON_CORE_ENTRIES_MAX,
+            ReadJob::Media { .. } => false,
+        }
+    }
+
     /// Runs the read on `store`, which holds what is durable (no core's staged writes).
     pub(crate) fn run(&self, store: &Store) -> Result<ReadDone, StoreError> {
         match *self {
@@ -185,9 +205,9 @@ impl ReadState {
 }
 
 impl Shard {
-    /// Runs a request's read and replies: here if it finds everything in memory, else on a
-    /// reader (the reply then comes with [`Shard::handle_read`]), else, with the readers off or
-    /// busy, here from the device.
+    /// Runs a request's read and replies: here if it is small and finds everything in memory,
+    /// else on a reader (the reply then comes with [`Shard::handle_read`]), else, with the readers
+    /// off or busy, here from the device.
     pub(crate) fn read_and_reply(
         &mut self,
         conn: ConnId,
@@ -195,7 +215,12 @@ impl Shard {
         user_id: u64,
         job: ReadJob,
     ) -> Result<(), StoreError> {
-        let done = match job.run(&self.cached) {
+        let in_memory = if job.small() {
+            job.run(&self.cached)
+        } else {
+            Err(StoreError::NotCached)
+        };
+        let done = match in_memory {
             Err(StoreError::NotCached) => {
                 if self.read_off_core(conn, request_id, user_id, job) {
                     return Ok(());
