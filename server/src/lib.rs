@@ -148,20 +148,26 @@
 //!   upload go to two reader threads as a `Read` the turn hands out (`core/reads.rs`,
 //!   `runtime/reader.rs`); the answer comes back like a commit's, and the core adds what was
 //!   shown before it was durable and replies (a `Download` whose upload was discarded meanwhile
-//!   gets `NOT_FOUND`). Entries below a head are never rewritten, so a late answer is
-//!   still true; if the head moved meanwhile, the page ends at the old one and says there is
-//!   more. Measured by W5 after W1 and W2 with the data dropped from the page cache
-//!   (`bench/README.md`), the cold sync held a core at most 0.5–1 ms at a stretch, against
-//!   10–50 ms with the reads on the core; the readers' longest read took 5–10 ms
-//!   (`tern_core_store_reads_microseconds`). The simulator answers reads late, in any order,
-//!   or fails them, and checks that a history page shows only what is durable. The pages stay
-//!   short
-//!   because a page reads the log a few pairs at a time (a pair is often a run of a hundred entries; reading as many
-//!   pairs as entries wanted copied up to a hundred times what the page kept) and the messages
-//!   it refers to with one sorted multi-get: the slowest cold page took 12–13 ms before, and
-//!   pages took half as long again on average (`bench/RESULTS.md`). A `Download` reads an
-//!   upload's chunks the same way: reading a thousand at a time, each 256 KiB download copied
-//!   the rest of the upload, and W6's downloads ran at a ninth of their speed now.
+//!   gets `NOT_FOUND`). Entries below a head are never rewritten, so a late answer is still
+//!   true; if the head moved meanwhile, the page ends at the old one and says there is more.
+//!   - A small read (at most 64 entries: a device back after a short while, an app's page of
+//!     history) is first tried on the core against a memory-only view (RocksDB's memtables and
+//!     block cache, `Store::memory_only`); only a miss goes to a reader. A large page goes to a
+//!     reader even when it is in memory: built on the core, it held the core up to 5–10 ms.
+//!     Downloads always go: media chunks are in blob files, which no cache keeps.
+//!   - Measured by W5 after W1 and W2 with the data dropped from the page cache
+//!     (`bench/README.md`), the cold sync held a core at most 0.25–1 ms at a stretch, against
+//!     10–50 ms with the reads on the core; the readers' longest read took 5–10 ms
+//!     (`tern_core_store_reads_microseconds`).
+//!   - The simulator answers reads late, in any order, or fails them, turns memory hits on and
+//!     off, and checks that a history page shows only what is durable.
+//!   - The pages stay short because a page reads the log a few pairs at a time (a pair is often
+//!     a run of a hundred entries; reading as many pairs as entries wanted copied up to a hundred
+//!     times what the page kept) and the messages it refers to with one sorted multi-get: the
+//!     slowest cold page took 12–13 ms before, and pages took half as long again on average
+//!     (`bench/RESULTS.md`). A `Download` reads an upload's chunks the same way: reading a
+//!     thousand at a time, each 256 KiB download copied the rest of the upload, and W6's
+//!     downloads ran at a ninth of their speed now.
 //! - **The simulator is the main test of this logic** (`sim.rs`): the same core code, all shards
 //!   in one thread, faults on a seeded schedule; it found the ordering and checkpoint bugs that the
 //!   real-socket tests had not, and each is fixed.
