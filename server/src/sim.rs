@@ -2435,24 +2435,35 @@ mod tests {
         }
     }
 
-    // Proves a small `Sync` whose reads find everything in memory is answered on the core, with
-    // nothing handed to a reader, and that a large one goes to a reader all the same.
-    #[test]
-    fn a_sync_found_in_memory_is_answered_on_the_core() {
-        let mut world = quiet(2, Config::default());
+    /// User 1 (the peer) goes offline on every device and user 0 sends them three messages: the
+    /// peer's id, the conversation and one of the peer's devices, now behind its log.
+    fn peer_offline_behind(world: &mut World) -> (u64, u64, usize) {
         let peer = world.users[1].user_id;
-        let conversation_id = conversation_with(&world, 0, peer);
-        let device = (0..world.devices.len())
-            .find(|d| world.devices[*d].user == 1)
-            .expect("the peer has a device");
-        world.disconnect(device);
+        let conversation_id = conversation_with(world, 0, peer);
+        let devices: Vec<usize> = (0..world.devices.len())
+            .filter(|d| world.devices[*d].user == 1)
+            .collect();
+        for &d in &devices {
+            world.disconnect(d);
+        }
         world.settle();
         for n in 0..3u8 {
             world.send(0, conversation_id, [n + 1; 16]);
             world.settle();
         }
+        let device = devices[0];
         let head = world.log(peer).last().map_or(0, |(user_seq, _)| *user_seq);
         assert!(head > world.devices[device].cursor, "nothing to sync");
+        (peer, conversation_id, device)
+    }
+
+    // Proves a small `Sync` whose reads find everything in memory is answered on the core, with
+    // nothing handed to a reader, and that a large one goes to a reader all the same.
+    #[test]
+    fn a_sync_found_in_memory_is_answered_on_the_core() {
+        let mut world = quiet(2, Config::default());
+        let (peer, conversation_id, device) = peer_offline_behind(&mut world);
+        let head = world.log(peer).last().map_or(0, |(user_seq, _)| *user_seq);
         world.faults.set_uncached(false);
         let reads = world.stats.reads;
         world.authenticate(device, false);
@@ -2507,22 +2518,8 @@ mod tests {
     #[test]
     fn a_sync_read_that_comes_back_late_ends_where_it_was_read() {
         let mut world = quiet(2, Config::default());
-        let peer = world.users[1].user_id;
-        let conversation_id = conversation_with(&world, 0, peer);
-        let peer_devices: Vec<usize> = (0..world.devices.len())
-            .filter(|d| world.devices[*d].user == 1)
-            .collect();
-        let device = peer_devices[0];
-        for &d in &peer_devices {
-            world.disconnect(d);
-        }
-        world.settle();
-        for n in 0..3u8 {
-            world.send(0, conversation_id, [n + 1; 16]);
-            world.settle();
-        }
+        let (peer, conversation_id, device) = peer_offline_behind(&mut world);
         let head_then = world.log(peer).last().map_or(0, |(user_seq, _)| *user_seq);
-        assert!(head_then > world.devices[device].cursor, "nothing to sync");
         world.hold_reads = true;
         world.authenticate(device, false);
         world.settle();

@@ -402,20 +402,11 @@ impl Shard {
             return self.read_and_reply(conn, request_id, user_id, job);
         }
         let data = read_media(&self.store, media_id, offset, length)?;
-        self.reply(
-            conn,
-            request_id,
-            MediaData {
-                media_id,
-                offset,
-                data,
-            },
-        );
-        Ok(())
+        self.send_media_data(conn, request_id, media_id, offset, data)
     }
 
-    /// Replies to a `Download` with the bytes a reader read, unless the upload was discarded
-    /// meanwhile (the read may then have missed chunks): `NOT_FOUND` then.
+    /// Replies to a `Download` with the bytes read, unless the upload was discarded meanwhile (a
+    /// reader's read may then have missed chunks): `NOT_FOUND` then.
     pub(crate) fn send_media_data(
         &mut self,
         conn: ConnId,

@@ -281,22 +281,38 @@ impl Faults {
 }
 
 #[cfg(test)]
-/// A backend whose writes fail when its [`Faults`] say so; reads pass through.
+/// A backend whose writes fail when its [`Faults`] say so; reads pass through, except those of
+/// its memory-only view, which miss while the faults say so.
 pub(crate) struct FaultyBackend {
     inner: Arc<dyn Backend>,
     faults: Arc<Faults>,
+    /// This is the memory-only view.
+    memory_view: bool,
 }
 
 #[cfg(test)]
 impl FaultyBackend {
     pub(crate) fn new(inner: Arc<dyn Backend>, faults: Arc<Faults>) -> FaultyBackend {
-        FaultyBackend { inner, faults }
+        FaultyBackend {
+            inner,
+            faults,
+            memory_view: false,
+        }
+    }
+
+    /// A read of the memory-only view misses while the faults say so.
+    fn check_read(&self) -> Result<(), StoreError> {
+        if self.memory_view && self.faults.uncached.load(Ordering::SeqCst) {
+            return Err(StoreError::NotCached);
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 impl Backend for FaultyBackend {
     fn get(&self, cf: &'static str, key: &[u8]) -> Result<Option<Slice<'_>>, StoreError> {
+        self.check_read()?;
         self.inner.get(cf, key)
     }
 
@@ -307,6 +323,7 @@ impl Backend for FaultyBackend {
         from: &[u8],
         limit: usize,
     ) -> Result<Rows, StoreError> {
+        self.check_read()?;
         self.inner.scan(cf, prefix, from, limit)
     }
 
@@ -317,6 +334,7 @@ impl Backend for FaultyBackend {
         before: &[u8],
         limit: usize,
     ) -> Result<Rows, StoreError> {
+        self.check_read()?;
         self.inner.scan_back(cf, prefix, before, limit)
     }
 
@@ -339,64 +357,10 @@ impl Backend for FaultyBackend {
             .inner
             .memory_only()
             .unwrap_or_else(|| Arc::clone(&self.inner));
-        Some(Arc::new(MissingBackend {
+        Some(Arc::new(FaultyBackend {
             inner,
             faults: Arc::clone(&self.faults),
+            memory_view: true,
         }))
-    }
-}
-
-#[cfg(test)]
-/// A memory-only view whose reads miss while its [`Faults`] say so.
-struct MissingBackend {
-    inner: Arc<dyn Backend>,
-    faults: Arc<Faults>,
-}
-
-#[cfg(test)]
-impl MissingBackend {
-    fn check(&self) -> Result<(), StoreError> {
-        if self.faults.uncached.load(Ordering::SeqCst) {
-            return Err(StoreError::NotCached);
-        }
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-impl Backend for MissingBackend {
-    fn get(&self, cf: &'static str, key: &[u8]) -> Result<Option<Slice<'_>>, StoreError> {
-        self.check()?;
-        self.inner.get(cf, key)
-    }
-
-    fn scan(
-        &self,
-        cf: &'static str,
-        prefix: &[u8],
-        from: &[u8],
-        limit: usize,
-    ) -> Result<Rows, StoreError> {
-        self.check()?;
-        self.inner.scan(cf, prefix, from, limit)
-    }
-
-    fn scan_back(
-        &self,
-        cf: &'static str,
-        prefix: &[u8],
-        before: &[u8],
-        limit: usize,
-    ) -> Result<Rows, StoreError> {
-        self.check()?;
-        self.inner.scan_back(cf, prefix, before, limit)
-    }
-
-    fn write_group(&self, _batches: &[&Batch], _sync: bool) -> Result<(), StoreError> {
-        Err(StoreError::Io("a memory-only view is not written".into()))
-    }
-
-    fn flush(&self) -> Result<(), StoreError> {
-        Ok(())
     }
 }
