@@ -129,6 +129,7 @@ async fn full_disk_is_answered_and_recovered(engine: &'static str) {
         }
     }
     let refused = refused.expect("the disk filled up within SENDS_MAX messages of 90 KB");
+    let full_since = Instant::now();
     let (status, body_503) = get(server.metrics_addr, "/healthz").await;
     assert!(status.contains("503"), "{status} {body_503}");
     let (_, metrics) = get(server.metrics_addr, "/metrics").await;
@@ -155,6 +156,16 @@ async fn full_disk_is_answered_and_recovered(engine: &'static str) {
     acknowledged.push((refused, sent.seq));
     let (status, _) = get(server.metrics_addr, "/healthz").await;
     assert!(status.contains("200"), "{status}");
+    // Failed writes were retried after a pause, not in a hot loop: at most 20 writes a second,
+    // each failing a batch or two of each core (tens of thousands a second without the pause).
+    let (_, metrics) = get(server.metrics_addr, "/metrics").await;
+    let failed = total(&metrics, "tern_storage_errors_total");
+    let bound = 100 * (full_since.elapsed().as_secs() + 1);
+    assert!(
+        failed <= bound,
+        "{failed} failed commits in {:?}",
+        full_since.elapsed()
+    );
 
     let log = sync_until(&bob, acknowledged.len()).await;
     let mut seqs: Vec<u64> = log

@@ -1152,7 +1152,8 @@ impl Shard {
                 self.mail_now = mail;
             }
             Err(error) => {
-                tracing::error!(core = self.core, %error, "group commit failed");
+                // The committer logs the failure (once a second at most); this is its echo.
+                tracing::debug!(core = self.core, %error, "group commit failed");
                 let mut turn = Turn {
                     outputs: std::mem::take(&mut self.outputs),
                     mail: std::mem::take(&mut self.mail_now),

@@ -16,11 +16,16 @@
 //! core and epoch is refused unwritten: it was built on the failed one. The core bumps its epoch
 //! when it learns of the failure, so what it builds from then on is written again, and the server
 //! recovers by itself once the disk has room.
+//!
+//! A write that comes within [`RETRY_PAUSE`] of a failed one waits for the rest of it. Without the
+//! pause a full disk made a hot loop: each failure woke the cores, whose next batches failed at
+//! once, tens of thousands of times a second, each logged (`server/tests/disk_full.rs` logged
+//! 80,000–250,000 lines). Failures are logged once a second at most, with how many there were.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use tokio::sync::Notify;
@@ -29,6 +34,11 @@ use crate::core::{Commit, COMMITS_IN_FLIGHT_MAX};
 use crate::metrics::Metrics;
 use crate::store::backend::Backend;
 use crate::store::{Batch, StoreError};
+
+/// How long after a failed write the next one waits: a full disk is not retried in a hot loop.
+pub(crate) const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// Failed writes are logged at most this often.
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// The committer's answer for one batch.
 pub(crate) struct Committed {
@@ -71,12 +81,19 @@ pub(crate) fn start(
         .name("ternd-commit".into())
         .spawn(move || {
             let mut failed_epoch = vec![None; cores];
+            let mut failures = Failures::default();
             while let Ok(first) = rx.recv() {
                 let mut group = vec![first];
                 group.extend(rx.try_iter());
-                for (core, id, result) in
-                    write_group(&*backend, fsync, &metrics, &mut failed_epoch, group)
-                {
+                let answers = write_group(
+                    &*backend,
+                    fsync,
+                    &metrics,
+                    &mut failed_epoch,
+                    &mut failures,
+                    group,
+                );
+                for (core, id, result) in answers {
                     if answer_tx[core].send(Committed { id, result }).is_err() {
                         return;
                     }
@@ -96,6 +113,14 @@ pub(crate) fn start(
     Ok((committers, thread))
 }
 
+/// Failed writes: when the last one was, and those not logged yet.
+#[derive(Default)]
+struct Failures {
+    last: Option<Instant>,
+    logged: Option<Instant>,
+    unlogged: u64,
+}
+
 /// Writes the batches of `group` that no earlier failure voided, in one write, and returns each
 /// batch's answer: (core, batch id, result).
 fn write_group(
@@ -103,6 +128,7 @@ fn write_group(
     fsync: bool,
     metrics: &Metrics,
     failed_epoch: &mut [Option<u64>],
+    failures: &mut Failures,
     group: Vec<(usize, Commit)>,
 ) -> Vec<(usize, u64, Result<(), StoreError>)> {
     let (void, live): (Vec<_>, Vec<_>) = group
@@ -118,13 +144,31 @@ fn write_group(
     if live.is_empty() {
         return answers;
     }
+    if let Some(wait) = failures
+        .last
+        .map(|at| RETRY_PAUSE.saturating_sub(at.elapsed()))
+    {
+        std::thread::sleep(wait);
+    }
     let started = Instant::now();
     let batches: Vec<&Batch> = live.iter().map(|(_, commit)| &*commit.batch).collect();
     let result = backend.write_group(&batches, fsync);
     let micros = started.elapsed().as_micros() as u64;
-    if let Err(e) = &result {
-        let writes: usize = batches.iter().map(|b| b.len()).sum();
-        tracing::error!(error = %e, writes, batches = batches.len(), "commit failed");
+    match &result {
+        Ok(()) => failures.last = None,
+        Err(e) => {
+            failures.last = Some(Instant::now());
+            failures.unlogged += 1;
+            if failures
+                .logged
+                .is_none_or(|at| at.elapsed() >= FAILURE_LOG_EVERY)
+            {
+                let writes: usize = batches.iter().map(|b| b.len()).sum();
+                let failed = std::mem::take(&mut failures.unlogged);
+                tracing::error!(error = %e, writes, batches = batches.len(), failed, "commit failed");
+                failures.logged = failures.last;
+            }
+        }
     }
     for (core, commit) in live {
         let core_metrics = &metrics.core(core).committer;
