@@ -7,13 +7,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use hdrhistogram::Histogram;
 use serde::Serialize;
 use tern_protocol::frames::{Ack, OpenDirect, Ping, Send, Sync, SyncPage};
 use tern_protocol::{Body, Frame, UpdateKind};
 use tokio::io::AsyncWriteExt;
 
 use crate::conn::{SetupConn, RPC_TIMEOUT};
-use crate::stats::{now_ns, per_sec};
+use crate::stats::{now_ns, per_sec, Latency, SharedHistogram};
 use crate::storm::register_users;
 use crate::target::{device_read_bytes, histogram_buckets, metrics_text, round_ms, Spawned};
 use crate::RunArgs;
@@ -376,7 +377,7 @@ pub(crate) async fn cold(
         },
         ping_beside(&mut pingers, &done)
     );
-    let (sync, mut pings) = (sync?, pings?);
+    let (sync, pings) = (sync?, Latency::of(&pings?));
     let read_after = device_read_bytes(pid);
     let after = scrape_stretches(server.metrics).await;
     let stretches = |i: usize| {
@@ -397,9 +398,9 @@ pub(crate) async fn cold(
         reads: stretches(0),
         turns: stretches(1),
         store_reads: stretches(2),
-        pings: pings.len() as u64,
-        ping_p99_ms: round_ms(percentile(&mut pings, 0.99) as f64 / 1e6),
-        ping_max_ms: round_ms(pings.iter().max().copied().unwrap_or(0) as f64 / 1e6),
+        pings: pings.count,
+        ping_p99_ms: round_ms(pings.p99_us as f64 / 1e3),
+        ping_max_ms: round_ms(pings.max_us as f64 / 1e3),
     };
     w5.delivered_equals_sent &= cold.sync.synced_messages == w5.sent;
     w5.cold = Some(cold);
@@ -415,13 +416,12 @@ const PINGERS: usize = 8;
 /// At most this many `Ping`s beside one sync.
 const PINGS_MAX: usize = 200_000;
 
-/// Sends `Ping`s on `pingers` in turn, one at a time, until `done`, and returns their round trips
-/// in ns.
+/// Sends `Ping`s on `pingers` in turn, one at a time, until `done`, and returns their round trips.
 async fn ping_beside(
     pingers: &mut [SetupConn],
     done: &std::cell::Cell<bool>,
-) -> io::Result<Vec<u64>> {
-    let mut rtts = Vec::new();
+) -> io::Result<Histogram<u64>> {
+    let rtts = SharedHistogram::new();
     for nonce in 0..PINGS_MAX as u64 {
         if done.get() {
             break;
@@ -429,24 +429,14 @@ async fn ping_beside(
         let c = &mut pingers[nonce as usize % pingers.len()];
         let asked = now_ns();
         let reply = c.rpc(Ping { nonce }).await?;
-        rtts.push(now_ns() - asked);
+        rtts.record_ns(0, now_ns() - asked);
         if !matches!(reply, Body::Pong(ref p) if p.nonce == nonce) {
             return Err(io::Error::other(format!("Ping answered {reply:?}")));
         }
         // Light next to the sync: the timer rounds this up to about a millisecond.
         tokio::time::sleep(std::time::Duration::from_micros(200)).await;
     }
-    Ok(rtts)
-}
-
-/// The `q` quantile of `values` (0 when empty).
-fn percentile(values: &mut [u64], q: f64) -> u64 {
-    if values.is_empty() {
-        return 0;
-    }
-    values.sort_unstable();
-    let rank = ((values.len() as f64 * q).ceil() as usize).clamp(1, values.len());
-    values[rank - 1]
+    Ok(rtts.take())
 }
 
 /// `ternd`'s histograms of the frames of one read, of loop turns and of the store reads off the

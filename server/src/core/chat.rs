@@ -2046,9 +2046,17 @@ fn history_backwards(
 ) -> Result<(Vec<(u64, MessageRecord)>, bool), StoreError> {
     let mut rows = store.messages_before(conversation_id, before, limit)?;
     // Keep the newest messages that fit in one frame.
+    let keep = fitting(rows.iter().rev().map(|(_, message)| message));
+    let rows = rows.split_off(rows.len() - keep);
+    let has_more = rows.first().is_some_and(|(seq, _)| *seq > 1);
+    Ok((rows, has_more))
+}
+
+/// How many of `messages`, taken in order, fit in a page's frame (at least one).
+fn fitting<'a>(messages: impl Iterator<Item = &'a MessageRecord>) -> usize {
     let mut bytes = 0;
     let mut keep = 0;
-    for (_, message) in rows.iter().rev() {
+    for message in messages {
         let size = approx_message_bytes(message);
         if keep > 0 && bytes + size > PAGE_BYTES_MAX {
             break;
@@ -2056,9 +2064,7 @@ fn history_backwards(
         bytes += size;
         keep += 1;
     }
-    let rows = rows.split_off(rows.len() - keep);
-    let has_more = rows.first().is_some_and(|(seq, _)| *seq > 1);
-    Ok((rows, has_more))
+    keep
 }
 
 /// The oldest messages with `after < seq < before`, at most `limit` and what fits in a frame,
@@ -2082,17 +2088,7 @@ fn history_forwards(
     let mut rows = store.messages_before(conversation_id, end, limit)?;
     rows.retain(|(seq, _)| *seq > after);
     // Keep the oldest messages that fit in one frame.
-    let mut bytes = 0;
-    let mut keep = 0;
-    for (_, message) in &rows {
-        let size = approx_message_bytes(message);
-        if keep > 0 && bytes + size > PAGE_BYTES_MAX {
-            break;
-        }
-        bytes += size;
-        keep += 1;
-    }
-    rows.truncate(keep);
+    rows.truncate(fitting(rows.iter().map(|(_, message)| message)));
     // An empty page means nothing is left in range; saying so also keeps a client from asking
     // again with the same `after` for ever.
     let has_more = match rows.last() {

@@ -24,8 +24,8 @@
 //!
 //! The reads of what is durable for a `Sync` page, a `History` page or a `Download` run on the
 //! core only if they are small and find everything in memory; otherwise they go out with the turn
-//! as a [`reads::Read`], a reader runs it and [`Shard::handle_read`] replies from its answer. So a read that goes to the
-//! device holds no other connection of the core ([`reads`]).
+//! as a [`reads::Read`], a reader runs it and [`Shard::handle_read`] replies from its answer. So a
+//! read that goes to the device holds no other connection of the core ([`reads`]).
 //!
 //! Ownership: a user belongs to core `owner(user_id)`, a conversation to `owner(conversation_id)`.
 //! Only the owner core writes a user's devices, update log and watermarks, or a conversation's

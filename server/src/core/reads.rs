@@ -81,14 +81,14 @@ pub(crate) enum ReadDone {
 }
 
 /// A page of a log as read: its entries, and the messages they name that were found.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct LogRead {
     pub(crate) rows: Vec<(u64, UpdateRecord)>,
     pub(crate) messages: HashMap<(u64, u64), MessageRecord>,
 }
 
 /// A page of a conversation's messages, by seq, and whether there are more in its direction.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct HistoryRead {
     pub(crate) rows: Vec<(u64, MessageRecord)>,
     pub(crate) has_more: bool,
@@ -134,7 +134,7 @@ impl ReadJob {
 
 /// The log's entries in `(since, head]`, at most `limit`, with the messages they name (read
 /// together: a read each took most of a page's time).
-pub(crate) fn read_log(
+fn read_log(
     store: &Store,
     user_id: u64,
     since: u64,

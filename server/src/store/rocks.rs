@@ -34,6 +34,16 @@ use super::{
 /// took a read lock and allocated a reference count for every write, read and scan.
 type Db = DBWithThreadMode<SingleThreaded>;
 
+/// Options for a read, which goes no further than the memtables and the block cache if
+/// `memory_only`.
+fn read_options(memory_only: bool) -> ReadOptions {
+    let mut read = ReadOptions::default();
+    if memory_only {
+        read.set_read_tier(ReadTier::BlockCache);
+    }
+    read
+}
+
 /// How often RocksDB rewrites files nothing else compacted, so expiry also reaches idle data.
 const PERIODIC_COMPACTION_SECONDS: u64 = 24 * 3600;
 
@@ -98,20 +108,21 @@ impl RocksBackend {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         let db = Db::open_cf_descriptors(&options, path, descriptors)?;
-        Ok(RocksBackend {
-            db: Arc::new(db),
-            point_read: ReadOptions::default(),
-            memory_only: false,
-        })
+        Ok(RocksBackend::view(Arc::new(db), false))
+    }
+
+    /// A backend over `db`, reading from memory only if `memory_only`.
+    fn view(db: Arc<Db>, memory_only: bool) -> RocksBackend {
+        RocksBackend {
+            db,
+            point_read: read_options(memory_only),
+            memory_only,
+        }
     }
 
     /// Options for a read of this view.
     fn read_options(&self) -> ReadOptions {
-        let mut read = ReadOptions::default();
-        if self.memory_only {
-            read.set_read_tier(ReadTier::BlockCache);
-        }
-        read
+        read_options(self.memory_only)
     }
 
     fn cf(&self, name: &str) -> &ColumnFamily {
@@ -240,16 +251,7 @@ impl Backend for RocksBackend {
     }
 
     fn memory_only(&self) -> Option<Arc<dyn Backend>> {
-        let view = RocksBackend {
-            db: Arc::clone(&self.db),
-            point_read: {
-                let mut read = ReadOptions::default();
-                read.set_read_tier(ReadTier::BlockCache);
-                read
-            },
-            memory_only: true,
-        };
-        Some(Arc::new(view))
+        Some(Arc::new(RocksBackend::view(Arc::clone(&self.db), true)))
     }
 
     fn properties(&self) -> Vec<(&'static str, u64)> {
