@@ -78,6 +78,12 @@ function conversation(page: Page, title: string): Locator {
 /** Opens a conversation from the list, going back to the list first on a phone. */
 async function openConversation(page: Page, title: string): Promise<void> {
   const header = page.getByTestId("conversation-title");
+  // After a reload the app may reopen the last conversation, which hides the list on a phone:
+  // wait until it shows either, rather than look once while it is still drawing.
+  await waitUntil(
+    "the conversation list or an open conversation",
+    async () => (await conversation(page, title).isVisible()) || (await header.isVisible()),
+  );
   if ((await header.count()) > 0 && (await header.textContent()) === title) return;
   const back = page.getByTestId("back");
   if ((await back.count()) > 0 && (await back.isVisible())) await back.click();
