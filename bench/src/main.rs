@@ -595,6 +595,25 @@ async fn run(args: RunArgs) -> std::io::Result<()> {
                 )
                 .await;
             w1.set_null(r);
+            // The same open-loop steps: whether their latency is the server's or the machine's.
+            let rates: Vec<f64> = w1.open.iter().filter_map(|p| p.offered_rate).collect();
+            let mut open = Vec::new();
+            for rate in rates {
+                open.push(
+                    fleet
+                        .open_loop(
+                            &format!("W1 open {rate}/s (null)"),
+                            Mode::Direct,
+                            rate,
+                            duration,
+                            drain,
+                            args.lanes,
+                            progress,
+                        )
+                        .await,
+                );
+            }
+            w1.set_null_open(open);
         }
         if let Some(w2) = report.w2.as_mut() {
             for g in w2.groups.iter_mut() {

@@ -63,6 +63,9 @@ pub(crate) struct W1Report {
     pub(crate) open: Vec<PhaseResult>,
     /// The same closed loop against the null server.
     pub(crate) null_closed: Option<PhaseResult>,
+    /// The open-loop steps again against the null server, at the same offered rates: what any
+    /// server could reach at those rates on this machine with this load generator.
+    pub(crate) null_open: Vec<PhaseResult>,
     /// ternd's closed-loop delivered rate over the null server's.
     pub(crate) ratio_to_null: Option<f64>,
     /// The same closed loop over WebSocket (its own users).
@@ -97,6 +100,7 @@ impl W1Report {
             closed,
             open,
             null_closed: None,
+            null_open: Vec::new(),
             ratio_to_null: None,
             ws_closed: None,
             tcp_beside_ws: None,
@@ -121,6 +125,24 @@ impl W1Report {
     pub(crate) fn set_null(&mut self, null: PhaseResult) {
         self.ratio_to_null = ratio(self.closed.delivered_per_s, null.delivered_per_s);
         self.null_closed = Some(null);
+    }
+
+    /// Adds the null server's open-loop steps.
+    pub(crate) fn set_null_open(&mut self, open: Vec<PhaseResult>) {
+        self.null_open = open;
+    }
+
+    /// The open-loop step nearest half the closed-loop rate (the target's rate), with the null
+    /// server's step at the same rate when it ran.
+    pub(crate) fn half_rate(&self) -> Option<(&PhaseResult, Option<&PhaseResult>)> {
+        let half = self.closed.sent_per_s / 2.0;
+        let off = |p: &PhaseResult| (p.offered_rate.unwrap_or(0.0) - half).abs();
+        let step = self.open.iter().min_by(|a, b| off(a).total_cmp(&off(b)))?;
+        let null = self
+            .null_open
+            .iter()
+            .find(|n| n.offered_rate == step.offered_rate);
+        Some((step, null))
     }
 }
 
@@ -278,6 +300,7 @@ impl Report {
             if let Some(n) = &w1.null_closed {
                 row(n);
             }
+            w1.null_open.iter().for_each(&mut row);
         }
         if let Some(w2) = &self.w2 {
             for g in &w2.groups {
@@ -292,6 +315,16 @@ impl Report {
                 let _ = writeln!(
                     t,
                     "W1 ternd / null server (closed loop, delivered/s): {r:.3}"
+                );
+            }
+            if let Some((step, null)) = w1.half_rate() {
+                let p99 = |p: &PhaseResult| p.e2e_latency.p99_us as f64 / 1000.0;
+                let _ = writeln!(
+                    t,
+                    "W1 open loop at {:.0}/s (nearest half the closed rate), e2e p99: ternd {:.2} ms{} (target at most 5 ms)",
+                    step.offered_rate.unwrap_or(0.0),
+                    p99(step),
+                    null.map_or(String::new(), |n| format!(", null server {:.2} ms", p99(n))),
                 );
             }
             if let Some(r) = w1.ws_ratio_to_tcp {

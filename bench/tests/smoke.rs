@@ -103,6 +103,13 @@ fn every_workload_completes_and_loses_nothing() {
     assert_eq!(open.len(), 2);
     open.iter().for_each(check_phase);
     check_phase(&w1["null_closed"]);
+    // The open-loop steps ran against the null server too, at the same offered rates.
+    let null_open = w1["null_open"].as_array().unwrap();
+    assert_eq!(null_open.len(), open.len());
+    for (n, o) in null_open.iter().zip(open) {
+        check_phase(n);
+        assert_eq!(n["offered_rate"], o["offered_rate"]);
+    }
     assert!(w1["ratio_to_null"].as_f64().unwrap() > 0.0);
     check_phase(&w1["ws_closed"]);
     check_phase(&w1["tcp_beside_ws"]);
