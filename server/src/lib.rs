@@ -159,6 +159,13 @@
 //!     (`bench/README.md`), the cold sync held a core at most 0.25–1 ms at a stretch, against
 //!     10–50 ms with the reads on the core; the readers' longest read took 5–10 ms
 //!     (`tern_core_store_reads_microseconds`).
+//!   - The `Ack` of those pages reads nothing back. An `Ack` turns the messages from others it
+//!     covers into delivered receipts; a user's state keeps them while a device is live
+//!     (`UserState::unacked`), but a device back from offline was not. The core now keeps the
+//!     messages from others of the pages it sends such a device (`UserState::paged`, consecutive
+//!     pages added up, within the same budget), so the `Ack` reads back on the core only what
+//!     the device took before it last went away and never acknowledged
+//!     (`tern_core_ack_updates_read_total`).
 //!   - The simulator answers reads late, in any order, or fails them, turns memory hits on and
 //!     off, and checks that a history page shows only what is durable.
 //!   - The pages stay short because a page reads the log a few pairs at a time (a pair is often

@@ -145,6 +145,8 @@ pub(crate) struct CoreMetrics {
     pub(crate) reads: Histogram,
     /// Those reads the core found all in memory and did itself.
     pub(crate) reads_in_memory: Counter,
+    /// Updates `Ack`s read back from the user's log on the core, to find the messages they cover.
+    pub(crate) ack_updates_read: Counter,
     /// Updates handed to devices as live events.
     pub(crate) delivered_live: Counter,
     /// Updates handed to devices in sync pages.
@@ -392,6 +394,13 @@ impl Metrics {
             "counter",
             "Store reads of Sync and History pages and Downloads a core found all in memory and did itself (the rest go to the reader threads).",
             &|m| load(&m.reads_in_memory),
+        );
+        per_core(
+            &mut out,
+            "tern_core_ack_updates_read_total",
+            "counter",
+            "Updates Acks read back from the user's log on the core: those they cover that were neither kept since the device went live nor in the Sync pages just sent.",
+            &|m| load(&m.ack_updates_read),
         );
         per_core(
             &mut out,

@@ -1493,7 +1493,7 @@ impl World {
     fn check(&mut self) {
         for core in 0..self.shards.len() {
             let shard = &self.shards[core];
-            let room: usize = shard.users.values().map(|s| s.unacked.capacity()).sum();
+            let room: usize = shard.users.values().map(|s| s.kept_room()).sum();
             let most = shard.unacked_budget + crate::core::UNACKED_KEPT_MAX;
             if room != shard.unacked_room || room > most {
                 let what = format!(
@@ -2455,6 +2455,135 @@ mod tests {
         let head = world.log(peer).last().map_or(0, |(user_seq, _)| *user_seq);
         assert!(head > world.devices[device].cursor, "nothing to sync");
         (peer, conversation_id, device)
+    }
+
+    /// The newest seq of `conversation_id` whose delivered receipt from `reader` is in `user_id`'s
+    /// log.
+    fn delivered_to(world: &World, user_id: u64, reader: u64, conversation_id: u64) -> Option<u64> {
+        world
+            .log(user_id)
+            .iter()
+            .filter_map(|(_, r)| match *r {
+                UpdateRecord::Receipt {
+                    conversation_id: c,
+                    user_id,
+                    kind,
+                    up_to_seq,
+                    ..
+                } if c == conversation_id
+                    && user_id == reader
+                    && kind == ReceiptKind::Delivered as u8 =>
+                {
+                    Some(up_to_seq)
+                }
+                _ => None,
+            })
+            .max()
+    }
+
+    /// Updates `Ack`s read back from logs on the cores, over all cores.
+    fn ack_updates_read(world: &World) -> u64 {
+        (0..world.options.cores)
+            .map(|core| world.metrics.core(core).ack_updates_read.get())
+            .sum()
+    }
+
+    // Proves that the `Ack` of a device back from offline finds the messages its `Sync` pages
+    // brought in what the pages kept, however many pages it covers and with a live message after
+    // them, and reads back on the core only the updates the device took before it went away and
+    // never acknowledged; and that with no room to keep pages it reads back all it covers, with
+    // the same receipts.
+    #[test]
+    fn an_ack_after_sync_pages_reads_no_log_back() {
+        let mut world = quiet(3, Config::default());
+        let (peer, conversation_id, device) = peer_offline_behind(&mut world);
+        let sender = world.users[0].user_id;
+        // The live message comes in another conversation, so each receipt shows its own source.
+        let other = world.users[2].user_id;
+        let other_conversation = *world.users[2]
+            .conversations
+            .iter()
+            .find(|&&c| {
+                c != conversation_id
+                    && world
+                        .store
+                        .conversation(c)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|r| r.has_member(peer))
+            })
+            .expect("another conversation with the peer");
+        // Enough for three of the device's pages of seven.
+        for n in 3..15u8 {
+            world.send(0, conversation_id, [n + 1; 16]);
+            world.settle();
+        }
+        let round = |world: &mut World, paged: [u8; 16], live: [u8; 16], room: bool| {
+            let (_, last_paged) = world.acknowledged[&paged];
+            let reads = ack_updates_read(world);
+            // The device took updates before it went away that it never acknowledged.
+            let cursor = world.devices[device].cursor;
+            let acked = world.shards[owner(peer, 2)].users[&peer].acked;
+            assert!(
+                !room || cursor > acked,
+                "nothing unacknowledged from before"
+            );
+            let pages = world.metrics.core(owner(peer, 2)).delivered_sync.get();
+            world.authenticate(device, false);
+            world.quiesce();
+            assert!(world.devices[device].live, "the device did not catch up");
+            assert!(
+                world.metrics.core(owner(peer, 2)).delivered_sync.get() >= pages + 14,
+                "the device did not sync several pages"
+            );
+            // One more message, shown live.
+            let sent_by = world
+                .devices
+                .iter()
+                .position(|d| d.user == 2)
+                .expect("a device of the third user");
+            world.send(sent_by, other_conversation, live);
+            world.quiesce();
+            let (_, last_live) = world.acknowledged[&live];
+            assert_ne!(
+                delivered_to(world, sender, peer, conversation_id),
+                Some(last_paged)
+            );
+            // One `Ack` for all the pages and the live message, as a client acknowledging on a
+            // timer sends.
+            world.ack(device);
+            world.quiesce();
+            // With room, only those are read back; without, all the `Ack` covers.
+            let read_back = ack_updates_read(world) - reads;
+            match room {
+                true => assert_eq!(read_back, cursor - acked),
+                false => assert_eq!(read_back, world.devices[device].cursor - acked),
+            }
+            assert_eq!(
+                delivered_to(world, sender, peer, conversation_id),
+                Some(last_paged),
+                "the sender of the paged messages was not told of their delivery"
+            );
+            assert_eq!(
+                delivered_to(world, other, peer, other_conversation),
+                Some(last_live),
+                "the sender of the live message was not told of its delivery"
+            );
+        };
+        round(&mut world, [15; 16], [0xEE; 16], true);
+        // Again with no room to keep anything for acks: the `Ack` reads the log back.
+        world.disconnect(device);
+        world.settle();
+        for n in 15..30u8 {
+            world.send(0, conversation_id, [n + 1; 16]);
+            world.settle();
+        }
+        for shard in world.shards.iter_mut() {
+            shard.unacked_budget = 0;
+        }
+        round(&mut world, [30; 16], [0xEF; 16], false);
+        world.check();
+        assert!(world.violations.is_empty(), "{:?}", world.violations);
     }
 
     // Proves a small `Sync` whose reads find everything in memory is answered on the core, with

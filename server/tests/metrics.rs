@@ -1,7 +1,8 @@
 //! Integration test of the metrics and health endpoint of a real `ternd`: `/healthz` answers, and
 //! `/metrics` counts what the test did (connections, frames, messages, appended updates, group
-//! commits, reads in memory and off the cores, errors by code) and shows the RocksDB gauges; and
-//! that reads that miss memory after a restart go to the reader threads.
+//! commits, reads in memory and off the cores, errors by code) and shows the RocksDB gauges; that
+//! reads that miss memory after a restart go to the reader threads; and that the `Ack` of a
+//! device back from offline reads back on the core only what its pages did not bring.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,10 +10,14 @@
 mod common;
 
 use common::*;
+use tern_client::Event;
+use tern_protocol::types::ReceiptKind;
+use tern_protocol::UpdateKind;
 
 on_both_engines!(
     metrics_count_what_happened,
-    reads_that_miss_memory_go_to_the_readers
+    reads_that_miss_memory_go_to_the_readers,
+    an_ack_after_sync_pages_reads_back_only_what_came_before
 );
 
 // Proves /healthz answers 200, and /metrics reflects a known workload: 3 messages stored, each
@@ -142,4 +147,104 @@ async fn reads_that_miss_memory_go_to_the_readers(engine: &'static str) {
     assert_eq!(again.messages.len(), 5);
     let (_, metrics) = get(server.metrics_addr, "/metrics").await;
     assert!(total(&metrics, "tern_core_reads_in_memory_total") > in_memory);
+}
+
+/// Waits until the server counts `connections` open connections.
+async fn connections_settle(server: &Ternd, connections: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, metrics) = get(server.metrics_addr, "/metrics").await;
+        if total(&metrics, "tern_connections") == connections {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits until `client`'s log holds a delivered receipt from `reader` up to `seq`.
+async fn delivered_receipt(client: &tern_client::Client, reader: u64, seq: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let updates = sync_all(client, 0).await;
+        if updates.iter().any(|u| {
+            matches!(&u.kind, UpdateKind::Receipt(r)
+                if r.kind == ReceiptKind::Delivered && r.user_id == reader && r.up_to_seq == seq)
+        }) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no delivered receipt up to {seq}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+// Proves that the `Ack` of a device back from offline, after it synced what came meanwhile, reads
+// nothing back from the log on the core and still tells the sender of the delivery; and that when
+// the device had taken updates live before it went away without acknowledging them, only those
+// are read back.
+async fn an_ack_after_sync_pages_reads_back_only_what_came_before(engine: &'static str) {
+    let server = Ternd::start(engine);
+    let (alice, _) = server.register("alice").await;
+    let (bob, bob_auth) = server.register("bob").await;
+    let token = bob_auth.token.unwrap();
+    let conv = alice.open_direct(bob_auth.user_id).await.unwrap();
+    let send = |n: u64| {
+        let alice = &alice;
+        async move {
+            alice
+                .send(conv.conversation_id, cmid(1, n), &format!("m{n}"))
+                .await
+                .unwrap()
+        }
+    };
+    // Bob goes away; three messages come; his device comes back, syncs and acknowledges.
+    drop(bob);
+    connections_settle(&server, 1).await;
+    for n in 1..=3 {
+        send(n).await;
+    }
+    let bob = server.client().await;
+    bob.resume(token).await.unwrap();
+    let acked = sync_all(&bob, 0).await.last().unwrap().user_seq;
+    bob.ack(acked).await.unwrap();
+    delivered_receipt(&alice, bob_auth.user_id, 3).await;
+    let (_, metrics) = get(server.metrics_addr, "/metrics").await;
+    assert!(metrics.contains("tern_core_ack_updates_read_total"));
+    assert_eq!(total(&metrics, "tern_core_ack_updates_read_total"), 0);
+
+    // Again, but the device takes two messages live and goes away before it acknowledges them:
+    // what it was shown live is forgotten once a message comes while it is away.
+    for n in 4..=5 {
+        send(n).await;
+    }
+    let event = bob
+        .wait_for_event(
+            |e| matches!(e, Event::Update(u) if matches!(&u.kind, UpdateKind::Message(m) if m.body == "m5")),
+            std::time::Duration::from_secs(10),
+        )
+        .await
+        .expect("m5, live");
+    let Event::Update(update) = event else {
+        unreachable!()
+    };
+    let cursor = update.user_seq;
+    assert!(cursor > acked);
+    drop(bob);
+    connections_settle(&server, 1).await;
+    send(6).await;
+    let bob = server.client().await;
+    bob.resume(token).await.unwrap();
+    let last = sync_all(&bob, cursor).await.last().unwrap().user_seq;
+    bob.ack(last).await.unwrap();
+    delivered_receipt(&alice, bob_auth.user_id, 6).await;
+    let (_, metrics) = get(server.metrics_addr, "/metrics").await;
+    let read_back = total(&metrics, "tern_core_ack_updates_read_total");
+    assert_eq!(
+        read_back,
+        cursor - acked,
+        "only what was taken live is read back"
+    );
 }

@@ -1790,6 +1790,17 @@ impl Shard {
             updates.push(update);
         }
         let has_more = last.max(since) < shown_head;
+        // The page's `Ack` finds its messages here, not by reading the log back on the core.
+        let room = self.unacked_room < self.unacked_budget;
+        let state = self.user_state(user_id)?;
+        let grown = state.keep_paged(
+            user_id,
+            room,
+            since,
+            last,
+            rows.iter().map(|(user_seq, record)| (*user_seq, record)),
+        );
+        self.unacked_room = self.unacked_room.saturating_add_signed(grown);
         self.metrics
             .core(self.core)
             .delivered_sync
@@ -1859,15 +1870,33 @@ impl Shard {
             entry.1.insert(sender);
         };
         let state = self.user_state(user_id)?;
+        // `unacked` holds every message from others above `unacked_from`. Below it, the `Sync`
+        // pages these updates came in may have been kept, from the device's cursor on: only what
+        // lies below them (updates the device took before it last went away, unacknowledged) is
+        // read back from the log.
         let kept = from >= state.unacked_from;
+        let (span, gave) = match kept {
+            true => (None, 0),
+            false => state.take_paged(from, to, |message| {
+                note(message.conversation_id, message.seq, message.sender)
+            }),
+        };
+        let read_to = match span {
+            _ if kept => from,
+            Some((start, reach)) if reach >= to || reach >= state.unacked_from => start,
+            _ => to,
+        };
         // `unacked` is in user_seq order: everything up to `to` is acknowledged now.
         let grown = state.take_acked(to, |message| {
-            if kept && message.user_seq > from {
+            if read_to < to && message.user_seq > from {
                 note(message.conversation_id, message.seq, message.sender);
             }
         });
         state.unacked_from = state.unacked_from.max(to);
-        self.unacked_room = self.unacked_room.saturating_add_signed(grown);
+        self.unacked_room = self
+            .unacked_room
+            .saturating_add_signed(grown)
+            .saturating_add_signed(gave);
         // A log entry noted: a message from someone else.
         let mut note_entry = |record: &UpdateRecord| {
             if let UpdateRecord::Message {
@@ -1881,28 +1910,31 @@ impl Shard {
                 }
             }
         };
-        // What the state did not keep is read back from the log.
-        let mut cursor = if kept { to } else { from };
+        // What neither kept is read back from the log.
+        let mut cursor = from;
         let mut scanned = 0;
-        while cursor < to && scanned < ACK_SCAN_UPDATES_MAX {
+        let mut read_back = 0;
+        while cursor < read_to && scanned < ACK_SCAN_UPDATES_MAX {
             let rows = self.store.updates_after(user_id, cursor, RANGE_READ_MAX)?;
             let Some(&(last, _)) = rows.last() else { break };
             for (user_seq, record) in &rows {
-                if *user_seq > to {
+                if *user_seq > read_to {
                     break;
                 }
+                read_back += 1;
                 note_entry(record);
             }
             scanned += rows.len();
             cursor = last;
         }
-        if !kept {
+        self.metrics.core(self.core).ack_updates_read.add(read_back);
+        if read_to > from {
             // Updates shown before they were durable may not be readable yet (the pending batch
             // holds them): they are in memory, above the durable head. One noted twice (staged,
             // so also read above) changes nothing.
             let state = self.user_state(user_id)?;
             for (user_seq, record) in &state.early {
-                if from < *user_seq && *user_seq <= to {
+                if from < *user_seq && *user_seq <= read_to {
                     note_entry(record);
                 }
             }

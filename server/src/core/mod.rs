@@ -205,6 +205,10 @@ pub(crate) struct UserState {
     pub(crate) unacked: VecDeque<UnackedMessage>,
     /// Every message from others with a `user_seq` above this one is in `unacked`.
     pub(crate) unacked_from: u64,
+    /// The messages from others of the last `Sync` page sent below `unacked_from`: what the
+    /// `Ack` of that page needs, so that it does not read back on the core what a reader just
+    /// read (see [`UserState::keep_paged`]).
+    pub(crate) paged: Option<Paged>,
     /// The highest `user_seq` shown to devices before it was durable (see [`Shard::append`]).
     pub(crate) shown: u64,
     /// Those updates, above `head` and in order: what a failed commit must stage again under the
@@ -261,6 +265,98 @@ impl UserState {
         self.unacked.capacity() as isize - before
     }
 
+    /// Room (capacity, in entries) of what this state keeps for acks, for the core's count.
+    pub(crate) fn kept_room(&self) -> usize {
+        self.unacked.capacity() + self.paged.as_ref().map_or(0, |p| p.messages.capacity())
+    }
+
+    /// Keeps the messages from others among a `Sync` page's entries `(from, to]`, in order, for
+    /// the `Ack` that covers that page, when that `Ack` would not find them in `unacked` and the
+    /// core has `room`. A page that continues the one kept before is added to it (a client may
+    /// acknowledge several pages at once), up to [`UNACKED_KEPT_MAX`] messages. Returns how much
+    /// room this took or gave back.
+    pub(crate) fn keep_paged<'a>(
+        &mut self,
+        user_id: u64,
+        room: bool,
+        from: u64,
+        to: u64,
+        entries: impl Iterator<Item = (u64, &'a UpdateRecord)>,
+    ) -> isize {
+        let before = self.kept_room() as isize;
+        if from >= to {
+            // An empty page: whatever was kept still stands.
+            return 0;
+        }
+        if !(room && from < self.unacked_from) {
+            self.paged = None;
+            return self.kept_room() as isize - before;
+        }
+        let messages: Vec<UnackedMessage> = entries
+            .filter(|(user_seq, _)| from < *user_seq && *user_seq <= to)
+            .filter_map(|(user_seq, update)| match *update {
+                UpdateRecord::Message {
+                    conversation_id,
+                    seq,
+                    sender,
+                } if sender != user_id => Some(UnackedMessage {
+                    user_seq,
+                    conversation_id,
+                    seq,
+                    sender,
+                }),
+                _ => None,
+            })
+            .collect();
+        match &mut self.paged {
+            Some(paged)
+                if paged.to == from
+                    && paged.messages.len() + messages.len() <= UNACKED_KEPT_MAX =>
+            {
+                paged.messages.extend(messages);
+                paged.to = to;
+            }
+            _ => self.paged = Some(Paged { from, to, messages }),
+        }
+        self.kept_room() as isize - before
+    }
+
+    /// The messages from others in `(from, to]` that the pages kept hold, through `each`; what is
+    /// left above `to` stays for the next `Ack`. Returns the part of the log the pages covered,
+    /// `(start, reach]` with `start` at or above `from` (`None`: they hold nothing of the range),
+    /// and how much room this gave back.
+    pub(crate) fn take_paged(
+        &mut self,
+        from: u64,
+        to: u64,
+        mut each: impl FnMut(&UnackedMessage),
+    ) -> (Option<(u64, u64)>, isize) {
+        let before = self.kept_room() as isize;
+        let span = match self.paged.as_mut() {
+            Some(paged) if paged.from < to && from < paged.to => {
+                let upto = paged.messages.partition_point(|m| m.user_seq <= to);
+                paged
+                    .messages
+                    .drain(..upto)
+                    .filter(|m| m.user_seq > from)
+                    .for_each(|m| each(&m));
+                let span = (paged.from.max(from), paged.to);
+                paged.from = paged.to.min(to);
+                Some(span)
+            }
+            _ => None,
+        };
+        if self
+            .paged
+            .as_ref()
+            .is_some_and(|p| p.from == p.to || p.to <= to)
+        {
+            // Used up, or passed: it can serve no later `Ack`.
+            self.paged = None;
+        }
+        (span, self.kept_room() as isize - before)
+    }
+
     /// Takes the kept messages up to `user_seq` `to` out, in order, through `each`. Returns how
     /// much room `unacked` gave back: once mostly empty, it shrinks, so a burst's room does not
     /// stay with a user who went quiet.
@@ -302,6 +398,14 @@ const UNACKED_ROOM_MIN: usize = if cfg!(test) { 4 } else { 64 };
 /// Bytes of each block that update events are encoded into (see [`Shard::push_live`]). Events
 /// live until the turn's frames are queued, so a block is freed soon after it fills.
 const EVENT_ARENA_BYTES: usize = 16 * 1024;
+
+/// The messages from others of a `Sync` page, `(from, to]` of the log, in order.
+#[derive(Debug)]
+pub(crate) struct Paged {
+    pub(crate) from: u64,
+    pub(crate) to: u64,
+    pub(crate) messages: Vec<UnackedMessage>,
+}
 
 /// A message update in a user's log that an `Ack` turns into a delivered receipt.
 #[derive(Debug, Clone, Copy)]
@@ -1277,7 +1381,7 @@ impl Shard {
                 .collect();
             for user in doomed {
                 if let Some(state) = self.users.remove(&user) {
-                    self.unacked_room = self.unacked_room.saturating_sub(state.unacked.capacity());
+                    self.unacked_room = self.unacked_room.saturating_sub(state.kept_room());
                 }
             }
         }
