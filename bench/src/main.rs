@@ -409,27 +409,7 @@ async fn run(args: RunArgs) -> std::io::Result<()> {
             } else {
                 args.rates.clone()
             };
-            let mut open = Vec::new();
-            for rate in rates {
-                say(
-                    &args,
-                    &format!("W1 one-to-one, open loop at {rate} sends/s"),
-                );
-                let name = format!("W1 open {rate}/s");
-                open.push(
-                    fleet
-                        .open_loop(
-                            &name,
-                            Mode::Direct,
-                            rate,
-                            duration,
-                            drain,
-                            args.lanes,
-                            progress,
-                        )
-                        .await,
-                );
-            }
+            let open = w1_open(&fleet, &args, &rates, "").await;
             let mut w1 = W1Report::new(&args, closed, open);
             if let (Some(ws), false) = (ws_addr, args.no_ws) {
                 // The reference for the WebSocket loop runs right before it: after the open-loop
@@ -597,23 +577,7 @@ async fn run(args: RunArgs) -> std::io::Result<()> {
             w1.set_null(r);
             // The same open-loop steps: whether their latency is the server's or the machine's.
             let rates: Vec<f64> = w1.open.iter().filter_map(|p| p.offered_rate).collect();
-            let mut open = Vec::new();
-            for rate in rates {
-                open.push(
-                    fleet
-                        .open_loop(
-                            &format!("W1 open {rate}/s (null)"),
-                            Mode::Direct,
-                            rate,
-                            duration,
-                            drain,
-                            args.lanes,
-                            progress,
-                        )
-                        .await,
-                );
-            }
-            w1.set_null_open(open);
+            w1.set_null_open(w1_open(&fleet, &args, &rates, " (null)").await);
         }
         if let Some(w2) = report.w2.as_mut() {
             for g in w2.groups.iter_mut() {
@@ -653,6 +617,33 @@ async fn w1_closed(fleet: &Fleet, args: &RunArgs, name: &str) -> PhaseResult {
             !args.quiet,
         )
         .await
+}
+
+/// W1's open-loop steps at `rates`, each phase named with `suffix`.
+async fn w1_open(fleet: &Fleet, args: &RunArgs, rates: &[f64], suffix: &str) -> Vec<PhaseResult> {
+    let duration = Duration::from_millis(args.duration_ms);
+    let drain = Duration::from_millis(args.drain_ms);
+    let mut open = Vec::new();
+    for &rate in rates {
+        say(
+            args,
+            &format!("W1 one-to-one, open loop at {rate} sends/s{suffix}"),
+        );
+        open.push(
+            fleet
+                .open_loop(
+                    &format!("W1 open {rate}/s{suffix}"),
+                    Mode::Direct,
+                    rate,
+                    duration,
+                    drain,
+                    args.lanes,
+                    !args.quiet,
+                )
+                .await,
+        );
+    }
+    open
 }
 
 fn finish(args: &RunArgs, mut report: Report) -> std::io::Result<()> {

@@ -2296,25 +2296,7 @@ mod tests {
         );
         world.ack(reader);
         world.settle();
-        let delivered = world
-            .log(world.users[user].user_id)
-            .iter()
-            .filter_map(|(_, r)| match *r {
-                UpdateRecord::Receipt {
-                    conversation_id: c,
-                    user_id,
-                    kind,
-                    up_to_seq,
-                    ..
-                } if c == conversation_id
-                    && user_id == peer
-                    && kind == ReceiptKind::Delivered as u8 =>
-                {
-                    Some(up_to_seq)
-                }
-                _ => None,
-            })
-            .max();
+        let delivered = delivered_to(&world, world.users[user].user_id, peer, conversation_id);
         assert_eq!(
             delivered,
             Some(last),
