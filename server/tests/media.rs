@@ -1,6 +1,7 @@
 //! Integration tests of media against a real `ternd` on both I/O engines: chunked and resumed
 //! uploads checked against their SHA-256, ranged downloads, who may read, expiry of uploads nothing
-//! attaches, and a 50 MiB download that does not stall another user's chat on the same core.
+//! attaches, a 50 MiB download that does not stall another user's chat on the same core, and
+//! downloads of chunks read lately answered from memory.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -21,7 +22,8 @@ on_both_engines!(
     upload_attach_download,
     resume_and_refusals,
     unattached_uploads_expire,
-    big_download_does_not_stall_chat
+    big_download_does_not_stall_chat,
+    a_download_read_lately_is_answered_in_memory
 );
 
 const CHUNK: usize = 256 * 1024;
@@ -340,5 +342,47 @@ async fn pending_uploads_are_limited() {
     assert_eq!(
         call(&alice, one_more).await.err(),
         Some(ErrorCode::LIMIT_EXCEEDED)
+    );
+}
+
+// Proves that after a clean restart a download's chunks that are only in blob files are read by
+// the reader threads, and that the same download again, its chunks now in the media cache, is
+// answered by the core from memory, byte for byte both times.
+async fn a_download_read_lately_is_answered_in_memory(engine: &'static str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Ternd::start_in(engine, dir.path(), &[]);
+    let (alice, auth) = server.register("alice").await;
+    let token = auth.token.unwrap();
+    let data = content(3 * CHUNK, 11);
+    let info = upload(&alice, &data).await;
+    assert!(info.complete);
+    drop(alice);
+    // A clean shutdown flushes the chunks to blob files; the restart starts with empty caches.
+    assert!(server.terminate().success());
+    let server = Ternd::start_in(engine, dir.path(), &[]);
+    let alice = server.client().await;
+    alice.resume(token).await.unwrap();
+    let counts = |metrics: &str| {
+        (
+            total(metrics, "tern_core_store_reads_microseconds_count"),
+            total(metrics, "tern_core_reads_in_memory_total"),
+        )
+    };
+    let (_, metrics) = get(server.metrics_addr, "/metrics").await;
+    let (off_core, in_memory) = counts(&metrics);
+    assert_eq!(download(&alice, info.media_id, data.len()).await, data);
+    let (_, metrics) = get(server.metrics_addr, "/metrics").await;
+    let (off_core_then, in_memory_then) = counts(&metrics);
+    assert!(
+        off_core_then > off_core,
+        "nothing went to a reader: {metrics}"
+    );
+    assert_eq!(off_core_then + in_memory_then, off_core + in_memory + 3);
+    assert_eq!(download(&alice, info.media_id, data.len()).await, data);
+    let (_, metrics) = get(server.metrics_addr, "/metrics").await;
+    assert_eq!(
+        counts(&metrics),
+        (off_core_then, in_memory_then + 3),
+        "{metrics}"
     );
 }

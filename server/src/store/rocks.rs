@@ -2,8 +2,8 @@
 //!
 //! Tuning lives here: bloom filters (not for the update logs, which are only scanned), compression,
 //! memtable bloom filters for the keys every `Send` looks up and rarely finds, memtable inserts
-//! that start from a hint kept per user or conversation, blob files for media chunks, and the
-//! compaction filter that expires idempotency records.
+//! that start from a hint kept per user or conversation, blob files for media chunks with a cache
+//! of their own, and the compaction filter that expires idempotency records.
 //!
 //! A full disk: a write that fails for want of space puts RocksDB into a stopped state in which
 //! every later write fails too. RocksDB's own recovery resumes writing once there is room again:
@@ -282,6 +282,9 @@ impl Backend for RocksBackend {
     }
 }
 
+/// Bytes of media chunks kept in memory after they were read.
+const MEDIA_CACHE_BYTES: usize = 64 << 20;
+
 /// The most write-ahead log RocksDB keeps before it flushes the column families holding its
 /// oldest file: four update-log memtables.
 pub(crate) fn wal_max_bytes(update_log_memtable_mib: u32) -> u64 {
@@ -352,6 +355,11 @@ fn cf_options(
         // Attachments are large and written once: keep them in blob files, out of the LSM tree.
         options.set_enable_blob_files(true);
         options.set_min_blob_size(4096);
+        // The chunks read lately stay in memory, in a cache of their own so that attachments do
+        // not push the chat's blocks out: an attachment many members fetch soon after it was sent
+        // (a photo in a group) is read from the device once, and a download the cache holds is
+        // answered on the core (`core/reads.rs`).
+        options.set_blob_cache(&rocksdb::Cache::new_lru_cache(MEDIA_CACHE_BYTES));
     }
     Ok(options)
 }
