@@ -150,6 +150,8 @@
 //!   shown before it was durable and replies (a `Download` whose upload was discarded meanwhile
 //!   gets `NOT_FOUND`). Entries below a head are never rewritten, so a late answer is still
 //!   true; if the head moved meanwhile, the page ends at the old one and says there is more.
+//!   A core has at most 16 reads out; the next wait in its queue (up to 4,096, then it reads
+//!   itself), so a storm of devices reconnecting at once waits for the readers, not the core.
 //!   - A small read (at most 64 entries: a device back after a short while, an app's page of
 //!     history) is first tried on the core against a memory-only view (RocksDB's memtables and
 //!     block cache, `Store::memory_only`); only a miss goes to a reader. A large page goes to a

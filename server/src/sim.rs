@@ -44,7 +44,7 @@ use tern_protocol::{Body, ErrorCode, Frame, Update, UpdateKind};
 use crate::config::Config;
 use crate::core::accounts::token_hash;
 use crate::core::mail::{AdoptAuth, ConnRef, Mail};
-use crate::core::reads::{Read, ReadState, READ_ON_CORE_ENTRIES_MAX};
+use crate::core::reads::{Read, ReadState, READS_IN_FLIGHT_MAX, READ_ON_CORE_ENTRIES_MAX};
 use crate::core::{name_owner, owner, Commit, ConnId, Output, Shard, TICK_MS};
 use crate::metrics::Metrics;
 use crate::store::backend::{Backend, Faults, FaultyBackend, MemBackend};
@@ -2564,6 +2564,62 @@ mod tests {
             shard.unacked_budget = 0;
         }
         round(&mut world, [30; 16], [0xEF; 16], false);
+        world.check();
+        assert!(world.violations.is_empty(), "{:?}", world.violations);
+    }
+
+    // Proves that past the reads a core may have out, the next ones wait for a reader, in order,
+    // instead of being read on the core, and go out as answers come back; and that one whose
+    // connection closed while it waited is dropped, never read.
+    #[test]
+    fn reads_past_the_bound_wait_for_a_reader() {
+        let mut world = quiet(48, Config::default());
+        world.hold_reads = true;
+        // Nothing is found in memory: every read goes to a reader.
+        world.faults.set_uncached(true);
+        let core = 0;
+        let devices: Vec<usize> = (0..world.devices.len())
+            .filter(|&d| {
+                world.devices[d].authenticated
+                    && world.devices[d].conn.is_some_and(|(c, _)| c == core)
+            })
+            .collect();
+        assert!(devices.len() > READS_IN_FLIGHT_MAX + 2, "too few devices");
+        world.replies.clear();
+        let reads = world.stats.reads;
+        for &d in &devices {
+            // The whole log, which is not empty (the setup opened conversations).
+            let sync = Sync { since: 0, limit: 0 };
+            assert!(world.request_as(d, sync.into(), Asked::Other));
+        }
+        world.end_turn(core);
+        assert_eq!(world.reads.len(), READS_IN_FLIGHT_MAX);
+        assert!(world.replies.is_empty(), "a page was read on the core");
+        // One that waits goes away.
+        let gone = devices[READS_IN_FLIGHT_MAX + 1];
+        world.disconnect(gone);
+        let mut answered = 0;
+        while !world.reads.is_empty() {
+            world.answer_read(0, false);
+            world.end_turn(core);
+            answered += 1;
+            assert!(world.reads.len() <= READS_IN_FLIGHT_MAX);
+        }
+        assert_eq!(
+            answered,
+            devices.len() - 1,
+            "the gone device's read went out"
+        );
+        assert_eq!(world.stats.reads - reads, answered as u64);
+        let mut paged: Vec<usize> = world
+            .replies
+            .iter()
+            .filter(|(_, body)| matches!(body, Body::SyncPage(_)))
+            .map(|(d, _)| *d)
+            .collect();
+        paged.sort_unstable();
+        let expected: Vec<usize> = devices.iter().copied().filter(|&d| d != gone).collect();
+        assert_eq!(paged, expected);
         world.check();
         assert!(world.violations.is_empty(), "{:?}", world.violations);
     }

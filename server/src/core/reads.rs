@@ -19,9 +19,10 @@
 //! one and says there is more (the spec's `has_more`: "existed when the page was made"), and the
 //! device asks again. A connection gone by then gets nothing, and the answer is dropped.
 //!
-//! At most [`READS_IN_FLIGHT_MAX`] reads of a core are out at once; past that a page is read on
-//! the core as before, so nothing waits on a queue of its own. A read that fails answers its
-//! request with `INTERNAL` (retryable), as a read on the core did.
+//! At most [`READS_IN_FLIGHT_MAX`] reads of a core are out at once; the next ones wait in the
+//! core's queue, in order, and go out as answers come back (a read whose connection closed
+//! meanwhile is dropped there). Past [`READS_QUEUED_MAX`] waiting, a page is read on the core. A
+//! read that fails answers its request with `INTERNAL` (retryable), as a read on the core did.
 
 use super::chat::read_history;
 use super::media::read_media;
@@ -31,6 +32,11 @@ use crate::store::{Store, StoreError};
 
 /// Reads a core may have handed out and not yet seen answered.
 pub(crate) const READS_IN_FLIGHT_MAX: usize = 16;
+
+/// Reads a core keeps waiting for a reader once [`READS_IN_FLIGHT_MAX`] are out: a storm of
+/// devices reconnecting at once waits for the readers, and the core goes on serving. Past it a
+/// page is read on the core.
+pub(crate) const READS_QUEUED_MAX: usize = 4096;
 
 /// Entries (log entries, messages) a read may want and still be tried in memory on the core.
 /// Such a page takes the core tens of microseconds, less than the trip to a reader and back; a
@@ -185,6 +191,11 @@ pub(crate) struct ReadState {
     last_id: u64,
     /// Reads handed out by this turn, for [`Shard::end_turn`].
     out: Vec<Read>,
+    /// Reads handed out and not yet answered.
+    in_flight: usize,
+    /// Reads waiting for one of those to be answered, oldest first.
+    queued: std::collections::VecDeque<Read>,
+    /// The request of every read handed out or queued, by read id.
     waiting: HashMap<u64, Waiting>,
 }
 
@@ -239,12 +250,17 @@ impl Shard {
     /// Hands a request's read to a reader, unless readers are off or busy; false then.
     fn read_off_core(&mut self, conn: ConnId, request_id: u32, user_id: u64, job: ReadJob) -> bool {
         let reads = &mut self.reads;
-        if reads.on_core || reads.waiting.len() >= READS_IN_FLIGHT_MAX {
+        if reads.on_core || reads.queued.len() >= READS_QUEUED_MAX {
             return false;
         }
         reads.last_id += 1;
         let id = reads.last_id;
-        reads.out.push(Read { id, job });
+        if reads.in_flight < READS_IN_FLIGHT_MAX {
+            reads.in_flight += 1;
+            reads.out.push(Read { id, job });
+        } else {
+            reads.queued.push_back(Read { id, job });
+        }
         let waiting = Waiting {
             conn,
             request_id,
@@ -268,6 +284,8 @@ impl Shard {
         else {
             return;
         };
+        self.reads.in_flight = self.reads.in_flight.saturating_sub(1);
+        self.send_queued_reads();
         if self.session(conn).is_none_or(|s| s.user_id != user_id) {
             // The connection closed (or signed out) while its read was out.
             return;
@@ -281,6 +299,27 @@ impl Shard {
                 tern_protocol::ErrorCode::INTERNAL,
                 "storage error",
             );
+        }
+    }
+
+    /// Hands out the queued reads there is room for, dropping those whose connection is gone.
+    fn send_queued_reads(&mut self) {
+        while self.reads.in_flight < READS_IN_FLIGHT_MAX {
+            let Some(read) = self.reads.queued.pop_front() else {
+                return;
+            };
+            let Some(waiting) = self.reads.waiting.get(&read.id) else {
+                continue;
+            };
+            if self
+                .session(waiting.conn)
+                .is_none_or(|s| s.user_id != waiting.user_id)
+            {
+                self.reads.waiting.remove(&read.id);
+                continue;
+            }
+            self.reads.in_flight += 1;
+            self.reads.out.push(read);
         }
     }
 
