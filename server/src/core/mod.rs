@@ -205,9 +205,9 @@ pub(crate) struct UserState {
     pub(crate) unacked: VecDeque<UnackedMessage>,
     /// Every message from others with a `user_seq` above this one is in `unacked`.
     pub(crate) unacked_from: u64,
-    /// The messages from others of the last `Sync` page sent below `unacked_from`: what the
-    /// `Ack` of that page needs, so that it does not read back on the core what a reader just
-    /// read (see [`UserState::keep_paged`]).
+    /// The messages from others of the `Sync` pages last sent below `unacked_from` (consecutive
+    /// pages added up): what the `Ack` of those pages needs, so that it does not read back on the
+    /// core what a reader just read (see [`UserState::keep_paged`]).
     pub(crate) paged: Option<Paged>,
     /// The highest `user_seq` shown to devices before it was durable (see [`Shard::append`]).
     pub(crate) shown: u64,

@@ -275,6 +275,9 @@ impl Shard {
     /// `INTERNAL` if the read failed. What this produces goes out with the next
     /// [`Shard::end_turn`].
     pub(crate) fn handle_read(&mut self, id: u64, result: Result<ReadDone, StoreError>) {
+        // Every answer is of a read that was out: the next one waiting may go.
+        self.reads.in_flight = self.reads.in_flight.saturating_sub(1);
+        self.send_queued_reads();
         let Some(Waiting {
             conn,
             request_id,
@@ -284,8 +287,6 @@ impl Shard {
         else {
             return;
         };
-        self.reads.in_flight = self.reads.in_flight.saturating_sub(1);
-        self.send_queued_reads();
         if self.session(conn).is_none_or(|s| s.user_id != user_id) {
             // The connection closed (or signed out) while its read was out.
             return;
