@@ -287,8 +287,7 @@ impl Shard {
         else {
             return;
         };
-        if self.session(conn).is_none_or(|s| s.user_id != user_id) {
-            // The connection closed (or signed out) while its read was out.
+        if self.asker_gone(conn, user_id) {
             return;
         }
         let result = result.and_then(|done| self.reply_read(conn, request_id, user_id, job, done));
@@ -303,6 +302,11 @@ impl Shard {
         }
     }
 
+    /// Whether the connection that asked for a read closed (or signed out) since.
+    fn asker_gone(&self, conn: ConnId, user_id: u64) -> bool {
+        self.session(conn).is_none_or(|s| s.user_id != user_id)
+    }
+
     /// Hands out the queued reads there is room for, dropping those whose connection is gone.
     fn send_queued_reads(&mut self) {
         while self.reads.in_flight < READS_IN_FLIGHT_MAX {
@@ -312,10 +316,7 @@ impl Shard {
             let Some(waiting) = self.reads.waiting.get(&read.id) else {
                 continue;
             };
-            if self
-                .session(waiting.conn)
-                .is_none_or(|s| s.user_id != waiting.user_id)
-            {
+            if self.asker_gone(waiting.conn, waiting.user_id) {
                 self.reads.waiting.remove(&read.id);
                 continue;
             }
